@@ -1,0 +1,152 @@
+//! Mask smoothing as in the paper: binarise the saliency map, then repeat "mean over a k x k
+//! window of ones, then threshold".
+//!
+//! What must hold: `passes == 0` returns the binary map unchanged; with a threshold below 0.5 a
+//! filled region grows by about `k * (1/2 - threshold)` pixels per pass, so larger k and more
+//! passes give larger, smoother masks, while a speck much smaller than the window (its window
+//! mean is `1 / k^2`) disappears. Window means use running sums, so the work per pixel does not
+//! depend on k. Near the border the mean is taken over the part of the window inside the image,
+//! so borders neither grow nor shrink masks by themselves.
+
+use crate::engine::params::MaskParams;
+use crate::engine::saliency::SaliencyMap;
+
+/// A binary mask, row-major, `true` = masked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mask {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<bool>,
+}
+
+impl Mask {
+    pub fn empty(width: usize, height: usize) -> Self {
+        Mask {
+            width,
+            height,
+            data: vec![false; width * height],
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.data.iter().filter(|&&b| b).count()
+    }
+
+    /// Fraction of the image covered, in [0, 1].
+    pub fn coverage(&self) -> f32 {
+        self.count() as f32 / self.data.len().max(1) as f32
+    }
+
+    /// Pixel-wise OR with a mask of the same size.
+    pub fn union(&self, other: &Mask) -> Mask {
+        assert_eq!((self.width, self.height), (other.width, other.height));
+        Mask {
+            width: self.width,
+            height: self.height,
+            data: self.data.iter().zip(&other.data).map(|(a, b)| *a || *b).collect(),
+        }
+    }
+
+    /// True where `self` has a pixel that `other` lacks.
+    pub fn adds_to(&self, other: &Mask) -> bool {
+        self.data.iter().zip(&other.data).any(|(a, b)| *a && !*b)
+    }
+}
+
+/// Keeps the `keep` fraction of pixels with the highest saliency (ties included), never a
+/// pixel whose saliency is zero.
+pub fn binarize(s: &SaliencyMap, keep: f32) -> Mask {
+    let n = s.data.len();
+    let mut sorted: Vec<f32> = s.data.clone();
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    let k = ((keep.clamp(0.0, 1.0) * n as f32).ceil() as usize).clamp(1, n.max(1));
+    let cut = sorted.get(k - 1).copied().unwrap_or(f32::INFINITY);
+    Mask {
+        width: s.width,
+        height: s.height,
+        data: s.data.iter().map(|&v| v > 0.0 && v >= cut).collect(),
+    }
+}
+
+/// `passes` times: a pixel is set when at least `threshold` of its k x k window is set.
+pub fn smooth(mask: &Mask, kernel: usize, passes: usize, threshold: f32) -> Mask {
+    let mut m = mask.clone();
+    let mut counts = vec![0u32; m.data.len()];
+    let mut areas = vec![0u32; m.data.len()];
+    window_areas(m.width, m.height, kernel / 2, &mut areas);
+    for _ in 0..passes {
+        let ones: Vec<u32> = m.data.iter().map(|&b| b as u32).collect();
+        box_sum(&ones, m.width, m.height, kernel / 2, &mut counts);
+        for ((out, &c), &a) in m.data.iter_mut().zip(&counts).zip(&areas) {
+            *out = c as f32 >= threshold * a as f32;
+        }
+    }
+    m
+}
+
+/// Binarise then smooth, with `params`.
+pub fn make_mask(s: &SaliencyMap, params: &MaskParams) -> Mask {
+    smooth(&binarize(s, params.keep), params.kernel, params.passes, params.threshold)
+}
+
+/// Sums of `v` over the (2r+1) x (2r+1) window around each pixel, clipped to the image.
+/// Two running-sum passes (rows, then columns): O(1) work per pixel for any r.
+fn box_sum<T>(v: &[T], w: usize, h: usize, r: usize, out: &mut [T])
+where
+    T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign,
+{
+    let mut rows = vec![T::default(); v.len()];
+    for y in 0..h {
+        let src = &v[y * w..(y + 1) * w];
+        let dst = &mut rows[y * w..(y + 1) * w];
+        running_window(src, 1, w, r, dst, 1);
+    }
+    for x in 0..w {
+        running_window(&rows[x..], w, h, r, &mut out[x..], w);
+    }
+}
+
+/// Sliding-window sum along one line of `n` elements spaced `stride` apart.
+fn running_window<T>(src: &[T], stride: usize, n: usize, r: usize, dst: &mut [T], dst_stride: usize)
+where
+    T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign,
+{
+    let mut acc = T::default();
+    for i in 0..r.min(n) {
+        acc += src[i * stride];
+    }
+    for i in 0..n {
+        if i + r < n {
+            acc += src[(i + r) * stride];
+        }
+        if i > r {
+            acc -= src[(i - r - 1) * stride];
+        }
+        dst[i * dst_stride] = acc;
+    }
+}
+
+/// Number of in-image pixels in each pixel's window.
+fn window_areas(w: usize, h: usize, r: usize, out: &mut [u32]) {
+    let span = |i: usize, n: usize| (i + r).min(n - 1) + 1 - i.saturating_sub(r);
+    for y in 0..h {
+        for x in 0..w {
+            out[y * w + x] = (span(x, w) * span(y, h)) as u32;
+        }
+    }
+}
+
+/// Box blur of one f32 plane (window 2r+1, repeated `passes` times: close to a Gaussian).
+pub fn blur_plane(v: &[f32], w: usize, h: usize, r: usize, passes: usize) -> Vec<f32> {
+    let mut areas = vec![0u32; v.len()];
+    window_areas(w, h, r, &mut areas);
+    let mut cur: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+    let mut sums = vec![0f64; v.len()];
+    for _ in 0..passes {
+        box_sum(&cur, w, h, r, &mut sums);
+        for ((c, s), a) in cur.iter_mut().zip(&sums).zip(&areas) {
+            *c = s / *a as f64;
+        }
+    }
+    cur.into_iter().map(|x| x as f32).collect()
+}

@@ -1,0 +1,123 @@
+//! EfficientNet-Lite0 (Tan & Le, 2019, <https://arxiv.org/abs/1905.11946>; the "Lite" variant
+//! from the TensorFlow model garden: no squeeze-excite, ReLU6, fixed stem and head).
+//!
+//! Tensor names follow the lukemelas PyTorch port (`_conv_stem`, `_blocks.N._depthwise_conv`,
+//! ...) so its checkpoints load unchanged. BatchNorm (eps 1e-3) is folded into the convolutions
+//! at load time, padding is TensorFlow "SAME" (asymmetric) as in the original, and every ReLU6
+//! is our own op so that guided backprop reaches all of them.
+
+use candle_core::{Device, Tensor};
+
+use super::layers::{Conv, Linear, PadMode, Weights};
+use crate::engine::ops::Backend;
+use crate::engine::ops::activation::{ReluMode, relu6};
+use crate::error::Result;
+
+const BN_EPS: f64 = 1e-3;
+
+/// One stage of the network: `repeats` MBConv blocks (stride applies to the first).
+struct Stage {
+    repeats: usize,
+    kernel: usize,
+    stride: usize,
+    expand: usize,
+    out: usize,
+}
+
+/// EfficientNet-Lite0's stages (width and depth multipliers are 1.0).
+const LITE0: [Stage; 7] = [
+    Stage { repeats: 1, kernel: 3, stride: 1, expand: 1, out: 16 },
+    Stage { repeats: 2, kernel: 3, stride: 2, expand: 6, out: 24 },
+    Stage { repeats: 2, kernel: 5, stride: 2, expand: 6, out: 40 },
+    Stage { repeats: 3, kernel: 3, stride: 2, expand: 6, out: 80 },
+    Stage { repeats: 3, kernel: 5, stride: 1, expand: 6, out: 112 },
+    Stage { repeats: 4, kernel: 5, stride: 2, expand: 6, out: 192 },
+    Stage { repeats: 1, kernel: 3, stride: 1, expand: 6, out: 320 },
+];
+const STEM: usize = 32;
+const HEAD: usize = 1280;
+
+/// Mobile inverted bottleneck: [expand 1x1] -> depthwise kxk -> project 1x1 (+ identity skip).
+struct MbConv {
+    expand: Option<Conv>,
+    depthwise: Conv,
+    project: Conv,
+    skip: bool,
+}
+
+impl MbConv {
+    fn forward(&self, x: &Tensor, mode: ReluMode, backend: Backend) -> Result<Tensor> {
+        let mut h = x.clone();
+        if let Some(expand) = &self.expand {
+            h = relu6(&expand.forward(&h, backend)?, mode)?;
+        }
+        h = relu6(&self.depthwise.forward(&h, backend)?, mode)?;
+        h = self.project.forward(&h, backend)?;
+        if self.skip {
+            h = (h + x)?;
+        }
+        Ok(h)
+    }
+}
+
+pub struct EfficientNetLite {
+    stem: Conv,
+    blocks: Vec<MbConv>,
+    head: Conv,
+    fc: Linear,
+    backend: Backend,
+}
+
+impl EfficientNetLite {
+    pub fn lite0(w: &Weights, num_classes: usize, device: &Device, backend: Backend) -> Result<Self> {
+        let same = PadMode::TfSame;
+        let stem = Conv::with_bn(w, "_conv_stem", "_bn0", BN_EPS, (3, STEM, 3), 2, 1, same, device)?;
+        let mut blocks = Vec::new();
+        let mut cin = STEM;
+        for stage in &LITE0 {
+            for r in 0..stage.repeats {
+                let p = format!("_blocks.{}", blocks.len());
+                let stride = if r == 0 { stage.stride } else { 1 };
+                let mid = cin * stage.expand;
+                let expand = (stage.expand != 1)
+                    .then(|| {
+                        let (c, b) = (format!("{p}._expand_conv"), format!("{p}._bn0"));
+                        Conv::with_bn(w, &c, &b, BN_EPS, (cin, mid, 1), 1, 1, same, device)
+                    })
+                    .transpose()?;
+                let (c, b) = (format!("{p}._depthwise_conv"), format!("{p}._bn1"));
+                let depthwise = Conv::with_bn(w, &c, &b, BN_EPS, (mid, mid, stage.kernel), stride, mid, same, device)?;
+                let (c, b) = (format!("{p}._project_conv"), format!("{p}._bn2"));
+                let project = Conv::with_bn(w, &c, &b, BN_EPS, (mid, stage.out, 1), 1, 1, same, device)?;
+                blocks.push(MbConv {
+                    expand,
+                    depthwise,
+                    project,
+                    skip: stride == 1 && cin == stage.out,
+                });
+                cin = stage.out;
+            }
+        }
+        let head = Conv::with_bn(w, "_conv_head", "_bn1", BN_EPS, (cin, HEAD, 1), 1, 1, same, device)?;
+        let fc = Linear::load(w, "_fc", (HEAD, num_classes), device)?;
+        Ok(EfficientNetLite {
+            stem,
+            blocks,
+            head,
+            fc,
+            backend,
+        })
+    }
+
+    /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
+    pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        let b = self.backend;
+        let mut h = relu6(&self.stem.forward(x, b)?, mode)?;
+        for block in &self.blocks {
+            h = block.forward(&h, mode, b)?;
+        }
+        h = relu6(&self.head.forward(&h, b)?, mode)?;
+        let pooled = h.mean((2, 3))?;
+        self.fc.forward(&pooled)
+    }
+}

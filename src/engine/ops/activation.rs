@@ -1,0 +1,110 @@
+//! ReLU and ReLU6 whose backward pass is either the true derivative or guided backprop.
+//!
+//! Guided backpropagation (Springenberg et al., 2015) passes a gradient through a ReLU only
+//! where the forward input was positive *and* the incoming gradient is positive:
+//! `grad_in = relu(grad_out) * 1[x > 0]` (ReLU6: `1[0 < x < 6]`). Putting this in the op itself,
+//! rather than in hooks, means no ReLU on the path can be missed.
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::{Relu, Sub};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// How ReLU-type activations back-propagate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReluMode {
+    /// The true derivative (vanilla gradient).
+    #[default]
+    Plain,
+    /// Guided backpropagation: negative incoming gradients are zeroed as well.
+    Guided,
+}
+
+/// ReLU (`cap == None`) or ReLU6 (`cap == Some(6.0)`) with the backward chosen by `mode`.
+#[derive(Clone, Copy, Debug)]
+pub struct ReluOp {
+    pub cap: Option<f32>,
+    pub mode: ReluMode,
+}
+
+/// `max(x, 0)`, back-propagating per `mode`.
+pub fn relu(x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(ReluOp { cap: None, mode })
+}
+
+/// `min(max(x, 0), 6)`, back-propagating per `mode`.
+pub fn relu6(x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op1(ReluOp { cap: Some(6.0), mode })
+}
+
+impl ReluOp {
+    fn pass(&self, x: f32) -> bool {
+        x > 0.0 && self.cap.is_none_or(|c| x < c)
+    }
+
+    /// Device-generic forward from candle's storage primitives: relu6(x) = relu(x) - relu(x - 6).
+    fn generic_fwd<S: BackendStorage>(&self, s: &S, l: &Layout) -> Result<(S, Shape)> {
+        let r = s.unary_impl::<Relu>(l)?;
+        let out = match self.cap {
+            None => r,
+            Some(cap) => {
+                let c = Layout::contiguous(l.shape());
+                let over = s.affine(l, 1.0, -(cap as f64))?.unary_impl::<Relu>(&c)?;
+                r.binary_impl::<Sub>(&over, &c, &c)?
+            }
+        };
+        Ok((out, l.shape().clone()))
+    }
+}
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        match (self.cap.is_some(), self.mode) {
+            (false, ReluMode::Plain) => "relu",
+            (false, ReluMode::Guided) => "guided-relu",
+            (true, ReluMode::Plain) => "relu6",
+            (true, ReluMode::Guided) => "guided-relu6",
+        }
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::cpu_f32_slice(self.name(), storage, layout)?;
+        let hi = self.cap.unwrap_or(f32::INFINITY);
+        let y: Vec<f32> = x.par_iter().map(|&v| v.max(0.0).min(hi)).collect();
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.generic_fwd(s, l)
+    }
+
+    fn metal_fwd(&self, s: &MetalStorage, l: &Layout) -> Result<(MetalStorage, Shape)> {
+        self.generic_fwd(s, l)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let guided = self.mode == ReluMode::Guided;
+        if arg.device().is_cpu() {
+            let out = super::with_cpu_f32(arg, |x| {
+                super::with_cpu_f32(grad, |g| {
+                    x.par_iter()
+                        .zip(g.par_iter())
+                        .map(|(&x, &g)| {
+                            let g = if guided { g.max(0.0) } else { g };
+                            if self.pass(x) { g } else { 0.0 }
+                        })
+                        .collect::<Vec<f32>>()
+                })
+            })??;
+            return Ok(Some(Tensor::from_vec(out, arg.shape(), arg.device())?));
+        }
+        let mut gate = arg.gt(0.0)?.to_dtype(arg.dtype())?;
+        if let Some(cap) = self.cap {
+            gate = gate.mul(&arg.lt(cap as f64)?.to_dtype(arg.dtype())?)?;
+        }
+        let g = if guided { grad.relu()? } else { grad.clone() };
+        Ok(Some(g.mul(&gate)?))
+    }
+}

@@ -1,0 +1,153 @@
+//! Every knob of a run, with the paper's defaults, serialisable (the app persists them, the CLI
+//! writes them into summary.json) and validated in one place.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::ops::activation::ReluMode;
+use crate::error::{Error, Result};
+
+/// Which gradient the saliency map is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Plain input gradient (Simonyan et al., 2014).
+    Vanilla,
+    /// Guided backpropagation (Springenberg et al., 2015), as in the paper.
+    #[default]
+    Guided,
+}
+
+impl Method {
+    pub fn relu_mode(self) -> ReluMode {
+        match self {
+            Method::Vanilla => ReluMode::Plain,
+            Method::Guided => ReluMode::Guided,
+        }
+    }
+}
+
+/// Gradient and SmoothGrad settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SaliencyParams {
+    pub method: Method,
+    /// SmoothGrad: number of noisy copies averaged (1 with `noise == 0` is the plain gradient).
+    pub samples: usize,
+    /// SmoothGrad noise standard deviation, as a fraction of the input's max - min range.
+    pub noise: f32,
+    /// Seed of the noise: the same settings and seed give the same map.
+    pub seed: u64,
+    /// Noisy copies per forward/backward pass; bounds memory, and cancel is checked between.
+    pub chunk: usize,
+}
+
+impl Default for SaliencyParams {
+    fn default() -> Self {
+        SaliencyParams {
+            method: Method::Guided,
+            samples: 16,
+            noise: 0.15,
+            seed: 0,
+            chunk: 8,
+        }
+    }
+}
+
+/// Mask smoothing: binarise the saliency map, then `passes` times "mean over a k x k window,
+/// then threshold".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MaskParams {
+    /// Side of the square window of ones (odd). Paper: 11.
+    pub kernel: usize,
+    /// Number of mean-then-threshold passes. Paper: 3.
+    pub passes: usize,
+    /// Binarisation: the fraction of pixels with the highest saliency that start in the mask.
+    pub keep: f32,
+    /// A pixel is in the mask after a pass when at least this fraction of its window is.
+    /// Below 0.5 masks grow with each pass (and with k); isolated pixels still vanish.
+    pub threshold: f32,
+}
+
+impl Default for MaskParams {
+    fn default() -> Self {
+        MaskParams {
+            kernel: 11,
+            passes: 3,
+            keep: 0.05,
+            threshold: 0.25,
+        }
+    }
+}
+
+/// When the loop ends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StopParams {
+    /// Stop once p(target) of the masked image falls below this.
+    pub threshold: f32,
+    /// At most this many iterations (saliency maps).
+    pub max_iter: usize,
+}
+
+impl Default for StopParams {
+    fn default() -> Self {
+        StopParams {
+            threshold: 0.1,
+            max_iter: 5,
+        }
+    }
+}
+
+/// What masked pixels are replaced with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FillMode {
+    /// The training set's mean colour: carries the least information.
+    #[default]
+    Mean,
+    Black,
+    /// A heavy blur of the image: hides detail, keeps the colour.
+    Blur,
+}
+
+/// A whole run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UnveilParams {
+    pub saliency: SaliencyParams,
+    pub mask: MaskParams,
+    pub stop: StopParams,
+    pub fill: FillMode,
+    /// Class to explain; `None` is the top-1 class of the original image.
+    pub target: Option<usize>,
+}
+
+fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok { Ok(()) } else { Err(Error::InvalidParam(msg())) }
+}
+
+/// Largest accepted smoothing window.
+pub const MAX_KERNEL: usize = 255;
+
+impl UnveilParams {
+    pub fn validate(&self) -> Result<()> {
+        let (s, m, st) = (&self.saliency, &self.mask, &self.stop);
+        check((1..=4096).contains(&s.samples), || format!("samples must be 1..=4096, got {}", s.samples))?;
+        check((0.0..=1.0).contains(&s.noise), || format!("noise must be in [0, 1], got {}", s.noise))?;
+        check(s.chunk >= 1, || "chunk must be at least 1".into())?;
+        check(m.kernel % 2 == 1 && m.kernel <= MAX_KERNEL, || {
+            format!("kernel must be odd and at most {MAX_KERNEL}, got {}", m.kernel)
+        })?;
+        check(m.passes <= 100, || format!("passes must be at most 100, got {}", m.passes))?;
+        check(m.keep > 0.0 && m.keep <= 1.0, || format!("keep must be in (0, 1], got {}", m.keep))?;
+        check(m.threshold > 0.0 && m.threshold <= 1.0, || {
+            format!("mask threshold must be in (0, 1], got {}", m.threshold)
+        })?;
+        check((0.0..=1.0).contains(&st.threshold), || {
+            format!("stop threshold must be in [0, 1], got {}", st.threshold)
+        })?;
+        check((1..=100).contains(&st.max_iter), || format!("max-iter must be 1..=100, got {}", st.max_iter))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Turning engine results into RGB pictures: colour maps, masks, overlays, montages.
+//! Shared by the CLI's files and the app's textures.
+
+use candle_core::Tensor;
+use image::{Rgb, RgbImage};
+
+use crate::engine::mask::Mask;
+use crate::engine::models::ModelInfo;
+use crate::engine::saliency::SaliencyMap;
+use crate::error::Result;
+
+/// Inferno (matplotlib), sampled at 9 points: perceptually uniform and readable in grayscale.
+const INFERNO: [[f32; 3]; 9] = [
+    [0.0, 0.0, 4.0],
+    [31.0, 12.0, 72.0],
+    [85.0, 15.0, 109.0],
+    [136.0, 34.0, 106.0],
+    [186.0, 54.0, 85.0],
+    [227.0, 89.0, 51.0],
+    [249.0, 140.0, 10.0],
+    [249.0, 201.0, 50.0],
+    [252.0, 255.0, 164.0],
+];
+
+/// Distinct colours for successive iterations' regions (Okabe-Ito, colour-blind safe).
+pub const ITERATION_COLORS: [[u8; 3]; 8] = [
+    [230, 159, 0],
+    [86, 180, 233],
+    [0, 158, 115],
+    [240, 228, 66],
+    [0, 114, 178],
+    [213, 94, 0],
+    [204, 121, 167],
+    [255, 255, 255],
+];
+
+/// The colour of iteration `i` in overlays and legends.
+pub fn iteration_color(i: usize) -> [u8; 3] {
+    ITERATION_COLORS[i % ITERATION_COLORS.len()]
+}
+
+/// Inferno colour of `v` in [0, 1] (NaN is drawn as 0).
+pub fn inferno(v: f32) -> [u8; 3] {
+    let v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 };
+    let x = v * (INFERNO.len() - 1) as f32;
+    let i = (x.floor() as usize).min(INFERNO.len() - 2);
+    let f = x - i as f32;
+    std::array::from_fn(|c| (INFERNO[i][c] * (1.0 - f) + INFERNO[i + 1][c] * f).round() as u8)
+}
+
+pub fn saliency_rgb(s: &SaliencyMap) -> RgbImage {
+    RgbImage::from_fn(s.width as u32, s.height as u32, |x, y| {
+        Rgb(inferno(s.data[y as usize * s.width + x as usize]))
+    })
+}
+
+/// White where masked, black elsewhere.
+pub fn mask_rgb(m: &Mask) -> RgbImage {
+    RgbImage::from_fn(m.width as u32, m.height as u32, |x, y| {
+        let on = m.data[y as usize * m.width + x as usize];
+        Rgb(if on { [255; 3] } else { [0; 3] })
+    })
+}
+
+/// Undoes the model's normalisation of a `[3, h, w]` tensor.
+pub fn input_rgb(t: &Tensor, info: &ModelInfo) -> Result<RgbImage> {
+    let (_, h, w) = t.dims3()?;
+    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    let plane = h * w;
+    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        Rgb(std::array::from_fn(|c| {
+            let u = v[c * plane + i] * info.std[c] + info.mean[c];
+            (u.clamp(0.0, 1.0) * 255.0).round() as u8
+        }))
+    }))
+}
+
+/// Paints `color` over `base` where `mask` is set, with opacity `alpha` in [0, 1].
+/// The mask may have another size than the image: it is sampled nearest-neighbour.
+pub fn overlay(base: &mut RgbImage, mask: &Mask, color: [u8; 3], alpha: f32) {
+    let (w, h) = base.dimensions();
+    let a = alpha.clamp(0.0, 1.0);
+    for (x, y, p) in base.enumerate_pixels_mut() {
+        let mx = (x as usize * mask.width) / w as usize;
+        let my = (y as usize * mask.height) / h as usize;
+        if mask.data[my * mask.width + mx] {
+            for c in 0..3 {
+                p.0[c] = (p.0[c] as f32 * (1.0 - a) + color[c] as f32 * a).round() as u8;
+            }
+        }
+    }
+}
+
+/// Tiles rows of images (each row left to right) with `gap` pixels of dark gray between.
+pub fn montage(rows: &[Vec<RgbImage>], gap: u32) -> RgbImage {
+    let cell_w = rows.iter().flatten().map(|i| i.width()).max().unwrap_or(1);
+    let cell_h = rows.iter().flatten().map(|i| i.height()).max().unwrap_or(1);
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(1) as u32;
+    let w = cols * cell_w + (cols + 1) * gap;
+    let h = rows.len() as u32 * cell_h + (rows.len() as u32 + 1) * gap;
+    let mut out = RgbImage::from_pixel(w.max(1), h.max(1), Rgb([32, 32, 32]));
+    for (r, row) in rows.iter().enumerate() {
+        for (c, img) in row.iter().enumerate() {
+            let x0 = gap + c as u32 * (cell_w + gap);
+            let y0 = gap + r as u32 * (cell_h + gap);
+            image::imageops::overlay(&mut out, img, x0 as i64, y0 as i64);
+        }
+    }
+    out
+}

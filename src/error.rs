@@ -1,0 +1,55 @@
+//! One error type for the whole crate: every failure a user can cause is a value with a
+//! message meant for them, never a panic.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read image {path}: {reason}")]
+    ImageDecode { path: PathBuf, reason: String },
+
+    #[error("image is {width} x {height} pixels; the limit is {limit} pixels")]
+    ImageTooLarge {
+        width: u64,
+        height: u64,
+        limit: u64,
+    },
+
+    #[error("cannot load model weights: {0}")]
+    Weights(String),
+
+    #[error("unknown model '{name}' (known: {known})")]
+    UnknownModel { name: String, known: String },
+
+    #[error("invalid parameter: {0}")]
+    InvalidParam(String),
+
+    #[error("class {class} is out of range: the model has {num_classes} classes")]
+    ClassOutOfRange { class: usize, num_classes: usize },
+
+    #[error("cancelled")]
+    Cancelled,
+
+    #[error("numerical fault: {0}")]
+    Numeric(String),
+
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Engine and CLI integration tests: one binary, a module per area.
+
+mod cli;
+mod common;
+mod mask;
+mod models;
+mod ops;
+mod saliency;
+mod unveil_loop;
