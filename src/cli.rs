@@ -11,15 +11,21 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::device::{self, DeviceChoice};
 use crate::engine::export::{self, RunInfo};
+use crate::engine::image;
 use crate::engine::models::{self, DEFAULT_MODEL};
 use crate::engine::ops::Backend;
-use crate::engine::params::{FillMode, MaskParams, Method, SaliencyParams, StopParams, UnveilParams};
+use crate::engine::params::{
+    FillMode, MaskParams, Method, SaliencyParams, StopParams, UnveilParams,
+};
 use crate::engine::unveil::{self, Event, StopReason};
-use crate::engine::image;
 use crate::error::Result;
 
 #[derive(Parser, Debug)]
-#[command(name = "unveil", version, about = "Iteratively unveil the image regions a CNN classifier relies on.")]
+#[command(
+    name = "unveil",
+    version,
+    about = "Iteratively unveil the image regions a CNN classifier relies on."
+)]
 pub struct Cli {
     /// Without a command, the desktop app starts.
     #[command(subcommand)]
@@ -196,7 +202,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         model: &info,
         total_ms,
     };
-    export::write_run(&args.out, &outcome, &run_info, args.export_raw, args.overwrite)?;
+    export::write_run(
+        &args.out,
+        &outcome,
+        &run_info,
+        args.export_raw,
+        args.overwrite,
+    )?;
     if !quiet {
         let why = match outcome.stop {
             StopReason::BelowThreshold => "p(target) fell below the stop threshold",
@@ -204,7 +216,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
             StopReason::NoNewRegion => "the last mask added no new region",
             StopReason::AllMasked => "the whole image is masked",
         };
-        let after = outcome.after.as_ref().map(|a| format!(" (p after masking: {:.3})", a.p_target));
+        let after = outcome
+            .after
+            .as_ref()
+            .map(|a| format!(" (p after masking: {:.3})", a.p_target));
         eprintln!(
             "target {} ({}): {} iterations, stopped because {why}{}; {:.1} s; wrote {}",
             outcome.target,

@@ -9,11 +9,7 @@ pub enum Error {
     ImageDecode { path: PathBuf, reason: String },
 
     #[error("image is {width} x {height} pixels; the limit is {limit} pixels")]
-    ImageTooLarge {
-        width: u64,
-        height: u64,
-        limit: u64,
-    },
+    ImageTooLarge { width: u64, height: u64, limit: u64 },
 
     #[error("cannot load model weights: {0}")]
     Weights(String),

@@ -25,7 +25,9 @@ impl std::str::FromStr for DeviceChoice {
             "cpu" => Ok(DeviceChoice::Cpu),
             "cuda" => Ok(DeviceChoice::Cuda),
             "metal" => Ok(DeviceChoice::Metal),
-            _ => Err(Error::InvalidParam(format!("unknown device '{s}' (auto, cpu, cuda, metal)"))),
+            _ => Err(Error::InvalidParam(format!(
+                "unknown device '{s}' (auto, cpu, cuda, metal)"
+            ))),
         }
     }
 }
@@ -46,7 +48,9 @@ pub fn available() -> Vec<DeviceChoice> {
 /// Opens the chosen device; `Auto` falls back to the CPU.
 pub fn open(choice: DeviceChoice) -> Result<Device> {
     let unavailable = |what: &str| {
-        Error::InvalidParam(format!("{what} is not available (build with --features {what} on a machine that has one)"))
+        Error::InvalidParam(format!(
+            "{what} is not available (build with --features {what} on a machine that has one)"
+        ))
     };
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),

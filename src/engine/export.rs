@@ -85,9 +85,18 @@ pub fn montage(outcome: &Outcome, model: &ModelInfo) -> Result<image::RgbImage> 
 }
 
 /// Writes the run into `out`. Refuses a folder that already holds files unless `overwrite`.
-pub fn write_run(out: &Path, outcome: &Outcome, info: &RunInfo, raw: bool, overwrite: bool) -> Result<()> {
+pub fn write_run(
+    out: &Path,
+    outcome: &Outcome,
+    info: &RunInfo,
+    raw: bool,
+    overwrite: bool,
+) -> Result<()> {
     if out.exists() {
-        let occupied = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some();
+        let occupied = std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some();
         if occupied && !overwrite {
             return Err(Error::InvalidParam(format!(
                 "output folder {} is not empty; choose another or allow overwriting",
@@ -108,7 +117,10 @@ pub fn write_run(out: &Path, outcome: &Outcome, info: &RunInfo, raw: bool, overw
 }
 
 fn temp_sibling(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
     out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
@@ -119,7 +131,12 @@ fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Resul
         let sub = dir.join(format!("iter_{:02}", step.index));
         mkdir(&sub)?;
         let [input, saliency, mask, masked] = step_images(step, info.model)?;
-        for (name, img) in [("input", input), ("saliency", saliency), ("mask", mask), ("masked", masked)] {
+        for (name, img) in [
+            ("input", input),
+            ("saliency", saliency),
+            ("mask", mask),
+            ("masked", masked),
+        ] {
             save_png(&img, &sub.join(format!("{name}.png")))?;
         }
         if raw {
@@ -132,16 +149,18 @@ fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Resul
         }
     }
     save_png(&montage(outcome, info.model)?, &dir.join("montage.png"))?;
-    let text = serde_json::to_string_pretty(&summary(outcome, info)).expect("summary is valid JSON");
+    let text =
+        serde_json::to_string_pretty(&summary(outcome, info)).expect("summary is valid JSON");
     let path = dir.join("summary.json");
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
 }
 
 pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<()> {
-    img.save_with_format(path, image::ImageFormat::Png).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    })
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
 }
 
 fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
@@ -152,7 +171,11 @@ fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
 /// A little-endian float32 `.npy` file (format version 1.0).
 pub fn write_npy_data(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_txt = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));

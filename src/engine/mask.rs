@@ -1,12 +1,19 @@
 //! Mask smoothing as in the paper: binarise the saliency map, then repeat "mean over a k x k
 //! window of ones, then threshold".
 //!
+//! The rule: a pixel is in the mask after a pass when at least `threshold` of its k x k window
+//! is, where windows larger than the paper's 11 x 11 never need more set pixels than an
+//! 11 x 11 window does (`threshold * 121`). Why the cap: with a pure fraction, a window much
+//! larger than a salient blob dilutes it below the threshold and the mask *shrinks*, then
+//! vanishes, as k grows (on the bundled cat photo: gone at k = 101). With the cap, the count of
+//! set pixels in a window only grows with k, so for k >= 11 a larger window never gives a
+//! smaller mask, and below 11 the plain fraction keeps small-k masks tight.
+//!
 //! What must hold: `passes == 0` returns the binary map unchanged; with a threshold below 0.5 a
 //! filled region grows by about `k * (1/2 - threshold)` pixels per pass, so larger k and more
-//! passes give larger, smoother masks, while a speck much smaller than the window (its window
-//! mean is `1 / k^2`) disappears. Window means use running sums, so the work per pixel does not
-//! depend on k. Near the border the mean is taken over the part of the window inside the image,
-//! so borders neither grow nor shrink masks by themselves.
+//! passes give larger, smoother masks, while a speck much smaller than the window disappears.
+//! Window sums use running sums, so the work per pixel does not depend on k. Near the border
+//! the window is clipped to the image, so borders neither grow nor shrink masks by themselves.
 
 use crate::engine::params::MaskParams;
 use crate::engine::saliency::SaliencyMap;
@@ -43,7 +50,12 @@ impl Mask {
         Mask {
             width: self.width,
             height: self.height,
-            data: self.data.iter().zip(&other.data).map(|(a, b)| *a || *b).collect(),
+            data: self
+                .data
+                .iter()
+                .zip(&other.data)
+                .map(|(a, b)| *a || *b)
+                .collect(),
         }
     }
 
@@ -68,17 +80,26 @@ pub fn binarize(s: &SaliencyMap, keep: f32) -> Mask {
     }
 }
 
-/// `passes` times: a pixel is set when at least `threshold` of its k x k window is set.
+/// The paper's window side: larger windows need no more set pixels than this one.
+pub const REFERENCE_WINDOW: usize = 11;
+
+/// `passes` times: a pixel is set when at least `threshold` of its k x k window (clipped to
+/// the image; counted as at most 11 x 11, see the module docs) is set.
 pub fn smooth(mask: &Mask, kernel: usize, passes: usize, threshold: f32) -> Mask {
     let mut m = mask.clone();
     let mut counts = vec![0u32; m.data.len()];
     let mut areas = vec![0u32; m.data.len()];
     window_areas(m.width, m.height, kernel / 2, &mut areas);
+    let cap = (REFERENCE_WINDOW * REFERENCE_WINDOW) as u32;
+    let needed: Vec<f32> = areas
+        .iter()
+        .map(|&a| threshold * a.min(cap) as f32)
+        .collect();
     for _ in 0..passes {
         let ones: Vec<u32> = m.data.iter().map(|&b| b as u32).collect();
         box_sum(&ones, m.width, m.height, kernel / 2, &mut counts);
-        for ((out, &c), &a) in m.data.iter_mut().zip(&counts).zip(&areas) {
-            *out = c as f32 >= threshold * a as f32;
+        for ((out, &c), &need) in m.data.iter_mut().zip(&counts).zip(&needed) {
+            *out = c as f32 >= need;
         }
     }
     m
@@ -86,7 +107,12 @@ pub fn smooth(mask: &Mask, kernel: usize, passes: usize, threshold: f32) -> Mask
 
 /// Binarise then smooth, with `params`.
 pub fn make_mask(s: &SaliencyMap, params: &MaskParams) -> Mask {
-    smooth(&binarize(s, params.keep), params.kernel, params.passes, params.threshold)
+    smooth(
+        &binarize(s, params.keep),
+        params.kernel,
+        params.passes,
+        params.threshold,
+    )
 }
 
 /// Sums of `v` over the (2r+1) x (2r+1) window around each pixel, clipped to the image.

@@ -124,7 +124,11 @@ pub struct UnveilParams {
 }
 
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
-    if ok { Ok(()) } else { Err(Error::InvalidParam(msg())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidParam(msg()))
+    }
 }
 
 /// Largest accepted smoothing window.
@@ -133,21 +137,34 @@ pub const MAX_KERNEL: usize = 255;
 impl UnveilParams {
     pub fn validate(&self) -> Result<()> {
         let (s, m, st) = (&self.saliency, &self.mask, &self.stop);
-        check((1..=4096).contains(&s.samples), || format!("samples must be 1..=4096, got {}", s.samples))?;
-        check((0.0..=1.0).contains(&s.noise), || format!("noise must be in [0, 1], got {}", s.noise))?;
+        check((1..=4096).contains(&s.samples), || {
+            format!("samples must be 1..=4096, got {}", s.samples)
+        })?;
+        check((0.0..=1.0).contains(&s.noise), || {
+            format!("noise must be in [0, 1], got {}", s.noise)
+        })?;
         check(s.chunk >= 1, || "chunk must be at least 1".into())?;
         check(m.kernel % 2 == 1 && m.kernel <= MAX_KERNEL, || {
-            format!("kernel must be odd and at most {MAX_KERNEL}, got {}", m.kernel)
+            format!(
+                "kernel must be odd and at most {MAX_KERNEL}, got {}",
+                m.kernel
+            )
         })?;
-        check(m.passes <= 100, || format!("passes must be at most 100, got {}", m.passes))?;
-        check(m.keep > 0.0 && m.keep <= 1.0, || format!("keep must be in (0, 1], got {}", m.keep))?;
+        check(m.passes <= 100, || {
+            format!("passes must be at most 100, got {}", m.passes)
+        })?;
+        check(m.keep > 0.0 && m.keep <= 1.0, || {
+            format!("keep must be in (0, 1], got {}", m.keep)
+        })?;
         check(m.threshold > 0.0 && m.threshold <= 1.0, || {
             format!("mask threshold must be in (0, 1], got {}", m.threshold)
         })?;
         check((0.0..=1.0).contains(&st.threshold), || {
             format!("stop threshold must be in [0, 1], got {}", st.threshold)
         })?;
-        check((1..=100).contains(&st.max_iter), || format!("max-iter must be 1..=100, got {}", st.max_iter))?;
+        check((1..=100).contains(&st.max_iter), || {
+            format!("max-iter must be 1..=100, got {}", st.max_iter)
+        })?;
         Ok(())
     }
 }

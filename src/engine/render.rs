@@ -41,7 +41,11 @@ pub fn iteration_color(i: usize) -> [u8; 3] {
 
 /// Inferno colour of `v` in [0, 1] (NaN is drawn as 0).
 pub fn inferno(v: f32) -> [u8; 3] {
-    let v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 };
+    let v = if v.is_finite() {
+        v.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let x = v * (INFERNO.len() - 1) as f32;
     let i = (x.floor() as usize).min(INFERNO.len() - 2);
     let f = x - i as f32;

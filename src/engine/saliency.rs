@@ -39,7 +39,9 @@ pub fn input_gradient(
     let chunk = params.chunk.clamp(1, n);
     let chunks = n.div_ceil(chunk);
     let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let (lo, hi) = flat.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = flat
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
     let sigma = params.noise * (hi - lo).max(0.0);
     let mode = params.method.relu_mode();
     let mut total: Option<Tensor> = None;
@@ -52,7 +54,13 @@ pub fn input_gradient(
         let mut batch = Vec::with_capacity(b * flat.len());
         for s in first..first + b {
             let mut rng = Normal::new(params.seed, s as u64);
-            batch.extend(flat.iter().map(|&v| if sigma > 0.0 { v + sigma * rng.sample() } else { v }));
+            batch.extend(flat.iter().map(|&v| {
+                if sigma > 0.0 {
+                    v + sigma * rng.sample()
+                } else {
+                    v
+                }
+            }));
         }
         let input = Var::from_tensor(&Tensor::from_vec(batch, (b, c, h, w), x.device())?)?;
         let logits = model.forward(input.as_tensor(), mode)?;
@@ -60,7 +68,9 @@ pub fn input_gradient(
         let grads = score.backward()?;
         let g = grads
             .get(input.as_tensor())
-            .ok_or_else(|| Error::Numeric("the model's output does not depend on its input".into()))?
+            .ok_or_else(|| {
+                Error::Numeric("the model's output does not depend on its input".into())
+            })?
             .sum(0)?;
         total = Some(match total {
             None => g,
@@ -68,7 +78,8 @@ pub fn input_gradient(
         });
         progress(ci + 1, chunks);
     }
-    let mean = (total.expect("at least one chunk") / n as f64)?.to_device(&candle_core::Device::Cpu)?;
+    let mean =
+        (total.expect("at least one chunk") / n as f64)?.to_device(&candle_core::Device::Cpu)?;
     Ok(mean)
 }
 
@@ -78,7 +89,9 @@ pub fn saliency_map(gradient: &Tensor) -> Result<SaliencyMap> {
     let (c, h, w) = gradient.dims3()?;
     let g: Vec<f32> = gradient.flatten_all()?.to_vec1()?;
     if g.iter().any(|v| !v.is_finite()) {
-        return Err(Error::Numeric("the gradient contains NaN or infinite values".into()));
+        return Err(Error::Numeric(
+            "the gradient contains NaN or infinite values".into(),
+        ));
     }
     let plane = h * w;
     let mut data: Vec<f32> = (0..plane)

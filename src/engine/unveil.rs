@@ -109,9 +109,13 @@ pub enum Event<'a> {
 /// Softmax probabilities of one normalised image `[3, h, w]`.
 pub fn classify(model: &dyn Classifier, x: &Tensor) -> Result<Vec<f32>> {
     let logits = model.forward(&x.to_device(model.device())?.unsqueeze(0)?, ReluMode::Plain)?;
-    let probs: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?.squeeze(0)?.to_vec1()?;
+    let probs: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?
+        .squeeze(0)?
+        .to_vec1()?;
     if probs.iter().any(|p| !p.is_finite()) {
-        return Err(Error::Numeric("the model produced NaN or infinite scores".into()));
+        return Err(Error::Numeric(
+            "the model produced NaN or infinite scores".into(),
+        ));
     }
     Ok(probs)
 }
@@ -192,14 +196,20 @@ impl Filler {
         let plane = h * w;
         let fill = match mode {
             FillMode::Mean | FillMode::Black => {
-                let rgb = if mode == FillMode::Mean { info.dataset_mean } else { [0.0; 3] };
+                let rgb = if mode == FillMode::Mean {
+                    info.dataset_mean
+                } else {
+                    [0.0; 3]
+                };
                 let v = info.normalise(rgb);
                 (0..c * plane).map(|i| v[(i / plane).min(2)]).collect()
             }
             FillMode::Blur => {
                 let r = (h.min(w) / 16).max(1);
                 (0..c)
-                    .flat_map(|ch| mask::blur_plane(&original[ch * plane..(ch + 1) * plane], w, h, r, 3))
+                    .flat_map(|ch| {
+                        mask::blur_plane(&original[ch * plane..(ch + 1) * plane], w, h, r, 3)
+                    })
                     .collect()
             }
         };
@@ -215,7 +225,13 @@ impl Filler {
         let (c, h, w) = self.shape;
         let plane = h * w;
         let data: Vec<f32> = (0..c * plane)
-            .map(|i| if m.data[i % plane] { self.fill[i] } else { self.original[i] })
+            .map(|i| {
+                if m.data[i % plane] {
+                    self.fill[i]
+                } else {
+                    self.original[i]
+                }
+            })
             .collect();
         Ok(Tensor::from_vec(data, (c, h, w), device)?)
     }
@@ -247,7 +263,9 @@ pub fn run(
     let t = Instant::now();
     let mut probs = classify(model, &input)?;
     let mut classify_ms = ms(t);
-    let target = params.target.unwrap_or_else(|| top_k(model, &probs, 1)[0].class);
+    let target = params
+        .target
+        .unwrap_or_else(|| top_k(model, &probs, 1)[0].class);
     if target >= probs.len() {
         return Err(Error::ClassOutOfRange {
             class: target,
@@ -263,7 +281,9 @@ pub fn run(
             return Err(Error::Cancelled);
         }
         let t = Instant::now();
-        let key = cache.map(|_| GradientCache::key(&input, target, &params.saliency)).transpose()?;
+        let key = cache
+            .map(|_| GradientCache::key(&input, target, &params.saliency))
+            .transpose()?;
         let hit = cache.zip(key).and_then(|(c, k)| c.get(k));
         let cached = hit.is_some();
         let gradient = match hit {
@@ -277,7 +297,14 @@ pub fn run(
                         chunks,
                     }))
                 };
-                let g = saliency::input_gradient(model, &input, target, &params.saliency, &mut report, cancel)?;
+                let g = saliency::input_gradient(
+                    model,
+                    &input,
+                    target,
+                    &params.saliency,
+                    &mut report,
+                    cancel,
+                )?;
                 if let (Some(c), Some(k)) = (cache, key) {
                     c.put(k, Arc::new(g.clone()));
                 }
@@ -313,7 +340,12 @@ pub fn run(
         steps.push(step);
 
         if !grows {
-            return Ok(Outcome { target, steps, stop: StopReason::NoNewRegion, after: None });
+            return Ok(Outcome {
+                target,
+                steps,
+                stop: StopReason::NoNewRegion,
+                after: None,
+            });
         }
         input = masked.to_device(&device)?;
         let t = Instant::now();
@@ -333,7 +365,12 @@ pub fn run(
             None
         };
         if let Some(stop) = stop {
-            return Ok(Outcome { target, steps, stop, after });
+            return Ok(Outcome {
+                target,
+                steps,
+                stop,
+                after,
+            });
         }
     }
 }

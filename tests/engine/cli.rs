@@ -6,7 +6,10 @@ use std::process::Command;
 use crate::common::repo;
 
 fn unveil(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_unveil")).args(args).output().expect("binary runs")
+    Command::new(env!("CARGO_BIN_EXE_unveil"))
+        .args(args)
+        .output()
+        .expect("binary runs")
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -21,10 +24,19 @@ fn read_npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
     assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
     let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
     let header = std::str::from_utf8(&b[10..10 + hl]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && (10 + hl) % 64 == 0, "{header}");
+    assert!(
+        header.contains("'descr': '<f4'") && (10 + hl) % 64 == 0,
+        "{header}"
+    );
     let inner = &header[header.find("'shape': (").unwrap() + 10..];
-    let shape = inner[..inner.find(')').unwrap()].split(',').filter_map(|s| s.trim().parse().ok()).collect();
-    let data = b[10 + hl..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let shape = inner[..inner.find(')').unwrap()]
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let data = b[10 + hl..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     (shape, data)
 }
 
@@ -32,11 +44,23 @@ fn read_npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
 fn run_writes_pictures_summary_and_raw_arrays() {
     let out = tmp("run");
     let o = unveil(&[
-        "run", repo("assets/chelsea.png").to_str().unwrap(), "--samples", "1", "--noise", "0", "--max-iter", "2",
-        "--stop", "0", "--export-raw", "--out", out.to_str().unwrap(),
+        "run",
+        repo("assets/chelsea.png").to_str().unwrap(),
+        "--samples",
+        "1",
+        "--noise",
+        "0",
+        "--max-iter",
+        "2",
+        "--stop",
+        "0",
+        "--export-raw",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     let iters = summary["iterations"].as_array().unwrap();
     assert_eq!(iters.len(), 2);
     assert_eq!(summary["model"]["name"], "efficientnet-lite0");
@@ -66,22 +90,50 @@ fn run_writes_pictures_summary_and_raw_arrays() {
     let p0 = iters[0]["p_target"].as_f64().unwrap();
     assert!((p0 - iters[0]["top5"][0]["prob"].as_f64().unwrap()).abs() < 1e-9);
     let montage = image::open(out.join("montage.png")).unwrap();
-    assert_eq!((montage.width(), montage.height()), (4 * 224 + 5 * 4, 2 * 224 + 3 * 4));
+    assert_eq!(
+        (montage.width(), montage.height()),
+        (4 * 224 + 5 * 4, 2 * 224 + 3 * 4)
+    );
 
     // --samples 1 --noise 0 is deterministic: a second run gives the same gradient.
     let again = tmp("run-again");
     let o = unveil(&[
-        "run", repo("assets/chelsea.png").to_str().unwrap(), "--samples", "1", "--noise", "0", "--max-iter", "1",
-        "--export-raw", "-q", "--out", again.to_str().unwrap(),
+        "run",
+        repo("assets/chelsea.png").to_str().unwrap(),
+        "--samples",
+        "1",
+        "--noise",
+        "0",
+        "--max-iter",
+        "1",
+        "--export-raw",
+        "-q",
+        "--out",
+        again.to_str().unwrap(),
     ]);
     assert!(o.status.success());
-    assert_eq!(read_npy(&out.join("iter_00/gradient.npy")).1, read_npy(&again.join("iter_00/gradient.npy")).1);
+    assert_eq!(
+        read_npy(&out.join("iter_00/gradient.npy")).1,
+        read_npy(&again.join("iter_00/gradient.npy")).1
+    );
 
     // An existing run is never overwritten silently.
-    let o = unveil(&["run", repo("assets/chelsea.png").to_str().unwrap(), "--max-iter", "1", "--samples", "1", "--out", out.to_str().unwrap()]);
+    let o = unveil(&[
+        "run",
+        repo("assets/chelsea.png").to_str().unwrap(),
+        "--max-iter",
+        "1",
+        "--samples",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
-    assert!(out.join("iter_01/mask.png").exists(), "the earlier run is intact");
+    assert!(
+        out.join("iter_01/mask.png").exists(),
+        "the earlier run is intact"
+    );
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&again);
 }
@@ -91,7 +143,10 @@ fn assert_clean_failure(o: &std::process::Output, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "must fail: {err}");
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
 }
 
@@ -106,14 +161,32 @@ fn bad_input_gives_a_clear_error() {
     std::fs::write(&truncated, &png[..png.len() / 3]).unwrap();
     let out = dir.join("out");
     let o = out.to_str().unwrap();
-    assert_clean_failure(&unveil(&["run", dir.join("missing.png").to_str().unwrap(), "--out", o]), "missing.png");
-    assert_clean_failure(&unveil(&["run", text.to_str().unwrap(), "--out", o]), "not a PNG, JPEG or TIFF");
-    assert_clean_failure(&unveil(&["run", truncated.to_str().unwrap(), "--out", o]), "cannot read image");
+    assert_clean_failure(
+        &unveil(&["run", dir.join("missing.png").to_str().unwrap(), "--out", o]),
+        "missing.png",
+    );
+    assert_clean_failure(
+        &unveil(&["run", text.to_str().unwrap(), "--out", o]),
+        "not a PNG, JPEG or TIFF",
+    );
+    assert_clean_failure(
+        &unveil(&["run", truncated.to_str().unwrap(), "--out", o]),
+        "cannot read image",
+    );
     let chelsea = repo("assets/chelsea.png");
     let c = chelsea.to_str().unwrap();
-    assert_clean_failure(&unveil(&["run", c, "--kernel", "4", "--out", o]), "kernel must be odd");
-    assert_clean_failure(&unveil(&["run", c, "--model", "nope", "--out", o]), "unknown model 'nope'");
-    assert_clean_failure(&unveil(&["run", c, "--class", "1000", "--samples", "1", "--out", o]), "out of range");
+    assert_clean_failure(
+        &unveil(&["run", c, "--kernel", "4", "--out", o]),
+        "kernel must be odd",
+    );
+    assert_clean_failure(
+        &unveil(&["run", c, "--model", "nope", "--out", o]),
+        "unknown model 'nope'",
+    );
+    assert_clean_failure(
+        &unveil(&["run", c, "--class", "1000", "--samples", "1", "--out", o]),
+        "out of range",
+    );
     assert!(!out.exists(), "nothing is written for a failed run");
     let _ = std::fs::remove_dir_all(&dir);
 }

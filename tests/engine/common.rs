@@ -15,13 +15,16 @@ pub fn repo(path: &str) -> PathBuf {
 pub fn lite0() -> Arc<dyn Classifier> {
     static MODEL: OnceLock<Arc<dyn Classifier>> = OnceLock::new();
     MODEL
-        .get_or_init(|| models::load(DEFAULT_MODEL, &Device::Cpu, Backend::Fast).expect("bundled model loads"))
+        .get_or_init(|| {
+            models::load(DEFAULT_MODEL, &Device::Cpu, Backend::Fast).expect("bundled model loads")
+        })
         .clone()
 }
 
 /// Tensors of a safetensors fixture under tests/fixtures.
 pub fn fixture(name: &str) -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(repo(&format!("tests/fixtures/{name}")), &Device::Cpu).expect("fixture loads")
+    candle_core::safetensors::load(repo(&format!("tests/fixtures/{name}")), &Device::Cpu)
+        .expect("fixture loads")
 }
 
 pub fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -30,7 +33,10 @@ pub fn to_vec(t: &Tensor) -> Vec<f32> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -43,10 +49,14 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// Deterministic pseudo-random values in [-scale, scale].
 pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()

@@ -18,7 +18,13 @@ fn target_and_input() -> (usize, Tensor, std::collections::HashMap<String, Tenso
 fn gradient(model: &dyn Classifier, x: &Tensor, target: usize, mode: ReluMode) -> Vec<f32> {
     let v = Var::from_tensor(x).unwrap();
     let logits = model.forward(v.as_tensor(), mode).unwrap();
-    let grads = logits.narrow(1, target, 1).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = logits
+        .narrow(1, target, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     to_vec(grads.get(v.as_tensor()).unwrap())
 }
 
@@ -33,7 +39,10 @@ fn logits_match_pytorch() {
 #[test]
 fn guided_and_vanilla_gradients_match_pytorch() {
     let (target, x, f) = target_and_input();
-    for (mode, key) in [(ReluMode::Guided, "grad_guided"), (ReluMode::Plain, "grad_vanilla")] {
+    for (mode, key) in [
+        (ReluMode::Guided, "grad_guided"),
+        (ReluMode::Plain, "grad_vanilla"),
+    ] {
         let g = gradient(lite0().as_ref(), &x, target, mode);
         let c = cosine(&g, &to_vec(&f[key]));
         assert!(c > 0.999, "{key}: cosine {c}");
@@ -44,10 +53,19 @@ fn guided_and_vanilla_gradients_match_pytorch() {
 fn fast_ops_match_stock_candle_on_the_whole_model() {
     let (target, x, _) = target_and_input();
     // A smaller input keeps the stock path (slow by design) quick; TF padding handles any size.
-    let x = x.narrow(2, 40, 96).unwrap().narrow(3, 60, 96).unwrap().contiguous().unwrap();
+    let x = x
+        .narrow(2, 40, 96)
+        .unwrap()
+        .narrow(3, 60, 96)
+        .unwrap()
+        .contiguous()
+        .unwrap();
     let stock = Lite0::bundled(&Device::Cpu, Backend::Stock).unwrap();
     let fast = lite0();
-    let (lf, ls) = (fast.forward(&x, ReluMode::Plain).unwrap(), stock.forward(&x, ReluMode::Plain).unwrap());
+    let (lf, ls) = (
+        fast.forward(&x, ReluMode::Plain).unwrap(),
+        stock.forward(&x, ReluMode::Plain).unwrap(),
+    );
     assert!(max_abs_diff(&to_vec(&lf), &to_vec(&ls)) < 1e-3);
     let gf = gradient(fast.as_ref(), &x, target, ReluMode::Guided);
     let gs = gradient(&stock, &x, target, ReluMode::Guided);
@@ -80,7 +98,10 @@ fn sample_photos_are_recognised() {
     assert!((281..=285).contains(&class), "chelsea: {class} {label} {p}");
     let (class, label, p) = top1("assets/coffee.png");
     // 504 coffee mug, 967 espresso, 968 cup.
-    assert!([504, 967, 968].contains(&class), "coffee: {class} {label} {p}");
+    assert!(
+        [504, 967, 968].contains(&class),
+        "coffee: {class} {label} {p}"
+    );
 }
 
 #[test]

@@ -3,9 +3,9 @@
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
+use unveil::Error;
 use unveil::engine::params::{Method, SaliencyParams};
 use unveil::engine::saliency::{input_gradient, saliency_map};
-use unveil::Error;
 
 use crate::common::{cosine, fixture, lite0, max_abs_diff, to_vec};
 
@@ -23,10 +23,17 @@ fn grad(x: &Tensor, target: usize, p: &SaliencyParams) -> Vec<f32> {
 #[test]
 fn one_sample_without_noise_is_plain_guided_backprop() {
     let (x, target, f) = fixture_input();
-    let p = SaliencyParams { samples: 1, noise: 0.0, ..Default::default() };
+    let p = SaliencyParams {
+        samples: 1,
+        noise: 0.0,
+        ..Default::default()
+    };
     let c = cosine(&grad(&x, target, &p), &to_vec(&f["grad_guided"]));
     assert!(c > 0.999, "cosine {c}");
-    let p = SaliencyParams { method: Method::Vanilla, ..p };
+    let p = SaliencyParams {
+        method: Method::Vanilla,
+        ..p
+    };
     let c = cosine(&grad(&x, target, &p), &to_vec(&f["grad_vanilla"]));
     assert!(c > 0.999, "cosine {c}");
 }
@@ -34,11 +41,24 @@ fn one_sample_without_noise_is_plain_guided_backprop() {
 #[test]
 fn same_seed_same_map_other_seed_other_map() {
     let (x, target, _) = fixture_input();
-    let p = SaliencyParams { samples: 4, noise: 0.2, seed: 7, chunk: 2, ..Default::default() };
+    let p = SaliencyParams {
+        samples: 4,
+        noise: 0.2,
+        seed: 7,
+        chunk: 2,
+        ..Default::default()
+    };
     let a = grad(&x, target, &p);
     let b = grad(&x, target, &p);
     assert_eq!(a, b, "same settings and seed must give the same gradient");
-    let c = grad(&x, target, &SaliencyParams { seed: 8, ..p.clone() });
+    let c = grad(
+        &x,
+        target,
+        &SaliencyParams {
+            seed: 8,
+            ..p.clone()
+        },
+    );
     assert!(max_abs_diff(&a, &c) > 0.0);
     // The chunk size bounds memory; it must not change the result.
     let d = grad(&x, target, &SaliencyParams { chunk: 3, ..p });
@@ -48,8 +68,24 @@ fn same_seed_same_map_other_seed_other_map() {
 #[test]
 fn smoothgrad_averages_noisy_gradients() {
     let (x, target, _) = fixture_input();
-    let plain = grad(&x, target, &SaliencyParams { samples: 1, noise: 0.0, ..Default::default() });
-    let smooth = grad(&x, target, &SaliencyParams { samples: 6, noise: 0.15, ..Default::default() });
+    let plain = grad(
+        &x,
+        target,
+        &SaliencyParams {
+            samples: 1,
+            noise: 0.0,
+            ..Default::default()
+        },
+    );
+    let smooth = grad(
+        &x,
+        target,
+        &SaliencyParams {
+            samples: 6,
+            noise: 0.15,
+            ..Default::default()
+        },
+    );
     let c = cosine(&plain, &smooth);
     // Related to the plain map, but not the same one.
     assert!(c > 0.2 && c < 0.99, "cosine {c}");
@@ -57,7 +93,12 @@ fn smoothgrad_averages_noisy_gradients() {
 
 #[test]
 fn map_is_normalised_and_reduces_channels_by_max_abs() {
-    let g = Tensor::from_vec(vec![0.0f32, -4.0, 1.0, 0.5, 2.0, -3.0, 0.0, 100.0], (2, 2, 2), &Device::Cpu).unwrap();
+    let g = Tensor::from_vec(
+        vec![0.0f32, -4.0, 1.0, 0.5, 2.0, -3.0, 0.0, 100.0],
+        (2, 2, 2),
+        &Device::Cpu,
+    )
+    .unwrap();
     let m = saliency_map(&g).unwrap();
     assert_eq!((m.width, m.height), (2, 2));
     assert!(m.data.iter().all(|v| (0.0..=1.0).contains(v)));
@@ -83,11 +124,22 @@ fn cancel_stops_before_the_next_chunk() {
     let (x, target, _) = fixture_input();
     let cancel = AtomicBool::new(false);
     let mut chunks_done = 0;
-    let p = SaliencyParams { samples: 8, chunk: 2, ..Default::default() };
-    let r = input_gradient(lite0().as_ref(), &x, target, &p, &mut |done, _| {
-        chunks_done = done;
-        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-    }, &cancel);
+    let p = SaliencyParams {
+        samples: 8,
+        chunk: 2,
+        ..Default::default()
+    };
+    let r = input_gradient(
+        lite0().as_ref(),
+        &x,
+        target,
+        &p,
+        &mut |done, _| {
+            chunks_done = done;
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        },
+        &cancel,
+    );
     assert!(matches!(r, Err(Error::Cancelled)));
     assert_eq!(chunks_done, 1, "work stops within one chunk of the cancel");
 }

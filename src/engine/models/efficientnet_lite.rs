@@ -26,13 +26,55 @@ struct Stage {
 
 /// EfficientNet-Lite0's stages (width and depth multipliers are 1.0).
 const LITE0: [Stage; 7] = [
-    Stage { repeats: 1, kernel: 3, stride: 1, expand: 1, out: 16 },
-    Stage { repeats: 2, kernel: 3, stride: 2, expand: 6, out: 24 },
-    Stage { repeats: 2, kernel: 5, stride: 2, expand: 6, out: 40 },
-    Stage { repeats: 3, kernel: 3, stride: 2, expand: 6, out: 80 },
-    Stage { repeats: 3, kernel: 5, stride: 1, expand: 6, out: 112 },
-    Stage { repeats: 4, kernel: 5, stride: 2, expand: 6, out: 192 },
-    Stage { repeats: 1, kernel: 3, stride: 1, expand: 6, out: 320 },
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand: 1,
+        out: 16,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 3,
+        stride: 2,
+        expand: 6,
+        out: 24,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 5,
+        stride: 2,
+        expand: 6,
+        out: 40,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 3,
+        stride: 2,
+        expand: 6,
+        out: 80,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 5,
+        stride: 1,
+        expand: 6,
+        out: 112,
+    },
+    Stage {
+        repeats: 4,
+        kernel: 5,
+        stride: 2,
+        expand: 6,
+        out: 192,
+    },
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand: 6,
+        out: 320,
+    },
 ];
 const STEM: usize = 32;
 const HEAD: usize = 1280;
@@ -69,9 +111,24 @@ pub struct EfficientNetLite {
 }
 
 impl EfficientNetLite {
-    pub fn lite0(w: &Weights, num_classes: usize, device: &Device, backend: Backend) -> Result<Self> {
+    pub fn lite0(
+        w: &Weights,
+        num_classes: usize,
+        device: &Device,
+        backend: Backend,
+    ) -> Result<Self> {
         let same = PadMode::TfSame;
-        let stem = Conv::with_bn(w, "_conv_stem", "_bn0", BN_EPS, (3, STEM, 3), 2, 1, same, device)?;
+        let stem = Conv::with_bn(
+            w,
+            "_conv_stem",
+            "_bn0",
+            BN_EPS,
+            (3, STEM, 3),
+            2,
+            1,
+            same,
+            device,
+        )?;
         let mut blocks = Vec::new();
         let mut cin = STEM;
         for stage in &LITE0 {
@@ -86,9 +143,20 @@ impl EfficientNetLite {
                     })
                     .transpose()?;
                 let (c, b) = (format!("{p}._depthwise_conv"), format!("{p}._bn1"));
-                let depthwise = Conv::with_bn(w, &c, &b, BN_EPS, (mid, mid, stage.kernel), stride, mid, same, device)?;
+                let depthwise = Conv::with_bn(
+                    w,
+                    &c,
+                    &b,
+                    BN_EPS,
+                    (mid, mid, stage.kernel),
+                    stride,
+                    mid,
+                    same,
+                    device,
+                )?;
                 let (c, b) = (format!("{p}._project_conv"), format!("{p}._bn2"));
-                let project = Conv::with_bn(w, &c, &b, BN_EPS, (mid, stage.out, 1), 1, 1, same, device)?;
+                let project =
+                    Conv::with_bn(w, &c, &b, BN_EPS, (mid, stage.out, 1), 1, 1, same, device)?;
                 blocks.push(MbConv {
                     expand,
                     depthwise,
@@ -98,7 +166,17 @@ impl EfficientNetLite {
                 cin = stage.out;
             }
         }
-        let head = Conv::with_bn(w, "_conv_head", "_bn1", BN_EPS, (cin, HEAD, 1), 1, 1, same, device)?;
+        let head = Conv::with_bn(
+            w,
+            "_conv_head",
+            "_bn1",
+            BN_EPS,
+            (cin, HEAD, 1),
+            1,
+            1,
+            same,
+            device,
+        )?;
         let fc = Linear::load(w, "_fc", (HEAD, num_classes), device)?;
         Ok(EfficientNetLite {
             stem,

@@ -98,7 +98,14 @@ impl Conv {
         Self::new(weight, bias, stride, groups, pad, device)
     }
 
-    pub fn new(weight: Tensor, bias: Tensor, stride: usize, groups: usize, pad: PadMode, device: &Device) -> Result<Self> {
+    pub fn new(
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        groups: usize,
+        pad: PadMode,
+        device: &Device,
+    ) -> Result<Self> {
         let (cout, cin_g, k, _) = weight.dims4()?;
         let depthwise = (groups > 1 && groups == cout && cin_g == 1).then(|| -> Result<_> {
             Ok(DepthwiseConv2d::new(
@@ -130,7 +137,11 @@ impl Conv {
     pub fn forward(&self, x: &Tensor, backend: Backend) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding(h, w);
-        if let Some(dw) = self.depthwise.as_ref().filter(|_| backend.fast_cpu(x.device())) {
+        if let Some(dw) = self
+            .depthwise
+            .as_ref()
+            .filter(|_| backend.fast_cpu(x.device()))
+        {
             return Ok(dw.forward(x, pad)?);
         }
         let x = pad_zeros(x, pad)?;
@@ -162,7 +173,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(w: &Weights, prefix: &str, (inp, out): (usize, usize), device: &Device) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        (inp, out): (usize, usize),
+        device: &Device,
+    ) -> Result<Self> {
         let weight = w.get(&format!("{prefix}.weight"), &[out, inp])?;
         let bias = w.get(&format!("{prefix}.bias"), &[out])?;
         Ok(Linear {

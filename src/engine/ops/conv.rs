@@ -7,7 +7,9 @@
 //! kernels larger than 1 x 1, a col2im scatter.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// Convolution of an already padded input `x` (`[n, cin, h, w]`) with `weight`
@@ -18,26 +20,21 @@ pub fn conv2d_const(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize) -
     if wcin != cin {
         candle_core::bail!("conv expects {wcin} input channels, got {cin}")
     }
-    let detached = x.detach();
+    // Detached (weights too), so that even a weight passed as a `Var` stays out of the graph.
+    let (detached, weight, bias) = (x.detach(), weight.detach(), bias.detach());
     let y = if k == 1 && stride == 1 {
         // A 1 x 1 convolution is a matrix product; skip im2col altogether.
         let w2 = weight.reshape((cout, cin))?;
         w2.broadcast_matmul(&detached.reshape((n, cin, h * w))?)?
             .reshape((n, cout, h, w))?
     } else {
-        detached.conv2d(weight, 0, stride, 1, 1)?
+        detached.conv2d(&weight, 0, stride, 1, 1)?
     };
     let y = y.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
     if !x.track_op() {
         return Ok(y);
     }
-    x.apply_op2(
-        &y,
-        InputGrad {
-            weight: weight.clone(),
-            stride,
-        },
-    )
+    x.apply_op2(&y, InputGrad { weight, stride })
 }
 
 /// Forward: returns its second argument (the precomputed convolution) unchanged.
@@ -56,19 +53,43 @@ impl CustomOp2 for InputGrad {
         "conv2d-input-grad"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, y: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        y: &CpuStorage,
+        l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         pass_through(y, l)
     }
 
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, y: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        y: &CudaStorage,
+        l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         pass_through(y, l)
     }
 
-    fn metal_fwd(&self, _: &MetalStorage, _: &Layout, y: &MetalStorage, l: &Layout) -> Result<(MetalStorage, Shape)> {
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        y: &MetalStorage,
+        l: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
         pass_through(y, l)
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, cin, h, w) = x.dims4()?;
         let (cout, _, k, _) = self.weight.dims4()?;
         let (_, _, oh, ow) = grad.dims4()?;
@@ -79,13 +100,20 @@ impl CustomOp2 for InputGrad {
                 .reshape((n, cin, h, w))?
         } else if x.device().is_cpu() {
             // cols[n] = W^T [cin*k*k, cout] x grad[n] [cout, oh*ow], then scatter back.
-            let wt = self.weight.reshape((cout, cin * k * k))?.t()?.contiguous()?;
+            let wt = self
+                .weight
+                .reshape((cout, cin * k * k))?
+                .t()?
+                .contiguous()?;
             let cols = wt.broadcast_matmul(&grad.contiguous()?.reshape((n, cout, oh * ow))?)?;
             let gx = super::with_cpu_f32(&cols, |cols| col2im(cols, n, cin, h, w, k, s, oh, ow))?;
             Tensor::from_vec(gx, (n, cin, h, w), x.device())?
         } else {
-            let out_padding = h - ((oh - 1) * s + k);
-            grad.conv_transpose2d(&self.weight, 0, out_padding, s, 1)?
+            // Rows and columns past the last window get no gradient. (candle's own conv backward
+            // derives one output padding from the height alone, wrong when h and w differ.)
+            let gx = grad.conv_transpose2d(&self.weight, 0, 0, s, 1)?;
+            gx.pad_with_zeros(2, 0, h - gx.dim(2)?)?
+                .pad_with_zeros(3, 0, w - gx.dim(3)?)?
         };
         Ok((Some(grad_x), None))
     }
@@ -93,22 +121,34 @@ impl CustomOp2 for InputGrad {
 
 /// Scatter-adds im2col columns `[n, cin*k*k, oh*ow]` back into an image `[n, cin, h, w]`.
 #[allow(clippy::too_many_arguments)]
-fn col2im(cols: &[f32], n: usize, cin: usize, h: usize, w: usize, k: usize, s: usize, oh: usize, ow: usize) -> Vec<f32> {
+fn col2im(
+    cols: &[f32],
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    oh: usize,
+    ow: usize,
+) -> Vec<f32> {
     let mut out = vec![0f32; n * cin * h * w];
-    out.par_chunks_mut(h * w).enumerate().for_each(|(plane, img)| {
-        let (b, c) = (plane / cin, plane % cin);
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = (c * k + ky) * k + kx;
-                let src = &cols[(b * cin * k * k + row) * oh * ow..][..oh * ow];
-                for oy in 0..oh {
-                    let dst = &mut img[(oy * s + ky) * w..];
-                    for ox in 0..ow {
-                        dst[ox * s + kx] += src[oy * ow + ox];
+    out.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, img)| {
+            let (b, c) = (plane / cin, plane % cin);
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = (c * k + ky) * k + kx;
+                    let src = &cols[(b * cin * k * k + row) * oh * ow..][..oh * ow];
+                    for oy in 0..oh {
+                        let dst = &mut img[(oy * s + ky) * w..];
+                        for ox in 0..ow {
+                            dst[ox * s + kx] += src[oy * ow + ox];
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     out
 }

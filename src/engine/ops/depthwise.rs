@@ -33,7 +33,8 @@ impl Padding {
     /// TensorFlow "SAME" padding for one input size: output = ceil(input / stride), with the
     /// odd pixel of padding going after (bottom/right).
     pub fn tf_same(h: usize, w: usize, k: usize, stride: usize) -> Self {
-        let total = |n: usize| (n.div_ceil(stride).saturating_sub(1) * stride + k).saturating_sub(n);
+        let total =
+            |n: usize| (n.div_ceil(stride).saturating_sub(1) * stride + k).saturating_sub(n);
         let (th, tw) = (total(h), total(w));
         Padding {
             top: th / 2,
@@ -115,7 +116,11 @@ impl DepthwiseConv2d {
         let s = self.stride as isize;
         let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
         let last = geo.w as isize - 1 - off;
-        let hi = if last < 0 { 0 } else { (last / s + 1).min(geo.ow as isize) };
+        let hi = if last < 0 {
+            0
+        } else {
+            (last / s + 1).min(geo.ow as isize)
+        };
         (lo as usize, hi.max(lo) as usize, off)
     }
 
@@ -184,7 +189,10 @@ impl CustomOp1 for Applied {
                 let xp = &x[i * in_plane..(i + 1) * in_plane];
                 self.conv.forward_plane(i % c, xp, o, g);
             });
-        Ok((CpuStorage::F32(out), Shape::from((self.batch, c, g.oh, g.ow))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((self.batch, c, g.oh, g.ow)),
+        ))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -192,10 +200,12 @@ impl CustomOp1 for Applied {
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
         let gx = super::with_cpu_f32(grad, |gy| {
             let mut gx = vec![0f32; self.batch * c * in_plane];
-            gx.par_chunks_mut(in_plane).enumerate().for_each(|(i, gxp)| {
-                let gyp = &gy[i * out_plane..(i + 1) * out_plane];
-                self.conv.backward_plane(i % c, gyp, gxp, g);
-            });
+            gx.par_chunks_mut(in_plane)
+                .enumerate()
+                .for_each(|(i, gxp)| {
+                    let gyp = &gy[i * out_plane..(i + 1) * out_plane];
+                    self.conv.backward_plane(i % c, gyp, gxp, g);
+                });
             gx
         })?;
         Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
