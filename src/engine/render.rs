@@ -89,8 +89,8 @@ pub fn overlay(base: &mut RgbImage, mask: &Mask, color: [u8; 3], alpha: f32) {
         let mx = (x as usize * mask.width) / w as usize;
         let my = (y as usize * mask.height) / h as usize;
         if mask.data[my * mask.width + mx] {
-            for c in 0..3 {
-                p.0[c] = (p.0[c] as f32 * (1.0 - a) + color[c] as f32 * a).round() as u8;
+            for (v, &c) in p.0.iter_mut().zip(&color) {
+                *v = (*v as f32 * (1.0 - a) + c as f32 * a).round() as u8;
             }
         }
     }

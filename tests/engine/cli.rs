@@ -25,7 +25,7 @@ fn read_npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
     let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
     let header = std::str::from_utf8(&b[10..10 + hl]).unwrap();
     assert!(
-        header.contains("'descr': '<f4'") && (10 + hl) % 64 == 0,
+        header.contains("'descr': '<f4'") && (10 + hl).is_multiple_of(64),
         "{header}"
     );
     let inner = &header[header.find("'shape': (").unwrap() + 10..];
