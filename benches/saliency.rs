@@ -14,24 +14,53 @@ use unveil::engine::saliency::input_gradient;
 use unveil::engine::unveil::{classify, run, top_k};
 
 fn main() {
-    let img = image::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/chelsea.png"))).unwrap();
+    let img = image::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/assets/chelsea.png"
+    )))
+    .unwrap();
     let never = AtomicBool::new(false);
     println!("| backend | samples | ms per sample |\n|---|---|---|");
     for (backend, samples) in [(Backend::Fast, 16), (Backend::Stock, 2)] {
         let model = models::load(DEFAULT_MODEL, &Device::Cpu, backend).unwrap();
         let x = image::to_model_input(&img, model.info(), &Device::Cpu).unwrap();
         let target = top_k(model.as_ref(), &classify(model.as_ref(), &x).unwrap(), 1)[0].class;
-        let p = SaliencyParams { samples, ..Default::default() };
+        let p = SaliencyParams {
+            samples,
+            ..Default::default()
+        };
         // Warm-up (allocator, thread pool), then the measured pass.
-        input_gradient(model.as_ref(), &x, target, &SaliencyParams { samples: 1, ..p.clone() }, &mut |_, _| {}, &never).unwrap();
+        input_gradient(
+            model.as_ref(),
+            &x,
+            target,
+            &SaliencyParams {
+                samples: 1,
+                ..p.clone()
+            },
+            &mut |_, _| {},
+            &never,
+        )
+        .unwrap();
         let t = Instant::now();
         input_gradient(model.as_ref(), &x, target, &p, &mut |_, _| {}, &never).unwrap();
-        println!("| {backend:?} | {samples} | {:.0} |", t.elapsed().as_secs_f64() * 1e3 / samples as f64);
+        println!(
+            "| {backend:?} | {samples} | {:.0} |",
+            t.elapsed().as_secs_f64() * 1e3 / samples as f64
+        );
     }
     let model = models::load(DEFAULT_MODEL, &Device::Cpu, Backend::Fast).unwrap();
     let x = image::to_model_input(&img, model.info(), &Device::Cpu).unwrap();
     let t = Instant::now();
-    let out = run(model.as_ref(), &x, &UnveilParams::default(), None, &mut |_| {}, &never).unwrap();
+    let out = run(
+        model.as_ref(),
+        &x,
+        &UnveilParams::default(),
+        None,
+        &mut |_| {},
+        &never,
+    )
+    .unwrap();
     println!(
         "\nend-to-end default run (chelsea, {} iterations x {} samples): {:.1} s",
         out.steps.len(),

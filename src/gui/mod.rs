@@ -1,8 +1,33 @@
-//! The desktop app (eframe/egui) over the engine.
+//! The desktop app (eframe/egui): a thin front end over the engine.
+//!
+//! The UI thread never waits on the model: decoding, model loading, runs and exports happen in
+//! worker threads whose results arrive over a channel (runs) or as promises (dialogs, images),
+//! and the latest run wins: starting one cancels the one before.
 
-/// Opens the main window.
+pub mod app;
+pub mod dialogs;
+pub mod notices;
+pub mod panels;
+pub mod settings;
+pub mod textures;
+pub mod worker;
+
+pub use app::{App, AppOptions};
+
+/// Opens the main window with the bundled model and sample image.
 pub fn run_native() -> crate::Result<()> {
-    Err(crate::Error::InvalidParam(
-        "the desktop app is not built yet; use `unveil run`".into(),
-    ))
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("unveil")
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([900.0, 560.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "unveil",
+        options,
+        Box::new(|cc| Ok(Box::new(App::new(cc, AppOptions::default())))),
+    )
+    .map_err(|e| crate::Error::InvalidParam(format!("cannot open a window: {e}")))
 }

@@ -1,0 +1,37 @@
+//! Native file dialogs, behind a trait so tests never open a real one.
+
+use std::path::PathBuf;
+
+/// The dialogs the app uses. Calls block; the app runs them off the UI thread.
+pub trait Dialogs: Send + Sync {
+    fn pick_image(&self) -> Option<PathBuf>;
+    fn pick_folder(&self) -> Option<PathBuf>;
+    fn save_png(&self, suggested: &str) -> Option<PathBuf>;
+}
+
+/// The platform's dialogs (rfd: xdg-portal on Linux, native on macOS and Windows).
+pub struct NativeDialogs;
+
+impl Dialogs for NativeDialogs {
+    fn pick_image(&self) -> Option<PathBuf> {
+        rfd::FileDialog::new()
+            .set_title("Open image")
+            .add_filter("Images", &["png", "jpg", "jpeg", "tif", "tiff"])
+            .add_filter("All files", &["*"])
+            .pick_file()
+    }
+
+    fn pick_folder(&self) -> Option<PathBuf> {
+        rfd::FileDialog::new()
+            .set_title("Export run to folder")
+            .pick_folder()
+    }
+
+    fn save_png(&self, suggested: &str) -> Option<PathBuf> {
+        rfd::FileDialog::new()
+            .set_title("Save montage")
+            .set_file_name(suggested)
+            .add_filter("PNG image", &["png"])
+            .save_file()
+    }
+}

@@ -1,0 +1,82 @@
+//! The parameter sliders. Mask-only changes take the fast path (no gradient recompute for
+//! iteration 0); anything else reruns the whole loop in the background.
+
+use crate::engine::params::{FillMode, MAX_KERNEL, Method};
+use crate::gui::app::{App, only_mask_changed};
+
+pub fn ui(app: &mut App, ui: &mut egui::Ui) {
+    let before = app.settings.params.clone();
+    let p = &mut app.settings.params;
+
+    ui.heading("Mask smoothing");
+    ui.add(egui::Slider::new(&mut p.mask.kernel, 1..=MAX_KERNEL.min(101)).step_by(2.0).text("Kernel size"))
+        .on_hover_text("Side of the square window (pixels at the model's input size) averaged in each pass. Larger gives larger, smoother masks; smaller gives tight masks for small regions. Paper: 11.");
+    ui.add(egui::Slider::new(&mut p.mask.passes, 0..=10).text("Smoothing passes"))
+        .on_hover_text("How many times to average then threshold. More passes grow and round the mask. Paper: 3. 0 shows the raw binarised saliency.");
+    ui.add(
+        egui::Slider::new(&mut p.mask.keep, 0.005..=0.5)
+            .logarithmic(true)
+            .text("Seed fraction"),
+    )
+    .on_hover_text("Fraction of the most salient pixels that start the mask, before smoothing.");
+    ui.add(egui::Slider::new(&mut p.mask.threshold, 0.05..=0.95).text("Pass threshold"))
+        .on_hover_text("A pixel stays in the mask when at least this fraction of its window is in it. Below 0.5 masks grow with each pass.");
+    if p.mask.kernel % 2 == 0 {
+        p.mask.kernel += 1;
+    }
+
+    ui.separator();
+    ui.heading("Stopping");
+    ui.add(egui::Slider::new(&mut p.stop.threshold, 0.0..=1.0).text("Stop threshold"))
+        .on_hover_text("Stop once the probability of the class, with every mask so far applied, falls below this.");
+
+    ui.separator();
+    egui::CollapsingHeader::new("Advanced").default_open(false).show(ui, |ui| {
+        ui.horizontal(|ui| {
+            ui.label("Method").on_hover_text("Guided backprop (the paper) or the plain input gradient");
+            ui.selectable_value(&mut p.saliency.method, Method::Guided, "Guided")
+                .on_hover_text("Guided backpropagation: every ReLU passes only positive gradients for positive inputs");
+            ui.selectable_value(&mut p.saliency.method, Method::Vanilla, "Vanilla")
+                .on_hover_text("The plain gradient of the class score with respect to the input");
+        });
+        ui.add(egui::Slider::new(&mut p.saliency.samples, 1..=64).text("SmoothGrad samples"))
+            .on_hover_text("Noisy copies averaged per saliency map. More is smoother and slower; 1 with noise 0 is the plain map.");
+        ui.add(egui::Slider::new(&mut p.saliency.noise, 0.0..=0.5).text("Noise (sigma / range)"))
+            .on_hover_text("SmoothGrad noise standard deviation as a fraction of the input's value range.");
+        ui.horizontal(|ui| {
+            ui.label("Seed");
+            ui.add(egui::DragValue::new(&mut p.saliency.seed)).on_hover_text("Seed of the SmoothGrad noise: the same seed gives the same map.");
+        });
+        ui.add(egui::Slider::new(&mut p.stop.max_iter, 1..=20).text("Max iterations"))
+            .on_hover_text("The loop never runs more iterations than this.");
+        ui.horizontal(|ui| {
+            ui.label("Fill").on_hover_text("What masked pixels are replaced with");
+            ui.selectable_value(&mut p.fill, FillMode::Mean, "Mean").on_hover_text("The training set's mean colour");
+            ui.selectable_value(&mut p.fill, FillMode::Black, "Black").on_hover_text("Black pixels");
+            ui.selectable_value(&mut p.fill, FillMode::Blur, "Blur").on_hover_text("A heavy blur of the image");
+        });
+        if ui.button("Reset to the paper's defaults").on_hover_text("Kernel 11, 3 passes, guided backprop with SmoothGrad").clicked() {
+            let target = p.target;
+            *p = Default::default();
+            p.target = target;
+        }
+    });
+
+    let after = app.settings.params.clone();
+    if after != before {
+        if only_mask_changed(&before, &after) {
+            app.mask_params_changed(ui.ctx());
+        } else {
+            app.request_run();
+        }
+    }
+
+    if let Some(model) = &app.model {
+        ui.separator();
+        ui.label(
+            egui::RichText::new(&model.info().description)
+                .small()
+                .weak(),
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! Bottom bar: progress with Cancel, why the run stopped, and notices.
+
+use crate::engine::unveil::StopReason;
+use crate::gui::app::App;
+
+pub fn ui(app: &mut App, ui: &mut egui::Ui) {
+    egui::Panel::bottom("status").show(ui, |ui| {
+        ui.horizontal(|ui| {
+            if app.is_running() {
+                let (fraction, text) = match app.progress {
+                    Some(p) => {
+                        let done = p.iteration as f32 + p.chunk as f32 / p.chunks.max(1) as f32;
+                        (
+                            done / p.max_iter.max(1) as f32,
+                            format!(
+                                "iteration {} of at most {} · SmoothGrad chunk {} of {}",
+                                p.iteration + 1,
+                                p.max_iter,
+                                p.chunk,
+                                p.chunks
+                            ),
+                        )
+                    }
+                    None => (0.0, "starting…".to_string()),
+                };
+                ui.add(
+                    egui::ProgressBar::new(fraction)
+                        .text(text)
+                        .desired_width(420.0)
+                        .animate(true),
+                );
+                if ui
+                    .button("Cancel")
+                    .on_hover_text("Stop the run; iterations computed so far stay visible")
+                    .clicked()
+                {
+                    app.cancel_run();
+                }
+            } else if let Some(o) = &app.outcome {
+                let why = match o.stop {
+                    StopReason::BelowThreshold => "p(target) fell below the stop threshold",
+                    StopReason::MaxIterations => "reached the maximum number of iterations",
+                    StopReason::NoNewRegion => "the last mask added no new region",
+                    StopReason::AllMasked => "the whole image is masked",
+                };
+                let after = o.after.as_ref().map_or(String::new(), |a| {
+                    format!("; p(target) with every mask applied: {:.3}", a.p_target)
+                });
+                ui.label(format!(
+                    "Done: {} iterations, stopped because {why}{after}.",
+                    o.steps.len()
+                ));
+            } else if app.model.is_none() {
+                ui.spinner();
+                ui.label("Loading the model…");
+            } else if app.image.is_none() {
+                ui.label("Open an image (button above, or drop a file on the window).");
+            }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                if let Some(img) = &app.image {
+                    ui.label(format!(
+                        "{} · {} x {}{}",
+                        img.name,
+                        img.source.width(),
+                        img.source.height(),
+                        if img.source.grayscale {
+                            " · grayscale"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            });
+        });
+        app.notices.ui(ui);
+    });
+}

@@ -1,0 +1,184 @@
+//! The real app, driven through AccessKit with egui_kittest (no display or GPU needed).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
+use unveil::gui::dialogs::Dialogs;
+use unveil::gui::settings::Settings;
+use unveil::gui::{App, AppOptions};
+
+/// Dialogs that answer with whatever the test put in.
+#[derive(Default)]
+struct Scripted {
+    next_image: Mutex<Option<PathBuf>>,
+}
+
+impl Dialogs for Scripted {
+    fn pick_image(&self) -> Option<PathBuf> {
+        self.next_image.lock().unwrap().take()
+    }
+    fn pick_folder(&self) -> Option<PathBuf> {
+        None
+    }
+    fn save_png(&self, _: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
+fn settings(samples: usize, chunk: usize, max_iter: usize) -> Settings {
+    Settings {
+        params: UnveilParams {
+            saliency: SaliencyParams {
+                samples,
+                chunk,
+                ..Default::default()
+            },
+            stop: StopParams {
+                threshold: 0.0,
+                max_iter,
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn app(settings: Settings, dialogs: Arc<Scripted>) -> Harness<'static, App> {
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(move |cc| {
+            App::new(
+                cc,
+                AppOptions {
+                    dialogs,
+                    open_sample: true,
+                    settings: Some(settings),
+                },
+            )
+        })
+}
+
+/// Steps frames until `done` holds (background threads need real time), at most `secs`.
+fn step_until(h: &mut Harness<'static, App>, secs: u64, what: &str, done: impl Fn(&App) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for: {what}"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.step();
+}
+
+fn idle(a: &App) -> bool {
+    !a.is_busy() && a.outcome.is_some()
+}
+
+#[test]
+fn first_start_loads_the_sample_and_runs_to_completion() {
+    let mut h = app(settings(2, 8, 2), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    let a = h.state();
+    assert_eq!(a.steps.len(), 2);
+    assert!(a.image.as_ref().unwrap().name.contains("chelsea"));
+    assert!((281..=285).contains(&a.target().unwrap()), "a cat class");
+    h.get_by_label_contains("Iteration 0 · p(target)");
+    h.get_by_label_contains("Iteration 1 · p(target)");
+    h.get_by_label_contains("Research use only");
+    h.get_by_label_contains("Done: 2 iterations");
+    assert_eq!(h.state().live_worker_threads(), 0);
+}
+
+#[test]
+fn moving_the_kernel_slider_updates_the_first_mask_at_once_without_a_new_gradient() {
+    let mut h = app(settings(2, 8, 2), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    let before = h.state().steps[0].step.mask.clone();
+    h.get_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
+        .set_value_accesskit(31.0);
+    h.step();
+    let a = h.state();
+    assert_eq!(a.settings.params.mask.kernel, 31);
+    let now = &a.steps[0].step.mask;
+    assert_ne!(*now, before, "iteration 0's mask changes in the same frame");
+    assert!(
+        now.count() > before.count(),
+        "a larger kernel gives a larger mask"
+    );
+    step_until(&mut h, 180, "the rerun", idle);
+    let a = h.state();
+    assert!(a.steps[0].step.cached, "iteration 0 reused its gradient");
+    assert_eq!(a.steps[0].step.mask.count(), now_count(a));
+    assert!(a.steps.iter().all(|s| !s.stale));
+}
+
+fn now_count(a: &App) -> usize {
+    unveil::engine::mask::make_mask(&a.steps[0].step.saliency, &a.settings.params.mask).count()
+}
+
+#[test]
+fn cancel_stops_a_run_and_keeps_finished_iterations() {
+    let mut h = app(settings(16, 2, 5), Arc::default());
+    step_until(&mut h, 180, "iteration 1 to start", |a| {
+        a.progress.is_some_and(|p| p.iteration >= 1)
+    });
+    h.get_by_label("Cancel").click();
+    h.step();
+    assert!(!h.state().is_running());
+    step_until(&mut h, 60, "worker threads to finish", |a| {
+        a.live_worker_threads() == 0
+    });
+    let a = h.state();
+    assert!(
+        !a.steps.is_empty() && a.steps.len() < 5,
+        "kept {} iterations",
+        a.steps.len()
+    );
+    assert!(a.steps.iter().all(|s| !s.stale));
+    h.get_by_label_contains("Run cancelled");
+}
+
+#[test]
+fn a_corrupt_file_shows_an_error_notice_and_keeps_the_current_image() {
+    let dir = std::env::temp_dir().join(format!("unveil-gui-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("notes.png");
+    std::fs::write(&bad, "this is not an image").unwrap();
+    let dialogs = Arc::new(Scripted::default());
+    let mut h = app(settings(1, 8, 1), dialogs.clone());
+    step_until(&mut h, 180, "the first run", idle);
+    *dialogs.next_image.lock().unwrap() = Some(bad);
+    h.get_by_label("Open image…").click();
+    step_until(&mut h, 30, "the error notice", |a| {
+        !a.notices.items().is_empty()
+    });
+    h.get_by_label_contains("not a PNG, JPEG or TIFF image");
+    let a = h.state();
+    assert!(
+        a.image.as_ref().unwrap().name.contains("chelsea"),
+        "the sample stays open"
+    );
+    assert_eq!(a.steps.len(), 1, "results stay visible");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn arrow_keys_step_through_iterations() {
+    let mut h = app(settings(1, 8, 3), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    assert_eq!(h.state().selected, 0);
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    assert_eq!(h.state().selected, 2);
+    h.key_press(egui::Key::ArrowLeft);
+    h.step();
+    assert_eq!(h.state().selected, 1);
+}
