@@ -24,12 +24,24 @@ use crate::error::Result;
 #[command(
     name = "unveil",
     version,
-    about = "Iteratively unveil the image regions a CNN classifier relies on."
+    about = "Iteratively unveil the image regions a CNN classifier relies on.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     /// Without a command, the desktop app starts.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Desktop app: image to open (default: the bundled sample photo).
+    pub image: Option<PathBuf>,
+    /// Desktop app: the view to start in.
+    #[arg(long, value_enum)]
+    pub view: Option<ViewArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ViewArg {
+    Iterations,
+    Regions,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let result = match &args.command {
         Some(Command::Run(run)) => cli::run(run),
         Some(Command::Models) => cli::list_models(),
-        None => launch_app(),
+        None => launch_app(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -20,12 +20,21 @@ fn main() -> ExitCode {
 }
 
 #[cfg(feature = "gui")]
-fn launch_app() -> unveil::Result<()> {
-    unveil::gui::run_native()
+fn launch_app(args: &Cli) -> unveil::Result<()> {
+    use unveil::cli::ViewArg;
+    use unveil::gui::settings::View;
+    unveil::gui::run_native(unveil::gui::AppOptions {
+        image: args.image.clone(),
+        view: args.view.map(|v| match v {
+            ViewArg::Iterations => View::Iterations,
+            ViewArg::Regions => View::AllRegions,
+        }),
+        ..Default::default()
+    })
 }
 
 #[cfg(not(feature = "gui"))]
-fn launch_app() -> unveil::Result<()> {
+fn launch_app(_: &Cli) -> unveil::Result<()> {
     use clap::CommandFactory;
     let _ = Cli::command().print_help();
     Ok(())

@@ -59,6 +59,21 @@ impl Mask {
         }
     }
 
+    /// Pixels set in `self` but not in `other`.
+    pub fn minus(&self, other: &Mask) -> Mask {
+        assert_eq!((self.width, self.height), (other.width, other.height));
+        Mask {
+            width: self.width,
+            height: self.height,
+            data: self
+                .data
+                .iter()
+                .zip(&other.data)
+                .map(|(a, b)| *a && !*b)
+                .collect(),
+        }
+    }
+
     /// True where `self` has a pixel that `other` lacks.
     pub fn adds_to(&self, other: &Mask) -> bool {
         self.data.iter().zip(&other.data).any(|(a, b)| *a && !*b)

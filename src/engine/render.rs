@@ -7,6 +7,7 @@ use image::{Rgb, RgbImage};
 use crate::engine::mask::Mask;
 use crate::engine::models::ModelInfo;
 use crate::engine::saliency::SaliencyMap;
+use crate::engine::unveil::Step;
 use crate::error::Result;
 
 /// Inferno (matplotlib), sampled at 9 points: perceptually uniform and readable in grayscale.
@@ -93,6 +94,20 @@ pub fn overlay(base: &mut RgbImage, mask: &Mask, color: [u8; 3], alpha: f32) {
                 *v = (*v as f32 * (1.0 - a) + c as f32 * a).round() as u8;
             }
         }
+    }
+}
+
+/// Paints, for each iteration, the region it unveiled (its mask minus all earlier masks) in
+/// that iteration's colour: every region that mattered, in one picture.
+pub fn regions_overlay(base: &mut RgbImage, steps: &[&Step], alpha: f32) {
+    let mut seen: Option<&Mask> = None;
+    for s in steps {
+        let new = match seen {
+            Some(prev) => s.mask.minus(prev),
+            None => s.mask.clone(),
+        };
+        overlay(base, &new, iteration_color(s.index), alpha);
+        seen = Some(&s.cumulative);
     }
 }
 

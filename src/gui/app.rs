@@ -34,6 +34,10 @@ pub struct AppOptions {
     pub open_sample: bool,
     /// Settings to start from instead of the persisted ones.
     pub settings: Option<Settings>,
+    /// An image to open instead of the sample (e.g. from the command line).
+    pub image: Option<PathBuf>,
+    /// The view to start in, overriding the persisted one.
+    pub view: Option<View>,
 }
 
 impl Default for AppOptions {
@@ -42,6 +46,8 @@ impl Default for AppOptions {
             dialogs: Arc::new(NativeDialogs),
             open_sample: true,
             settings: None,
+            image: None,
+            view: None,
         }
     }
 }
@@ -64,7 +70,31 @@ pub struct Loaded {
     pub preview: ::image::RgbImage,
 }
 
-type LoadResult = Result<(String, Option<PathBuf>, SourceImage)>;
+/// A decoded image with its display copy, both made off the UI thread.
+struct Decoded {
+    name: String,
+    path: Option<PathBuf>,
+    source: SourceImage,
+    preview: ::image::RgbImage,
+}
+
+type LoadResult = Result<Decoded>;
+
+/// Decodes and makes the (at most 1024 px) display copy: both can take a while on big files.
+fn decode(
+    name: String,
+    path: Option<PathBuf>,
+    load: impl FnOnce() -> Result<SourceImage>,
+) -> LoadResult {
+    let source = load()?;
+    let rgb = ::image::DynamicImage::ImageRgb32F(source.rgb.clone()).to_rgb8();
+    Ok(Decoded {
+        name,
+        path,
+        preview: textures::fit(&rgb, 1024),
+        source,
+    })
+}
 
 pub struct App {
     pub settings: Settings,
@@ -134,10 +164,15 @@ impl App {
             generation: 0,
         };
         app.settings.params.target = None;
+        if let Some(v) = options.view {
+            app.settings.view = v;
+        }
         app.load_model();
-        if options.open_sample {
+        if let Some(path) = options.image {
+            app.open_path(path);
+        } else if options.open_sample {
             app.image_promise = Some(Promise::spawn_thread("decode-sample", || {
-                image::decode(SAMPLE_PNG).map(|img| (SAMPLE_NAME.to_string(), None, img))
+                decode(SAMPLE_NAME.to_string(), None, || image::decode(SAMPLE_PNG))
             }));
         }
         app
@@ -161,7 +196,7 @@ impl App {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            image::load(&path).map(|img| (name, Some(path), img))
+            decode(name, Some(path.clone()), || image::load(&path))
         }));
     }
 
@@ -304,7 +339,7 @@ impl App {
         }
         if let Some(p) = self.image_promise.take() {
             match p.try_take() {
-                Ok(Ok((name, path, img))) => self.set_image(ctx, name, path, img),
+                Ok(Ok(decoded)) => self.set_image(ctx, decoded),
                 Ok(Err(e)) => self.notices.error(e.to_string()),
                 Err(p) => self.image_promise = Some(p),
             }
@@ -355,15 +390,13 @@ impl App {
         }
     }
 
-    fn set_image(
-        &mut self,
-        ctx: &egui::Context,
-        name: String,
-        path: Option<PathBuf>,
-        img: SourceImage,
-    ) {
-        let rgb = ::image::DynamicImage::ImageRgb32F(img.rgb.clone()).to_rgb8();
-        let preview = textures::fit(&rgb, 1024);
+    fn set_image(&mut self, ctx: &egui::Context, d: Decoded) {
+        let Decoded {
+            name,
+            path,
+            source: img,
+            preview,
+        } = d;
         let texture = textures::upload(ctx, "original", &preview);
         if let Some(p) = &path {
             self.settings.remember(p.clone());
@@ -452,14 +485,8 @@ impl App {
             return Some(t.clone());
         }
         let mut pic = img.preview.clone();
-        for s in self.steps.iter().rev() {
-            render::overlay(
-                &mut pic,
-                &s.step.mask,
-                render::iteration_color(s.step.index),
-                self.settings.overlay_opacity,
-            );
-        }
+        let masks: Vec<_> = self.steps.iter().map(|s| &s.step).collect();
+        render::regions_overlay(&mut pic, &masks, self.settings.overlay_opacity);
         let t = textures::upload(ctx, "regions", &pic);
         self.regions = Some((key, t.clone()));
         Some(t)

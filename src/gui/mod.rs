@@ -14,9 +14,9 @@ pub mod worker;
 
 pub use app::{App, AppOptions};
 
-/// Opens the main window with the bundled model and sample image.
-pub fn run_native() -> crate::Result<()> {
-    let options = eframe::NativeOptions {
+/// Opens the main window with the bundled model and `options`' image (default: the sample).
+pub fn run_native(options: AppOptions) -> crate::Result<()> {
+    let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("unveil")
             .with_inner_size([1280.0, 800.0])
@@ -26,8 +26,8 @@ pub fn run_native() -> crate::Result<()> {
     };
     eframe::run_native(
         "unveil",
-        options,
-        Box::new(|cc| Ok(Box::new(App::new(cc, AppOptions::default())))),
+        native,
+        Box::new(|cc| Ok(Box::new(App::new(cc, options)))),
     )
     .map_err(|e| crate::Error::InvalidParam(format!("cannot open a window: {e}")))
 }

@@ -91,10 +91,10 @@ impl Worker {
             return Vec::new();
         };
         let msgs: Vec<Msg> = job.rx.try_iter().collect();
-        if msgs.iter().any(|m| matches!(m, Msg::Done(_))) {
-            if let Some(job) = self.current.take() {
-                self.retired.push(job.handle);
-            }
+        if msgs.iter().any(|m| matches!(m, Msg::Done(_)))
+            && let Some(job) = self.current.take()
+        {
+            self.retired.push(job.handle);
         }
         msgs
     }

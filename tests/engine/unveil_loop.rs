@@ -295,3 +295,42 @@ fn invalid_parameters_are_refused() {
         );
     }
 }
+
+#[test]
+fn all_regions_picture_paints_each_new_region_in_its_iteration_colour() {
+    use unveil::engine::render;
+    let x = chelsea();
+    let never = AtomicBool::new(false);
+    let out = run(lite0().as_ref(), &x, &quick(), None, &mut |_| {}, &never).unwrap();
+    let mut pic = ::image::RgbImage::new(224, 224);
+    let steps: Vec<_> = out.steps.iter().collect();
+    render::regions_overlay(&mut pic, &steps, 1.0);
+    for (i, s) in out.steps.iter().enumerate() {
+        let new = if i == 0 {
+            s.mask.clone()
+        } else {
+            s.mask.minus(&out.steps[i - 1].cumulative)
+        };
+        let p = new
+            .data
+            .iter()
+            .position(|&b| b)
+            .expect("each iteration adds pixels");
+        let px = pic.get_pixel((p % 224) as u32, (p / 224) as u32).0;
+        assert_eq!(px, render::iteration_color(i), "iteration {i}");
+    }
+    let untouched = out
+        .steps
+        .last()
+        .unwrap()
+        .cumulative
+        .data
+        .iter()
+        .position(|&b| !b)
+        .unwrap();
+    assert_eq!(
+        pic.get_pixel((untouched % 224) as u32, (untouched / 224) as u32)
+            .0,
+        [0, 0, 0]
+    );
+}

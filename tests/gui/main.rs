@@ -55,8 +55,8 @@ fn app(settings: Settings, dialogs: Arc<Scripted>) -> Harness<'static, App> {
                 cc,
                 AppOptions {
                     dialogs,
-                    open_sample: true,
                     settings: Some(settings),
+                    ..Default::default()
                 },
             )
         })

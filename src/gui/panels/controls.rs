@@ -21,7 +21,7 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
     .on_hover_text("Fraction of the most salient pixels that start the mask, before smoothing.");
     ui.add(egui::Slider::new(&mut p.mask.threshold, 0.05..=0.95).text("Pass threshold"))
         .on_hover_text("A pixel stays in the mask when at least this fraction of its window is in it. Below 0.5 masks grow with each pass.");
-    if p.mask.kernel % 2 == 0 {
+    if p.mask.kernel.is_multiple_of(2) {
         p.mask.kernel += 1;
     }
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Starts the app under Xvfb (software rendering) and saves what a newcomer sees into
+# screenshots/: the iterations view and the all-regions view of the bundled sample.
+# Needs: xvfb, imagemagick (import), Mesa (apt). Usage: bash scripts/screenshots.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+
+display=":${SHOT_DISPLAY:-97}"
+wait_s="${SHOT_WAIT:-35}"
+tmp=$(mktemp -d)
+Xvfb "$display" -screen 0 1280x800x24 >/dev/null 2>&1 &
+xvfb=$!
+trap 'kill $xvfb 2>/dev/null; rm -rf "$tmp"' EXIT
+sleep 1
+
+# A fresh settings folder, so persisted settings from earlier runs do not change the pictures.
+export DISPLAY="$display" XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" XDG_RUNTIME_DIR="$tmp"
+unset WAYLAND_DISPLAY
+
+shot() {
+  ./target/release/unveil --view "$1" &
+  local app=$!
+  sleep "$wait_s"
+  # Park the pointer in a corner so no tooltip covers the picture.
+  command -v xdotool >/dev/null && xdotool mousemove 1279 799 && sleep 1
+  import -window root "screenshots/$2"
+  kill "$app"
+  wait "$app" 2>/dev/null || true
+  echo "wrote screenshots/$2"
+}
+shot iterations main-view.png
+shot regions all-regions-view.png
