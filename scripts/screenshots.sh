@@ -19,9 +19,9 @@ export DISPLAY="$display" XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" XDG_RUNTIM
 unset WAYLAND_DISPLAY
 
 shot() {
-  ./target/release/unveil --view "$1" &
+  ./target/release/unveil --view "$1" "${@:3}" &
   local app=$!
-  sleep "$wait_s"
+  sleep "${SHOT_WAIT:-$wait_s}"
   # Park the pointer in a corner so no tooltip covers the picture.
   command -v xdotool >/dev/null && xdotool mousemove 1279 799 && sleep 1
   import -window root "screenshots/$2"
@@ -31,3 +31,7 @@ shot() {
 }
 shot iterations main-view.png
 shot regions all-regions-view.png
+# The chest X-ray model must have been fetched: unveil models fetch pneumonia-xception
+if ./target/release/unveil models | grep -q "^pneumonia-xception.*installed in"; then
+  SHOT_WAIT=$((wait_s + 40)) shot iterations chest-xray-view.png --model pneumonia-xception assets/chest-xray-pneumonia.jpeg
+fi

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::device::{self, DeviceChoice};
 use crate::engine::export::{self, RunInfo};
-use crate::engine::image;
+use crate::engine::image::{self, Window};
 use crate::engine::models::{self, DEFAULT_MODEL};
 use crate::engine::ops::Backend;
 use crate::engine::params::{
@@ -36,6 +36,9 @@ pub struct Cli {
     /// Desktop app: the view to start in.
     #[arg(long, value_enum)]
     pub view: Option<ViewArg>,
+    /// Desktop app: the model to start with (e.g. pneumonia-xception).
+    #[arg(long = "model")]
+    pub gui_model: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -48,8 +51,22 @@ pub enum ViewArg {
 pub enum Command {
     /// Run the iterative unveiling on one image and write pictures and a summary.
     Run(RunArgs),
-    /// List the models this build knows.
-    Models,
+    /// List the models this build knows, or fetch one (`unveil models fetch NAME`).
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsAction {
+    /// List models and whether their weights are installed.
+    List,
+    /// Download and convert a model's weights into the user's model folder.
+    Fetch {
+        /// Model name, e.g. pneumonia-xception.
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -116,6 +133,9 @@ pub struct RunArgs {
     /// Also write float32 .npy arrays (input, gradient, saliency, mask) per iteration.
     #[arg(long)]
     pub export_raw: bool,
+    /// Grayscale / DICOM window as CENTER,WIDTH in the file's units (default: the file's own).
+    #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
+    pub window: Option<Window>,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -128,6 +148,24 @@ pub struct RunArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+fn parse_window(s: &str) -> std::result::Result<Window, String> {
+    let (c, w) = s
+        .split_once(',')
+        .ok_or("expected CENTER,WIDTH, e.g. 40,400")?;
+    let center: f32 = c
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad window centre '{c}'"))?;
+    let width: f32 = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad window width '{w}'"))?;
+    if !(width > 0.0 && center.is_finite() && width.is_finite()) {
+        return Err("the window width must be positive".into());
+    }
+    Ok(Window { center, width })
 }
 
 impl RunArgs {
@@ -181,7 +219,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let device = device::open(args.device_choice())?;
     let start = Instant::now();
     let model = models::load(&args.model, &device, Backend::Fast)?;
-    let img = image::load(&args.image)?;
+    let mut img = image::load(&args.image)?;
+    if let Some(w) = args.window {
+        if img.gray.is_none() {
+            return Err(crate::Error::InvalidParam(
+                "--window applies to grayscale images only".into(),
+            ));
+        }
+        img = img.windowed(w);
+    }
     let x = image::to_model_input(&img, model.info(), &device)?;
     let info = model.info().clone();
     let cancel = AtomicBool::new(false);
@@ -245,11 +291,25 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `unveil models`.
-pub fn list_models() -> Result<()> {
-    for name in models::names() {
-        let m = models::load(name, &candle_core::Device::Cpu, Backend::Fast)?;
-        println!("{name}\t{}", m.info().description);
+/// Runs `unveil models [list | fetch NAME]`.
+pub fn models_command(action: Option<&ModelsAction>) -> Result<()> {
+    match action {
+        None | Some(ModelsAction::List) => {
+            for e in models::entries() {
+                let state = if e.bundled {
+                    "bundled".to_string()
+                } else if models::is_installed(e.name) {
+                    format!("installed in {}", models::weights_path(e.name).display())
+                } else {
+                    format!("not installed: run `unveil models fetch {}`", e.name)
+                };
+                println!("{}\t{}\t{state}", e.name, e.description);
+            }
+            Ok(())
+        }
+        Some(ModelsAction::Fetch { name }) => {
+            models::fetch::fetch(name, &mut |line| eprintln!("{line}"))?;
+            Ok(())
+        }
     }
-    Ok(())
 }

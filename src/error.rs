@@ -17,6 +17,12 @@ pub enum Error {
     #[error("unknown model '{name}' (known: {known})")]
     UnknownModel { name: String, known: String },
 
+    #[error("model '{name}' is not installed (no {path}); run `unveil models fetch {name}`")]
+    ModelNotInstalled { name: String, path: PathBuf },
+
+    #[error("cannot fetch the model: {0}")]
+    Fetch(String),
+
     #[error("invalid parameter: {0}")]
     InvalidParam(String),
 

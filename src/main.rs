@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     let result = match &args.command {
         Some(Command::Run(run)) => cli::run(run),
-        Some(Command::Models) => cli::list_models(),
+        Some(Command::Models { action }) => cli::models_command(action.as_ref()),
         None => launch_app(&args),
     };
     match result {
@@ -25,6 +25,7 @@ fn launch_app(args: &Cli) -> unveil::Result<()> {
     use unveil::gui::settings::View;
     unveil::gui::run_native(unveil::gui::AppOptions {
         image: args.image.clone(),
+        model: args.gui_model.clone(),
         view: args.view.map(|v| match v {
             ViewArg::Iterations => View::Iterations,
             ViewArg::Regions => View::AllRegions,

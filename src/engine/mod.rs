@@ -2,6 +2,7 @@
 //! device-agnostic; long calls take a progress callback and a cancel flag.
 
 pub mod device;
+pub mod dicom;
 pub mod export;
 pub mod image;
 pub mod mask;

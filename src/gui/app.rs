@@ -9,7 +9,7 @@ use poll_promise::Promise;
 
 use crate::engine::device::{self, DeviceChoice};
 use crate::engine::export::{self, RunInfo};
-use crate::engine::image::{self, SourceImage};
+use crate::engine::image::{self, Grayscale, SourceImage, Window};
 use crate::engine::mask;
 use crate::engine::models::{self, Classifier};
 use crate::engine::ops::Backend;
@@ -38,6 +38,8 @@ pub struct AppOptions {
     pub image: Option<PathBuf>,
     /// The view to start in, overriding the persisted one.
     pub view: Option<View>,
+    /// The model to start with, overriding the persisted one.
+    pub model: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -48,6 +50,7 @@ impl Default for AppOptions {
             settings: None,
             image: None,
             view: None,
+            model: None,
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct Loaded {
     pub source: Arc<SourceImage>,
     pub texture: TextureHandle,
     pub preview: ::image::RgbImage,
+    /// Display-size intensities of a grayscale image, re-windowed as the window changes.
+    pub preview_gray: Option<Grayscale>,
 }
 
 /// A decoded image with its display copy, both made off the UI thread.
@@ -76,6 +81,7 @@ struct Decoded {
     path: Option<PathBuf>,
     source: SourceImage,
     preview: ::image::RgbImage,
+    preview_gray: Option<Grayscale>,
 }
 
 type LoadResult = Result<Decoded>;
@@ -92,6 +98,7 @@ fn decode(
         name,
         path,
         preview: textures::fit(&rgb, 1024),
+        preview_gray: source.gray.as_ref().map(|g| textures::fit_gray(g, 1024)),
         source,
     })
 }
@@ -112,6 +119,8 @@ pub struct App {
     export_job: Option<Promise<Result<String>>>,
 
     pub image: Option<Loaded>,
+    /// The grayscale window in use (None for colour images).
+    pub window: Option<Window>,
     pub steps: Vec<StepView>,
     pub outcome: Option<Outcome>,
     pub progress: Option<Progress>,
@@ -153,6 +162,7 @@ impl App {
             export_dialog: None,
             export_job: None,
             image: None,
+            window: None,
             steps: Vec::new(),
             outcome: None,
             progress: None,
@@ -166,6 +176,9 @@ impl App {
         app.settings.params.target = None;
         if let Some(v) = options.view {
             app.settings.view = v;
+        }
+        if let Some(m) = options.model {
+            app.settings.model = m;
         }
         app.load_model();
         if let Some(path) = options.image {
@@ -257,6 +270,27 @@ impl App {
         self.request_run();
     }
 
+    /// Sets the grayscale window: the display updates now, the model sees it in the next run.
+    pub fn set_window(&mut self, ctx: &egui::Context, w: Window) {
+        let Some(img) = self.image.as_mut() else {
+            return;
+        };
+        let Some(g) = &img.preview_gray else { return };
+        let w = Window {
+            center: w.center,
+            width: w.width.max(1e-6),
+        };
+        if self.window == Some(w) {
+            return;
+        }
+        self.window = Some(w);
+        let rgb = ::image::DynamicImage::ImageRgb32F(g.render(w)).to_rgb8();
+        img.texture = textures::upload(ctx, "original", &rgb);
+        img.preview = rgb;
+        self.generation += 1;
+        self.request_run();
+    }
+
     pub fn cancel_run(&mut self) {
         if self.worker.is_running() {
             self.worker.cancel();
@@ -317,6 +351,7 @@ impl App {
             ctx,
             model,
             img.source.clone(),
+            self.window,
             self.settings.params.clone(),
             self.cache.clone(),
         );
@@ -396,7 +431,9 @@ impl App {
             path,
             source: img,
             preview,
+            preview_gray,
         } = d;
+        self.window = img.gray.as_ref().map(|g| g.default_window);
         let texture = textures::upload(ctx, "original", &preview);
         if let Some(p) = &path {
             self.settings.remember(p.clone());
@@ -407,6 +444,7 @@ impl App {
             source: Arc::new(img),
             texture,
             preview,
+            preview_gray,
         });
         self.steps.clear();
         self.outcome = None;

@@ -16,7 +16,10 @@ impl Dialogs for NativeDialogs {
     fn pick_image(&self) -> Option<PathBuf> {
         rfd::FileDialog::new()
             .set_title("Open image")
-            .add_filter("Images", &["png", "jpg", "jpeg", "tif", "tiff"])
+            .add_filter(
+                "Images and DICOM",
+                &["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom"],
+            )
             .add_filter("All files", &["*"])
             .pick_file()
     }

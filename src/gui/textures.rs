@@ -24,3 +24,31 @@ pub fn fit(img: &RgbImage, max: u32) -> RgbImage {
     );
     image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle)
 }
+
+/// Nearest-neighbour shrink of grayscale intensities to at most `max` pixels on the long side.
+pub fn fit_gray(g: &crate::engine::image::Grayscale, max: u32) -> crate::engine::image::Grayscale {
+    let (w, h) = (g.width, g.height);
+    let s = (max as f32 / w.max(h) as f32).min(1.0);
+    let (nw, nh) = (
+        ((w as f32 * s).round() as u32).max(1),
+        ((h as f32 * s).round() as u32).max(1),
+    );
+    let values = (0..nh)
+        .flat_map(|y| {
+            (0..nw).map(move |x| {
+                let sx = ((x as u64 * w as u64) / nw as u64) as u32;
+                let sy = ((y as u64 * h as u64) / nh as u64) as u32;
+                g.values[(sy * w + sx) as usize]
+            })
+        })
+        .collect();
+    crate::engine::image::Grayscale {
+        width: nw,
+        height: nh,
+        values,
+        invert: g.invert,
+        function: g.function,
+        default_window: g.default_window,
+        range: g.range,
+    }
+}

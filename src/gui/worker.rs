@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::thread::JoinHandle;
 
-use crate::engine::image::{self, SourceImage};
+use crate::engine::image::{self, SourceImage, Window};
 use crate::engine::models::Classifier;
 use crate::engine::params::UnveilParams;
 use crate::engine::unveil::{self, Event, GradientCache, Outcome, Progress, Step};
@@ -40,6 +40,7 @@ impl Worker {
         ctx: &egui::Context,
         model: Arc<dyn Classifier>,
         img: Arc<SourceImage>,
+        window: Option<Window>,
         params: UnveilParams,
         cache: Arc<GradientCache>,
     ) {
@@ -56,8 +57,11 @@ impl Worker {
                     let _ = tx.send(m);
                     ctx.request_repaint();
                 };
+                // The model sees the image under the window the user chose.
+                let windowed = window.map(|w| img.windowed(w));
+                let img = windowed.as_ref().unwrap_or(&img);
                 let result =
-                    image::to_model_input(&img, model.info(), model.device()).and_then(|x| {
+                    image::to_model_input(img, model.info(), model.device()).and_then(|x| {
                         unveil::run(
                             model.as_ref(),
                             &x,

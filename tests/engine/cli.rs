@@ -167,7 +167,7 @@ fn bad_input_gives_a_clear_error() {
     );
     assert_clean_failure(
         &unveil(&["run", text.to_str().unwrap(), "--out", o]),
-        "not a PNG, JPEG or TIFF",
+        "not a PNG, JPEG, TIFF or DICOM",
     );
     assert_clean_failure(
         &unveil(&["run", truncated.to_str().unwrap(), "--out", o]),
@@ -189,4 +189,66 @@ fn bad_input_gives_a_clear_error() {
     );
     assert!(!out.exists(), "nothing is written for a failed run");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dicom_files_run_like_images_with_an_optional_window() {
+    let out = tmp("dicom");
+    let dcm = repo("tests/fixtures/dicom/mono1_16bit.dcm");
+    let o = unveil(&[
+        "run",
+        dcm.to_str().unwrap(),
+        "--window",
+        "2000,3000",
+        "--samples",
+        "1",
+        "--noise",
+        "0",
+        "--max-iter",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let input = image::open(out.join("iter_00/input.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(
+        input.pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]),
+        "grayscale stays gray"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    let c = repo("assets/chelsea.png");
+    let o = unveil(&[
+        "run",
+        c.to_str().unwrap(),
+        "--window",
+        "0.5,0.2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, "grayscale images only");
+    let o = unveil(&[
+        "run",
+        dcm.to_str().unwrap(),
+        "--window",
+        "40",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("CENTER,WIDTH"));
+}
+
+#[test]
+fn models_lists_the_registry_and_how_to_fetch() {
+    let o = unveil(&["models"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("efficientnet-lite0") && text.contains("bundled"),
+        "{text}"
+    );
+    assert!(text.contains("pneumonia-xception"), "{text}");
+    let o = unveil(&["models", "fetch", "nope"]);
+    assert_clean_failure(&o, "fetchable: pneumonia-xception");
 }

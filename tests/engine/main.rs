@@ -2,8 +2,10 @@
 
 mod cli;
 mod common;
+mod dicom;
 mod mask;
 mod models;
 mod ops;
 mod saliency;
 mod unveil_loop;
+mod xception;

@@ -158,7 +158,7 @@ fn a_corrupt_file_shows_an_error_notice_and_keeps_the_current_image() {
     step_until(&mut h, 30, "the error notice", |a| {
         !a.notices.items().is_empty()
     });
-    h.get_by_label_contains("not a PNG, JPEG or TIFF image");
+    h.get_by_label_contains("not a PNG, JPEG, TIFF or DICOM image");
     let a = h.state();
     assert!(
         a.image.as_ref().unwrap().name.contains("chelsea"),
@@ -181,4 +181,41 @@ fn arrow_keys_step_through_iterations() {
     h.key_press(egui::Key::ArrowLeft);
     h.step();
     assert_eq!(h.state().selected, 1);
+}
+
+#[test]
+fn a_dicom_xray_opens_with_its_window_and_the_window_sliders_rerun() {
+    let dialogs = Arc::new(Scripted::default());
+    let mut h = app(settings(1, 8, 1), dialogs.clone());
+    step_until(&mut h, 180, "the first run", idle);
+    let dcm =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/mono2_16bit.dcm");
+    *dialogs.next_image.lock().unwrap() = Some(dcm);
+    h.get_by_label("Open image…").click();
+    step_until(&mut h, 180, "the DICOM run", |a| {
+        idle(a) && a.image.as_ref().is_some_and(|i| i.name.ends_with(".dcm"))
+    });
+    let a = h.state();
+    assert_eq!(
+        a.window,
+        Some(unveil::engine::image::Window {
+            center: 2126.5,
+            width: 6001.0
+        }),
+        "the file's window"
+    );
+    h.get_by_label_contains("Window / level");
+    let runs = h.state().runs_started();
+    h.get_by_role_and_label(egui::accesskit::Role::Slider, "Window (width)")
+        .set_value_accesskit(1000.0);
+    h.step();
+    assert_eq!(h.state().window.unwrap().width, 1000.0);
+    step_until(&mut h, 180, "the rerun", idle);
+    assert!(
+        h.state().runs_started() > runs,
+        "the model sees the new window"
+    );
+    h.get_by_label("Reset window").click();
+    h.step();
+    assert_eq!(h.state().window.unwrap().width, 6001.0);
 }

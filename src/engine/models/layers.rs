@@ -42,6 +42,11 @@ impl Weights {
         Ok(t.to_dtype(DType::F32)?)
     }
 
+    /// All tensor names and shapes, for architectures that find layers by shape.
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.tensors.iter().map(|(k, t)| (k.as_str(), t.dims()))
+    }
+
     /// The shape of `name`, for architectures that read sizes from the checkpoint.
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
         self.tensors
@@ -49,6 +54,20 @@ impl Weights {
             .map(|t| t.dims().to_vec())
             .ok_or_else(|| Error::Weights(format!("tensor '{name}' is missing")))
     }
+}
+
+/// Folds the BatchNorm `{bn}.*` that follows a convolution into its weight and a bias:
+/// `w * gamma / sqrt(var + eps)` and `beta - mean * gamma / sqrt(var + eps)`.
+pub fn fold_bn(w: &Weights, weight: Tensor, bn: &str, eps: f64) -> Result<(Tensor, Tensor)> {
+    let cout = weight.dim(0)?;
+    let gamma = w.get(&format!("{bn}.weight"), &[cout])?;
+    let beta = w.get(&format!("{bn}.bias"), &[cout])?;
+    let mean = w.get(&format!("{bn}.running_mean"), &[cout])?;
+    let var = w.get(&format!("{bn}.running_var"), &[cout])?;
+    let scale = gamma.div(&(var + eps)?.sqrt()?)?;
+    let weight = weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+    let bias = beta.sub(&mean.mul(&scale)?)?;
+    Ok((weight, bias))
 }
 
 /// How a convolution pads its input.
@@ -88,13 +107,7 @@ impl Conv {
         device: &Device,
     ) -> Result<Self> {
         let weight = w.get(&format!("{conv}.weight"), &[cout, cin / groups, k, k])?;
-        let gamma = w.get(&format!("{bn}.weight"), &[cout])?;
-        let beta = w.get(&format!("{bn}.bias"), &[cout])?;
-        let mean = w.get(&format!("{bn}.running_mean"), &[cout])?;
-        let var = w.get(&format!("{bn}.running_var"), &[cout])?;
-        let scale = gamma.div(&(var + eps)?.sqrt()?)?;
-        let weight = weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
-        let bias = beta.sub(&mean.mul(&scale)?)?;
+        let (weight, bias) = fold_bn(w, weight, bn, eps)?;
         Self::new(weight, bias, stride, groups, pad, device)
     }
 

@@ -11,6 +11,7 @@
 pub mod activation;
 pub mod conv;
 pub mod depthwise;
+pub mod pool;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};

@@ -1,11 +1,13 @@
 //! The parameter sliders. Mask-only changes take the fast path (no gradient recompute for
 //! iteration 0); anything else reruns the whole loop in the background.
 
+use crate::engine::image::Window;
 use crate::engine::params::{FillMode, MAX_KERNEL, Method};
 use crate::gui::app::{App, only_mask_changed};
 
 pub fn ui(app: &mut App, ui: &mut egui::Ui) {
     let before = app.settings.params.clone();
+    window_level(app, ui);
     let p = &mut app.settings.params;
 
     ui.heading("Mask smoothing");
@@ -78,5 +80,48 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
                 .small()
                 .weak(),
         );
+    }
+}
+
+/// Window / level for grayscale images (X-rays): what the model sees follows the display.
+fn window_level(app: &mut App, ui: &mut egui::Ui) {
+    let Some(w) = app.window else { return };
+    let Some(g) = app.image.as_ref().and_then(|i| i.source.gray.as_ref()) else {
+        return;
+    };
+    let (lo, hi) = g.range;
+    let span = (hi - lo).max(1e-3);
+    let default = g.default_window;
+    let (mut c, mut width) = (w.center, w.width);
+    ui.heading("Window / level");
+    ui.add(egui::Slider::new(&mut c, (lo - span * 0.5)..=(hi + span * 0.5)).text("Level (centre)"))
+        .on_hover_text("Intensity shown as mid-gray. Drag up/down on the image in the All regions view to change it.");
+    ui.add(egui::Slider::new(&mut width, (span / 500.0)..=(span * 2.0)).logarithmic(true).text("Window (width)"))
+        .on_hover_text("Range of intensities from black to white. Drag left/right on the image in the All regions view.");
+    ui.horizontal(|ui| {
+        if ui
+            .button("Reset window")
+            .on_hover_text("Back to the file's own window")
+            .clicked()
+        {
+            (c, width) = (default.center, default.width);
+        }
+        ui.label(
+            egui::RichText::new(format!(
+                "file: C {:.1} / W {:.1}",
+                default.center, default.width
+            ))
+            .small(),
+        );
+    });
+    ui.label(
+        egui::RichText::new("The model sees the windowed image.")
+            .small()
+            .weak(),
+    );
+    ui.separator();
+    let new = Window { center: c, width };
+    if new != w {
+        app.set_window(ui.ctx(), new);
     }
 }

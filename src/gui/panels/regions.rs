@@ -1,5 +1,6 @@
 //! All regions in one picture: every iteration's mask over the image in its own colour.
 
+use crate::engine::image::Window;
 use crate::engine::render;
 use crate::gui::app::App;
 
@@ -14,8 +15,10 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
             let size = tex.size_vec2();
             let avail = ui.available_size() - egui::vec2(240.0, 0.0);
             let scale = (avail.x / size.x).min(avail.y / size.y).clamp(0.1, 4.0);
-            ui.add(egui::Image::new(&tex).fit_to_exact_size(size * scale))
-                .on_hover_text("Each colour is the region unveiled at one iteration");
+            let r = ui
+                .add(egui::Image::new(&tex).fit_to_exact_size(size * scale).sense(egui::Sense::drag()))
+                .on_hover_text("Each colour is the region unveiled at one iteration. On grayscale images, drag to change the window: left/right = width, up/down = level.");
+            drag_window(app, &ctx, r.drag_delta());
         }
         ui.vertical(|ui| {
             ui.heading("Legend");
@@ -35,4 +38,23 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
             }
         });
     });
+}
+
+/// Radiology-viewer style window/level by dragging: x changes the width, y the centre.
+fn drag_window(app: &mut App, ctx: &egui::Context, delta: egui::Vec2) {
+    if delta == egui::Vec2::ZERO {
+        return;
+    }
+    let (Some(w), Some(g)) = (
+        app.window,
+        app.image.as_ref().and_then(|i| i.source.gray.as_ref()),
+    ) else {
+        return;
+    };
+    let span = (g.range.1 - g.range.0).max(1e-3);
+    let new = Window {
+        center: w.center - delta.y * span * 0.002,
+        width: (w.width * (delta.x * 0.005).exp()).max(span / 500.0),
+    };
+    app.set_window(ctx, new);
 }

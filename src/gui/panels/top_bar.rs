@@ -56,8 +56,16 @@ fn model_picker(app: &mut App, ui: &mut egui::Ui) {
     egui::ComboBox::from_label("Model")
         .selected_text(before.as_str())
         .show_ui(ui, |ui| {
-            for name in models::names() {
-                ui.selectable_value(&mut app.settings.model, name.to_string(), name);
+            for e in models::entries() {
+                let label = if models::is_installed(e.name) {
+                    format!("{}: {}", e.name, e.description)
+                } else {
+                    format!(
+                        "{}: {} (not installed; run `unveil models fetch {}`)",
+                        e.name, e.description, e.name
+                    )
+                };
+                ui.selectable_value(&mut app.settings.model, e.name.to_string(), label);
             }
         })
         .response

@@ -1,0 +1,147 @@
+//! DICOM images (dicom-rs): grayscale X-rays as modality values, ready for windowing.
+//!
+//! What must hold (DICOM PS3.3): stored values go through the Modality LUT (rescale slope and
+//! intercept) before windowing; the default window is the file's first Window Center / Width
+//! pair (else the full value range); the VOI LUT Function decides LINEAR (C.11.2.1.2.1, the
+//! default) or LINEAR_EXACT; MONOCHROME1 displays its lowest value as white, so its windowed
+//! image is inverted. Only the first frame is used. Sizes are checked before pixel data is
+//! decoded, and transfer syntaxes we cannot decode give an error that names them.
+
+use std::path::Path;
+
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder};
+
+use crate::engine::image::{Grayscale, MAX_PIXELS, SourceImage, Window, WindowFn};
+use crate::error::{Error, Result};
+
+/// True when `bytes` look like a DICOM Part 10 file ("DICM" after the 128-byte preamble).
+pub fn is_dicom(bytes: &[u8]) -> bool {
+    bytes.len() >= 132 && &bytes[128..132] == b"DICM"
+}
+
+pub fn load(path: &Path) -> Result<SourceImage> {
+    let fail = |reason: String| Error::ImageDecode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let obj = OpenFileOptions::new()
+        .open_file(path)
+        .map_err(|e| fail(format!("not a readable DICOM file ({e})")))?;
+    decode(&obj).map_err(|e| match e {
+        Error::ImageDecode { reason, .. } => fail(reason),
+        other => other,
+    })
+}
+
+fn int(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<u64> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<u64>().ok())
+}
+
+fn floats(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Vec<f64> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_float64().ok())
+        .unwrap_or_default()
+}
+
+fn decode(obj: &DefaultDicomObject) -> Result<SourceImage> {
+    let fail = |reason: String| Error::ImageDecode {
+        path: "<dicom>".into(),
+        reason,
+    };
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(fail("the DICOM file has no pixel data".into()));
+    }
+    let rows = int(obj, tags::ROWS).unwrap_or(0);
+    let cols = int(obj, tags::COLUMNS).unwrap_or(0);
+    if rows == 0 || cols == 0 {
+        return Err(fail(
+            "the DICOM file has no image size (Rows / Columns)".into(),
+        ));
+    }
+    if rows * cols > MAX_PIXELS {
+        return Err(Error::ImageTooLarge {
+            width: cols,
+            height: rows,
+            limit: MAX_PIXELS,
+        });
+    }
+    let ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    let decoded = obj.decode_pixel_data().map_err(|e| {
+        let name = dicom_transfer_syntax_name(&ts);
+        fail(format!(
+            "cannot decode its pixel data: transfer syntax {ts}{name} is not supported ({e})"
+        ))
+    })?;
+    let (w, h) = (decoded.columns(), decoded.rows());
+    if decoded.samples_per_pixel() != 1 {
+        // Colour DICOM: no windowing, plain RGB.
+        let rgb: Vec<u8> = decoded
+            .to_vec_frame(0)
+            .map_err(|e| fail(format!("cannot convert the colour pixel data ({e})")))?;
+        let img = image::RgbImage::from_raw(w, h, rgb)
+            .ok_or_else(|| fail("inconsistent colour pixel data".into()))?;
+        return Ok(crate::engine::image::from_dynamic(
+            image::DynamicImage::ImageRgb8(img),
+        ));
+    }
+    let values: Vec<f32> = decoded
+        .to_vec_frame(0)
+        .map_err(|e| fail(format!("cannot convert the pixel data ({e})")))?;
+    if values.len() != (w * h) as usize || values.iter().any(|v| !v.is_finite()) {
+        return Err(fail("the pixel data does not match the image size".into()));
+    }
+    let invert = matches!(
+        decoded.photometric_interpretation(),
+        PhotometricInterpretation::Monochrome1
+    );
+    let function = match obj
+        .element_opt(tags::VOILUT_FUNCTION)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
+        .as_deref()
+    {
+        Some("LINEAR_EXACT") => WindowFn::LinearExact,
+        _ => WindowFn::Linear,
+    };
+    let (centers, widths) = (
+        floats(obj, tags::WINDOW_CENTER),
+        floats(obj, tags::WINDOW_WIDTH),
+    );
+    let file_window = centers
+        .first()
+        .zip(widths.first())
+        .filter(|(_, w)| **w >= 1.0)
+        .map(|(c, w)| Window {
+            center: *c as f32,
+            width: *w as f32,
+        });
+    Ok(Grayscale::new(w, h, values, invert, function, file_window).into_source())
+}
+
+/// Names of common transfer syntaxes, for error messages.
+fn dicom_transfer_syntax_name(uid: &str) -> &'static str {
+    match uid {
+        "1.2.840.10008.1.2" => " (Implicit VR Little Endian)",
+        "1.2.840.10008.1.2.1" => " (Explicit VR Little Endian)",
+        "1.2.840.10008.1.2.2" => " (Explicit VR Big Endian)",
+        "1.2.840.10008.1.2.1.99" => " (Deflated Explicit VR Little Endian)",
+        "1.2.840.10008.1.2.4.50" => " (JPEG Baseline)",
+        "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70" => " (JPEG Lossless)",
+        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => " (JPEG-LS)",
+        "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => " (JPEG 2000)",
+        "1.2.840.10008.1.2.5" => " (RLE Lossless)",
+        _ => "",
+    }
+}

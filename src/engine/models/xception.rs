@@ -1,0 +1,207 @@
+//! Xception (Chollet, 2017, <https://arxiv.org/abs/1610.02357>) as in keras.applications, with
+//! the chest X-ray head of the PyPI package `pneumonia-model-package` 0.3.0: global average
+//! pooling, Dense(128, ReLU), Dropout, Dense(2).
+//!
+//! Tensor names are the Keras layer names (`block1_conv1`, `block2_sepconv1_bn`, ...), converted
+//! to PyTorch layouts by `scripts/convert_pneumonia_xception.py`. The residual 1 x 1 convolutions,
+//! their BatchNorms and the two Dense layers carry generic Keras names (`conv2d_3`, `dense_1`)
+//! that depend on how the model was built, so they are found by shape (each has a unique width).
+//! BatchNorm (eps 1e-3) is folded into the preceding convolution; every ReLU is our own op.
+
+use candle_core::{Device, Tensor};
+
+use super::layers::{Conv, Linear, PadMode, Weights, fold_bn};
+use crate::engine::ops::Backend;
+use crate::engine::ops::activation::{ReluMode, relu};
+use crate::engine::ops::depthwise::Padding;
+use crate::engine::ops::pool::MaxPool2d;
+use crate::error::{Error, Result};
+
+const BN_EPS: f64 = 1e-3;
+
+/// Depthwise 3 x 3 ("same") then pointwise 1 x 1, BatchNorm folded into the pointwise part.
+struct SepConv {
+    depthwise: Conv,
+    pointwise: Conv,
+}
+
+impl SepConv {
+    fn load(w: &Weights, name: &str, cin: usize, cout: usize, device: &Device) -> Result<Self> {
+        let dw = w.get(&format!("{name}.depthwise_weight"), &[cin, 1, 3, 3])?;
+        let zeros = Tensor::zeros(cin, candle_core::DType::F32, &Device::Cpu)?;
+        let pw = w.get(&format!("{name}.pointwise_weight"), &[cout, cin, 1, 1])?;
+        let (pw, pb) = fold_bn(w, pw, &format!("{name}_bn"), BN_EPS)?;
+        Ok(SepConv {
+            depthwise: Conv::new(dw, zeros, 1, cin, PadMode::TfSame, device)?,
+            pointwise: Conv::new(pw, pb, 1, 1, PadMode::TfSame, device)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, b: Backend) -> Result<Tensor> {
+        self.pointwise.forward(&self.depthwise.forward(x, b)?, b)
+    }
+}
+
+/// Entry/exit block: (relu) sepconv, relu, sepconv, 3 x 3 / 2 max pool, plus a strided 1 x 1
+/// residual convolution.
+struct DownBlock {
+    relu_first: bool,
+    sep1: SepConv,
+    sep2: SepConv,
+    residual: Conv,
+}
+
+pub struct Xception {
+    conv1: Conv,
+    conv2: Conv,
+    down: Vec<DownBlock>,
+    middle: Vec<[SepConv; 3]>,
+    exit1: SepConv,
+    exit2: SepConv,
+    fc1: Linear,
+    fc2: Linear,
+    backend: Backend,
+}
+
+/// The unique tensor prefix among non-`block*` layers whose `suffix` tensor has `shape`.
+fn find(w: &Weights, suffix: &str, shape: &[usize]) -> Result<String> {
+    let hits: Vec<&str> = w
+        .shapes()
+        .filter(|(k, s)| !k.starts_with("block") && k.ends_with(suffix) && *s == shape)
+        .map(|(k, _)| k.trim_end_matches(suffix))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(Error::Weights(format!(
+            "no tensor '*{suffix}' of shape {shape:?}"
+        ))),
+        _ => Err(Error::Weights(format!(
+            "several tensors '*{suffix}' of shape {shape:?}: {hits:?}"
+        ))),
+    }
+}
+
+impl Xception {
+    pub fn load(
+        w: &Weights,
+        num_classes: usize,
+        device: &Device,
+        backend: Backend,
+    ) -> Result<Self> {
+        let valid = PadMode::Fixed(0);
+        let conv1 = Conv::with_bn(
+            w,
+            "block1_conv1",
+            "block1_conv1_bn",
+            BN_EPS,
+            (3, 32, 3),
+            2,
+            1,
+            valid,
+            device,
+        )?;
+        let conv2 = Conv::with_bn(
+            w,
+            "block1_conv2",
+            "block1_conv2_bn",
+            BN_EPS,
+            (32, 64, 3),
+            1,
+            1,
+            valid,
+            device,
+        )?;
+        let residual = |cin: usize, cout: usize| -> Result<Conv> {
+            let conv = find(w, ".weight", &[cout, cin, 1, 1])?;
+            let bn = find(w, ".running_mean", &[cout])?;
+            Conv::with_bn(
+                w,
+                &conv,
+                &bn,
+                BN_EPS,
+                (cin, cout, 1),
+                2,
+                1,
+                PadMode::TfSame,
+                device,
+            )
+        };
+        let mut down = Vec::new();
+        for (block, cin, mid, cout) in [
+            (2, 64, 128, 128),
+            (3, 128, 256, 256),
+            (4, 256, 728, 728),
+            (13, 728, 728, 1024),
+        ] {
+            down.push(DownBlock {
+                relu_first: block != 2,
+                sep1: SepConv::load(w, &format!("block{block}_sepconv1"), cin, mid, device)?,
+                sep2: SepConv::load(w, &format!("block{block}_sepconv2"), mid, cout, device)?,
+                residual: residual(cin, cout)?,
+            });
+        }
+        let middle = (5..=12)
+            .map(|b| -> Result<[SepConv; 3]> {
+                Ok([
+                    SepConv::load(w, &format!("block{b}_sepconv1"), 728, 728, device)?,
+                    SepConv::load(w, &format!("block{b}_sepconv2"), 728, 728, device)?,
+                    SepConv::load(w, &format!("block{b}_sepconv3"), 728, 728, device)?,
+                ])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let fc1 = find(w, ".weight", &[128, 2048])?;
+        let fc2 = find(w, ".weight", &[num_classes, 128])?;
+        Ok(Xception {
+            conv1,
+            conv2,
+            down,
+            middle,
+            exit1: SepConv::load(w, "block14_sepconv1", 1024, 1536, device)?,
+            exit2: SepConv::load(w, "block14_sepconv2", 1536, 2048, device)?,
+            fc1: Linear::load(w, &fc1, (2048, 128), device)?,
+            fc2: Linear::load(w, &fc2, (128, num_classes), device)?,
+            backend,
+        })
+    }
+
+    /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
+    pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        let b = self.backend;
+        let mut h = relu(&self.conv1.forward(x, b)?, mode)?;
+        h = relu(&self.conv2.forward(&h, b)?, mode)?;
+        let mut middle_done = false;
+        for (i, d) in self.down.iter().enumerate() {
+            if i == 3 && !middle_done {
+                for [s1, s2, s3] in &self.middle {
+                    let mut m = h.clone();
+                    for s in [s1, s2, s3] {
+                        m = s.forward(&relu(&m, mode)?, b)?;
+                    }
+                    h = (m + &h)?;
+                }
+                middle_done = true;
+            }
+            let res = d.residual.forward(&h, b)?;
+            let mut m = if d.relu_first {
+                relu(&h, mode)?
+            } else {
+                h.clone()
+            };
+            m = d.sep1.forward(&m, b)?;
+            m = d.sep2.forward(&relu(&m, mode)?, b)?;
+            let (_, _, hh, ww) = m.dims4()?;
+            m = MaxPool2d {
+                k: 3,
+                stride: 2,
+                pad: Padding::tf_same(hh, ww, 3, 2),
+            }
+            .forward(&m)?;
+            h = (m + res)?;
+        }
+        h = relu(&self.exit1.forward(&h, b)?, mode)?;
+        h = relu(&self.exit2.forward(&h, b)?, mode)?;
+        let pooled = h.mean((2, 3))?;
+        let f = relu(&self.fc1.forward(&pooled)?, mode)?;
+        self.fc2.forward(&f)
+    }
+}

@@ -1,0 +1,109 @@
+//! Max pooling with any kernel, stride and (TensorFlow-"same" or symmetric) padding, with a
+//! backward pass.
+//!
+//! Stock candle has no backward for `max_pool2d` when kernel != stride (Xception's and ResNet's
+//! 3 x 3 / 2 pools). Padding never wins the max (it acts as -inf). The backward routes each
+//! output's gradient to the first input position holding the maximum, as PyTorch does.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::depthwise::Padding;
+
+#[derive(Clone, Copy, Debug)]
+pub struct MaxPool2d {
+    pub k: usize,
+    pub stride: usize,
+    pub pad: Padding,
+}
+
+impl MaxPool2d {
+    fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let ph = h + self.pad.top + self.pad.bottom;
+        let pw = w + self.pad.left + self.pad.right;
+        (
+            (ph - self.k) / self.stride + 1,
+            (pw - self.k) / self.stride + 1,
+        )
+    }
+
+    /// Max-pools `x` `[n, c, h, w]`. On devices other than the CPU the pooling runs on the CPU
+    /// (the device round trip carries gradients both ways).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() {
+            let y = self.forward(&x.to_device(&candle_core::Device::Cpu)?)?;
+            return y.to_device(x.device());
+        }
+        x.contiguous()?.apply_op1(*self)
+    }
+
+    /// Index (within the plane) of the first maximum of output `(oy, ox)`, or None if the
+    /// window holds no input pixel.
+    fn argmax(&self, plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> Option<usize> {
+        let mut best: Option<(usize, f32)> = None;
+        for ky in 0..self.k {
+            let iy = (oy * self.stride + ky) as isize - self.pad.top as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            for kx in 0..self.k {
+                let ix = (ox * self.stride + kx) as isize - self.pad.left as isize;
+                if ix < 0 || ix >= w as isize {
+                    continue;
+                }
+                let i = iy as usize * w + ix as usize;
+                if best.is_none_or(|(_, v)| plane[i] > v) {
+                    best = Some((i, plane[i]));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::cpu_f32_slice(self.name(), storage, layout)?;
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let (oh, ow) = self.out_size(h, w);
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    o[oy * ow + ox] = self
+                        .argmax(plane, h, w, oy, ox)
+                        .map_or(f32::NEG_INFINITY, |i| plane[i]);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (n, c, h, w) = arg.dims4()?;
+        let (oh, ow) = self.out_size(h, w);
+        let gx = super::with_cpu_f32(arg, |x| {
+            super::with_cpu_f32(grad, |g| {
+                let mut gx = vec![0f32; n * c * h * w];
+                gx.par_chunks_mut(h * w).enumerate().for_each(|(p, gxp)| {
+                    let plane = &x[p * h * w..(p + 1) * h * w];
+                    let gp = &g[p * oh * ow..(p + 1) * oh * ow];
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            if let Some(i) = self.argmax(plane, h, w, oy, ox) {
+                                gxp[i] += gp[oy * ow + ox];
+                            }
+                        }
+                    }
+                });
+                gx
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(gx, (n, c, h, w), arg.device())?))
+    }
+}
