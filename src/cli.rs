@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::engine::device::{self, DeviceChoice};
 use crate::engine::export::{self, RunInfo};
 use crate::engine::image::{self, Window};
-use crate::engine::models::{self, DEFAULT_MODEL};
+use crate::engine::models::{self, DEFAULT_MODEL, ModelDescription};
 use crate::engine::ops::Backend;
 use crate::engine::params::{
     FillMode, MaskParams, Method, SaliencyParams, StopParams, UnveilParams,
@@ -94,9 +94,21 @@ pub enum DeviceArg {
 pub struct RunArgs {
     /// Image file (PNG, JPEG, TIFF).
     pub image: PathBuf,
-    /// Registered model name.
+    /// Registered model name, or a model description file (.json).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
+    /// Your own checkpoint (.safetensors, or a PyTorch .pth/.pt zip file); needs --arch.
+    #[arg(long, requires = "arch")]
+    pub weights: Option<PathBuf>,
+    /// Architecture of --weights: resnet18, resnet34, resnet50, resnet101, densenet121.
+    #[arg(long, requires = "weights")]
+    pub arch: Option<String>,
+    /// Label file for --weights, one label per line (default: ImageNet for 1000 outputs).
+    #[arg(long, requires = "weights")]
+    pub labels: Option<PathBuf>,
+    /// --weights is multi-label: sigmoid outputs, the stop threshold applies to one label.
+    #[arg(long, requires = "weights")]
+    pub multi_label: bool,
     /// Class id to explain (default: the top-1 class of the image).
     #[arg(long = "class")]
     pub class: Option<usize>,
@@ -218,7 +230,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let params = args.params()?;
     let device = device::open(args.device_choice())?;
     let start = Instant::now();
-    let model = models::load(&args.model, &device, Backend::Fast)?;
+    let model = match (&args.weights, &args.arch) {
+        (Some(w), Some(arch)) => {
+            let d = ModelDescription::ad_hoc(w.clone(), arch.parse()?, args.labels.clone(), args.multi_label);
+            models::load_custom(&d, &device, Backend::Fast)?
+        }
+        _ => models::load(&args.model, &device, Backend::Fast)?,
+    };
     let mut img = image::load(&args.image)?;
     if let Some(w) = args.window {
         if img.gray.is_none() {

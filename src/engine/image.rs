@@ -278,7 +278,8 @@ pub fn to_model_input(img: &SourceImage, info: &ModelInfo, device: &Device) -> R
     let mut data = vec![0f32; 3 * plane];
     for (i, p) in resized.pixels().enumerate() {
         for c in 0..3 {
-            data[c * plane + i] = (p.0[c].clamp(0.0, 1.0) - info.mean[c]) / info.std[c];
+            let src = if info.bgr { 2 - c } else { c };
+            data[c * plane + i] = (p.0[src].clamp(0.0, 1.0) - info.mean[c]) / info.std[c];
         }
     }
     Ok(Tensor::from_vec(data, (3, h, w), device)?)

@@ -106,12 +106,16 @@ pub enum Event<'a> {
     Step(&'a Step),
 }
 
-/// Softmax probabilities of one normalised image `[3, h, w]`.
+/// Class probabilities of one normalised image `[3, h, w]`: a softmax, or for multi-label
+/// models one sigmoid per label (each label scored on its own).
 pub fn classify(model: &dyn Classifier, x: &Tensor) -> Result<Vec<f32>> {
     let logits = model.forward(&x.to_device(model.device())?.unsqueeze(0)?, ReluMode::Plain)?;
-    let probs: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?
-        .squeeze(0)?
-        .to_vec1()?;
+    let p = if model.info().multi_label {
+        candle_nn::ops::sigmoid(&logits)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&logits)?
+    };
+    let probs: Vec<f32> = p.squeeze(0)?.to_vec1()?;
     if probs.iter().any(|p| !p.is_finite()) {
         return Err(Error::Numeric(
             "the model produced NaN or infinite scores".into(),

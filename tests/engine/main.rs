@@ -6,6 +6,8 @@ mod dicom;
 mod mask;
 mod models;
 mod ops;
+mod pth;
 mod saliency;
+mod torchvision;
 mod unveil_loop;
 mod xception;

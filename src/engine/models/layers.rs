@@ -203,4 +203,8 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.matmul(&self.weight_t)?.broadcast_add(&self.bias)?)
     }
+
+    pub fn out_features(&self) -> usize {
+        self.bias.dim(0).unwrap_or(0)
+    }
 }

@@ -3,9 +3,12 @@
 //! Every model owns its activations (see [`crate::engine::ops::activation`]) so that guided
 //! backprop reaches each ReLU; weights are plain tensors (constants), never variables.
 
+pub mod densenet;
 pub mod efficientnet_lite;
 pub mod fetch;
 pub mod layers;
+pub mod pth;
+pub mod resnet;
 pub mod xception;
 
 use std::path::PathBuf;
@@ -36,6 +39,10 @@ pub struct ModelInfo {
     pub labels: Vec<String>,
     /// How images are resized to the input: as the model was trained.
     pub resize: Resize,
+    /// Independent sigmoid outputs (multi-label, e.g. ChestX-ray14) instead of a softmax.
+    pub multi_label: bool,
+    /// The model expects BGR channel order (Caffe-style checkpoints).
+    pub bgr: bool,
 }
 
 /// Resampling used to bring an image to the model's input size.
@@ -132,7 +139,7 @@ pub fn is_installed(name: &str) -> bool {
     name == DEFAULT_MODEL || weights_path(name).is_file()
 }
 
-/// Loads a registered model onto `device`.
+/// Loads a registered model, or a model description (a path ending in `.json`), onto `device`.
 pub fn load(name: &str, device: &Device, backend: Backend) -> Result<Arc<dyn Classifier>> {
     match name {
         DEFAULT_MODEL => Ok(Arc::new(Lite0::bundled(device, backend)?)),
@@ -149,6 +156,7 @@ pub fn load(name: &str, device: &Device, backend: Backend) -> Result<Arc<dyn Cla
                 &bytes, device, backend,
             )?))
         }
+        path if path.ends_with(".json") => load_custom(&ModelDescription::read(std::path::Path::new(path))?, device, backend),
         _ => Err(Error::UnknownModel {
             name: name.to_string(),
             known: names().join(", "),
@@ -183,6 +191,8 @@ impl ChestXception {
                 dataset_mean: [0.5; 3],
                 labels,
                 resize: Resize::Nearest,
+                multi_label: false,
+                bgr: false,
             },
             device: device.clone(),
         })
@@ -237,6 +247,8 @@ impl Lite0 {
                 dataset_mean: [0.485, 0.456, 0.406],
                 labels,
                 resize: Resize::Bilinear,
+                multi_label: false,
+                bgr: false,
             },
             device: device.clone(),
         })
@@ -254,5 +266,220 @@ impl Classifier for Lite0 {
 
     fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         self.net.forward(x, mode)
+    }
+}
+
+/// Architectures for checkpoints people bring (torchvision tensor names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+    Resnet101,
+    Densenet121,
+}
+
+impl std::str::FromStr for Arch {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).map_err(|_| {
+            Error::InvalidParam(format!("unknown architecture '{s}' (resnet18, resnet34, resnet50, resnet101, densenet121)"))
+        })
+    }
+}
+
+/// Labels: a list, or a text file with one label per line (relative to the description).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum LabelsSpec {
+    List(Vec<String>),
+    File(PathBuf),
+}
+
+/// A model description, stored as JSON next to the weights (`my-model.json`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDescription {
+    pub name: String,
+    pub arch: Arch,
+    /// Weights file (safetensors, or a PyTorch .pth/.pt zip checkpoint), relative to the description.
+    pub weights: PathBuf,
+    #[serde(default = "default_size")]
+    pub input_size: [usize; 2],
+    #[serde(default = "imagenet_mean")]
+    pub mean: [f32; 3],
+    #[serde(default = "imagenet_std")]
+    pub std: [f32; 3],
+    /// "rgb" (default) or "bgr".
+    #[serde(default = "rgb")]
+    pub channel_order: String,
+    #[serde(default)]
+    pub labels: Option<LabelsSpec>,
+    /// Sigmoid outputs, one per label (multi-label), instead of a softmax.
+    #[serde(default)]
+    pub multi_label: bool,
+    /// "bilinear" (default) or "nearest".
+    #[serde(default = "bilinear")]
+    pub resize: String,
+}
+
+fn default_size() -> [usize; 2] {
+    [224, 224]
+}
+fn imagenet_mean() -> [f32; 3] {
+    [0.485, 0.456, 0.406]
+}
+fn imagenet_std() -> [f32; 3] {
+    [0.229, 0.224, 0.225]
+}
+fn rgb() -> String {
+    "rgb".into()
+}
+fn bilinear() -> String {
+    "bilinear".into()
+}
+
+impl ModelDescription {
+    /// A description for `--weights PATH --arch A [--labels FILE] [--multi-label]`.
+    pub fn ad_hoc(weights: PathBuf, arch: Arch, labels: Option<PathBuf>, multi_label: bool) -> Self {
+        let name = weights.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "custom".into());
+        ModelDescription {
+            name,
+            arch,
+            weights,
+            input_size: default_size(),
+            mean: imagenet_mean(),
+            std: imagenet_std(),
+            channel_order: rgb(),
+            labels: labels.map(LabelsSpec::File),
+            multi_label,
+            resize: bilinear(),
+        }
+    }
+
+    /// Reads a JSON description; relative paths in it are relative to its folder.
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut d: ModelDescription = serde_json::from_str(&text)
+            .map_err(|e| Error::InvalidParam(format!("model description {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        d.weights = base.join(&d.weights);
+        if let Some(LabelsSpec::File(f)) = &d.labels {
+            d.labels = Some(LabelsSpec::File(base.join(f)));
+        }
+        Ok(d)
+    }
+}
+
+/// Reads weights (safetensors or a safe .pth read), normalising the key prefixes that
+/// DataParallel (`module.`) and CheXNet-style wrappers (`densenet121.`, `model.`) add.
+pub fn read_weights(path: &std::path::Path) -> Result<Weights> {
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    let raw = if is_safetensors {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| Error::Weights(format!("{}: not a valid safetensors file ({e})", path.display())))?
+    } else {
+        pth::load(path)?
+    };
+    let tensors = raw
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .map(|(k, t)| {
+            let mut k = k.as_str();
+            while let Some(rest) = ["module.", "densenet121.", "model."].iter().find_map(|p| k.strip_prefix(p)) {
+                k = rest;
+            }
+            (densenet::modernise_key(k), t)
+        })
+        .collect();
+    Ok(Weights::new(tensors))
+}
+
+enum Net {
+    ResNet(resnet::ResNet),
+    DenseNet(densenet::DenseNet121),
+}
+
+/// A checkpoint someone brought, described by a [`ModelDescription`].
+pub struct Custom {
+    net: Net,
+    info: ModelInfo,
+    device: Device,
+}
+
+/// Loads a described model.
+pub fn load_custom(d: &ModelDescription, device: &Device, backend: Backend) -> Result<Arc<dyn Classifier>> {
+    let w = read_weights(&d.weights)?;
+    let net = match d.arch {
+        Arch::Densenet121 => Net::DenseNet(densenet::DenseNet121::load(&w, device, backend)?),
+        a => {
+            let depth = match a {
+                Arch::Resnet18 => resnet::Depth::R18,
+                Arch::Resnet34 => resnet::Depth::R34,
+                Arch::Resnet50 => resnet::Depth::R50,
+                _ => resnet::Depth::R101,
+            };
+            Net::ResNet(resnet::ResNet::load(&w, depth, device, backend)?)
+        }
+    };
+    let classes = match &net {
+        Net::ResNet(r) => r.num_classes(),
+        Net::DenseNet(dn) => dn.num_classes(),
+    };
+    let labels: Vec<String> = match &d.labels {
+        Some(LabelsSpec::List(l)) => l.clone(),
+        Some(LabelsSpec::File(f)) => std::fs::read_to_string(f)
+            .map_err(|e| Error::io(f, e))?
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        None if classes == 1000 => IMAGENET_LABELS.lines().map(str::to_string).collect(),
+        None => (0..classes).map(|i| format!("class {i}")).collect(),
+    };
+    if labels.len() != classes {
+        return Err(Error::InvalidParam(format!("{} labels for a model with {classes} outputs", labels.len())));
+    }
+    let resize = match d.resize.as_str() {
+        "bilinear" => Resize::Bilinear,
+        "nearest" => Resize::Nearest,
+        other => return Err(Error::InvalidParam(format!("resize must be bilinear or nearest, got '{other}'"))),
+    };
+    let bgr = match d.channel_order.to_ascii_lowercase().as_str() {
+        "rgb" => false,
+        "bgr" => true,
+        other => return Err(Error::InvalidParam(format!("channel_order must be rgb or bgr, got '{other}'"))),
+    };
+    let info = ModelInfo {
+        name: d.name.clone(),
+        description: format!("{:?} from {}", d.arch, d.weights.display()),
+        input_size: (d.input_size[0], d.input_size[1]),
+        mean: d.mean,
+        std: d.std,
+        dataset_mean: d.mean,
+        labels,
+        resize,
+        multi_label: d.multi_label,
+        bgr,
+    };
+    Ok(Arc::new(Custom { net, info, device: device.clone() }))
+}
+
+impl Classifier for Custom {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        match &self.net {
+            Net::ResNet(r) => r.forward(x, mode),
+            Net::DenseNet(d) => d.forward(x, mode),
+        }
     }
 }

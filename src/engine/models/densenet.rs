@@ -1,0 +1,149 @@
+//! DenseNet-121 (Huang et al., 2017, <https://arxiv.org/abs/1608.06993>) with torchvision's
+//! tensor names, any classifier width (e.g. CheXNet's 14 ChestX-ray14 labels), and the legacy
+//! `norm.1`-style names of old checkpoints.
+//!
+//! torchvision applies one ReLU functionally (`F.relu` after `features.norm5` in `forward`),
+//! which hook-based guided-backprop tools miss; here it is our op like every other ReLU.
+//! BatchNorm precedes each convolution in a dense layer, so it cannot be folded: it runs as a
+//! per-channel affine map (eval mode, eps 1e-5).
+
+use candle_core::{Device, Tensor};
+
+use super::layers::{Conv, Linear, PadMode, Weights};
+use crate::engine::ops::Backend;
+use crate::engine::ops::activation::{ReluMode, relu};
+use crate::engine::ops::depthwise::Padding;
+use crate::engine::ops::pool::MaxPool2d;
+use crate::error::{Error, Result};
+
+const BN_EPS: f64 = 1e-5;
+const GROWTH: usize = 32;
+const BN_SIZE: usize = 4;
+const BLOCKS: [usize; 4] = [6, 12, 24, 16];
+const INIT: usize = 64;
+
+/// Eval-mode BatchNorm as `x * scale + shift`.
+struct Norm {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl Norm {
+    fn load(w: &Weights, p: &str, c: usize, device: &Device) -> Result<Self> {
+        let gamma = w.get(&format!("{p}.weight"), &[c])?;
+        let beta = w.get(&format!("{p}.bias"), &[c])?;
+        let mean = w.get(&format!("{p}.running_mean"), &[c])?;
+        let var = w.get(&format!("{p}.running_var"), &[c])?;
+        let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
+        let shift = beta.sub(&mean.mul(&scale)?)?;
+        Ok(Norm { scale: scale.reshape((1, c, 1, 1))?.to_device(device)?, shift: shift.reshape((1, c, 1, 1))?.to_device(device)? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?)
+    }
+}
+
+fn conv(w: &Weights, name: &str, (cin, cout, k): (usize, usize, usize), stride: usize, pad: usize, device: &Device) -> Result<Conv> {
+    let weight = w.get(&format!("{name}.weight"), &[cout, cin, k, k])?;
+    let zeros = Tensor::zeros(cout, candle_core::DType::F32, &Device::Cpu)?;
+    Conv::new(weight, zeros, stride, 1, PadMode::Fixed(pad), device)
+}
+
+struct DenseLayer {
+    norm1: Norm,
+    conv1: Conv,
+    norm2: Norm,
+    conv2: Conv,
+}
+
+struct Transition {
+    norm: Norm,
+    conv: Conv,
+}
+
+pub struct DenseNet121 {
+    conv0: Conv,
+    norm0: Norm,
+    blocks: Vec<Vec<DenseLayer>>,
+    transitions: Vec<Transition>,
+    norm5: Norm,
+    classifier: Linear,
+    backend: Backend,
+}
+
+impl DenseNet121 {
+    pub fn load(w: &Weights, device: &Device, backend: Backend) -> Result<Self> {
+        let conv0 = conv(w, "features.conv0", (3, INIT, 7), 2, 3, device)?;
+        let norm0 = Norm::load(w, "features.norm0", INIT, device)?;
+        let (mut blocks, mut transitions) = (Vec::new(), Vec::new());
+        let mut c = INIT;
+        for (bi, &n) in BLOCKS.iter().enumerate() {
+            let mut layers = Vec::new();
+            for li in 0..n {
+                let p = format!("features.denseblock{}.denselayer{}", bi + 1, li + 1);
+                let cin = c + li * GROWTH;
+                layers.push(DenseLayer {
+                    norm1: Norm::load(w, &format!("{p}.norm1"), cin, device)?,
+                    conv1: conv(w, &format!("{p}.conv1"), (cin, BN_SIZE * GROWTH, 1), 1, 0, device)?,
+                    norm2: Norm::load(w, &format!("{p}.norm2"), BN_SIZE * GROWTH, device)?,
+                    conv2: conv(w, &format!("{p}.conv2"), (BN_SIZE * GROWTH, GROWTH, 3), 1, 1, device)?,
+                });
+            }
+            blocks.push(layers);
+            c += n * GROWTH;
+            if bi + 1 < BLOCKS.len() {
+                let p = format!("features.transition{}", bi + 1);
+                transitions.push(Transition {
+                    norm: Norm::load(w, &format!("{p}.norm"), c, device)?,
+                    conv: conv(w, &format!("{p}.conv"), (c, c / 2, 1), 1, 0, device)?,
+                });
+                c /= 2;
+            }
+        }
+        let norm5 = Norm::load(w, "features.norm5", c, device)?;
+        let shape = w.shape("classifier.weight")?;
+        if shape.len() != 2 || shape[1] != c {
+            return Err(Error::Weights(format!("tensor 'classifier.weight' has shape {shape:?}, expected [classes, {c}]")));
+        }
+        let classifier = Linear::load(w, "classifier", (c, shape[0]), device)?;
+        Ok(DenseNet121 { conv0, norm0, blocks, transitions, norm5, classifier, backend })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.classifier.out_features()
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        let b = self.backend;
+        let h = relu(&self.norm0.forward(&self.conv0.forward(x, b)?)?, mode)?;
+        let mut h = MaxPool2d { k: 3, stride: 2, pad: Padding::symmetric(1) }.forward(&h)?;
+        for (bi, layers) in self.blocks.iter().enumerate() {
+            let mut features = vec![h.clone()];
+            for l in layers {
+                let cat = Tensor::cat(&features, 1)?;
+                let y = l.conv1.forward(&relu(&l.norm1.forward(&cat)?, mode)?, b)?;
+                let y = l.conv2.forward(&relu(&l.norm2.forward(&y)?, mode)?, b)?;
+                features.push(y);
+            }
+            h = Tensor::cat(&features, 1)?;
+            if let Some(t) = self.transitions.get(bi) {
+                h = t.conv.forward(&relu(&t.norm.forward(&h)?, mode)?, b)?.avg_pool2d(2)?;
+            }
+        }
+        // torchvision: `F.relu(features)` in forward, the ReLU hooks never see.
+        let h = relu(&self.norm5.forward(&h)?, mode)?;
+        self.classifier.forward(&h.mean((2, 3))?)
+    }
+}
+
+/// Renames legacy DenseNet keys (`denselayer1.norm.1.weight` -> `denselayer1.norm1.weight`).
+pub fn modernise_key(key: &str) -> String {
+    let mut out = key.to_string();
+    for part in ["norm", "relu", "conv"] {
+        for d in ['1', '2'] {
+            out = out.replace(&format!(".{part}.{d}."), &format!(".{part}{d}."));
+        }
+    }
+    out
+}

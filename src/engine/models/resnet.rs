@@ -1,0 +1,127 @@
+//! ResNet-18/34/50/101 (He et al., 2016, <https://arxiv.org/abs/1512.03385>) with torchvision's
+//! tensor names, so its checkpoints (and fine-tuned ones with any head width) load unchanged.
+//! BatchNorm (eps 1e-5) is folded into the convolutions; every ReLU is our own op, and the
+//! 3 x 3 / 2 stem max pool has a real backward (stock candle's has none when kernel != stride).
+
+use candle_core::{Device, Tensor};
+
+use super::layers::{Conv, Linear, PadMode, Weights};
+use crate::engine::ops::Backend;
+use crate::engine::ops::activation::{ReluMode, relu};
+use crate::engine::ops::depthwise::Padding;
+use crate::engine::ops::pool::MaxPool2d;
+use crate::error::{Error, Result};
+
+const BN_EPS: f64 = 1e-5;
+
+/// The supported depths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    R18,
+    R34,
+    R50,
+    R101,
+}
+
+impl Depth {
+    fn blocks(self) -> [usize; 4] {
+        match self {
+            Depth::R18 => [2, 2, 2, 2],
+            Depth::R34 | Depth::R50 => [3, 4, 6, 3],
+            Depth::R101 => [3, 4, 23, 3],
+        }
+    }
+
+    fn bottleneck(self) -> bool {
+        matches!(self, Depth::R50 | Depth::R101)
+    }
+}
+
+enum Block {
+    Basic { conv1: Conv, conv2: Conv, down: Option<Conv> },
+    Bottleneck { conv1: Conv, conv2: Conv, conv3: Conv, down: Option<Conv> },
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, mode: ReluMode, b: Backend) -> Result<Tensor> {
+        let (out, down) = match self {
+            Block::Basic { conv1, conv2, down } => {
+                let h = relu(&conv1.forward(x, b)?, mode)?;
+                (conv2.forward(&h, b)?, down)
+            }
+            Block::Bottleneck { conv1, conv2, conv3, down } => {
+                let h = relu(&conv1.forward(x, b)?, mode)?;
+                let h = relu(&conv2.forward(&h, b)?, mode)?;
+                (conv3.forward(&h, b)?, down)
+            }
+        };
+        let skip = match down {
+            Some(d) => d.forward(x, b)?,
+            None => x.clone(),
+        };
+        Ok(relu(&(out + skip)?, mode)?)
+    }
+}
+
+pub struct ResNet {
+    stem: Conv,
+    blocks: Vec<Block>,
+    fc: Linear,
+    backend: Backend,
+}
+
+impl ResNet {
+    /// Loads a torchvision-named checkpoint; the head's width comes from `fc.weight`.
+    pub fn load(w: &Weights, depth: Depth, device: &Device, backend: Backend) -> Result<Self> {
+        let conv = |name: &str, bn: &str, io: (usize, usize, usize), stride: usize, pad: usize| {
+            Conv::with_bn(w, name, bn, BN_EPS, io, stride, 1, PadMode::Fixed(pad), device)
+        };
+        let stem = conv("conv1", "bn1", (3, 64, 7), 2, 3)?;
+        let expansion = if depth.bottleneck() { 4 } else { 1 };
+        let mut blocks = Vec::new();
+        let mut cin = 64;
+        for (li, &n) in depth.blocks().iter().enumerate() {
+            let width = 64 << li;
+            for bi in 0..n {
+                let p = format!("layer{}.{bi}", li + 1);
+                let stride = if bi == 0 && li > 0 { 2 } else { 1 };
+                let cout = width * expansion;
+                let down = (bi == 0 && (stride != 1 || cin != cout))
+                    .then(|| conv(&format!("{p}.downsample.0"), &format!("{p}.downsample.1"), (cin, cout, 1), stride, 0))
+                    .transpose()?;
+                let c = |i: usize, io, s, pad| conv(&format!("{p}.conv{i}"), &format!("{p}.bn{i}"), io, s, pad);
+                blocks.push(if depth.bottleneck() {
+                    Block::Bottleneck {
+                        conv1: c(1, (cin, width, 1), 1, 0)?,
+                        conv2: c(2, (width, width, 3), stride, 1)?,
+                        conv3: c(3, (width, cout, 1), 1, 0)?,
+                        down,
+                    }
+                } else {
+                    Block::Basic { conv1: c(1, (cin, width, 3), stride, 1)?, conv2: c(2, (width, width, 3), 1, 1)?, down }
+                });
+                cin = cout;
+            }
+        }
+        let fc_shape = w.shape("fc.weight")?;
+        if fc_shape.len() != 2 || fc_shape[1] != cin {
+            return Err(Error::Weights(format!("tensor 'fc.weight' has shape {fc_shape:?}, expected [classes, {cin}]")));
+        }
+        let fc = Linear::load(w, "fc", (cin, fc_shape[0]), device)?;
+        Ok(ResNet { stem, blocks, fc, backend })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.fc.out_features()
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        let b = self.backend;
+        let h = relu(&self.stem.forward(x, b)?, mode)?;
+        let mut h = MaxPool2d { k: 3, stride: 2, pad: Padding::symmetric(1) }.forward(&h)?;
+        for block in &self.blocks {
+            h = block.forward(&h, mode, b)?;
+        }
+        self.fc.forward(&h.mean((2, 3))?)
+    }
+}
