@@ -14,6 +14,8 @@ xvfb=$!
 trap 'kill $xvfb 2>/dev/null; rm -rf "$tmp"' EXIT
 sleep 1
 
+# Fetched models stay where they are; only the app's settings folder is replaced.
+export UNVEIL_MODELS_DIR="${UNVEIL_MODELS_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/unveil/models}"
 # A fresh settings folder, so persisted settings from earlier runs do not change the pictures.
 export DISPLAY="$display" XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" XDG_RUNTIME_DIR="$tmp"
 unset WAYLAND_DISPLAY
@@ -33,5 +35,5 @@ shot iterations main-view.png
 shot regions all-regions-view.png
 # The chest X-ray model must have been fetched: unveil models fetch pneumonia-xception
 if ./target/release/unveil models | grep -q "^pneumonia-xception.*installed in"; then
-  SHOT_WAIT=$((wait_s + 40)) shot iterations chest-xray-view.png --model pneumonia-xception assets/chest-xray-pneumonia.jpeg
+  SHOT_WAIT=$((wait_s + 60)) shot regions chest-xray-view.png --model pneumonia-xception assets/chest-xray-pneumonia.jpeg
 fi

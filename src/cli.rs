@@ -48,6 +48,7 @@ pub enum ViewArg {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once; boxing would only add noise
 pub enum Command {
     /// Run the iterative unveiling on one image and write pictures and a summary.
     Run(RunArgs),
@@ -232,7 +233,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let start = Instant::now();
     let model = match (&args.weights, &args.arch) {
         (Some(w), Some(arch)) => {
-            let d = ModelDescription::ad_hoc(w.clone(), arch.parse()?, args.labels.clone(), args.multi_label);
+            let d = ModelDescription::ad_hoc(
+                w.clone(),
+                arch.parse()?,
+                args.labels.clone(),
+                args.multi_label,
+            );
             models::load_custom(&d, &device, Backend::Fast)?
         }
         _ => models::load(&args.model, &device, Backend::Fast)?,

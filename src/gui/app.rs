@@ -115,6 +115,7 @@ pub struct App {
     model_promise: Option<Promise<Result<Arc<dyn Classifier>>>>,
     image_promise: Option<Promise<LoadResult>>,
     open_dialog: Option<Promise<Option<PathBuf>>>,
+    model_dialog: Option<Promise<Option<PathBuf>>>,
     export_dialog: Option<(ExportKind, Promise<Option<PathBuf>>)>,
     export_job: Option<Promise<Result<String>>>,
 
@@ -159,6 +160,7 @@ impl App {
             model_promise: None,
             image_promise: None,
             open_dialog: None,
+            model_dialog: None,
             export_dialog: None,
             export_job: None,
             image: None,
@@ -217,6 +219,14 @@ impl App {
         let dialogs = self.dialogs.clone();
         self.open_dialog = Some(Promise::spawn_thread("open-dialog", move || {
             dialogs.pick_image()
+        }));
+    }
+
+    /// Picks a model description (.json) and loads it, off the UI thread.
+    pub fn show_model_dialog(&mut self) {
+        let dialogs = self.dialogs.clone();
+        self.model_dialog = Some(Promise::spawn_thread("model-dialog", move || {
+            dialogs.pick_model()
         }));
     }
 
@@ -312,6 +322,7 @@ impl App {
             || self.model_promise.is_some()
             || self.image_promise.is_some()
             || self.open_dialog.is_some()
+            || self.model_dialog.is_some()
             || self.export_dialog.is_some()
             || self.export_job.is_some()
     }
@@ -377,6 +388,16 @@ impl App {
                 Ok(Ok(decoded)) => self.set_image(ctx, decoded),
                 Ok(Err(e)) => self.notices.error(e.to_string()),
                 Err(p) => self.image_promise = Some(p),
+            }
+        }
+        if let Some(p) = self.model_dialog.take() {
+            match p.try_take() {
+                Ok(Some(path)) => {
+                    self.settings.model = path.display().to_string();
+                    self.load_model();
+                }
+                Ok(None) => {}
+                Err(p) => self.model_dialog = Some(p),
             }
         }
         if let Some(p) = self.open_dialog.take() {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub trait Dialogs: Send + Sync {
     fn pick_image(&self) -> Option<PathBuf>;
     fn pick_folder(&self) -> Option<PathBuf>;
+    /// A model description (.json: architecture, weights, labels; see the README).
+    fn pick_model(&self) -> Option<PathBuf>;
     fn save_png(&self, suggested: &str) -> Option<PathBuf>;
 }
 
@@ -28,6 +30,13 @@ impl Dialogs for NativeDialogs {
         rfd::FileDialog::new()
             .set_title("Export run to folder")
             .pick_folder()
+    }
+
+    fn pick_model(&self) -> Option<PathBuf> {
+        rfd::FileDialog::new()
+            .set_title("Open model description")
+            .add_filter("Model description", &["json"])
+            .pick_file()
     }
 
     fn save_png(&self, suggested: &str) -> Option<PathBuf> {

@@ -252,3 +252,57 @@ fn models_lists_the_registry_and_how_to_fetch() {
     let o = unveil(&["models", "fetch", "nope"]);
     assert_clean_failure(&o, "fetchable: pneumonia-xception");
 }
+
+#[test]
+fn own_checkpoints_run_from_the_command_line() {
+    let dir = tmp("own-model");
+    let weights = crate::torchvision::write_generated("resnet18", &dir);
+    let out = dir.join("run");
+    let c = repo("assets/chelsea.png");
+    let o = unveil(&[
+        "run",
+        c.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--arch",
+        "resnet18",
+        "--samples",
+        "1",
+        "--max-iter",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["model"]["name"], "resnet18");
+    assert!(
+        summary["target_label"].is_string(),
+        "ImageNet labels for a 1000-way head"
+    );
+    let o = unveil(&[
+        "run",
+        c.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--arch",
+        "vgg16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, "unknown architecture 'vgg16'");
+    let evil = repo("tests/fixtures/pth/evil_os_system.pth");
+    let o = unveil(&[
+        "run",
+        c.to_str().unwrap(),
+        "--weights",
+        evil.to_str().unwrap(),
+        "--arch",
+        "resnet18",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, "refused");
+    let _ = std::fs::remove_dir_all(&dir);
+}

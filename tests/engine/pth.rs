@@ -20,12 +20,17 @@ fn names(w: &Weights) -> Vec<String> {
 /// Every `{prefix}/<name>` tensor of expected.safetensors must come back identical.
 fn assert_same(w: &Weights, prefix: &str, expected: &HashMap<String, Tensor>) {
     let mut checked = 0;
-    for (key, want) in expected.iter().filter(|(k, _)| k.starts_with(&format!("{prefix}/"))) {
+    for (key, want) in expected
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{prefix}/")))
+    {
         let name = &key[prefix.len() + 1..];
         if name.ends_with("num_batches_tracked") {
             continue;
         }
-        let got = w.get(name, want.dims()).unwrap_or_else(|e| panic!("{key}: {e}"));
+        let got = w
+            .get(name, want.dims())
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
         let want = want.to_dtype(candle_core::DType::F32).unwrap();
         assert_eq!(to_vec(&got), to_vec(&want), "{key}");
         checked += 1;
@@ -46,7 +51,10 @@ fn dataparallel_and_wrapper_prefixes_are_removed() {
     let plain = names(&read_weights(&pth("plain")).unwrap());
     assert_eq!(names(&read_weights(&pth("module_prefix")).unwrap()), plain);
     // {"epoch": .., "state_dict": {"densenet121.…": …}, ..}
-    assert_eq!(names(&read_weights(&pth("nested_checkpoint")).unwrap()), plain);
+    assert_eq!(
+        names(&read_weights(&pth("nested_checkpoint")).unwrap()),
+        plain
+    );
 }
 
 #[test]
@@ -54,16 +62,28 @@ fn checkpoints_that_would_run_code_are_refused() {
     let marker = std::path::Path::new("/tmp/unveil-pwned");
     let _ = std::fs::remove_file(marker);
     for (file, global) in [("evil_os_system", "system`"), ("evil_eval", "eval`")] {
-        let err = read_weights(&pth(file)).map(|_| ()).expect_err("must be refused").to_string();
-        assert!(err.contains("refused") && err.contains(global), "{file}: {err}");
+        let err = read_weights(&pth(file))
+            .map(|_| ())
+            .expect_err("must be refused")
+            .to_string();
+        assert!(
+            err.contains("refused") && err.contains(global),
+            "{file}: {err}"
+        );
     }
     assert!(!marker.exists(), "nothing was executed");
 }
 
 #[test]
 fn legacy_and_truncated_files_give_clear_errors() {
-    let err = read_weights(&pth("legacy_format")).map(|_| ()).expect_err("unsupported").to_string();
+    let err = read_weights(&pth("legacy_format"))
+        .map(|_| ())
+        .expect_err("unsupported")
+        .to_string();
     assert!(err.contains("legacy"), "{err}");
-    let err = read_weights(&pth("truncated")).map(|_| ()).expect_err("broken").to_string();
+    let err = read_weights(&pth("truncated"))
+        .map(|_| ())
+        .expect_err("broken")
+        .to_string();
     assert!(err.contains("truncated.pth"), "{err}");
 }

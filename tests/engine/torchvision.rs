@@ -15,7 +15,9 @@ use unveil::engine::ops::activation::ReluMode;
 use crate::common::{cosine, fixture, max_abs_diff, repo, to_vec};
 
 fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// The generator of scripts/make_torchvision_fixtures.py.
@@ -45,23 +47,48 @@ fn generate(name: &str, shape: &[usize]) -> Vec<f32> {
 }
 
 fn json() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(repo("tests/fixtures/torchvision/fixtures.json")).unwrap()).unwrap()
+    serde_json::from_slice(
+        &std::fs::read(repo("tests/fixtures/torchvision/fixtures.json")).unwrap(),
+    )
+    .unwrap()
 }
 
-fn load(arch_name: &str, arch: Arch) -> std::sync::Arc<dyn Classifier> {
+/// Writes the generated weights of `arch_name` to `dir/{arch_name}.safetensors`.
+pub fn write_generated(arch_name: &str, dir: &std::path::Path) -> std::path::PathBuf {
     let j = json();
     let mut tensors = HashMap::new();
-    for entry in j["models"][arch_name]["weights"]["keys_sorted"].as_array().unwrap() {
+    for entry in j["models"][arch_name]["weights"]["keys_sorted"]
+        .as_array()
+        .unwrap()
+    {
         let (name, dims) = entry.as_str().unwrap().split_once(" [").unwrap();
-        let shape: Vec<usize> = dims.trim_end_matches(']').split(", ").filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+        let shape: Vec<usize> = dims
+            .trim_end_matches(']')
+            .split(", ")
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
         let t = Tensor::from_vec(generate(name, &shape), shape.as_slice(), &Device::Cpu).unwrap();
         tensors.insert(name.to_string(), t);
     }
-    let dir = std::env::temp_dir().join(format!("unveil-tv-{}-{arch_name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join(format!("{arch_name}.safetensors"));
     candle_core::safetensors::save(&tensors, &path).unwrap();
-    let mut d = ModelDescription::ad_hoc(path, arch, None, arch == Arch::Densenet121);
+    path
+}
+
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("unveil-tv-{}-{name}", std::process::id()))
+}
+
+fn load(arch_name: &str, arch: Arch) -> std::sync::Arc<dyn Classifier> {
+    let dir = scratch(arch_name);
+    let mut d = ModelDescription::ad_hoc(
+        write_generated(arch_name, &dir),
+        arch,
+        None,
+        arch == Arch::Densenet121,
+    );
     d.input_size = [64, 64];
     let m = models::load_custom(&d, &Device::Cpu, Backend::Fast).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -70,13 +97,25 @@ fn load(arch_name: &str, arch: Arch) -> std::sync::Arc<dyn Classifier> {
 
 fn grad(m: &dyn Classifier, x: &Tensor, target: usize, mode: ReluMode) -> Vec<f32> {
     let v = Var::from_tensor(x).unwrap();
-    let g = m.forward(v.as_tensor(), mode).unwrap().narrow(1, target, 1).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = m
+        .forward(v.as_tensor(), mode)
+        .unwrap()
+        .narrow(1, target, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     to_vec(g.get(v.as_tensor()).unwrap())
 }
 
 fn check(arch_name: &str, arch: Arch) -> (Vec<f32>, HashMap<String, Tensor>) {
     let f = fixture(&format!("torchvision/{arch_name}.safetensors"));
-    assert_eq!(to_vec(&f["input"]), generate("input", &[1, 3, 64, 64]), "the generators agree");
+    assert_eq!(
+        to_vec(&f["input"]),
+        generate("input", &[1, 3, 64, 64]),
+        "the generators agree"
+    );
     let m = load(arch_name, arch);
     let logits = m.forward(&f["input"], ReluMode::Plain).unwrap();
     let d = max_abs_diff(&to_vec(&logits), &to_vec(&f["logits"]));
@@ -85,9 +124,15 @@ fn check(arch_name: &str, arch: Arch) -> (Vec<f32>, HashMap<String, Tensor>) {
     let guided = grad(m.as_ref(), &f["input"], target, ReluMode::Guided);
     let (cg, cv) = (
         cosine(&guided, &to_vec(&f["grad_guided"])),
-        cosine(&grad(m.as_ref(), &f["input"], target, ReluMode::Plain), &to_vec(&f["grad_vanilla"])),
+        cosine(
+            &grad(m.as_ref(), &f["input"], target, ReluMode::Plain),
+            &to_vec(&f["grad_vanilla"]),
+        ),
     );
-    assert!(cg > 0.999 && cv > 0.999, "{arch_name}: cosine guided {cg}, vanilla {cv}");
+    assert!(
+        cg > 0.999 && cv > 0.999,
+        "{arch_name}: cosine guided {cg}, vanilla {cv}"
+    );
     (guided, f)
 }
 
@@ -116,7 +161,108 @@ fn densenet121_guides_the_functional_relu_that_hooks_miss() {
     let (guided, f) = check("densenet121", Arch::Densenet121);
     // torchvision calls F.relu after norm5; module hooks do not see it. Ours is guided too,
     // so we are far closer to the fully guided reference than to the hooks-only one.
-    let dist = |other: &[f32]| guided.iter().zip(other).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
-    let (to_full, to_hooks) = (dist(&to_vec(&f["grad_guided"])), dist(&to_vec(&f["grad_guided_hooks_only"])));
-    assert!(to_full < 0.1 * to_hooks, "distance to full guided {to_full}, to hooks-only {to_hooks}");
+    let dist = |other: &[f32]| {
+        guided
+            .iter()
+            .zip(other)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let (to_full, to_hooks) = (
+        dist(&to_vec(&f["grad_guided"])),
+        dist(&to_vec(&f["grad_guided_hooks_only"])),
+    );
+    assert!(
+        to_full < 0.1 * to_hooks,
+        "distance to full guided {to_full}, to hooks-only {to_hooks}"
+    );
+}
+
+#[test]
+fn a_checkpoint_of_another_architecture_names_the_first_mismatch() {
+    let dir = scratch("mismatch");
+    let d = ModelDescription::ad_hoc(
+        write_generated("resnet18", &dir),
+        Arch::Resnet50,
+        None,
+        false,
+    );
+    let err = models::load_custom(&d, &Device::Cpu, Backend::Fast)
+        .map(|_| ())
+        .expect_err("wrong architecture")
+        .to_string();
+    // ResNet-50's first block needs a projection that ResNet-18 lacks: named in the error.
+    assert!(
+        err.contains("'layer1.0.downsample.0.weight' is missing"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_json_description_gives_labels_size_and_multi_label_sigmoid() {
+    use unveil::engine::params::{MaskParams, SaliencyParams, StopParams, UnveilParams};
+    use unveil::engine::unveil::{StopReason, classify, run};
+    let dir = scratch("description");
+    write_generated("densenet121", &dir);
+    let labels: Vec<String> = (0..14).map(|i| format!("finding {i}")).collect();
+    let desc = serde_json::json!({
+        "name": "toy-chexnet", "arch": "densenet121", "weights": "densenet121.safetensors",
+        "input_size": [64, 64], "labels": labels, "multi_label": true
+    });
+    let path = dir.join("toy-chexnet.json");
+    std::fs::write(&path, desc.to_string()).unwrap();
+    let m = models::load(path.to_str().unwrap(), &Device::Cpu, Backend::Fast).unwrap();
+    assert_eq!(
+        (
+            m.info().name.as_str(),
+            m.info().input_size,
+            m.info().label(3)
+        ),
+        ("toy-chexnet", (64, 64), "finding 3".to_string())
+    );
+    let f = fixture("torchvision/densenet121.safetensors");
+    let x = f["input"].squeeze(0).unwrap();
+    let p = classify(m.as_ref(), &x).unwrap();
+    let logits = to_vec(&f["logits"]);
+    for (p, l) in p.iter().zip(&logits) {
+        assert!(
+            (p - 1.0 / (1.0 + (-l).exp())).abs() < 1e-4,
+            "sigmoid per label"
+        );
+    }
+    // The stop threshold applies to the chosen label's own probability.
+    let target = 5;
+    let params = UnveilParams {
+        saliency: SaliencyParams {
+            samples: 1,
+            noise: 0.0,
+            ..Default::default()
+        },
+        // A 64 x 64 input: a smaller window and a larger seed keep the first mask non-empty.
+        mask: MaskParams {
+            kernel: 5,
+            keep: 0.3,
+            ..Default::default()
+        },
+        stop: StopParams {
+            threshold: p[target] + 0.2,
+            max_iter: 4,
+        },
+        target: Some(target),
+        ..Default::default()
+    };
+    let out = run(
+        m.as_ref(),
+        &x,
+        &params,
+        None,
+        &mut |_| {},
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(out.steps[0].p_target, p[target]);
+    assert_eq!(out.stop, StopReason::BelowThreshold);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,6 +24,9 @@ impl Dialogs for Scripted {
     fn pick_folder(&self) -> Option<PathBuf> {
         None
     }
+    fn pick_model(&self) -> Option<PathBuf> {
+        None
+    }
     fn save_png(&self, _: &str) -> Option<PathBuf> {
         None
     }

@@ -36,7 +36,10 @@ impl Norm {
         let var = w.get(&format!("{p}.running_var"), &[c])?;
         let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
         let shift = beta.sub(&mean.mul(&scale)?)?;
-        Ok(Norm { scale: scale.reshape((1, c, 1, 1))?.to_device(device)?, shift: shift.reshape((1, c, 1, 1))?.to_device(device)? })
+        Ok(Norm {
+            scale: scale.reshape((1, c, 1, 1))?.to_device(device)?,
+            shift: shift.reshape((1, c, 1, 1))?.to_device(device)?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -44,7 +47,14 @@ impl Norm {
     }
 }
 
-fn conv(w: &Weights, name: &str, (cin, cout, k): (usize, usize, usize), stride: usize, pad: usize, device: &Device) -> Result<Conv> {
+fn conv(
+    w: &Weights,
+    name: &str,
+    (cin, cout, k): (usize, usize, usize),
+    stride: usize,
+    pad: usize,
+    device: &Device,
+) -> Result<Conv> {
     let weight = w.get(&format!("{name}.weight"), &[cout, cin, k, k])?;
     let zeros = Tensor::zeros(cout, candle_core::DType::F32, &Device::Cpu)?;
     Conv::new(weight, zeros, stride, 1, PadMode::Fixed(pad), device)
@@ -85,9 +95,23 @@ impl DenseNet121 {
                 let cin = c + li * GROWTH;
                 layers.push(DenseLayer {
                     norm1: Norm::load(w, &format!("{p}.norm1"), cin, device)?,
-                    conv1: conv(w, &format!("{p}.conv1"), (cin, BN_SIZE * GROWTH, 1), 1, 0, device)?,
+                    conv1: conv(
+                        w,
+                        &format!("{p}.conv1"),
+                        (cin, BN_SIZE * GROWTH, 1),
+                        1,
+                        0,
+                        device,
+                    )?,
                     norm2: Norm::load(w, &format!("{p}.norm2"), BN_SIZE * GROWTH, device)?,
-                    conv2: conv(w, &format!("{p}.conv2"), (BN_SIZE * GROWTH, GROWTH, 3), 1, 1, device)?,
+                    conv2: conv(
+                        w,
+                        &format!("{p}.conv2"),
+                        (BN_SIZE * GROWTH, GROWTH, 3),
+                        1,
+                        1,
+                        device,
+                    )?,
                 });
             }
             blocks.push(layers);
@@ -104,10 +128,20 @@ impl DenseNet121 {
         let norm5 = Norm::load(w, "features.norm5", c, device)?;
         let shape = w.shape("classifier.weight")?;
         if shape.len() != 2 || shape[1] != c {
-            return Err(Error::Weights(format!("tensor 'classifier.weight' has shape {shape:?}, expected [classes, {c}]")));
+            return Err(Error::Weights(format!(
+                "tensor 'classifier.weight' has shape {shape:?}, expected [classes, {c}]"
+            )));
         }
         let classifier = Linear::load(w, "classifier", (c, shape[0]), device)?;
-        Ok(DenseNet121 { conv0, norm0, blocks, transitions, norm5, classifier, backend })
+        Ok(DenseNet121 {
+            conv0,
+            norm0,
+            blocks,
+            transitions,
+            norm5,
+            classifier,
+            backend,
+        })
     }
 
     pub fn num_classes(&self) -> usize {
@@ -117,7 +151,12 @@ impl DenseNet121 {
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
         let h = relu(&self.norm0.forward(&self.conv0.forward(x, b)?)?, mode)?;
-        let mut h = MaxPool2d { k: 3, stride: 2, pad: Padding::symmetric(1) }.forward(&h)?;
+        let mut h = MaxPool2d {
+            k: 3,
+            stride: 2,
+            pad: Padding::symmetric(1),
+        }
+        .forward(&h)?;
         for (bi, layers) in self.blocks.iter().enumerate() {
             let mut features = vec![h.clone()];
             for l in layers {
@@ -128,7 +167,10 @@ impl DenseNet121 {
             }
             h = Tensor::cat(&features, 1)?;
             if let Some(t) = self.transitions.get(bi) {
-                h = t.conv.forward(&relu(&t.norm.forward(&h)?, mode)?, b)?.avg_pool2d(2)?;
+                h = t
+                    .conv
+                    .forward(&relu(&t.norm.forward(&h)?, mode)?, b)?
+                    .avg_pool2d(2)?;
             }
         }
         // torchvision: `F.relu(features)` in forward, the ReLU hooks never see.

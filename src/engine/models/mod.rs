@@ -156,7 +156,11 @@ pub fn load(name: &str, device: &Device, backend: Backend) -> Result<Arc<dyn Cla
                 &bytes, device, backend,
             )?))
         }
-        path if path.ends_with(".json") => load_custom(&ModelDescription::read(std::path::Path::new(path))?, device, backend),
+        path if path.ends_with(".json") => load_custom(
+            &ModelDescription::read(std::path::Path::new(path))?,
+            device,
+            backend,
+        ),
         _ => Err(Error::UnknownModel {
             name: name.to_string(),
             known: names().join(", "),
@@ -284,7 +288,9 @@ impl std::str::FromStr for Arch {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).map_err(|_| {
-            Error::InvalidParam(format!("unknown architecture '{s}' (resnet18, resnet34, resnet50, resnet101, densenet121)"))
+            Error::InvalidParam(format!(
+                "unknown architecture '{s}' (resnet18, resnet34, resnet50, resnet101, densenet121)"
+            ))
         })
     }
 }
@@ -342,8 +348,16 @@ fn bilinear() -> String {
 
 impl ModelDescription {
     /// A description for `--weights PATH --arch A [--labels FILE] [--multi-label]`.
-    pub fn ad_hoc(weights: PathBuf, arch: Arch, labels: Option<PathBuf>, multi_label: bool) -> Self {
-        let name = weights.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "custom".into());
+    pub fn ad_hoc(
+        weights: PathBuf,
+        arch: Arch,
+        labels: Option<PathBuf>,
+        multi_label: bool,
+    ) -> Self {
+        let name = weights
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "custom".into());
         ModelDescription {
             name,
             arch,
@@ -361,8 +375,9 @@ impl ModelDescription {
     /// Reads a JSON description; relative paths in it are relative to its folder.
     pub fn read(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut d: ModelDescription = serde_json::from_str(&text)
-            .map_err(|e| Error::InvalidParam(format!("model description {}: {e}", path.display())))?;
+        let mut d: ModelDescription = serde_json::from_str(&text).map_err(|e| {
+            Error::InvalidParam(format!("model description {}: {e}", path.display()))
+        })?;
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         d.weights = base.join(&d.weights);
         if let Some(LabelsSpec::File(f)) = &d.labels {
@@ -378,8 +393,12 @@ pub fn read_weights(path: &std::path::Path) -> Result<Weights> {
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
     let raw = if is_safetensors {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| Error::Weights(format!("{}: not a valid safetensors file ({e})", path.display())))?
+        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+            Error::Weights(format!(
+                "{}: not a valid safetensors file ({e})",
+                path.display()
+            ))
+        })?
     } else {
         pth::load(path)?
     };
@@ -388,7 +407,10 @@ pub fn read_weights(path: &std::path::Path) -> Result<Weights> {
         .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
         .map(|(k, t)| {
             let mut k = k.as_str();
-            while let Some(rest) = ["module.", "densenet121.", "model."].iter().find_map(|p| k.strip_prefix(p)) {
+            while let Some(rest) = ["module.", "densenet121.", "model."]
+                .iter()
+                .find_map(|p| k.strip_prefix(p))
+            {
                 k = rest;
             }
             (densenet::modernise_key(k), t)
@@ -410,7 +432,11 @@ pub struct Custom {
 }
 
 /// Loads a described model.
-pub fn load_custom(d: &ModelDescription, device: &Device, backend: Backend) -> Result<Arc<dyn Classifier>> {
+pub fn load_custom(
+    d: &ModelDescription,
+    device: &Device,
+    backend: Backend,
+) -> Result<Arc<dyn Classifier>> {
     let w = read_weights(&d.weights)?;
     let net = match d.arch {
         Arch::Densenet121 => Net::DenseNet(densenet::DenseNet121::load(&w, device, backend)?),
@@ -440,17 +466,28 @@ pub fn load_custom(d: &ModelDescription, device: &Device, backend: Backend) -> R
         None => (0..classes).map(|i| format!("class {i}")).collect(),
     };
     if labels.len() != classes {
-        return Err(Error::InvalidParam(format!("{} labels for a model with {classes} outputs", labels.len())));
+        return Err(Error::InvalidParam(format!(
+            "{} labels for a model with {classes} outputs",
+            labels.len()
+        )));
     }
     let resize = match d.resize.as_str() {
         "bilinear" => Resize::Bilinear,
         "nearest" => Resize::Nearest,
-        other => return Err(Error::InvalidParam(format!("resize must be bilinear or nearest, got '{other}'"))),
+        other => {
+            return Err(Error::InvalidParam(format!(
+                "resize must be bilinear or nearest, got '{other}'"
+            )));
+        }
     };
     let bgr = match d.channel_order.to_ascii_lowercase().as_str() {
         "rgb" => false,
         "bgr" => true,
-        other => return Err(Error::InvalidParam(format!("channel_order must be rgb or bgr, got '{other}'"))),
+        other => {
+            return Err(Error::InvalidParam(format!(
+                "channel_order must be rgb or bgr, got '{other}'"
+            )));
+        }
     };
     let info = ModelInfo {
         name: d.name.clone(),
@@ -464,7 +501,11 @@ pub fn load_custom(d: &ModelDescription, device: &Device, backend: Backend) -> R
         multi_label: d.multi_label,
         bgr,
     };
-    Ok(Arc::new(Custom { net, info, device: device.clone() }))
+    Ok(Arc::new(Custom {
+        net,
+        info,
+        device: device.clone(),
+    }))
 }
 
 impl Classifier for Custom {

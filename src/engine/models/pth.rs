@@ -20,8 +20,20 @@ use crate::error::{Error, Result};
 fn allowed(module: &str, class: &str) -> bool {
     match module {
         "collections" => matches!(class, "OrderedDict" | "defaultdict"),
-        "torch._utils" => matches!(class, "_rebuild_tensor_v2" | "_rebuild_parameter" | "_rebuild_tensor" | "_rebuild_parameter_with_state"),
-        "torch" => class.ends_with("Storage") || matches!(class, "Size" | "float32" | "float16" | "bfloat16" | "int64" | "device"),
+        "torch._utils" => matches!(
+            class,
+            "_rebuild_tensor_v2"
+                | "_rebuild_parameter"
+                | "_rebuild_tensor"
+                | "_rebuild_parameter_with_state"
+        ),
+        "torch" => {
+            class.ends_with("Storage")
+                || matches!(
+                    class,
+                    "Size" | "float32" | "float16" | "bfloat16" | "int64" | "device"
+                )
+        }
         "torch.storage" => class == "UntypedStorage",
         "numpy.core.multiarray" | "numpy._core.multiarray" => class == "scalar",
         "numpy" => class == "dtype",
@@ -32,11 +44,14 @@ fn allowed(module: &str, class: &str) -> bool {
 
 fn first_forbidden(obj: &Object) -> Option<String> {
     match obj {
-        Object::Class { module_name, class_name } => {
-            (!allowed(module_name, class_name)).then(|| format!("{module_name}.{class_name}"))
-        }
+        Object::Class {
+            module_name,
+            class_name,
+        } => (!allowed(module_name, class_name)).then(|| format!("{module_name}.{class_name}")),
         Object::Tuple(v) | Object::List(v) => v.iter().find_map(first_forbidden),
-        Object::Dict(kv) => kv.iter().find_map(|(k, v)| first_forbidden(k).or_else(|| first_forbidden(v))),
+        Object::Dict(kv) => kv
+            .iter()
+            .find_map(|(k, v)| first_forbidden(k).or_else(|| first_forbidden(v))),
         Object::Reduce { callable, args } | Object::Build { callable, args } => {
             first_forbidden(callable).or_else(|| first_forbidden(args))
         }
@@ -53,7 +68,10 @@ pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
         Ok(z) => z,
         Err(_) => {
             let mut head = [0u8; 2];
-            let legacy = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head[0] == 0x80;
+            let legacy = std::fs::File::open(path)
+                .and_then(|mut f| f.read_exact(&mut head))
+                .is_ok()
+                && head[0] == 0x80;
             return Err(fail(if legacy {
                 "a legacy (pre-zip) PyTorch file; re-save it with a current torch.save or convert it to safetensors".into()
             } else {
@@ -62,7 +80,11 @@ pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
         }
     };
     let pkl = (0..zip.len())
-        .filter_map(|i| zip.by_index(i).ok().and_then(|f| f.name().ok().map(|n| n.to_string())))
+        .filter_map(|i| {
+            zip.by_index(i)
+                .ok()
+                .and_then(|f| f.name().ok().map(|n| n.to_string()))
+        })
         .find(|n| n.ends_with("data.pkl"))
         .ok_or_else(|| fail("no data.pkl in the archive".into()))?;
     let mut bytes = Vec::new();
@@ -73,7 +95,9 @@ pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
     stack
         .read_loop(&mut std::io::Cursor::new(&bytes))
         .map_err(|e| fail(format!("cannot parse the checkpoint ({e})")))?;
-    let obj = stack.finalize().map_err(|e| fail(format!("cannot parse the checkpoint ({e})")))?;
+    let obj = stack
+        .finalize()
+        .map_err(|e| fail(format!("cannot parse the checkpoint ({e})")))?;
     if let Some(name) = first_forbidden(&obj) {
         return Err(fail(format!(
             "refused: the checkpoint references `{name}`, which could run code when unpickled; only plain tensors and state dicts are loaded"
@@ -81,9 +105,14 @@ pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
     }
     // A bare state dict, or a checkpoint dict holding one under a usual key.
     let key = match &obj {
-        Object::Dict(kv) => ["state_dict", "model_state_dict", "model", "net"].into_iter().find(|k| {
-            kv.iter().any(|(key, v)| *key == Object::Unicode(k.to_string()) && matches!(v, Object::Dict(_) | Object::Reduce { .. }))
-        }),
+        Object::Dict(kv) => ["state_dict", "model_state_dict", "model", "net"]
+            .into_iter()
+            .find(|k| {
+                kv.iter().any(|(key, v)| {
+                    *key == Object::Unicode(k.to_string())
+                        && matches!(v, Object::Dict(_) | Object::Reduce { .. })
+                })
+            }),
         _ => None,
     };
     let infos = candle_core::pickle::read_pth_tensor_info(path, false, key)
@@ -94,7 +123,8 @@ pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
     infos
         .into_iter()
         .map(|info| {
-            let t = read_tensor(&mut zip, &info).map_err(|e| fail(format!("tensor '{}': {e}", info.name)))?;
+            let t = read_tensor(&mut zip, &info)
+                .map_err(|e| fail(format!("tensor '{}': {e}", info.name)))?;
             Ok((info.name, t))
         })
         .collect()
@@ -112,7 +142,8 @@ fn read_tensor<R: std::io::Read + std::io::Seek>(
         .read_to_end(&mut bytes)
         .map_err(|e| e.to_string())?;
     let elems = bytes.len() / info.dtype.size_in_bytes();
-    let storage = Tensor::from_raw_buffer(&bytes, info.dtype, &[elems], &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
+    let storage = Tensor::from_raw_buffer(&bytes, info.dtype, &[elems], &candle_core::Device::Cpu)
+        .map_err(|e| e.to_string())?;
     // candle's pickle reader records the view's offset in bytes.
     let start = info.layout.start_offset() / info.dtype.size_in_bytes();
     let (dims, strides) = (info.layout.dims(), info.layout.stride());
@@ -125,10 +156,15 @@ fn read_tensor<R: std::io::Read + std::io::Seek>(
             rem /= d;
         }
         if off >= elems {
-            return Err(format!("view reaches element {off} of a {elems}-element storage"));
+            return Err(format!(
+                "view reaches element {off} of a {elems}-element storage"
+            ));
         }
         index.push(off as u32);
     }
     let index = Tensor::from_vec(index, n, &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
-    storage.index_select(&index, 0).and_then(|t| t.reshape(dims)).map_err(|e| e.to_string())
+    storage
+        .index_select(&index, 0)
+        .and_then(|t| t.reshape(dims))
+        .map_err(|e| e.to_string())
 }

@@ -38,8 +38,17 @@ impl Depth {
 }
 
 enum Block {
-    Basic { conv1: Conv, conv2: Conv, down: Option<Conv> },
-    Bottleneck { conv1: Conv, conv2: Conv, conv3: Conv, down: Option<Conv> },
+    Basic {
+        conv1: Conv,
+        conv2: Conv,
+        down: Option<Conv>,
+    },
+    Bottleneck {
+        conv1: Conv,
+        conv2: Conv,
+        conv3: Conv,
+        down: Option<Conv>,
+    },
 }
 
 impl Block {
@@ -49,7 +58,12 @@ impl Block {
                 let h = relu(&conv1.forward(x, b)?, mode)?;
                 (conv2.forward(&h, b)?, down)
             }
-            Block::Bottleneck { conv1, conv2, conv3, down } => {
+            Block::Bottleneck {
+                conv1,
+                conv2,
+                conv3,
+                down,
+            } => {
                 let h = relu(&conv1.forward(x, b)?, mode)?;
                 let h = relu(&conv2.forward(&h, b)?, mode)?;
                 (conv3.forward(&h, b)?, down)
@@ -74,7 +88,17 @@ impl ResNet {
     /// Loads a torchvision-named checkpoint; the head's width comes from `fc.weight`.
     pub fn load(w: &Weights, depth: Depth, device: &Device, backend: Backend) -> Result<Self> {
         let conv = |name: &str, bn: &str, io: (usize, usize, usize), stride: usize, pad: usize| {
-            Conv::with_bn(w, name, bn, BN_EPS, io, stride, 1, PadMode::Fixed(pad), device)
+            Conv::with_bn(
+                w,
+                name,
+                bn,
+                BN_EPS,
+                io,
+                stride,
+                1,
+                PadMode::Fixed(pad),
+                device,
+            )
         };
         let stem = conv("conv1", "bn1", (3, 64, 7), 2, 3)?;
         let expansion = if depth.bottleneck() { 4 } else { 1 };
@@ -87,9 +111,19 @@ impl ResNet {
                 let stride = if bi == 0 && li > 0 { 2 } else { 1 };
                 let cout = width * expansion;
                 let down = (bi == 0 && (stride != 1 || cin != cout))
-                    .then(|| conv(&format!("{p}.downsample.0"), &format!("{p}.downsample.1"), (cin, cout, 1), stride, 0))
+                    .then(|| {
+                        conv(
+                            &format!("{p}.downsample.0"),
+                            &format!("{p}.downsample.1"),
+                            (cin, cout, 1),
+                            stride,
+                            0,
+                        )
+                    })
                     .transpose()?;
-                let c = |i: usize, io, s, pad| conv(&format!("{p}.conv{i}"), &format!("{p}.bn{i}"), io, s, pad);
+                let c = |i: usize, io, s, pad| {
+                    conv(&format!("{p}.conv{i}"), &format!("{p}.bn{i}"), io, s, pad)
+                };
                 blocks.push(if depth.bottleneck() {
                     Block::Bottleneck {
                         conv1: c(1, (cin, width, 1), 1, 0)?,
@@ -98,17 +132,28 @@ impl ResNet {
                         down,
                     }
                 } else {
-                    Block::Basic { conv1: c(1, (cin, width, 3), stride, 1)?, conv2: c(2, (width, width, 3), 1, 1)?, down }
+                    Block::Basic {
+                        conv1: c(1, (cin, width, 3), stride, 1)?,
+                        conv2: c(2, (width, width, 3), 1, 1)?,
+                        down,
+                    }
                 });
                 cin = cout;
             }
         }
         let fc_shape = w.shape("fc.weight")?;
         if fc_shape.len() != 2 || fc_shape[1] != cin {
-            return Err(Error::Weights(format!("tensor 'fc.weight' has shape {fc_shape:?}, expected [classes, {cin}]")));
+            return Err(Error::Weights(format!(
+                "tensor 'fc.weight' has shape {fc_shape:?}, expected [classes, {cin}]"
+            )));
         }
         let fc = Linear::load(w, "fc", (cin, fc_shape[0]), device)?;
-        Ok(ResNet { stem, blocks, fc, backend })
+        Ok(ResNet {
+            stem,
+            blocks,
+            fc,
+            backend,
+        })
     }
 
     pub fn num_classes(&self) -> usize {
@@ -118,7 +163,12 @@ impl ResNet {
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
         let h = relu(&self.stem.forward(x, b)?, mode)?;
-        let mut h = MaxPool2d { k: 3, stride: 2, pad: Padding::symmetric(1) }.forward(&h)?;
+        let mut h = MaxPool2d {
+            k: 3,
+            stride: 2,
+            pad: Padding::symmetric(1),
+        }
+        .forward(&h)?;
         for block in &self.blocks {
             h = block.forward(&h, mode, b)?;
         }

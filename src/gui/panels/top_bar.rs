@@ -25,6 +25,13 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
             });
             ui.separator();
             model_picker(app, ui);
+            if ui
+                .button("Open model…")
+                .on_hover_text("Load your own checkpoint through a model description (.json: arch, weights, labels, normalisation; see the README)")
+                .clicked()
+            {
+                app.show_model_dialog();
+            }
             device_picker(app, ui);
             class_picker(app, ui);
             ui.separator();
