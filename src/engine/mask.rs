@@ -44,8 +44,8 @@ impl Mask {
         self.count() as f32 / self.data.len().max(1) as f32
     }
 
-    /// Pixel-wise OR with a mask of the same size.
-    pub fn union(&self, other: &Mask) -> Mask {
+    /// Combines two masks of the same size pixel by pixel.
+    fn zip_with(&self, other: &Mask, f: impl Fn(bool, bool) -> bool) -> Mask {
         assert_eq!((self.width, self.height), (other.width, other.height));
         Mask {
             width: self.width,
@@ -54,24 +54,19 @@ impl Mask {
                 .data
                 .iter()
                 .zip(&other.data)
-                .map(|(a, b)| *a || *b)
+                .map(|(a, b)| f(*a, *b))
                 .collect(),
         }
     }
 
+    /// Pixel-wise OR.
+    pub fn union(&self, other: &Mask) -> Mask {
+        self.zip_with(other, |a, b| a || b)
+    }
+
     /// Pixels set in `self` but not in `other`.
     pub fn minus(&self, other: &Mask) -> Mask {
-        assert_eq!((self.width, self.height), (other.width, other.height));
-        Mask {
-            width: self.width,
-            height: self.height,
-            data: self
-                .data
-                .iter()
-                .zip(&other.data)
-                .map(|(a, b)| *a && !*b)
-                .collect(),
-        }
+        self.zip_with(other, |a, b| a && !b)
     }
 
     /// True where `self` has a pixel that `other` lacks.

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use unveil::engine::models::{self, Classifier, DEFAULT_MODEL};
 use unveil::engine::ops::Backend;
+use unveil::engine::ops::activation::ReluMode;
 
 pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -60,4 +61,23 @@ pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
+}
+
+/// Input gradient of logit `target` of a batch of one, ReLUs back-propagating per `mode`.
+pub fn logit_gradient(
+    model: &dyn Classifier,
+    x: &Tensor,
+    target: usize,
+    mode: ReluMode,
+) -> Vec<f32> {
+    let v = Var::from_tensor(x).unwrap();
+    let logits = model.forward(v.as_tensor(), mode).unwrap();
+    let grads = logits
+        .narrow(1, target, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    to_vec(grads.get(v.as_tensor()).unwrap())
 }

@@ -1,31 +1,18 @@
 //! The bundled EfficientNet-Lite0 against PyTorch fixtures (scripts/make_fixtures.py).
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use unveil::engine::image;
 use unveil::engine::models::{Classifier, Lite0};
 use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::ReluMode;
 use unveil::engine::unveil::{classify, top_k};
 
-use crate::common::{cosine, fixture, lite0, max_abs_diff, repo, to_vec};
+use crate::common::{cosine, fixture, lite0, logit_gradient, max_abs_diff, repo, to_vec};
 
 fn target_and_input() -> (usize, Tensor, std::collections::HashMap<String, Tensor>) {
     let f = fixture("efficientnet_lite0.safetensors");
     let target = f["target"].to_vec1::<i64>().unwrap()[0] as usize;
     (target, f["input"].clone(), f)
-}
-
-fn gradient(model: &dyn Classifier, x: &Tensor, target: usize, mode: ReluMode) -> Vec<f32> {
-    let v = Var::from_tensor(x).unwrap();
-    let logits = model.forward(v.as_tensor(), mode).unwrap();
-    let grads = logits
-        .narrow(1, target, 1)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    to_vec(grads.get(v.as_tensor()).unwrap())
 }
 
 #[test]
@@ -43,7 +30,7 @@ fn guided_and_vanilla_gradients_match_pytorch() {
         (ReluMode::Guided, "grad_guided"),
         (ReluMode::Plain, "grad_vanilla"),
     ] {
-        let g = gradient(lite0().as_ref(), &x, target, mode);
+        let g = logit_gradient(lite0().as_ref(), &x, target, mode);
         let c = cosine(&g, &to_vec(&f[key]));
         assert!(c > 0.999, "{key}: cosine {c}");
     }
@@ -67,8 +54,8 @@ fn fast_ops_match_stock_candle_on_the_whole_model() {
         stock.forward(&x, ReluMode::Plain).unwrap(),
     );
     assert!(max_abs_diff(&to_vec(&lf), &to_vec(&ls)) < 1e-3);
-    let gf = gradient(fast.as_ref(), &x, target, ReluMode::Guided);
-    let gs = gradient(&stock, &x, target, ReluMode::Guided);
+    let gf = logit_gradient(fast.as_ref(), &x, target, ReluMode::Guided);
+    let gs = logit_gradient(&stock, &x, target, ReluMode::Guided);
     let c = cosine(&gf, &gs);
     assert!(c > 0.9999, "cosine {c}");
     assert!(max_abs_diff(&gf, &gs) < 1e-4 * gs.iter().fold(0f32, |m, v| m.max(v.abs())) + 1e-6);
@@ -78,8 +65,8 @@ fn fast_ops_match_stock_candle_on_the_whole_model() {
 fn guided_gradient_differs_from_vanilla() {
     // Guarding against a guided mode that silently falls back to the plain derivative.
     let (target, x, _) = target_and_input();
-    let g = gradient(lite0().as_ref(), &x, target, ReluMode::Guided);
-    let v = gradient(lite0().as_ref(), &x, target, ReluMode::Plain);
+    let g = logit_gradient(lite0().as_ref(), &x, target, ReluMode::Guided);
+    let v = logit_gradient(lite0().as_ref(), &x, target, ReluMode::Plain);
     assert!(cosine(&g, &v) < 0.9);
 }
 

@@ -7,12 +7,12 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use unveil::engine::models::{self, Arch, Classifier, ModelDescription};
 use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::ReluMode;
 
-use crate::common::{cosine, fixture, max_abs_diff, repo, to_vec};
+use crate::common::{cosine, fixture, logit_gradient, max_abs_diff, repo, to_vec};
 
 fn fnv1a64(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325, |h, b| {
@@ -95,20 +95,6 @@ fn load(arch_name: &str, arch: Arch) -> std::sync::Arc<dyn Classifier> {
     m
 }
 
-fn grad(m: &dyn Classifier, x: &Tensor, target: usize, mode: ReluMode) -> Vec<f32> {
-    let v = Var::from_tensor(x).unwrap();
-    let g = m
-        .forward(v.as_tensor(), mode)
-        .unwrap()
-        .narrow(1, target, 1)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    to_vec(g.get(v.as_tensor()).unwrap())
-}
-
 fn check(arch_name: &str, arch: Arch) -> (Vec<f32>, HashMap<String, Tensor>) {
     let f = fixture(&format!("torchvision/{arch_name}.safetensors"));
     assert_eq!(
@@ -121,11 +107,11 @@ fn check(arch_name: &str, arch: Arch) -> (Vec<f32>, HashMap<String, Tensor>) {
     let d = max_abs_diff(&to_vec(&logits), &to_vec(&f["logits"]));
     assert!(d < 1e-3, "{arch_name}: max abs logit difference {d}");
     let target = f["target"].to_vec1::<i64>().unwrap()[0] as usize;
-    let guided = grad(m.as_ref(), &f["input"], target, ReluMode::Guided);
+    let guided = logit_gradient(m.as_ref(), &f["input"], target, ReluMode::Guided);
     let (cg, cv) = (
         cosine(&guided, &to_vec(&f["grad_guided"])),
         cosine(
-            &grad(m.as_ref(), &f["input"], target, ReluMode::Plain),
+            &logit_gradient(m.as_ref(), &f["input"], target, ReluMode::Plain),
             &to_vec(&f["grad_vanilla"]),
         ),
     );

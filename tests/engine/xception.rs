@@ -7,14 +7,14 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::Device;
 use unveil::engine::image;
 use unveil::engine::models::{self, Classifier, PNEUMONIA_MODEL};
 use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::ReluMode;
 use unveil::engine::unveil::classify;
 
-use crate::common::{cosine, fixture, max_abs_diff, repo, to_vec};
+use crate::common::{cosine, fixture, logit_gradient, max_abs_diff, repo, to_vec};
 
 fn model() -> Arc<dyn Classifier> {
     static MODEL: OnceLock<Arc<dyn Classifier>> = OnceLock::new();
@@ -38,19 +38,6 @@ fn json() -> serde_json::Value {
         .unwrap()
 }
 
-fn gradient(m: &dyn Classifier, x: &Tensor, target: usize, mode: ReluMode) -> Vec<f32> {
-    let v = Var::from_tensor(x).unwrap();
-    let logits = m.forward(v.as_tensor(), mode).unwrap();
-    let g = logits
-        .narrow(1, target, 1)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    to_vec(g.get(v.as_tensor()).unwrap())
-}
-
 #[test]
 fn logits_match_the_original_keras_model() {
     let f = fixture("pneumonia_xception.safetensors");
@@ -64,8 +51,8 @@ fn guided_and_vanilla_gradients_match_the_pytorch_port() {
     let f = fixture("pneumonia_xception.safetensors");
     let x = f["inputs"].narrow(0, 0, 1).unwrap();
     let target = f["target"].to_vec1::<i64>().unwrap()[0] as usize;
-    let guided = gradient(model().as_ref(), &x, target, ReluMode::Guided);
-    let vanilla = gradient(model().as_ref(), &x, target, ReluMode::Plain);
+    let guided = logit_gradient(model().as_ref(), &x, target, ReluMode::Guided);
+    let vanilla = logit_gradient(model().as_ref(), &x, target, ReluMode::Plain);
     let (cg, cv) = (
         cosine(&guided, &to_vec(&f["grad_guided"])),
         cosine(&vanilla, &to_vec(&f["grad_vanilla"])),

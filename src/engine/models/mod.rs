@@ -73,6 +73,32 @@ impl ModelInfo {
     }
 }
 
+/// A network: logits for a normalised batch, with every ReLU back-propagating per `mode`.
+pub trait Network: Send + Sync {
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor>;
+}
+
+/// A network with what the engine needs to feed it: the one [`Classifier`] implementation.
+pub struct Model<N> {
+    net: N,
+    info: ModelInfo,
+    device: Device,
+}
+
+impl<N: Network> Classifier for Model<N> {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        self.net.forward(x, mode)
+    }
+}
+
 /// An image classifier whose input gradient we can take.
 pub trait Classifier: Send + Sync {
     fn info(&self) -> &ModelInfo;
@@ -169,18 +195,14 @@ pub fn load(name: &str, device: &Device, backend: Backend) -> Result<Arc<dyn Cla
 }
 
 /// The PyPI `pneumonia-model-package` 0.3.0 chest X-ray classifier (Keras Xception).
-pub struct ChestXception {
-    net: xception::Xception,
-    info: ModelInfo,
-    device: Device,
-}
+pub type ChestXception = Model<xception::Xception>;
 
 impl ChestXception {
     pub fn from_safetensors(bytes: &[u8], device: &Device, backend: Backend) -> Result<Self> {
         let weights = Weights::from_safetensors(bytes)?;
         let labels = vec!["NORMAL".to_string(), "PNEUMONIA".to_string()];
         let net = xception::Xception::load(&weights, labels.len(), device, backend)?;
-        Ok(ChestXception {
+        Ok(Model {
             net,
             info: ModelInfo {
                 name: PNEUMONIA_MODEL.to_string(),
@@ -203,29 +225,11 @@ impl ChestXception {
     }
 }
 
-impl Classifier for ChestXception {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        self.net.forward(x, mode)
-    }
-}
-
 static LITE0_WEIGHTS: &[u8] = include_bytes!("../../../models/efficientnet-lite0.safetensors");
 static IMAGENET_LABELS: &str = include_str!("../../../assets/imagenet_classes.txt");
 
 /// The bundled ImageNet EfficientNet-Lite0 (weights compiled into the binary: works offline).
-pub struct Lite0 {
-    net: efficientnet_lite::EfficientNetLite,
-    info: ModelInfo,
-    device: Device,
-}
+pub type Lite0 = Model<efficientnet_lite::EfficientNetLite>;
 
 impl Lite0 {
     pub fn bundled(device: &Device, backend: Backend) -> Result<Self> {
@@ -237,7 +241,7 @@ impl Lite0 {
         let weights = Weights::from_safetensors(bytes)?;
         let net =
             efficientnet_lite::EfficientNetLite::lite0(&weights, labels.len(), device, backend)?;
-        Ok(Lite0 {
+        Ok(Model {
             net,
             info: ModelInfo {
                 name: DEFAULT_MODEL.to_string(),
@@ -256,20 +260,6 @@ impl Lite0 {
             },
             device: device.clone(),
         })
-    }
-}
-
-impl Classifier for Lite0 {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        self.net.forward(x, mode)
     }
 }
 
@@ -424,13 +414,6 @@ enum Net {
     DenseNet(densenet::DenseNet121),
 }
 
-/// A checkpoint someone brought, described by a [`ModelDescription`].
-pub struct Custom {
-    net: Net,
-    info: ModelInfo,
-    device: Device,
-}
-
 /// Loads a described model.
 pub fn load_custom(
     d: &ModelDescription,
@@ -501,26 +484,30 @@ pub fn load_custom(
         multi_label: d.multi_label,
         bgr,
     };
-    Ok(Arc::new(Custom {
+    Ok(Arc::new(Model {
         net,
         info,
         device: device.clone(),
     }))
 }
 
-impl Classifier for Custom {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
+impl Network for Net {
     fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        match &self.net {
+        match self {
             Net::ResNet(r) => r.forward(x, mode),
             Net::DenseNet(d) => d.forward(x, mode),
         }
+    }
+}
+
+impl Network for efficientnet_lite::EfficientNetLite {
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        efficientnet_lite::EfficientNetLite::forward(self, x, mode)
+    }
+}
+
+impl Network for xception::Xception {
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        xception::Xception::forward(self, x, mode)
     }
 }
