@@ -1,70 +1,215 @@
-//! Saliency throughput: fwd + guided backward to the input per noisy 224 x 224 sample, with
-//! this crate's ops and with stock candle ops, and the default end-to-end run.
-//! `cargo bench --bench saliency` (a plain bench binary; prints a table).
+//! Benchmarks (a plain bench binary: `cargo bench --bench saliency [-- --json PATH]`):
+//! end-to-end `unveil run` on the bundled model (5 iterations x 25 samples) with the process's
+//! peak memory; guided-backprop SmoothGrad throughput for EfficientNet-Lite0 and ResNet-50 at
+//! 224 x 224 (our ops, and stock candle ops for comparison); mask smoothing per pass at
+//! 512 / 1024 / 2048 px for k = 3, 11, 51, 101. `scripts/bench.sh` runs the PyTorch reference
+//! beside it and prints the ratios.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
+use serde_json::json;
 use unveil::engine::image;
-use unveil::engine::models::{self, DEFAULT_MODEL};
+use unveil::engine::mask::{Mask, smooth};
+use unveil::engine::models::{self, Arch, Classifier, DEFAULT_MODEL, ModelDescription};
 use unveil::engine::ops::Backend;
-use unveil::engine::params::{SaliencyParams, UnveilParams};
+use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
 use unveil::engine::saliency::input_gradient;
 use unveil::engine::unveil::{classify, run, top_k};
 
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// ResNet-50 with arbitrary (seeded) weights: timing does not depend on their values.
+fn resnet50(backend: Backend) -> std::sync::Arc<dyn Classifier> {
+    let j: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/torchvision/fixtures.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut tensors = HashMap::new();
+    let mut state = 0x2545F4914F6CDD1Du64;
+    for entry in j["models"]["resnet50"]["weights"]["keys_sorted"]
+        .as_array()
+        .unwrap()
+    {
+        let (name, dims) = entry.as_str().unwrap().split_once(" [").unwrap();
+        let shape: Vec<usize> = dims
+            .trim_end_matches(']')
+            .split(", ")
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let n: usize = shape.iter().product();
+        let fan = if shape.len() > 1 {
+            shape[1..].iter().product::<usize>()
+        } else {
+            1
+        };
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let u = (state >> 40) as f32 / (1u64 << 24) as f32;
+                if name.ends_with("running_var") || (shape.len() == 1 && name.ends_with("weight")) {
+                    0.5 + u
+                } else {
+                    (2.0 * u - 1.0) / (fan as f32).sqrt()
+                }
+            })
+            .collect();
+        tensors.insert(
+            name.to_string(),
+            Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap(),
+        );
+    }
+    let path = std::env::temp_dir().join(format!(
+        "unveil-bench-resnet50-{}.safetensors",
+        std::process::id()
+    ));
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let m = models::load_custom(
+        &ModelDescription::ad_hoc(path.clone(), Arch::Resnet50, None, false),
+        &Device::Cpu,
+        backend,
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&path);
+    m
+}
+
+fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
+    let never = AtomicBool::new(false);
+    let target = top_k(model, &classify(model, x).unwrap(), 1)[0].class;
+    let p = SaliencyParams {
+        samples,
+        ..Default::default()
+    };
+    input_gradient(
+        model,
+        x,
+        target,
+        &SaliencyParams {
+            samples: 1,
+            ..p.clone()
+        },
+        &mut |_, _| {},
+        &never,
+    )
+    .unwrap();
+    let t = Instant::now();
+    input_gradient(model, x, target, &p, &mut |_, _| {}, &never).unwrap();
+    t.elapsed().as_secs_f64() * 1e3 / samples as f64
+}
+
 fn main() {
+    let json_out = std::env::args().skip_while(|a| a != "--json").nth(1);
     let img = image::load(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/assets/chelsea.png"
     )))
     .unwrap();
     let never = AtomicBool::new(false);
-    println!("| backend | samples | ms per sample |\n|---|---|---|");
-    for (backend, samples) in [(Backend::Fast, 16), (Backend::Stock, 2)] {
-        let model = models::load(DEFAULT_MODEL, &Device::Cpu, backend).unwrap();
-        let x = image::to_model_input(&img, model.info(), &Device::Cpu).unwrap();
-        let target = top_k(model.as_ref(), &classify(model.as_ref(), &x).unwrap(), 1)[0].class;
-        let p = SaliencyParams {
-            samples,
+
+    // End to end first, so the peak memory is this run's.
+    let lite = models::load(DEFAULT_MODEL, &Device::Cpu, Backend::Fast).unwrap();
+    let x = image::to_model_input(&img, lite.info(), &Device::Cpu).unwrap();
+    let params = UnveilParams {
+        saliency: SaliencyParams {
+            samples: 25,
             ..Default::default()
-        };
-        // Warm-up (allocator, thread pool), then the measured pass.
-        input_gradient(
-            model.as_ref(),
-            &x,
-            target,
-            &SaliencyParams {
-                samples: 1,
-                ..p.clone()
-            },
-            &mut |_, _| {},
-            &never,
-        )
-        .unwrap();
-        let t = Instant::now();
-        input_gradient(model.as_ref(), &x, target, &p, &mut |_, _| {}, &never).unwrap();
-        println!(
-            "| {backend:?} | {samples} | {:.0} |",
-            t.elapsed().as_secs_f64() * 1e3 / samples as f64
-        );
-    }
-    let model = models::load(DEFAULT_MODEL, &Device::Cpu, Backend::Fast).unwrap();
-    let x = image::to_model_input(&img, model.info(), &Device::Cpu).unwrap();
+        },
+        stop: StopParams {
+            threshold: 0.0,
+            max_iter: 5,
+        },
+        ..Default::default()
+    };
     let t = Instant::now();
-    let out = run(
-        model.as_ref(),
-        &x,
-        &UnveilParams::default(),
-        None,
-        &mut |_| {},
-        &never,
-    )
-    .unwrap();
+    let out = run(lite.as_ref(), &x, &params, None, &mut |_| {}, &never).unwrap();
+    let e2e_s = t.elapsed().as_secs_f64();
+    let peak = peak_rss_mib();
     println!(
-        "\nend-to-end default run (chelsea, {} iterations x {} samples): {:.1} s",
-        out.steps.len(),
-        SaliencyParams::default().samples,
-        t.elapsed().as_secs_f64()
+        "end to end (EfficientNet-Lite0, {} iterations x 25 samples): {e2e_s:.1} s, peak memory {peak:.0} MiB\n",
+        out.steps.len()
     );
+
+    println!("| model | ops | ms per sample (fwd + guided bwd, 224 x 224) |\n|---|---|---|");
+    let mut models_json = serde_json::Map::new();
+    for (name, fast, stock) in [
+        (
+            "efficientnet-lite0",
+            models::load(DEFAULT_MODEL, &Device::Cpu, Backend::Fast).unwrap(),
+            Some(models::load(DEFAULT_MODEL, &Device::Cpu, Backend::Stock).unwrap()),
+        ),
+        ("resnet50", resnet50(Backend::Fast), None),
+    ] {
+        let x = image::to_model_input(&img, fast.info(), &Device::Cpu).unwrap();
+        let ms = ms_per_sample(fast.as_ref(), &x, 16);
+        println!("| {name} | unveil | {ms:.0} |");
+        let mut entry = json!({ "ms_per_sample": ms, "samples_per_s": 1e3 / ms });
+        if let Some(stock) = stock {
+            let ms_stock = ms_per_sample(stock.as_ref(), &x, 2);
+            println!("| {name} | stock candle | {ms_stock:.0} |");
+            entry["stock_candle_ms_per_sample"] = json!(ms_stock);
+        }
+        models_json.insert(name.to_string(), entry);
+    }
+
+    println!(
+        "\n| mask side | k = 3 | k = 11 | k = 51 | k = 101 | (ms per pass) |\n|---|---|---|---|---|---|"
+    );
+    let mut mask_json = Vec::new();
+    for side in [512usize, 1024, 2048] {
+        let mut state = 88172645463325252u64;
+        let data = (0..side * side)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.is_multiple_of(20)
+            })
+            .collect();
+        let m = Mask {
+            width: side,
+            height: side,
+            data,
+        };
+        let mut row = format!("| {side} |");
+        for k in [3, 11, 51, 101] {
+            let reps = if side >= 2048 { 3 } else { 10 };
+            smooth(&m, k, 1, 0.25);
+            let t = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(smooth(&m, k, 1, 0.25));
+            }
+            let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+            row.push_str(&format!(" {ms:.1} |"));
+            mask_json.push(json!({ "side": side, "k": k, "ms_per_pass": ms }));
+        }
+        println!("{row} |");
+    }
+    if let Some(path) = json_out {
+        let doc = json!({
+            "end_to_end": { "seconds": e2e_s, "iterations": out.steps.len(), "samples": 25, "peak_rss_mib": peak },
+            "models": models_json,
+            "mask": mask_json,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        println!("\nwrote {path}");
+    }
 }

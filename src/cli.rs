@@ -1,24 +1,29 @@
-//! The command line: `unveil run IMAGE ... --out DIR` and `unveil models`.
+//! The command line: `unveil run IMAGE ... --out DIR`, `unveil batch INPUTS... --out DIR`
+//! and `unveil models`.
 //!
 //! Arguments are parsed in two stages: clap's raw values, then validated engine parameters.
 //! Errors come back as values; `main` turns them into one line and an exit code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::engine::batch;
 use crate::engine::device::{self, DeviceChoice};
 use crate::engine::export::{self, RunInfo};
 use crate::engine::image::{self, Window};
+use crate::engine::models::Classifier;
 use crate::engine::models::{self, DEFAULT_MODEL, ModelDescription};
 use crate::engine::ops::Backend;
 use crate::engine::params::{
     FillMode, MaskParams, Method, SaliencyParams, StopParams, UnveilParams,
 };
-use crate::engine::unveil::{self, Event, StopReason};
+use crate::engine::unveil::{self, Event, Outcome};
 use crate::error::Result;
+use candle_core::Device;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,6 +57,8 @@ pub enum ViewArg {
 pub enum Command {
     /// Run the iterative unveiling on one image and write pictures and a summary.
     Run(RunArgs),
+    /// Run every image of files, folders or list files; resumable and shardable.
+    Batch(BatchArgs),
     /// List the models this build knows, or fetch one (`unveil models fetch NAME`).
     Models {
         #[command(subcommand)]
@@ -93,8 +100,37 @@ pub enum DeviceArg {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Image file (PNG, JPEG, TIFF).
+    /// Image file (PNG, JPEG, TIFF, DICOM).
     pub image: PathBuf,
+    #[command(flatten)]
+    pub opts: Options,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace the output folder if it already holds files.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    /// Images, folders of images, or list files (.txt, one path per line).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub opts: Options,
+    /// Output folder: one sub-folder per image plus results.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Process only shard I of N (0-based), e.g. 3/8: the split depends only on the image
+    /// paths, so N machines can share one dataset with no coordination.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+}
+
+/// Options shared by `run` and `batch`.
+#[derive(Args, Debug, Clone)]
+pub struct Options {
     /// Registered model name, or a model description file (.json).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
@@ -149,12 +185,6 @@ pub struct RunArgs {
     /// Grayscale / DICOM window as CENTER,WIDTH in the file's units (default: the file's own).
     #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
     pub window: Option<Window>,
-    /// Output folder.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Replace the output folder if it already holds files.
-    #[arg(long)]
-    pub overwrite: bool,
     /// Compute device.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
@@ -181,7 +211,19 @@ fn parse_window(s: &str) -> std::result::Result<Window, String> {
     Ok(Window { center, width })
 }
 
-impl RunArgs {
+fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| "bad shard index")?,
+        n.trim().parse().map_err(|_| "bad shard count")?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 <= I < N"));
+    }
+    Ok((i, n))
+}
+
+impl Options {
     /// Second stage: raw arguments to validated engine parameters.
     pub fn params(&self) -> Result<UnveilParams> {
         let p = UnveilParams {
@@ -226,25 +268,39 @@ impl RunArgs {
     }
 }
 
-/// Runs `unveil run`.
-pub fn run(args: &RunArgs) -> Result<()> {
-    let params = args.params()?;
-    let device = device::open(args.device_choice())?;
+impl Options {
+    /// Opens the device and loads the model (registered, described, or ad hoc).
+    pub fn load_model(&self) -> Result<(Arc<dyn Classifier>, Device)> {
+        let device = device::open(self.device_choice())?;
+        let model = match (&self.weights, &self.arch) {
+            (Some(w), Some(arch)) => {
+                let d = ModelDescription::ad_hoc(
+                    w.clone(),
+                    arch.parse()?,
+                    self.labels.clone(),
+                    self.multi_label,
+                );
+                models::load_custom(&d, &device, Backend::Fast)?
+            }
+            _ => models::load(&self.model, &device, Backend::Fast)?,
+        };
+        Ok((model, device))
+    }
+}
+
+/// Explains one image and writes its files into `out`.
+fn explain(
+    model: &dyn Classifier,
+    device: &Device,
+    path: &Path,
+    opts: &Options,
+    params: &UnveilParams,
+    out: &Path,
+    overwrite: bool,
+) -> Result<(Outcome, f64)> {
     let start = Instant::now();
-    let model = match (&args.weights, &args.arch) {
-        (Some(w), Some(arch)) => {
-            let d = ModelDescription::ad_hoc(
-                w.clone(),
-                arch.parse()?,
-                args.labels.clone(),
-                args.multi_label,
-            );
-            models::load_custom(&d, &device, Backend::Fast)?
-        }
-        _ => models::load(&args.model, &device, Backend::Fast)?,
-    };
-    let mut img = image::load(&args.image)?;
-    if let Some(w) = args.window {
+    let mut img = image::load(path)?;
+    if let Some(w) = opts.window {
         if img.gray.is_none() {
             return Err(crate::Error::InvalidParam(
                 "--window applies to grayscale images only".into(),
@@ -252,10 +308,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         img = img.windowed(w);
     }
-    let x = image::to_model_input(&img, model.info(), &device)?;
-    let info = model.info().clone();
-    let cancel = AtomicBool::new(false);
-    let quiet = args.quiet;
+    let x = image::to_model_input(&img, model.info(), device)?;
+    let quiet = opts.quiet;
     let mut on_event = |e: Event| {
         if let Event::Step(s) = e
             && !quiet
@@ -273,44 +327,130 @@ pub fn run(args: &RunArgs) -> Result<()> {
             );
         }
     };
-    let outcome = unveil::run(model.as_ref(), &x, &params, None, &mut on_event, &cancel)?;
+    let outcome = unveil::run(
+        model,
+        &x,
+        params,
+        None,
+        &mut on_event,
+        &AtomicBool::new(false),
+    )?;
     let total_ms = start.elapsed().as_secs_f64() * 1e3;
-    let image_name = args.image.display().to_string();
-    let dev = device::describe(&device);
+    let image_name = path.display().to_string();
+    let dev = device::describe(device);
     let run_info = RunInfo {
         image: &image_name,
         device: &dev,
-        params: &params,
-        model: &info,
+        params,
+        model: model.info(),
         total_ms,
     };
-    export::write_run(
+    export::write_run(out, &outcome, &run_info, opts.export_raw, overwrite)?;
+    Ok((outcome, total_ms))
+}
+
+/// Runs `unveil run`.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let params = args.opts.params()?;
+    let (model, device) = args.opts.load_model()?;
+    let (outcome, total_ms) = explain(
+        model.as_ref(),
+        &device,
+        &args.image,
+        &args.opts,
+        &params,
         &args.out,
-        &outcome,
-        &run_info,
-        args.export_raw,
         args.overwrite,
     )?;
-    if !quiet {
-        let why = match outcome.stop {
-            StopReason::BelowThreshold => "p(target) fell below the stop threshold",
-            StopReason::MaxIterations => "reached the maximum number of iterations",
-            StopReason::NoNewRegion => "the last mask added no new region",
-            StopReason::AllMasked => "the whole image is masked",
-        };
+    if !args.opts.quiet {
         let after = outcome
             .after
             .as_ref()
             .map(|a| format!(" (p after masking: {:.3})", a.p_target));
         eprintln!(
-            "target {} ({}): {} iterations, stopped because {why}{}; {:.1} s; wrote {}",
+            "target {} ({}): {} iterations, stopped because {}{}; {:.1} s; wrote {}",
             outcome.target,
-            info.label(outcome.target),
+            model.info().label(outcome.target),
             outcome.steps.len(),
+            outcome.stop.describe(),
             after.unwrap_or_default(),
             total_ms / 1e3,
             args.out.display()
         );
+    }
+    Ok(())
+}
+
+/// Runs `unveil batch`: every image of `inputs` (this shard's share), skipping finished ones,
+/// then rewrites `results.csv` from every finished image in the folder (all shards').
+pub fn batch(args: &BatchArgs) -> Result<()> {
+    let params = args.opts.params()?;
+    let images = batch::collect(&args.inputs)?;
+    let mine: Vec<&PathBuf> = images
+        .iter()
+        .filter(|p| args.shard.is_none_or(|(i, n)| batch::shard_of(p, n) == i))
+        .collect();
+    std::fs::create_dir_all(&args.out).map_err(|e| crate::Error::io(&args.out, e))?;
+    let todo: Vec<&PathBuf> = mine
+        .iter()
+        .copied()
+        .filter(|p| !batch::done(&args.out, p))
+        .collect();
+    eprintln!(
+        "{} images, {} in this shard, {} already done, {} to do",
+        images.len(),
+        mine.len(),
+        mine.len() - todo.len(),
+        todo.len()
+    );
+    let (model, device) = args.opts.load_model()?;
+    let quiet_opts = Options {
+        quiet: true,
+        ..args.opts.clone()
+    };
+    let start = Instant::now();
+    let mut failed = 0;
+    for (k, path) in todo.iter().enumerate() {
+        let out = args.out.join(batch::id(path));
+        match explain(
+            model.as_ref(),
+            &device,
+            path,
+            &quiet_opts,
+            &params,
+            &out,
+            false,
+        ) {
+            Ok((o, ms)) => eprintln!(
+                "[{}/{}] {}: {} iterations, {:.1} s",
+                k + 1,
+                todo.len(),
+                path.display(),
+                o.steps.len(),
+                ms / 1e3
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("[{}/{}] {}: {e}", k + 1, todo.len(), path.display());
+                batch::record_failure(&args.out, path, &e.to_string())?;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rows = batch::write_results(&args.out)?;
+    if !todo.is_empty() {
+        eprintln!(
+            "done: {} images in {:.1} s ({:.1} images/min), {failed} failed; results.csv has {rows} rows",
+            todo.len(),
+            secs,
+            60.0 * todo.len() as f64 / secs.max(1e-9)
+        );
+    }
+    if failed > 0 {
+        return Err(crate::Error::InvalidParam(format!(
+            "{failed} images failed (see {})",
+            args.out.join("failed.csv").display()
+        )));
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     let result = match &args.command {
         Some(Command::Run(run)) => cli::run(run),
+        Some(Command::Batch(b)) => cli::batch(b),
         Some(Command::Models { action }) => cli::models_command(action.as_ref()),
         None => launch_app(&args),
     };

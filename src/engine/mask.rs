@@ -101,15 +101,19 @@ pub fn smooth(mask: &Mask, kernel: usize, passes: usize, threshold: f32) -> Mask
     let mut areas = vec![0u32; m.data.len()];
     window_areas(m.width, m.height, kernel / 2, &mut areas);
     let cap = (REFERENCE_WINDOW * REFERENCE_WINDOW) as u32;
-    let needed: Vec<f32> = areas
+    // `count >= threshold * area` as an integer comparison (exact: the count is an integer).
+    let needed: Vec<u32> = areas
         .iter()
-        .map(|&a| threshold * a.min(cap) as f32)
+        .map(|&a| (threshold * a.min(cap) as f32).ceil() as u32)
         .collect();
+    let mut ones = vec![0u32; m.data.len()];
     for _ in 0..passes {
-        let ones: Vec<u32> = m.data.iter().map(|&b| b as u32).collect();
+        ones.iter_mut()
+            .zip(&m.data)
+            .for_each(|(o, &b)| *o = b as u32);
         box_sum(&ones, m.width, m.height, kernel / 2, &mut counts);
         for ((out, &c), &need) in m.data.iter_mut().zip(&counts).zip(&needed) {
-            *out = c as f32 >= need;
+            *out = c >= need;
         }
     }
     m
@@ -126,19 +130,32 @@ pub fn make_mask(s: &SaliencyMap, params: &MaskParams) -> Mask {
 }
 
 /// Sums of `v` over the (2r+1) x (2r+1) window around each pixel, clipped to the image.
-/// Two running-sum passes (rows, then columns): O(1) work per pixel for any r.
+/// Running sums along rows, then down the columns a whole row at a time (contiguous memory,
+/// vectorisable): O(1) work per pixel for any r.
 fn box_sum<T>(v: &[T], w: usize, h: usize, r: usize, out: &mut [T])
 where
     T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign,
 {
     let mut rows = vec![T::default(); v.len()];
-    for y in 0..h {
-        let src = &v[y * w..(y + 1) * w];
-        let dst = &mut rows[y * w..(y + 1) * w];
+    for (src, dst) in v.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
         running_window(src, 1, w, r, dst, 1);
     }
-    for x in 0..w {
-        running_window(&rows[x..], w, h, r, &mut out[x..], w);
+    let mut acc = vec![T::default(); w];
+    for row in rows.chunks_exact(w).take(r.min(h)) {
+        acc.iter_mut().zip(row).for_each(|(a, &b)| *a += b);
+    }
+    for y in 0..h {
+        if y + r < h {
+            acc.iter_mut()
+                .zip(&rows[(y + r) * w..(y + r + 1) * w])
+                .for_each(|(a, &b)| *a += b);
+        }
+        if y > r {
+            acc.iter_mut()
+                .zip(&rows[(y - r - 1) * w..(y - r) * w])
+                .for_each(|(a, &b)| *a -= b);
+        }
+        out[y * w..(y + 1) * w].copy_from_slice(&acc);
     }
 }
 

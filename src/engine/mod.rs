@@ -1,6 +1,7 @@
 //! The engine: everything that computes, with no GUI dependency. Synchronous and
 //! device-agnostic; long calls take a progress callback and a cancel flag.
 
+pub mod batch;
 pub mod device;
 pub mod dicom;
 pub mod export;

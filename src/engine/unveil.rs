@@ -74,6 +74,18 @@ pub enum StopReason {
     AllMasked,
 }
 
+impl StopReason {
+    /// Why the loop ended, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::BelowThreshold => "p(target) fell below the stop threshold",
+            StopReason::MaxIterations => "reached the maximum number of iterations",
+            StopReason::NoNewRegion => "the last mask added no new region",
+            StopReason::AllMasked => "the whole image is masked",
+        }
+    }
+}
+
 /// The model's view of the image after the last mask.
 #[derive(Clone, Debug, Serialize)]
 pub struct Probe {

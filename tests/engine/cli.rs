@@ -306,3 +306,106 @@ fn own_checkpoints_run_from_the_command_line() {
     assert_clean_failure(&o, "refused");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn ids_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("summary.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn batch_runs_folders_and_lists_resumes_and_shards() {
+    let dir = tmp("batch");
+    let data = dir.join("data/sub");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(repo("assets/chelsea.png"), data.join("cat.png")).unwrap();
+    std::fs::copy(repo("assets/coffee.png"), dir.join("data/cup.png")).unwrap();
+    std::fs::write(dir.join("data/notes.txt.png"), "not an image").unwrap();
+    let list = dir.join("more.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "# one DICOM\n{}\n",
+            repo("tests/fixtures/dicom/mono2_8bit.dcm").display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "batch",
+            dir.join("data").to_str().unwrap(),
+            list.to_str().unwrap(),
+            "--samples",
+            "1",
+            "--max-iter",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_unveil"))
+            .args(a)
+            .output()
+            .unwrap()
+    };
+    let o = run(args(&[]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "the corrupt file makes the batch fail at the end: {err}"
+    );
+    assert!(
+        err.contains("4 images") && err.contains("1 images failed"),
+        "{err}"
+    );
+    assert_eq!(ids_in(&out).len(), 3, "the three good images are done");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.contains("cat.png") && l.contains("Egyptian cat")),
+        "{csv}"
+    );
+    assert!(
+        std::fs::read_to_string(out.join("failed.csv"))
+            .unwrap()
+            .contains("notes.txt.png")
+    );
+
+    // Resuming skips finished images.
+    std::fs::remove_file(dir.join("data/notes.txt.png")).unwrap();
+    let o = run(args(&[]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("3 already done, 0 to do"));
+
+    // Two shards split the work without overlap.
+    let mut seen = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let sout = dir.join(format!("shard{}", &shard[..1]));
+        let mut a = args(&["--shard", shard]);
+        let pos = a.iter().position(|x| x == out.to_str().unwrap()).unwrap();
+        a[pos] = sout.to_str().unwrap().to_string();
+        let o = run(a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        seen.extend(ids_in(&sout));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ids_in(&out),
+        "the shards together cover every image once"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,5 @@
 //! Bottom bar: progress with Cancel, why the run stopped, and notices.
 
-use crate::engine::unveil::StopReason;
 use crate::gui::app::App;
 
 pub fn ui(app: &mut App, ui: &mut egui::Ui) {
@@ -37,12 +36,7 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
                     app.cancel_run();
                 }
             } else if let Some(o) = &app.outcome {
-                let why = match o.stop {
-                    StopReason::BelowThreshold => "p(target) fell below the stop threshold",
-                    StopReason::MaxIterations => "reached the maximum number of iterations",
-                    StopReason::NoNewRegion => "the last mask added no new region",
-                    StopReason::AllMasked => "the whole image is masked",
-                };
+                let why = o.stop.describe();
                 let after = o.after.as_ref().map_or(String::new(), |a| {
                     format!("; p(target) with every mask applied: {:.3}", a.p_target)
                 });
