@@ -182,6 +182,12 @@ fn decode_named(bytes: &[u8], path: &Path) -> Result<SourceImage> {
     if probe.format().is_none() {
         return Err(fail("not a PNG, JPEG, TIFF or DICOM image".into()));
     }
+    // JPEG decoders fill a cut-off file with gray and report success: a silently wrong picture.
+    if probe.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(fail(
+            "the JPEG file is truncated (no end-of-image marker)".into(),
+        ));
+    }
     check_size(probe).map_err(|e| match e {
         Error::ImageDecode { reason, .. } => fail(reason),
         other => other,
@@ -190,8 +196,22 @@ fn decode_named(bytes: &[u8], path: &Path) -> Result<SourceImage> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * 16);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| fail(e.to_string()))?;
+    // Camera JPEGs store their rotation in EXIF: apply it, so the model sees the photo upright.
+    let mut decoder = reader.into_decoder().map_err(|e| fail(e.to_string()))?;
+    let orientation = image::ImageDecoder::orientation(&mut decoder)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| fail(e.to_string()))?;
+    img.apply_orientation(orientation);
     Ok(from_dynamic(img))
+}
+
+/// True when the JPEG data ends with its end-of-image marker. (Inside the entropy-coded data
+/// 0xFF is always followed by 0x00 or a restart marker, so FF D9 near the end is the real EOI;
+/// some writers append padding after it.)
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    bytes[bytes.len().saturating_sub(1024)..]
+        .windows(2)
+        .any(|w| w == [0xFF, 0xD9])
 }
 
 fn check_size<R: BufRead + Seek>(reader: ImageReader<R>) -> Result<()> {

@@ -270,6 +270,10 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<Outcome> {
     params.validate()?;
+    // A run superseded before it began (a slider dragged quickly) costs nothing.
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
     let device = model.device().clone();
     let (_, h, w) = x.dims3()?;
     let filler = Filler::new(model, x, params.fill)?;

@@ -2,11 +2,14 @@
 
 mod cli;
 mod common;
+#[path = "../support/corpus.rs"]
+mod corpus;
 mod dicom;
 mod mask;
 mod models;
 mod ops;
 mod pth;
+mod robustness;
 mod saliency;
 mod torchvision;
 mod unveil_loop;

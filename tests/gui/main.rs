@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "../support/corpus.rs"]
+mod corpus;
+
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
@@ -15,6 +18,7 @@ use unveil::gui::{App, AppOptions};
 #[derive(Default)]
 struct Scripted {
     next_image: Mutex<Option<PathBuf>>,
+    next_model: Mutex<Option<PathBuf>>,
 }
 
 impl Dialogs for Scripted {
@@ -25,7 +29,7 @@ impl Dialogs for Scripted {
         None
     }
     fn pick_model(&self) -> Option<PathBuf> {
-        None
+        self.next_model.lock().unwrap().take()
     }
     fn save_png(&self, _: &str) -> Option<PathBuf> {
         None
@@ -221,4 +225,110 @@ fn a_dicom_xray_opens_with_its_window_and_the_window_sliders_rerun() {
     h.get_by_label("Reset window").click();
     h.step();
     assert_eq!(h.state().window.unwrap().width, 6001.0);
+}
+
+#[test]
+fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("unveil-gui-corpus-{}", std::process::id()));
+    let dialogs = Arc::new(Scripted::default());
+    let mut h = app(settings(1, 8, 1), dialogs.clone());
+    step_until(&mut h, 180, "the first run", idle);
+    for case in corpus::images(&dir.join("images"), &repo) {
+        let name = case
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        *dialogs.next_image.lock().unwrap() = Some(case.path.clone());
+        h.get_by_label("Open image…").click();
+        match case.expect {
+            corpus::Expect::Loads => {
+                step_until(&mut h, 120, &name, |a| {
+                    idle(a) && a.image.as_ref().is_some_and(|i| i.name == name)
+                });
+                assert!(!h.state().steps.is_empty(), "{name} runs");
+            }
+            corpus::Expect::Fails(msg) => {
+                step_until(&mut h, 60, &name, |a| {
+                    a.notices.items().iter().any(|n| n.text.contains(msg))
+                });
+                assert!(
+                    h.query_all_by_label_contains(msg).count() >= 1,
+                    "{name}: the notice is on screen"
+                );
+                assert!(
+                    h.state().image.is_some(),
+                    "{name}: the previous image stays open"
+                );
+            }
+        }
+    }
+    for case in corpus::weights(&dir.join("weights"), &repo) {
+        let corpus::Expect::Fails(msg) = case.expect else {
+            continue;
+        };
+        let desc = dir.join("model.json");
+        let json = serde_json::json!({ "name": "bad", "arch": "resnet18", "weights": case.path });
+        std::fs::write(&desc, json.to_string()).unwrap();
+        *dialogs.next_model.lock().unwrap() = Some(desc);
+        h.get_by_label("Open model…").click();
+        step_until(&mut h, 60, msg, |a| {
+            a.notices
+                .items()
+                .iter()
+                .any(|n| n.text.contains("Cannot load model") && n.text.contains(msg))
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left() {
+    use unveil::engine::unveil::run;
+    let mut h = app(settings(1, 8, 3), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    let slider = |h: &mut Harness<'static, App>, k: f64| {
+        h.get_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
+            .set_value_accesskit(k);
+        h.step();
+    };
+    for i in 0..500 {
+        slider(&mut h, (3 + 2 * (i % 40)) as f64);
+    }
+    slider(&mut h, 37.0);
+    step_until(&mut h, 300, "the last run", |a| {
+        idle(a) && a.live_worker_threads() == 0
+    });
+    let a = h.state();
+    assert_eq!(a.settings.params.mask.kernel, 37);
+    assert!(
+        a.runs_started() > 10,
+        "runs were started and cancelled: {}",
+        a.runs_started()
+    );
+    assert!(a.steps.iter().all(|s| !s.stale));
+    // The same settings computed directly, from scratch.
+    let model = a.model.clone().unwrap();
+    let img = a.image.as_ref().unwrap().source.clone();
+    let x = unveil::engine::image::to_model_input(&img, model.info(), &candle_core::Device::Cpu)
+        .unwrap();
+    let want = run(
+        model.as_ref(),
+        &x,
+        &a.settings.params,
+        None,
+        &mut |_| {},
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(a.steps.len(), want.steps.len());
+    for (got, want) in a.steps.iter().zip(&want.steps) {
+        assert_eq!(
+            got.step.cumulative, want.cumulative,
+            "iteration {}",
+            want.index
+        );
+    }
 }
