@@ -92,3 +92,119 @@ fn exif_orientation_is_applied() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod numeric_faults {
+    use std::sync::atomic::AtomicBool;
+
+    use candle_core::{Device, Tensor};
+    use unveil::Error;
+    use unveil::engine::models::{Classifier, ModelInfo};
+    use unveil::engine::ops::activation::ReluMode;
+    use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
+    use unveil::engine::unveil::run;
+
+    use crate::common::{lite0, to_vec};
+
+    /// The bundled model with its logits replaced: NaN, or constants independent of the input.
+    struct Broken {
+        nan: bool,
+    }
+
+    impl Classifier for Broken {
+        fn info(&self) -> &ModelInfo {
+            lite0_info()
+        }
+        fn device(&self) -> &Device {
+            &Device::Cpu
+        }
+        fn forward(&self, x: &Tensor, mode: ReluMode) -> unveil::Result<Tensor> {
+            let logits = lite0().forward(x, mode)?;
+            Ok(if self.nan {
+                (logits * f64::NAN)?
+            } else {
+                logits.detach().zeros_like()?
+            })
+        }
+    }
+
+    fn lite0_info() -> &'static ModelInfo {
+        static INFO: std::sync::OnceLock<ModelInfo> = std::sync::OnceLock::new();
+        INFO.get_or_init(|| lite0().info().clone())
+    }
+
+    fn quick() -> UnveilParams {
+        UnveilParams {
+            saliency: SaliencyParams {
+                samples: 1,
+                noise: 0.0,
+                ..Default::default()
+            },
+            stop: StopParams {
+                threshold: 0.0,
+                max_iter: 2,
+            },
+            ..Default::default()
+        }
+    }
+
+    fn gray() -> Tensor {
+        Tensor::zeros((3, 224, 224), candle_core::DType::F32, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn a_model_that_outputs_nan_is_reported_not_drawn() {
+        let r = run(
+            &Broken { nan: true },
+            &gray(),
+            &quick(),
+            None,
+            &mut |_| {},
+            &AtomicBool::new(false),
+        );
+        assert!(
+            matches!(&r, Err(Error::Numeric(m)) if m.contains("NaN")),
+            "{:?}",
+            r.map(|_| ())
+        );
+    }
+
+    #[test]
+    fn a_model_blind_to_its_input_is_reported() {
+        let r = run(
+            &Broken { nan: false },
+            &gray(),
+            &quick(),
+            None,
+            &mut |_| {},
+            &AtomicBool::new(false),
+        );
+        assert!(
+            matches!(&r, Err(Error::Numeric(m)) if m.contains("does not depend on its input")),
+            "{:?}",
+            r.map(|_| ())
+        );
+    }
+
+    #[test]
+    fn a_constant_image_runs_without_nan_anywhere() {
+        let out = run(
+            lite0().as_ref(),
+            &gray(),
+            &quick(),
+            None,
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        for s in &out.steps {
+            assert!(
+                s.saliency
+                    .data
+                    .iter()
+                    .all(|v| v.is_finite() && (0.0..=1.0).contains(v))
+            );
+            assert!(to_vec(&s.masked).iter().all(|v| v.is_finite()));
+            assert!(s.p_target.is_finite());
+        }
+    }
+}
