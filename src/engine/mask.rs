@@ -95,28 +95,67 @@ pub const REFERENCE_WINDOW: usize = 11;
 
 /// `passes` times: a pixel is set when at least `threshold` of its k x k window (clipped to
 /// the image; counted as at most 11 x 11, see the module docs) is set.
+///
+/// One pass reads the mask once and writes it once: row sums go to a u16 buffer (a window
+/// holds at most 255 x 255 pixels, so sums fit), the column sums are kept in one running row,
+/// and the threshold is applied as that row is produced. The window area is separable
+/// (`span_x * span_y`), so the required count comes from a 122-entry table.
 pub fn smooth(mask: &Mask, kernel: usize, passes: usize, threshold: f32) -> Mask {
-    let mut m = mask.clone();
-    let mut counts = vec![0u32; m.data.len()];
-    let mut areas = vec![0u32; m.data.len()];
-    window_areas(m.width, m.height, kernel / 2, &mut areas);
-    let cap = (REFERENCE_WINDOW * REFERENCE_WINDOW) as u32;
-    // `count >= threshold * area` as an integer comparison (exact: the count is an integer).
-    let needed: Vec<u32> = areas
-        .iter()
-        .map(|&a| (threshold * a.min(cap) as f32).ceil() as u32)
-        .collect();
-    let mut ones = vec![0u32; m.data.len()];
-    for _ in 0..passes {
-        ones.iter_mut()
-            .zip(&m.data)
-            .for_each(|(o, &b)| *o = b as u32);
-        box_sum(&ones, m.width, m.height, kernel / 2, &mut counts);
-        for ((out, &c), &need) in m.data.iter_mut().zip(&counts).zip(&needed) {
-            *out = c >= need;
+    let (w, h, r) = (mask.width, mask.height, kernel / 2);
+    let mut cur: Vec<u8> = mask.data.iter().map(|&b| b as u8).collect();
+    if passes > 0 && w > 0 && h > 0 {
+        let span = |i: usize, n: usize| ((i + r).min(n - 1) + 1 - i.saturating_sub(r)) as u32;
+        let (sx, sy): (Vec<u32>, Vec<u32>) = (
+            (0..w).map(|x| span(x, w)).collect(),
+            (0..h).map(|y| span(y, h)).collect(),
+        );
+        let cap = (REFERENCE_WINDOW * REFERENCE_WINDOW) as u32;
+        // `count >= threshold * area` as an integer comparison (exact: the count is an integer).
+        let needed: Vec<u32> = (0..=cap)
+            .map(|a| (threshold * a as f32).ceil() as u32)
+            .collect();
+        let mut rows = vec![0u16; w * h];
+        let mut acc = vec![0u32; w];
+        for _ in 0..passes {
+            for (src, dst) in cur.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+                let mut sum = src[..r.min(w)].iter().map(|&b| b as u16).sum::<u16>();
+                for x in 0..w {
+                    if x + r < w {
+                        sum += src[x + r] as u16;
+                    }
+                    if x > r {
+                        sum -= src[x - r - 1] as u16;
+                    }
+                    dst[x] = sum;
+                }
+            }
+            acc.fill(0);
+            for row in rows.chunks_exact(w).take(r.min(h)) {
+                acc.iter_mut().zip(row).for_each(|(a, &b)| *a += b as u32);
+            }
+            for y in 0..h {
+                if y + r < h {
+                    acc.iter_mut()
+                        .zip(&rows[(y + r) * w..(y + r + 1) * w])
+                        .for_each(|(a, &b)| *a += b as u32);
+                }
+                if y > r {
+                    acc.iter_mut()
+                        .zip(&rows[(y - r - 1) * w..(y - r) * w])
+                        .for_each(|(a, &b)| *a -= b as u32);
+                }
+                let out = &mut cur[y * w..(y + 1) * w];
+                for ((o, &c), &spx) in out.iter_mut().zip(&acc).zip(&sx) {
+                    *o = (c >= needed[(spx * sy[y]).min(cap) as usize]) as u8;
+                }
+            }
         }
     }
-    m
+    Mask {
+        width: w,
+        height: h,
+        data: cur.into_iter().map(|b| b != 0).collect(),
+    }
 }
 
 /// Binarise then smooth, with `params`.
