@@ -26,6 +26,8 @@ pub fn load(path: &Path) -> Result<SourceImage> {
         path: path.to_path_buf(),
         reason,
     };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    check_lengths(&bytes).map_err(fail)?;
     let obj = OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| fail(format!("not a readable DICOM file ({e})")))?;
@@ -144,4 +146,64 @@ fn dicom_transfer_syntax_name(uid: &str) -> &'static str {
         "1.2.840.10008.1.2.5" => " (RLE Lossless)",
         _ => "",
     }
+}
+
+/// Refuses elements whose declared length runs past the end of the file, before the parser
+/// allocates buffers of that length (fuzzing found a 1.5 KB file that made it reserve GBs).
+/// Walks the little-endian encodings (explicit VR, and implicit VR after the file meta group);
+/// other encodings, and anything this walk does not understand, are left to the parser.
+fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
+    let u16_at = |p: usize| u16::from_le_bytes([b[p], b[p + 1]]);
+    let u32_at = |p: usize| u32::from_le_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]]);
+    const LONG: [&[u8; 2]; 13] = [
+        b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+    ];
+    let mut implicit_after_meta = false;
+    let mut pos = 132;
+    while pos + 8 <= b.len() {
+        let (group, elem) = (u16_at(pos), u16_at(pos + 2));
+        let (header, len) = if group == 0xFFFE || (group != 0x0002 && implicit_after_meta) {
+            (8, u32_at(pos + 4))
+        } else {
+            let vr = [b[pos + 4], b[pos + 5]];
+            if !vr.iter().all(u8::is_ascii_uppercase) {
+                return Ok(());
+            }
+            if LONG.contains(&&vr) {
+                if pos + 12 > b.len() {
+                    return Ok(());
+                }
+                (12, u32_at(pos + 8))
+            } else {
+                (8, u16_at(pos + 6) as u32)
+            }
+        };
+        if group == 0x0002 && elem == 0x0010 && pos + header + len as usize <= b.len() {
+            let ts =
+                String::from_utf8_lossy(&b[pos + header..pos + header + len as usize]).into_owned();
+            let ts = ts.trim_end_matches(['\0', ' ']);
+            if ts == "1.2.840.10008.1.2" {
+                implicit_after_meta = true;
+            } else if !(ts.starts_with("1.2.840.10008.1.2.1")
+                || ts.starts_with("1.2.840.10008.1.2.4")
+                || ts.starts_with("1.2.840.10008.1.2.5"))
+            {
+                return Ok(());
+            }
+        }
+        // Undefined lengths (sequences, items, encapsulated pixel data) and items are entered.
+        if len == u32::MAX || group == 0xFFFE {
+            pos += header;
+            continue;
+        }
+        let end = pos + header + len as usize;
+        if end > b.len() {
+            return Err(format!(
+                "element ({group:04X},{elem:04X}) claims {len} bytes but the file has only {} left; the file is damaged",
+                b.len().saturating_sub(pos + header)
+            ));
+        }
+        pos = end;
+    }
+    Ok(())
 }

@@ -208,3 +208,35 @@ mod numeric_faults {
         }
     }
 }
+
+/// Found by `fuzz/run.sh` (dicom target): a mutated header with Rows = Columns = 60000 and a
+/// broken data set. It must end in a clear error. (It still makes the parser reserve ~800 MB
+/// before failing: noted in issue 7.)
+#[test]
+fn fuzz_regression_mutated_dicom_header() {
+    let err = unveil::engine::image::load(&repo("tests/fixtures/fuzz/dicom-mutated-dims.dcm"))
+        .map(|_| ())
+        .expect_err("damaged");
+    assert!(
+        err.to_string().contains("not a readable DICOM file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dicom_cut_short_is_refused_before_parsing() {
+    let dir = std::env::temp_dir().join(format!("unveil-cut-dcm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(repo("tests/fixtures/dicom/mono2_16bit.dcm")).unwrap();
+    let p = dir.join("cut.dcm");
+    std::fs::write(&p, &bytes[..60000]).unwrap();
+    let err = unveil::engine::image::load(&p)
+        .map(|_| ())
+        .expect_err("cut short")
+        .to_string();
+    assert!(
+        err.contains("(7FE0,0010) claims") && err.contains("damaged"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
