@@ -13,7 +13,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder};
 
-use crate::engine::image::{Grayscale, MAX_PIXELS, SourceImage, Window, WindowFn};
+use crate::engine::image::{Grayscale, SourceImage, Window, WindowFn};
 use crate::error::{Error, Result};
 
 /// True when `bytes` look like a DICOM Part 10 file ("DICM" after the 128-byte preamble).
@@ -67,13 +67,7 @@ fn decode(obj: &DefaultDicomObject) -> Result<SourceImage> {
             "the DICOM file has no image size (Rows / Columns)".into(),
         ));
     }
-    if rows * cols > MAX_PIXELS {
-        return Err(Error::ImageTooLarge {
-            width: cols,
-            height: rows,
-            limit: MAX_PIXELS,
-        });
-    }
+    crate::engine::image::check_pixel_count(cols, rows)?;
     let ts = obj
         .meta()
         .transfer_syntax()

@@ -6,7 +6,7 @@
 //! width, as in radiology viewers) can remap them; the model sees the windowed image. The size
 //! is checked from the header before any pixel is decoded.
 
-use std::io::{BufRead, Cursor, Seek};
+use std::io::Cursor;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -188,10 +188,11 @@ fn decode_named(bytes: &[u8], path: &Path) -> Result<SourceImage> {
             "the JPEG file is truncated (no end-of-image marker)".into(),
         ));
     }
-    check_size(probe).map_err(|e| match e {
-        Error::ImageDecode { reason, .. } => fail(reason),
-        other => other,
-    })?;
+    let (w, h) = probe.into_dimensions().map_err(|e| fail(e.to_string()))?;
+    if w == 0 || h == 0 {
+        return Err(fail("the image has no pixels".into()));
+    }
+    check_pixel_count(w as u64, h as u64)?;
     let mut reader = reader(bytes)?;
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * 16);
@@ -214,22 +215,12 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
         .any(|w| w == [0xFF, 0xD9])
 }
 
-fn check_size<R: BufRead + Seek>(reader: ImageReader<R>) -> Result<()> {
-    let (w, h) = reader.into_dimensions().map_err(|e| Error::ImageDecode {
-        path: "<header>".into(),
-        reason: e.to_string(),
-    })?;
-    let (w, h) = (w as u64, h as u64);
-    if w == 0 || h == 0 {
-        return Err(Error::ImageDecode {
-            path: "<header>".into(),
-            reason: "the image has no pixels".into(),
-        });
-    }
-    if w * h > MAX_PIXELS {
+/// Refuses images over [`MAX_PIXELS`], from their header, before any pixel is allocated.
+pub fn check_pixel_count(width: u64, height: u64) -> Result<()> {
+    if width.saturating_mul(height) > MAX_PIXELS {
         return Err(Error::ImageTooLarge {
-            width: w,
-            height: h,
+            width,
+            height,
             limit: MAX_PIXELS,
         });
     }
