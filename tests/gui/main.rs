@@ -138,7 +138,7 @@ fn cancel_stops_a_run_and_keeps_finished_iterations() {
     h.get_by_label("Cancel").click();
     h.step();
     assert!(!h.state().is_running());
-    step_until(&mut h, 60, "worker threads to finish", |a| {
+    step_until(&mut h, 300, "worker threads to finish", |a| {
         a.live_worker_threads() == 0
     });
     let a = h.state();
@@ -162,7 +162,7 @@ fn a_corrupt_file_shows_an_error_notice_and_keeps_the_current_image() {
     step_until(&mut h, 180, "the first run", idle);
     *dialogs.next_image.lock().unwrap() = Some(bad);
     h.get_by_label("Open image…").click();
-    step_until(&mut h, 30, "the error notice", |a| {
+    step_until(&mut h, 300, "the error notice", |a| {
         !a.notices.items().is_empty()
     });
     h.get_by_label_contains("not a PNG, JPEG, TIFF or DICOM image");
@@ -245,13 +245,13 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
         h.get_by_label("Open image…").click();
         match case.expect {
             corpus::Expect::Loads => {
-                step_until(&mut h, 120, &name, |a| {
+                step_until(&mut h, 300, &name, |a| {
                     idle(a) && a.image.as_ref().is_some_and(|i| i.name == name)
                 });
                 assert!(!h.state().steps.is_empty(), "{name} runs");
             }
             corpus::Expect::Fails(msg) => {
-                step_until(&mut h, 60, &name, |a| {
+                step_until(&mut h, 300, &name, |a| {
                     a.notices.items().iter().any(|n| n.text.contains(msg))
                 });
                 assert!(
@@ -274,7 +274,7 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
         std::fs::write(&desc, json.to_string()).unwrap();
         *dialogs.next_model.lock().unwrap() = Some(desc);
         h.get_by_label("Open model…").click();
-        step_until(&mut h, 60, msg, |a| {
+        step_until(&mut h, 300, msg, |a| {
             a.notices
                 .items()
                 .iter()
