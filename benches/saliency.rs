@@ -118,6 +118,12 @@ fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
 
 fn main() {
     let json_out = std::env::args().skip_while(|a| a != "--json").nth(1);
+    // `--only a,b` runs only the named sections: e2e, efficientnet-lite0, resnet50, stock, mask.
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let wanted = |section: &str| {
+        only.as_ref()
+            .is_none_or(|o| o.split(',').any(|s| s == section))
+    };
     let img = image::load(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/assets/chelsea.png"
@@ -139,14 +145,18 @@ fn main() {
         },
         ..Default::default()
     };
-    let t = Instant::now();
-    let out = run(lite.as_ref(), &x, &params, None, &mut |_| {}, &never).unwrap();
-    let e2e_s = t.elapsed().as_secs_f64();
-    let peak = peak_rss_mib();
-    println!(
-        "end to end (EfficientNet-Lite0, {} iterations x 25 samples): {e2e_s:.1} s, peak memory {peak:.0} MiB\n",
-        out.steps.len()
-    );
+    let mut e2e_json = serde_json::Value::Null;
+    if wanted("e2e") {
+        let t = Instant::now();
+        let out = run(lite.as_ref(), &x, &params, None, &mut |_| {}, &never).unwrap();
+        let e2e_s = t.elapsed().as_secs_f64();
+        let peak = peak_rss_mib();
+        println!(
+            "end to end (EfficientNet-Lite0, {} iterations x 25 samples): {e2e_s:.1} s, peak memory {peak:.0} MiB\n",
+            out.steps.len()
+        );
+        e2e_json = json!({ "seconds": e2e_s, "iterations": out.steps.len(), "samples": 25, "peak_rss_mib": peak });
+    }
 
     println!("| model | ops | ms per sample (fwd + guided bwd, 224 x 224) |\n|---|---|---|");
     let mut models_json = serde_json::Map::new();
@@ -158,11 +168,14 @@ fn main() {
         ),
         ("resnet50", resnet50(Backend::Fast), None),
     ] {
+        if !wanted(name) {
+            continue;
+        }
         let x = image::to_model_input(&img, fast.info(), &Device::Cpu).unwrap();
         let ms = ms_per_sample(fast.as_ref(), &x, 16);
         println!("| {name} | unveil | {ms:.0} |");
         let mut entry = json!({ "ms_per_sample": ms, "samples_per_s": 1e3 / ms });
-        if let Some(stock) = stock {
+        if let Some(stock) = stock.filter(|_| wanted("stock")) {
             let ms_stock = ms_per_sample(stock.as_ref(), &x, 2);
             println!("| {name} | stock candle | {ms_stock:.0} |");
             entry["stock_candle_ms_per_sample"] = json!(ms_stock);
@@ -174,7 +187,10 @@ fn main() {
         "\n| mask side | k = 3 | k = 11 | k = 51 | k = 101 | (ms per pass) |\n|---|---|---|---|---|---|"
     );
     let mut mask_json = Vec::new();
-    for side in [512usize, 1024, 2048] {
+    for side in [512usize, 1024, 2048]
+        .into_iter()
+        .filter(|_| wanted("mask"))
+    {
         let mut state = 88172645463325252u64;
         let data = (0..side * side)
             .map(|_| {
@@ -205,7 +221,7 @@ fn main() {
     }
     if let Some(path) = json_out {
         let doc = json!({
-            "end_to_end": { "seconds": e2e_s, "iterations": out.steps.len(), "samples": 25, "peak_rss_mib": peak },
+            "end_to_end": e2e_json,
             "models": models_json,
             "mask": mask_json,
         });

@@ -1,8 +1,9 @@
 //! The custom ops against hand-computed values, finite differences and stock candle.
 
 use candle_core::{Device, Tensor, Var};
-use unveil::engine::ops::activation::{ReluMode, relu, relu6};
+use unveil::engine::ops::activation::{ReluMode, ReluOp, relu, relu6};
 use unveil::engine::ops::conv::conv2d_const;
+use unveil::engine::ops::conv_act::conv_act;
 use unveil::engine::ops::depthwise::{DepthwiseConv2d, Padding};
 
 use crate::common::{fixture, max_abs_diff, pseudo_random, to_vec};
@@ -188,6 +189,75 @@ fn constant_conv_matches_stock_conv_forward_and_input_gradient() {
             max_abs_diff(&g_fast, &g_stock) < 1e-4,
             "backward {cin}->{cout} k={k} s={stride}"
         );
+    }
+}
+
+/// The fused conv + bias + activation op against stock candle ops (pad, conv, bias, our
+/// activation op), forward and input gradient, guided and plain, every padding and stride the
+/// models use. (Sizes where every row and column is covered by a window: stock candle's conv
+/// backward mishandles the others, see the test above.)
+#[test]
+fn fused_conv_matches_separate_ops() {
+    let acts = [
+        None,
+        Some(ReluOp::relu(ReluMode::Plain)),
+        Some(ReluOp::relu(ReluMode::Guided)),
+        Some(ReluOp::relu6(ReluMode::Guided)),
+    ];
+    for (i, &(cin, cout, k, stride, h, w, pad)) in [
+        (5, 7, 1, 1, 9, 6, Padding::default()),
+        (4, 6, 1, 2, 9, 7, Padding::default()),
+        (3, 8, 3, 2, 15, 13, Padding::tf_same(15, 13, 3, 2)),
+        (3, 4, 3, 1, 6, 6, Padding::symmetric(1)),
+        (2, 5, 7, 2, 13, 11, Padding::symmetric(3)),
+        (6, 3, 5, 1, 7, 9, Padding::tf_same(7, 9, 5, 1)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = random(&[3, cin, h, w], 40 + i as u64, 4.0);
+        let wt = random(&[cout, cin, k, k], 50 + i as u64, 1.0);
+        let b = random(&[cout], 60 + i as u64, 1.0);
+        for act in acts {
+            let (y_fast, g_fast) =
+                input_grad(&x, &|x| conv_act(x, &wt, &b, stride, pad, act).unwrap());
+            let (y_ref, g_ref) = input_grad(&x, &|x| {
+                let y = stock_conv(x, &wt, &b, stride, 1, pad);
+                act.map_or(y.clone(), |a| a.forward(&y).unwrap())
+            });
+            let what = format!("{cin}->{cout} k={k} s={stride} {pad:?} {act:?}");
+            assert_eq!(y_fast.len(), y_ref.len(), "{what}");
+            assert!(max_abs_diff(&y_fast, &y_ref) < 1e-4, "forward {what}");
+            assert!(max_abs_diff(&g_fast, &g_ref) < 1e-4, "backward {what}");
+            // A gate that never closes would pass a loose test: check that it does close.
+            if act.is_some() {
+                assert!(y_fast.iter().any(|&v| v == 0.0), "{what}: no zero outputs");
+            }
+        }
+    }
+}
+
+/// The depthwise op with a fused ReLU6 against the depthwise op followed by the activation op.
+#[test]
+fn fused_depthwise_activation_matches_separate_ops() {
+    let (c, k, stride, h, w) = (5, 3, 2, 11, 10);
+    let x = random(&[2, c, h, w], 70, 6.0);
+    let op = DepthwiseConv2d::new(
+        pseudo_random(c * k * k, 71, 1.0),
+        pseudo_random(c, 72, 1.0),
+        c,
+        k,
+        stride,
+    );
+    let pad = Padding::tf_same(h, w, k, stride);
+    for mode in [ReluMode::Plain, ReluMode::Guided] {
+        let act = ReluOp::relu6(mode);
+        let (y_fast, g_fast) = input_grad(&x, &|x| op.forward_act(x, pad, Some(act)).unwrap());
+        let (y_ref, g_ref) =
+            input_grad(&x, &|x| act.forward(&op.forward(x, pad).unwrap()).unwrap());
+        assert!(max_abs_diff(&y_fast, &y_ref) < 1e-6, "forward {mode:?}");
+        assert!(max_abs_diff(&g_fast, &g_ref) < 1e-6, "backward {mode:?}");
+        assert!(y_fast.iter().any(|&v| v == 6.0) && y_fast.iter().any(|&v| v == 0.0));
     }
 }
 

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 
 use super::layers::{Conv, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
-use crate::engine::ops::activation::{ReluMode, relu6};
+use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::error::Result;
 
 const BN_EPS: f64 = 1e-3;
@@ -91,9 +91,11 @@ impl MbConv {
     fn forward(&self, x: &Tensor, mode: ReluMode, backend: Backend) -> Result<Tensor> {
         let mut h = x.clone();
         if let Some(expand) = &self.expand {
-            h = relu6(&expand.forward(&h, backend)?, mode)?;
+            h = expand.forward_act(&h, Some(ReluOp::relu6(mode)), backend)?;
         }
-        h = relu6(&self.depthwise.forward(&h, backend)?, mode)?;
+        h = self
+            .depthwise
+            .forward_act(&h, Some(ReluOp::relu6(mode)), backend)?;
         h = self.project.forward(&h, backend)?;
         if self.skip {
             h = (h + x)?;
@@ -190,11 +192,11 @@ impl EfficientNetLite {
     /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
-        let mut h = relu6(&self.stem.forward(x, b)?, mode)?;
+        let mut h = self.stem.forward_act(x, Some(ReluOp::relu6(mode)), b)?;
         for block in &self.blocks {
             h = block.forward(&h, mode, b)?;
         }
-        h = relu6(&self.head.forward(&h, b)?, mode)?;
+        h = self.head.forward_act(&h, Some(ReluOp::relu6(mode)), b)?;
         let pooled = h.mean((2, 3))?;
         self.fc.forward(&pooled)
     }

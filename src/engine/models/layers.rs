@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::ops::Backend;
+use crate::engine::ops::activation::ReluOp;
 use crate::engine::ops::conv::conv2d_const;
+use crate::engine::ops::conv_act::conv_act;
 use crate::engine::ops::depthwise::{DepthwiseConv2d, Padding};
 use crate::error::{Error, Result};
 
@@ -148,21 +150,40 @@ impl Conv {
     }
 
     pub fn forward(&self, x: &Tensor, backend: Backend) -> Result<Tensor> {
+        self.forward_act(x, None, backend)
+    }
+
+    /// The convolution followed by `act`: one fused op on the CPU fast path, separate ops
+    /// elsewhere.
+    pub fn forward_act(&self, x: &Tensor, act: Option<ReluOp>, backend: Backend) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding(h, w);
-        if let Some(dw) = self
-            .depthwise
-            .as_ref()
-            .filter(|_| backend.fast_cpu(x.device()))
-        {
-            return Ok(dw.forward(x, pad)?);
+        if backend.fast_cpu(x.device()) {
+            if let Some(dw) = &self.depthwise {
+                return Ok(dw.forward_act(x, pad, act)?);
+            }
+            if self.groups == 1 {
+                return Ok(conv_act(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    self.stride,
+                    pad,
+                    act,
+                )?);
+            }
         }
         let x = pad_zeros(x, pad)?;
-        if backend == Backend::Fast && self.groups == 1 {
-            return Ok(conv2d_const(&x, &self.weight, &self.bias, self.stride)?);
-        }
-        let y = x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?;
-        Ok(y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?)
+        let y = if backend == Backend::Fast && self.groups == 1 {
+            conv2d_const(&x, &self.weight, &self.bias, self.stride)?
+        } else {
+            x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
+                .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?
+        };
+        Ok(match act {
+            Some(act) => act.forward(&y)?,
+            None => y,
+        })
     }
 }
 

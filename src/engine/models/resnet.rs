@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 
 use super::layers::{Conv, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
-use crate::engine::ops::activation::{ReluMode, relu};
+use crate::engine::ops::activation::{ReluMode, ReluOp, relu};
 use crate::engine::ops::depthwise::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -55,7 +55,7 @@ impl Block {
     fn forward(&self, x: &Tensor, mode: ReluMode, b: Backend) -> Result<Tensor> {
         let (out, down) = match self {
             Block::Basic { conv1, conv2, down } => {
-                let h = relu(&conv1.forward(x, b)?, mode)?;
+                let h = conv1.forward_act(x, Some(ReluOp::relu(mode)), b)?;
                 (conv2.forward(&h, b)?, down)
             }
             Block::Bottleneck {
@@ -64,8 +64,8 @@ impl Block {
                 conv3,
                 down,
             } => {
-                let h = relu(&conv1.forward(x, b)?, mode)?;
-                let h = relu(&conv2.forward(&h, b)?, mode)?;
+                let h = conv1.forward_act(x, Some(ReluOp::relu(mode)), b)?;
+                let h = conv2.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
                 (conv3.forward(&h, b)?, down)
             }
         };
@@ -162,7 +162,7 @@ impl ResNet {
 
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
-        let h = relu(&self.stem.forward(x, b)?, mode)?;
+        let h = self.stem.forward_act(x, Some(ReluOp::relu(mode)), b)?;
         let mut h = MaxPool2d {
             k: 3,
             stride: 2,

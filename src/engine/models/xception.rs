@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 
 use super::layers::{Conv, Linear, PadMode, Weights, fold_bn};
 use crate::engine::ops::Backend;
-use crate::engine::ops::activation::{ReluMode, relu};
+use crate::engine::ops::activation::{ReluMode, ReluOp, relu};
 use crate::engine::ops::depthwise::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -38,7 +38,12 @@ impl SepConv {
     }
 
     fn forward(&self, x: &Tensor, b: Backend) -> Result<Tensor> {
-        self.pointwise.forward(&self.depthwise.forward(x, b)?, b)
+        self.forward_act(x, None, b)
+    }
+
+    fn forward_act(&self, x: &Tensor, act: Option<ReluOp>, b: Backend) -> Result<Tensor> {
+        self.pointwise
+            .forward_act(&self.depthwise.forward(x, b)?, act, b)
     }
 }
 
@@ -167,8 +172,8 @@ impl Xception {
     /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
-        let mut h = relu(&self.conv1.forward(x, b)?, mode)?;
-        h = relu(&self.conv2.forward(&h, b)?, mode)?;
+        let mut h = self.conv1.forward_act(x, Some(ReluOp::relu(mode)), b)?;
+        h = self.conv2.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
         let mut middle_done = false;
         for (i, d) in self.down.iter().enumerate() {
             if i == 3 && !middle_done {
@@ -198,8 +203,8 @@ impl Xception {
             .forward(&m)?;
             h = (m + res)?;
         }
-        h = relu(&self.exit1.forward(&h, b)?, mode)?;
-        h = relu(&self.exit2.forward(&h, b)?, mode)?;
+        h = self.exit1.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
+        h = self.exit2.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
         let pooled = h.mean((2, 3))?;
         let f = relu(&self.fc1.forward(&pooled)?, mode)?;
         self.fc2.forward(&f)

@@ -32,20 +32,48 @@ pub struct ReluOp {
 
 /// `max(x, 0)`, back-propagating per `mode`.
 pub fn relu(x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(ReluOp { cap: None, mode })
+    ReluOp::relu(mode).forward(x)
 }
 
 /// `min(max(x, 0), 6)`, back-propagating per `mode`.
 pub fn relu6(x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(ReluOp {
-        cap: Some(6.0),
-        mode,
-    })
+    ReluOp::relu6(mode).forward(x)
 }
 
 impl ReluOp {
+    pub fn relu(mode: ReluMode) -> Self {
+        ReluOp { cap: None, mode }
+    }
+
+    pub fn relu6(mode: ReluMode) -> Self {
+        ReluOp {
+            cap: Some(6.0),
+            mode,
+        }
+    }
+
+    /// Applies the activation to a tensor as a graph op.
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(self)
+    }
+
     fn pass(&self, x: f32) -> bool {
         x > 0.0 && self.cap.is_none_or(|c| x < c)
+    }
+
+    /// The activation of one value, for ops that fuse it.
+    pub(crate) fn apply(&self, v: f32) -> f32 {
+        v.max(0.0).min(self.cap.unwrap_or(f32::INFINITY))
+    }
+
+    /// The backward of one value from the activation's *output* `y`: `0 < y < cap` exactly
+    /// when `0 < x < cap`, so fused ops need not keep their pre-activation values.
+    pub(crate) fn grad_from_output(&self, y: f32, g: f32) -> f32 {
+        let g = match self.mode {
+            ReluMode::Guided => g.max(0.0),
+            ReluMode::Plain => g,
+        };
+        if self.pass(y) { g } else { 0.0 }
     }
 
     /// Device-generic forward from candle's storage primitives: relu6(x) = relu(x) - relu(x - 6).
@@ -75,8 +103,7 @@ impl CustomOp1 for ReluOp {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::cpu_f32_slice(self.name(), storage, layout)?;
-        let hi = self.cap.unwrap_or(f32::INFINITY);
-        let y: Vec<f32> = x.par_iter().map(|&v| v.max(0.0).min(hi)).collect();
+        let y: Vec<f32> = x.par_iter().map(|&v| self.apply(v)).collect();
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 

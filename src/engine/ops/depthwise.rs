@@ -11,6 +11,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::activation::ReluOp;
+
 /// Zero padding on each side, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Padding {
@@ -45,6 +47,28 @@ impl Padding {
     }
 }
 
+/// Valid output columns `[lo, hi)` for kernel column `kx` of a convolution with this stride and
+/// left padding: those whose input column `ox * stride + off` (`off = kx - pad_left`) falls
+/// inside an image `w` wide. Lets the inner loops run unchecked.
+pub(crate) fn valid_columns(
+    kx: usize,
+    stride: usize,
+    pad_left: usize,
+    w: usize,
+    ow: usize,
+) -> (usize, usize, isize) {
+    let off = kx as isize - pad_left as isize;
+    let s = stride as isize;
+    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+    let last = w as isize - 1 - off;
+    let hi = if last < 0 {
+        0
+    } else {
+        (last / s + 1).min(ow as isize)
+    };
+    (lo as usize, hi.max(lo) as usize, off)
+}
+
 /// Depthwise convolution with bias. `weight` is `[channels, k, k]` row-major.
 #[derive(Clone, Debug)]
 pub struct DepthwiseConv2d {
@@ -70,6 +94,7 @@ struct Applied {
     conv: DepthwiseConv2d,
     geo: Geometry,
     batch: usize,
+    act: Option<ReluOp>,
 }
 
 impl DepthwiseConv2d {
@@ -87,6 +112,11 @@ impl DepthwiseConv2d {
 
     /// `x`: `[n, channels, h, w]` on the CPU, f32.
     pub fn forward(&self, x: &Tensor, pad: Padding) -> Result<Tensor> {
+        self.forward_act(x, pad, None)
+    }
+
+    /// The convolution followed by `act`, as one op (see [`super::conv_act`] for why).
+    pub fn forward_act(&self, x: &Tensor, pad: Padding, act: Option<ReluOp>) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         if c != self.channels {
             candle_core::bail!("depthwise conv expects {} channels, got {c}", self.channels)
@@ -106,22 +136,12 @@ impl DepthwiseConv2d {
             conv: self.clone(),
             geo,
             batch: n,
+            act,
         })
     }
 
-    /// Valid output columns `[lo, hi)` for kernel column `kx`: those whose input column
-    /// `ox * stride + kx - pad.left` falls inside the image. Lets the inner loops run unchecked.
     fn col_range(&self, kx: usize, geo: &Geometry) -> (usize, usize, isize) {
-        let off = kx as isize - geo.pad.left as isize;
-        let s = self.stride as isize;
-        let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
-        let last = geo.w as isize - 1 - off;
-        let hi = if last < 0 {
-            0
-        } else {
-            (last / s + 1).min(geo.ow as isize)
-        };
-        (lo as usize, hi.max(lo) as usize, off)
+        valid_columns(kx, self.stride, geo.pad.left, geo.w, geo.ow)
     }
 
     fn forward_plane(&self, ch: usize, x: &[f32], out: &mut [f32], geo: &Geometry) {
@@ -188,6 +208,9 @@ impl CustomOp1 for Applied {
             .for_each(|(i, o)| {
                 let xp = &x[i * in_plane..(i + 1) * in_plane];
                 self.conv.forward_plane(i % c, xp, o, g);
+                if let Some(act) = self.act {
+                    o.iter_mut().for_each(|v| *v = act.apply(*v));
+                }
             });
         Ok((
             CpuStorage::F32(out),
@@ -195,19 +218,33 @@ impl CustomOp1 for Applied {
         ))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (c, g) = (self.conv.channels, &self.geo);
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
-        let gx = super::with_cpu_f32(grad, |gy| {
-            let mut gx = vec![0f32; self.batch * c * in_plane];
-            gx.par_chunks_mut(in_plane)
-                .enumerate()
-                .for_each(|(i, gxp)| {
-                    let gyp = &gy[i * out_plane..(i + 1) * out_plane];
-                    self.conv.backward_plane(i % c, gyp, gxp, g);
-                });
-            gx
-        })?;
+        let gx = super::with_cpu_f32(res, |y| {
+            super::with_cpu_f32(grad, |gy| {
+                let mut gx = vec![0f32; self.batch * c * in_plane];
+                gx.par_chunks_mut(in_plane).enumerate().for_each_init(
+                    || vec![0f32; out_plane],
+                    |gated, (i, gxp)| {
+                        let span = i * out_plane..(i + 1) * out_plane;
+                        let gyp = match self.act {
+                            Some(act) => {
+                                for ((d, &y), &g) in
+                                    gated.iter_mut().zip(&y[span.clone()]).zip(&gy[span])
+                                {
+                                    *d = act.grad_from_output(y, g);
+                                }
+                                &gated[..]
+                            }
+                            None => &gy[span],
+                        };
+                        self.conv.backward_plane(i % c, gyp, gxp, g);
+                    },
+                );
+                gx
+            })
+        })??;
         Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
     }
 }

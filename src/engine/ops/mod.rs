@@ -10,6 +10,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod conv_act;
 pub mod depthwise;
 pub mod pool;
 

@@ -1,0 +1,327 @@
+//! Convolution + bias + optional ReLU/ReLU6 as one CPU op, with an input-gradient-only backward.
+//!
+//! Why one op: through candle's autograd every op costs a pass over its output and, in the
+//! backward, a zero-filled gradient buffer plus an add. A convolution layer as separate ops
+//! (pad, conv, bias, activation) is four or five graph nodes; fused it is one, the padding is
+//! folded into im2col, and bias and activation are applied while the GEMM output is still in
+//! cache. The activation's backward gates on the op's *output* (`0 < y < cap` exactly when
+//! `0 < x < cap`), so nothing beyond the output is kept for the backward pass.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::activation::ReluOp;
+use super::depthwise::{Padding, valid_columns};
+
+/// `act(conv(pad(x), weight) + bias)` for `x` `[n, cin, h, w]` and `weight` `[cout, cin, k, k]`
+/// on the CPU, f32. Gradients flow to `x` only: the weights are constants.
+pub fn conv_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: Padding,
+    act: Option<ReluOp>,
+) -> Result<Tensor> {
+    let (n, cin, h, w) = x.dims4()?;
+    let (cout, wcin, k, _) = weight.dims4()?;
+    if wcin != cin {
+        candle_core::bail!("conv expects {wcin} input channels, got {cin}")
+    }
+    let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
+    if ph < k || pw < k {
+        candle_core::bail!("conv: input {h}x{w} is smaller than the {k}x{k} kernel")
+    }
+    let geo = Geometry {
+        cin,
+        cout,
+        k,
+        stride,
+        h,
+        w,
+        oh: (ph - k) / stride + 1,
+        ow: (pw - k) / stride + 1,
+        pad,
+    };
+    x.contiguous()?.apply_op1(Applied {
+        weight: weight.detach().contiguous()?,
+        bias: bias.detach().contiguous()?,
+        geo,
+        batch: n,
+        act,
+    })
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    pad: Padding,
+}
+
+impl Geometry {
+    /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
+    fn patch(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+
+    fn in_plane(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
+    fn out_plane(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// A 1 x 1, stride 1, unpadded convolution reads the input as the GEMM operand directly.
+    fn direct(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == Padding::default()
+    }
+
+    /// Output columns `[lo, hi)` that read input column `ox * stride + off` for kernel column
+    /// `kx`; the others read padding.
+    fn columns(&self, kx: usize) -> (usize, usize, isize) {
+        valid_columns(kx, self.stride, self.pad.left, self.w, self.ow)
+    }
+
+    /// The input row read by output row `oy` at kernel row `ky`, if it is inside the image.
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.stride + ky)
+            .checked_sub(self.pad.top)
+            .filter(|&iy| iy < self.h)
+    }
+}
+
+struct Applied {
+    weight: Tensor,
+    bias: Tensor,
+    geo: Geometry,
+    batch: usize,
+    act: Option<ReluOp>,
+}
+
+/// `dst [m x n] = lhs [m x k] * rhs [k x n]`, `dst` and `rhs` row-major and contiguous, `lhs`
+/// read through the given row and column strides (a transposed weight needs no copy).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst[..m * n].fill(0.0);
+        return;
+    }
+    assert!(dst.len() >= m * n && rhs.len() >= k * n);
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    // SAFETY: the asserts above bound every index gemm reads (`i * lhs_rs + j * lhs_cs`,
+    // `j * n + c`) and writes (`i * n + c`) for i < m, j < k, c < n.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Runs `f(sample, out_chunk)` for every sample: in parallel over samples when there are
+/// enough of them to keep every thread busy, else one by one with a parallel GEMM.
+fn for_each_sample(
+    out: &mut [f32],
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32], Parallelism) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    let samples = out.len() / chunk.max(1);
+    if samples >= threads {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o, Parallelism::None));
+    } else {
+        for (i, o) in out.chunks_mut(chunk).enumerate() {
+            f(i, o, Parallelism::Rayon(threads));
+        }
+    }
+}
+
+/// The `[cin * k * k, oh * ow]` patch matrix of one sample, zeros where windows read padding.
+fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
+    let (k, s, plane) = (g.k, g.stride, g.out_plane());
+    for c in 0..g.cin {
+        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((c * k + ky) * k + kx) * plane..][..plane];
+                let (lo, hi, off) = g.columns(kx);
+                for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
+                    let Some(iy) = g.input_row(oy, ky) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let src = &xc[iy * g.w..(iy + 1) * g.w];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if s == 1 {
+                        let start = (lo as isize + off) as usize;
+                        dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                    } else {
+                        for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
+                            *d = src[((ox * s) as isize + off) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the patch matrix back into the image it was gathered from (the adjoint of `im2col`).
+fn col2im(cols: &[f32], g: &Geometry, x: &mut [f32]) {
+    let (k, s, plane) = (g.k, g.stride, g.out_plane());
+    x.fill(0.0);
+    for c in 0..g.cin {
+        let xc = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &cols[((c * k + ky) * k + kx) * plane..][..plane];
+                let (lo, hi, off) = g.columns(kx);
+                for (oy, src) in row.chunks_exact(g.ow).enumerate() {
+                    let Some(iy) = g.input_row(oy, ky) else {
+                        continue;
+                    };
+                    let dst = &mut xc[iy * g.w..(iy + 1) * g.w];
+                    for (ox, v) in (lo..hi).zip(&src[lo..hi]) {
+                        dst[((ox * s) as isize + off) as usize] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Applied {
+    fn forward_sample(&self, w: &[f32], b: &[f32], x: &[f32], y: &mut [f32], par: Parallelism) {
+        let g = &self.geo;
+        let plane = g.out_plane();
+        let mut cols = Vec::new();
+        let rhs = if g.direct() {
+            x
+        } else {
+            cols.resize(g.patch() * plane, 0.0);
+            im2col(x, g, &mut cols);
+            &cols
+        };
+        matmul((g.cout, plane, g.patch()), y, w, (g.patch(), 1), rhs, par);
+        for (row, &bias) in y.chunks_exact_mut(plane).zip(b) {
+            match self.act {
+                Some(act) => row.iter_mut().for_each(|v| *v = act.apply(*v + bias)),
+                None => row.iter_mut().for_each(|v| *v += bias),
+            }
+        }
+    }
+
+    fn backward_sample(&self, w: &[f32], y: &[f32], gy: &[f32], gx: &mut [f32], par: Parallelism) {
+        let g = &self.geo;
+        let plane = g.out_plane();
+        let gated: Vec<f32>;
+        let gy = match self.act {
+            Some(act) => {
+                gated = y
+                    .iter()
+                    .zip(gy)
+                    .map(|(&y, &g)| act.grad_from_output(y, g))
+                    .collect();
+                &gated
+            }
+            None => gy,
+        };
+        // W^T: [cin * k * k, cout], read from W [cout, cin * k * k] with swapped strides.
+        let wt_strides = (1, g.patch());
+        if g.direct() {
+            matmul((g.cin, plane, g.cout), gx, w, wt_strides, gy, par);
+        } else {
+            let mut cols = vec![0f32; g.patch() * plane];
+            matmul(
+                (g.patch(), plane, g.cout),
+                &mut cols,
+                w,
+                wt_strides,
+                gy,
+                par,
+            );
+            col2im(&cols, g, gx);
+        }
+    }
+}
+
+impl CustomOp1 for Applied {
+    fn name(&self) -> &'static str {
+        "conv2d-bias-act"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::cpu_f32_slice(self.name(), storage, layout)?;
+        let g = self.geo;
+        let mut out = vec![0f32; self.batch * g.cout * g.out_plane()];
+        super::with_cpu_f32(&self.weight, |w| {
+            super::with_cpu_f32(&self.bias, |b| {
+                for_each_sample(&mut out, g.cout * g.out_plane(), |i, y, par| {
+                    let xi = &x[i * g.in_plane()..(i + 1) * g.in_plane()];
+                    self.forward_sample(w, b, xi, y, par)
+                })
+            })
+        })??;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((self.batch, g.cout, g.oh, g.ow)),
+        ))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = self.geo;
+        let chunk = g.cout * g.out_plane();
+        let mut gx = vec![0f32; self.batch * g.in_plane()];
+        super::with_cpu_f32(&self.weight, |w| {
+            super::with_cpu_f32(res, |y| {
+                super::with_cpu_f32(grad, |gy| {
+                    for_each_sample(&mut gx, g.in_plane(), |i, gxi, par| {
+                        let span = i * chunk..(i + 1) * chunk;
+                        self.backward_sample(w, &y[span.clone()], &gy[span], gxi, par)
+                    })
+                })
+            })
+        })???;
+        Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
+    }
+}
