@@ -95,8 +95,13 @@ fn resnet50(backend: Backend) -> std::sync::Arc<dyn Classifier> {
 fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
     let never = AtomicBool::new(false);
     let target = top_k(model, &classify(model, x).unwrap(), 1)[0].class;
+    let chunk = std::env::args()
+        .skip_while(|a| a != "--chunk")
+        .nth(1)
+        .map_or(SaliencyParams::default().chunk, |c| c.parse().unwrap());
     let p = SaliencyParams {
         samples,
+        chunk,
         ..Default::default()
     };
     input_gradient(
@@ -117,6 +122,8 @@ fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
 }
 
 fn main() {
+    // As the app and the CLI do.
+    unveil::engine::memory::tune_allocator();
     let json_out = std::env::args().skip_while(|a| a != "--json").nth(1);
     // `--only a,b` runs only the named sections: e2e, efficientnet-lite0, resnet50, stock, mask.
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);

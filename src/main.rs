@@ -4,6 +4,7 @@ use clap::Parser;
 use unveil::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
+    unveil::engine::memory::tune_allocator();
     let args = Cli::parse();
     let result = match &args.command {
         Some(Command::Run(run)) => cli::run(run),

@@ -7,6 +7,7 @@ pub mod dicom;
 pub mod export;
 pub mod image;
 pub mod mask;
+pub mod memory;
 pub mod models;
 pub mod ops;
 pub mod params;

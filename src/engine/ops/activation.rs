@@ -57,23 +57,17 @@ impl ReluOp {
         x.contiguous()?.apply_op1(self)
     }
 
-    fn pass(&self, x: f32) -> bool {
-        x > 0.0 && self.cap.is_none_or(|c| x < c)
-    }
-
     /// The activation of one value, for ops that fuse it.
     pub(crate) fn apply(&self, v: f32) -> f32 {
         v.max(0.0).min(self.cap.unwrap_or(f32::INFINITY))
     }
 
-    /// The backward of one value from the activation's *output* `y`: `0 < y < cap` exactly
-    /// when `0 < x < cap`, so fused ops need not keep their pre-activation values.
-    pub(crate) fn grad_from_output(&self, y: f32, g: f32) -> f32 {
-        let g = match self.mode {
-            ReluMode::Guided => g.max(0.0),
-            ReluMode::Plain => g,
-        };
-        if self.pass(y) { g } else { 0.0 }
+    /// The backward over a buffer, from the activation's *output* `y`: `0 < y < cap` exactly
+    /// when `0 < x < cap`, so fused ops need not keep their pre-activation values. (Given the
+    /// input instead, it is the backward from the input.)
+    pub(crate) fn grad_from_outputs(&self, dst: &mut [f32], y: &[f32], g: &[f32]) {
+        let cap = self.cap.unwrap_or(f32::INFINITY);
+        super::simd::relu_grad(dst, y, g, cap, self.mode == ReluMode::Guided)
     }
 
     /// Device-generic forward from candle's storage primitives: relu6(x) = relu(x) - relu(x - 6).
@@ -116,17 +110,15 @@ impl CustomOp1 for ReluOp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let guided = self.mode == ReluMode::Guided;
         if arg.device().is_cpu() {
             let out = super::with_cpu_f32(arg, |x| {
                 super::with_cpu_f32(grad, |g| {
-                    x.par_iter()
-                        .zip(g.par_iter())
-                        .map(|(&x, &g)| {
-                            let g = if guided { g.max(0.0) } else { g };
-                            if self.pass(x) { g } else { 0.0 }
-                        })
-                        .collect::<Vec<f32>>()
+                    let mut out = vec![0f32; x.len()];
+                    const CHUNK: usize = 1 << 16;
+                    out.par_chunks_mut(CHUNK)
+                        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                        .for_each(|(o, (x, g))| self.grad_from_outputs(o, x, g));
+                    out
                 })
             })??;
             return Ok(Some(Tensor::from_vec(out, arg.shape(), arg.device())?));
@@ -135,7 +127,10 @@ impl CustomOp1 for ReluOp {
         if let Some(cap) = self.cap {
             gate = gate.mul(&arg.lt(cap as f64)?.to_dtype(arg.dtype())?)?;
         }
-        let g = if guided { grad.relu()? } else { grad.clone() };
+        let g = match self.mode {
+            ReluMode::Guided => grad.relu()?,
+            ReluMode::Plain => grad.clone(),
+        };
         Ok(Some(g.mul(&gate)?))
     }
 }

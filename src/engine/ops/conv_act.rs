@@ -12,7 +12,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::activation::ReluOp;
-use super::depthwise::{Padding, valid_columns};
+use super::depthwise::Padding;
 
 /// `act(conv(pad(x), weight) + bias)` for `x` `[n, cin, h, w]` and `weight` `[cout, cin, k, k]`
 /// on the CPU, f32. Gradients flow to `x` only: the weights are constants.
@@ -51,6 +51,28 @@ pub fn conv_act(
         batch: n,
         act,
     })
+}
+
+/// Valid output columns `[lo, hi)` for kernel column `kx` of a convolution with this stride and
+/// left padding: those whose input column `ox * stride + off` (`off = kx - pad_left`) falls
+/// inside an image `w` wide. Lets the inner loops run unchecked.
+fn valid_columns(
+    kx: usize,
+    stride: usize,
+    pad_left: usize,
+    w: usize,
+    ow: usize,
+) -> (usize, usize, isize) {
+    let off = kx as isize - pad_left as isize;
+    let s = stride as isize;
+    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+    let last = w as isize - 1 - off;
+    let hi = if last < 0 {
+        0
+    } else {
+        (last / s + 1).min(ow as isize)
+    };
+    (lo as usize, hi.max(lo) as usize, off)
 }
 
 /// Sizes of one call.
@@ -254,14 +276,11 @@ impl Applied {
     fn backward_sample(&self, w: &[f32], y: &[f32], gy: &[f32], gx: &mut [f32], par: Parallelism) {
         let g = &self.geo;
         let plane = g.out_plane();
-        let gated: Vec<f32>;
+        let mut gated = Vec::new();
         let gy = match self.act {
             Some(act) => {
-                gated = y
-                    .iter()
-                    .zip(gy)
-                    .map(|(&y, &g)| act.grad_from_output(y, g))
-                    .collect();
+                gated.resize(gy.len(), 0.0);
+                act.grad_from_outputs(&mut gated, y, gy);
                 &gated
             }
             None => gy,

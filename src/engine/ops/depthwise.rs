@@ -47,28 +47,6 @@ impl Padding {
     }
 }
 
-/// Valid output columns `[lo, hi)` for kernel column `kx` of a convolution with this stride and
-/// left padding: those whose input column `ox * stride + off` (`off = kx - pad_left`) falls
-/// inside an image `w` wide. Lets the inner loops run unchecked.
-pub(crate) fn valid_columns(
-    kx: usize,
-    stride: usize,
-    pad_left: usize,
-    w: usize,
-    ow: usize,
-) -> (usize, usize, isize) {
-    let off = kx as isize - pad_left as isize;
-    let s = stride as isize;
-    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
-    let last = w as isize - 1 - off;
-    let hi = if last < 0 {
-        0
-    } else {
-        (last / s + 1).min(ow as isize)
-    };
-    (lo as usize, hi.max(lo) as usize, off)
-}
-
 /// Depthwise convolution with bias. `weight` is `[channels, k, k]` row-major.
 #[derive(Clone, Debug)]
 pub struct DepthwiseConv2d {
@@ -140,53 +118,156 @@ impl DepthwiseConv2d {
         })
     }
 
-    fn col_range(&self, kx: usize, geo: &Geometry) -> (usize, usize, isize) {
-        valid_columns(kx, self.stride, geo.pad.left, geo.w, geo.ow)
+    /// The padded input of one plane, split into `stride x stride` phases (phase `(ry, rx)`
+    /// holds padded pixels `(qy * s + ry, qx * s + rx)` at `(qy, qx)`). In that layout kernel
+    /// tap `(ky, kx)` reads, for every output pixel at once, one contiguous run of its phase
+    /// starting at `(ky / s, kx / s)`: each tap is a single long multiply-add over the plane,
+    /// which vectorises even for 7 x 7 planes, whatever the stride. Output rows are computed
+    /// `pws` wide; the columns past `ow` are discarded (forward) or zero (backward).
+    fn layout(&self, geo: &Geometry) -> PhaseLayout {
+        let (k, s) = (self.k, self.stride);
+        let rows = geo.oh + (k - 1) / s + 1;
+        let cols = (geo.w + geo.pad.left + geo.pad.right).div_ceil(s);
+        PhaseLayout { s, rows, cols }
     }
 
-    fn forward_plane(&self, ch: usize, x: &[f32], out: &mut [f32], geo: &Geometry) {
-        let (k, s) = (self.k, self.stride);
+    /// Where tap `(ky, kx)` starts reading in the phase buffer.
+    fn tap_offset(&self, ky: usize, kx: usize, l: &PhaseLayout) -> usize {
+        let s = self.stride;
+        ((ky % s) * s + kx % s) * l.phase_len() + (ky / s) * l.cols + kx / s
+    }
+
+    fn forward_plane(
+        &self,
+        ch: usize,
+        x: &[f32],
+        out: &mut [f32],
+        geo: &Geometry,
+        scratch: &mut Vec<f32>,
+    ) {
+        let k = self.k;
         let wt = &self.weight[ch * k * k..(ch + 1) * k * k];
-        out.fill(self.bias[ch]);
-        let ranges: Vec<_> = (0..k).map(|kx| self.col_range(kx, geo)).collect();
-        for oy in 0..geo.oh {
-            let out_row = &mut out[oy * geo.ow..(oy + 1) * geo.ow];
-            for ky in 0..k {
-                let iy = (oy * s + ky) as isize - geo.pad.top as isize;
-                if iy < 0 || iy >= geo.h as isize {
-                    continue;
-                }
-                let in_row = &x[iy as usize * geo.w..(iy as usize + 1) * geo.w];
-                for (kx, &(lo, hi, off)) in ranges.iter().enumerate() {
-                    let wv = wt[ky * k + kx];
-                    for (ox, o) in out_row[lo..hi].iter_mut().enumerate() {
-                        let ix = ((ox + lo) * s) as isize + off;
-                        *o += wv * in_row[ix as usize];
-                    }
+        let l = self.layout(geo);
+        let span = geo.oh * l.cols;
+        scratch.clear();
+        scratch.resize(l.len() + span, 0.0);
+        let (phases, acc) = scratch.split_at_mut(l.len());
+        l.scatter(geo, x, phases);
+        acc.fill(self.bias[ch]);
+        for ky in 0..k {
+            for kx in 0..k {
+                let (wv, src) = (
+                    wt[ky * k + kx],
+                    &phases[self.tap_offset(ky, kx, &l)..][..span],
+                );
+                super::simd::axpy(acc, src, wv);
+            }
+        }
+        for (o, a) in out.chunks_exact_mut(geo.ow).zip(acc.chunks_exact(l.cols)) {
+            o.copy_from_slice(&a[..geo.ow]);
+        }
+    }
+
+    /// The input gradient of one plane: the adjoint of `forward_plane`.
+    fn backward_plane(
+        &self,
+        ch: usize,
+        gy: &[f32],
+        gx: &mut [f32],
+        geo: &Geometry,
+        scratch: &mut Vec<f32>,
+    ) {
+        let k = self.k;
+        let wt = &self.weight[ch * k * k..(ch + 1) * k * k];
+        let l = self.layout(geo);
+        let span = geo.oh * l.cols;
+        scratch.clear();
+        scratch.resize(l.len() + span, 0.0);
+        let (phases, g) = scratch.split_at_mut(l.len());
+        for (d, r) in g.chunks_exact_mut(l.cols).zip(gy.chunks_exact(geo.ow)) {
+            d[..geo.ow].copy_from_slice(r);
+        }
+        for ky in 0..k {
+            for kx in 0..k {
+                let (wv, dst) = (
+                    wt[ky * k + kx],
+                    &mut phases[self.tap_offset(ky, kx, &l)..][..span],
+                );
+                super::simd::axpy(dst, g, wv);
+            }
+        }
+        l.gather(geo, phases, gx);
+    }
+}
+
+/// Sizes of the phase-split padded plane (see [`DepthwiseConv2d::layout`]).
+struct PhaseLayout {
+    s: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl PhaseLayout {
+    fn phase_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    fn len(&self) -> usize {
+        self.s * self.s * self.phase_len()
+    }
+
+    /// For input row `iy`: the start of its row in phase `(py % s, 0)`, or None when no
+    /// window reads it.
+    fn row_base(&self, geo: &Geometry, iy: usize) -> Option<usize> {
+        let (s, py) = (self.s, iy + geo.pad.top);
+        (py / s < self.rows).then(|| (py % s) * s * self.phase_len() + (py / s) * self.cols)
+    }
+
+    /// For each column phase `rx`: the first input column in it and its index in the phase.
+    fn column_phases(&self, geo: &Geometry) -> impl Iterator<Item = (usize, usize, usize)> {
+        let (s, pl) = (self.s, geo.pad.left);
+        (0..s).filter_map(move |rx| {
+            let ix0 = (rx + s - pl % s) % s;
+            (ix0 < geo.w).then(|| (rx, ix0, (ix0 + pl) / s))
+        })
+    }
+
+    /// Copies an input plane into the zeroed phase buffer.
+    fn scatter(&self, geo: &Geometry, x: &[f32], phases: &mut [f32]) {
+        for (iy, row) in x.chunks_exact(geo.w).enumerate() {
+            let Some(base) = self.row_base(geo, iy) else {
+                break;
+            };
+            for (rx, ix0, q0) in self.column_phases(geo) {
+                let dst = &mut phases[base + rx * self.phase_len() + q0..];
+                if self.s == 1 {
+                    dst[..geo.w].copy_from_slice(row);
+                } else {
+                    dst.iter_mut()
+                        .zip(row[ix0..].iter().step_by(self.s))
+                        .for_each(|(d, &v)| *d = v);
                 }
             }
         }
     }
 
-    fn backward_plane(&self, ch: usize, gy: &[f32], gx: &mut [f32], geo: &Geometry) {
-        let (k, s) = (self.k, self.stride);
-        let wt = &self.weight[ch * k * k..(ch + 1) * k * k];
-        gx.fill(0.0);
-        let ranges: Vec<_> = (0..k).map(|kx| self.col_range(kx, geo)).collect();
-        for oy in 0..geo.oh {
-            let g_row = &gy[oy * geo.ow..(oy + 1) * geo.ow];
-            for ky in 0..k {
-                let iy = (oy * s + ky) as isize - geo.pad.top as isize;
-                if iy < 0 || iy >= geo.h as isize {
-                    continue;
-                }
-                let gx_row = &mut gx[iy as usize * geo.w..(iy as usize + 1) * geo.w];
-                for (kx, &(lo, hi, off)) in ranges.iter().enumerate() {
-                    let wv = wt[ky * k + kx];
-                    for (ox, &g) in g_row[lo..hi].iter().enumerate() {
-                        let ix = ((ox + lo) * s) as isize + off;
-                        gx_row[ix as usize] += wv * g;
-                    }
+    /// The inverse of `scatter`: reads an input-shaped plane back (rows no window reads: 0).
+    fn gather(&self, geo: &Geometry, phases: &[f32], x: &mut [f32]) {
+        for (iy, row) in x.chunks_exact_mut(geo.w).enumerate() {
+            let Some(base) = self.row_base(geo, iy) else {
+                row.fill(0.0);
+                continue;
+            };
+            for (rx, ix0, q0) in self.column_phases(geo) {
+                let src = &phases[base + rx * self.phase_len() + q0..];
+                if self.s == 1 {
+                    row.copy_from_slice(&src[..geo.w]);
+                } else {
+                    row[ix0..]
+                        .iter_mut()
+                        .step_by(self.s)
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = v);
                 }
             }
         }
@@ -205,9 +286,9 @@ impl CustomOp1 for Applied {
         let mut out = vec![0f32; self.batch * c * out_plane];
         out.par_chunks_mut(out_plane)
             .enumerate()
-            .for_each(|(i, o)| {
+            .for_each_init(Vec::new, |scratch, (i, o)| {
                 let xp = &x[i * in_plane..(i + 1) * in_plane];
-                self.conv.forward_plane(i % c, xp, o, g);
+                self.conv.forward_plane(i % c, xp, o, g, scratch);
                 if let Some(act) = self.act {
                     o.iter_mut().for_each(|v| *v = act.apply(*v));
                 }
@@ -225,21 +306,17 @@ impl CustomOp1 for Applied {
             super::with_cpu_f32(grad, |gy| {
                 let mut gx = vec![0f32; self.batch * c * in_plane];
                 gx.par_chunks_mut(in_plane).enumerate().for_each_init(
-                    || vec![0f32; out_plane],
-                    |gated, (i, gxp)| {
+                    || (vec![0f32; out_plane], Vec::new()),
+                    |(gated, scratch), (i, gxp)| {
                         let span = i * out_plane..(i + 1) * out_plane;
                         let gyp = match self.act {
                             Some(act) => {
-                                for ((d, &y), &g) in
-                                    gated.iter_mut().zip(&y[span.clone()]).zip(&gy[span])
-                                {
-                                    *d = act.grad_from_output(y, g);
-                                }
+                                act.grad_from_outputs(gated, &y[span.clone()], &gy[span]);
                                 &gated[..]
                             }
                             None => &gy[span],
                         };
-                        self.conv.backward_plane(i % c, gyp, gxp, g);
+                        self.conv.backward_plane(i % c, gyp, gxp, g, scratch);
                     },
                 );
                 gx

@@ -13,6 +13,7 @@ pub mod conv;
 pub mod conv_act;
 pub mod depthwise;
 pub mod pool;
+pub(crate) mod simd;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
