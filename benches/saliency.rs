@@ -165,7 +165,9 @@ fn main() {
         e2e_json = json!({ "seconds": e2e_s, "iterations": out.steps.len(), "samples": 25, "peak_rss_mib": peak });
     }
 
-    println!("| model | ops | ms per sample (fwd + guided bwd, 224 x 224) |\n|---|---|---|");
+    if wanted("efficientnet-lite0") || wanted("resnet50") {
+        println!("| model | ops | ms per sample (fwd + guided bwd, 224 x 224) |\n|---|---|---|");
+    }
     let mut models_json = serde_json::Map::new();
     for (name, fast, stock) in [
         (
@@ -190,9 +192,11 @@ fn main() {
         models_json.insert(name.to_string(), entry);
     }
 
-    println!(
-        "\n| mask side | k = 3 | k = 11 | k = 51 | k = 101 | (ms per pass) |\n|---|---|---|---|---|---|"
-    );
+    if wanted("mask") {
+        println!(
+            "\n| mask side | k = 3 | k = 11 | k = 51 | k = 101 | (ms per pass) |\n|---|---|---|---|---|---|"
+        );
+    }
     let mut mask_json = Vec::new();
     for side in [512usize, 1024, 2048]
         .into_iter()

@@ -48,7 +48,7 @@ impl Default for SaliencyParams {
             samples: 16,
             noise: 0.15,
             seed: 0,
-            chunk: 8,
+            chunk: 4,
         }
     }
 }
@@ -132,7 +132,7 @@ fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
 }
 
 /// Largest accepted smoothing window.
-pub const MAX_KERNEL: usize = 255;
+pub const MAX_KERNEL: usize = crate::engine::mask::MAX_KERNEL;
 
 impl UnveilParams {
     pub fn validate(&self) -> Result<()> {

@@ -61,6 +61,26 @@ fn running_sums_equal_the_brute_force_window_mean() {
             assert_eq!(smooth(&m, k, 1, t), brute_force(&m, k, t), "k={k} t={t}");
         }
     }
+    // Large enough to be split between threads (from 512 x 512 pixels).
+    let noise = pseudo_random(600 * 500, 5, 1.0);
+    let m = Mask {
+        width: 600,
+        height: 500,
+        data: noise.iter().map(|v| *v > 0.6).collect(),
+    };
+    for k in [3, 11, 25] {
+        assert_eq!(smooth(&m, k, 1, 0.25), brute_force(&m, k, 0.25), "k={k}");
+    }
+    // Whole-window interiors at large k.
+    let noise = pseudo_random(131 * 97, 4, 1.0);
+    let m = Mask {
+        width: 131,
+        height: 97,
+        data: noise.iter().map(|v| *v > 0.5).collect(),
+    };
+    for k in [3, 11, 51, 101] {
+        assert_eq!(smooth(&m, k, 1, 0.25), brute_force(&m, k, 0.25), "k={k}");
+    }
 }
 
 #[test]
