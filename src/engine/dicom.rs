@@ -149,8 +149,11 @@ fn dicom_transfer_syntax_name(uid: &str) -> &'static str {
 fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
     let u16_at = |p: usize| u16::from_le_bytes([b[p], b[p + 1]]);
     let u32_at = |p: usize| u32::from_le_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]]);
-    const LONG: [&[u8; 2]; 13] = [
-        b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+    // Exactly dicom-rs's rule (explicit VR little endian): these VRs have a 2-byte length,
+    // every other one, unknown VRs included (read as UN), 2 reserved bytes and a 4-byte length.
+    const SHORT: [&[u8; 2]; 21] = [
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
     ];
     let mut implicit_after_meta = false;
     let mut pos = 132;
@@ -158,19 +161,13 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
         let (group, elem) = (u16_at(pos), u16_at(pos + 2));
         let (header, len) = if group == 0xFFFE || (group != 0x0002 && implicit_after_meta) {
             (8, u32_at(pos + 4))
+        } else if SHORT.contains(&&[b[pos + 4], b[pos + 5]]) {
+            (8, u16_at(pos + 6) as u32)
         } else {
-            let vr = [b[pos + 4], b[pos + 5]];
-            if !vr.iter().all(u8::is_ascii_uppercase) {
+            if pos + 12 > b.len() {
                 return Ok(());
             }
-            if LONG.contains(&&vr) {
-                if pos + 12 > b.len() {
-                    return Ok(());
-                }
-                (12, u32_at(pos + 8))
-            } else {
-                (8, u16_at(pos + 6) as u32)
-            }
+            (12, u32_at(pos + 8))
         };
         if group == 0x0002 && elem == 0x0010 && pos + header + len as usize <= b.len() {
             let ts =

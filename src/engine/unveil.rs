@@ -72,6 +72,8 @@ pub enum StopReason {
     NoNewRegion,
     /// The whole image is masked.
     AllMasked,
+    /// The gradient is exactly zero at every pixel: there is no salient region to mask.
+    ZeroGradient,
 }
 
 impl StopReason {
@@ -82,6 +84,10 @@ impl StopReason {
             StopReason::MaxIterations => "reached the maximum number of iterations",
             StopReason::NoNewRegion => "the last mask added no new region",
             StopReason::AllMasked => "the whole image is masked",
+            StopReason::ZeroGradient => {
+                "the gradient is zero everywhere: the model's score for this class does not \
+                 respond to any pixel of this input, so there is no region to show"
+            }
         }
     }
 }
@@ -360,10 +366,17 @@ pub fn run(
         steps.push(step);
 
         if !grows {
+            let flat = steps
+                .last()
+                .is_some_and(|s| s.saliency.data.iter().all(|&v| v == 0.0));
             return Ok(Outcome {
                 target,
                 steps,
-                stop: StopReason::NoNewRegion,
+                stop: if flat {
+                    StopReason::ZeroGradient
+                } else {
+                    StopReason::NoNewRegion
+                },
                 after: None,
             });
         }

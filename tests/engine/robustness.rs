@@ -93,6 +93,42 @@ fn exif_orientation_is_applied() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Palette PNGs expand to their palette's colours.
+#[test]
+fn palette_png_decodes_to_its_colours() {
+    let img = unveil::engine::image::decode(&corpus::palette_png(30, 20)).unwrap();
+    assert_eq!((img.width(), img.height()), (30, 20));
+    for (x, y) in [(0, 0), (1, 0), (2, 0), (3, 0), (5, 7), (29, 19)] {
+        let want = corpus::PALETTE[(x + y) as usize % 4].map(|v| v as f32 / 255.0);
+        let got = img.rgb.get_pixel(x, y).0;
+        assert!(
+            got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6),
+            "({x}, {y}): {got:?} != {want:?}"
+        );
+    }
+}
+
+/// CMYK JPEGs (Adobe's inverted encoding, as Photoshop and Pillow write them) come out in the
+/// right colours, not inverted or channel-swapped (scripts/make_image_fixtures.py).
+#[test]
+fn cmyk_jpeg_decodes_to_the_right_colours() {
+    let img = unveil::engine::image::load(&repo("tests/fixtures/images/cmyk.jpeg")).unwrap();
+    assert_eq!((img.width(), img.height()), (32, 16));
+    let want = [
+        [0.0, 1.0, 1.0],
+        [1.0, 0.0, 1.0],
+        [1.0, 1.0, 0.0],
+        [0.5, 0.5, 0.5],
+    ];
+    for (band, want) in want.iter().enumerate() {
+        let got = img.rgb.get_pixel(8 * band as u32 + 4, 8).0;
+        assert!(
+            got.iter().zip(want).all(|(g, w)| (g - w).abs() < 0.06),
+            "band {band}: {got:?} != {want:?}"
+        );
+    }
+}
+
 mod numeric_faults {
     use std::sync::atomic::AtomicBool;
 
@@ -101,13 +137,19 @@ mod numeric_faults {
     use unveil::engine::models::{Classifier, ModelInfo};
     use unveil::engine::ops::activation::ReluMode;
     use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
-    use unveil::engine::unveil::run;
+    use unveil::engine::unveil::{StopReason, run};
 
     use crate::common::{lite0, to_vec};
 
-    /// The bundled model with its logits replaced: NaN, or constants independent of the input.
-    struct Broken {
-        nan: bool,
+    /// The bundled model with its logits replaced.
+    #[derive(Clone, Copy)]
+    enum Broken {
+        /// NaN everywhere.
+        Nan,
+        /// Constants cut off from the input (no gradient path at all).
+        Blind,
+        /// The logits minus themselves: connected to the input, but every gradient is 0.
+        Flat,
     }
 
     impl Classifier for Broken {
@@ -119,10 +161,10 @@ mod numeric_faults {
         }
         fn forward(&self, x: &Tensor, mode: ReluMode) -> unveil::Result<Tensor> {
             let logits = lite0().forward(x, mode)?;
-            Ok(if self.nan {
-                (logits * f64::NAN)?
-            } else {
-                logits.detach().zeros_like()?
+            Ok(match self {
+                Broken::Nan => (logits * f64::NAN)?,
+                Broken::Blind => logits.detach().zeros_like()?,
+                Broken::Flat => (&logits - &logits)?,
             })
         }
     }
@@ -154,7 +196,7 @@ mod numeric_faults {
     #[test]
     fn a_model_that_outputs_nan_is_reported_not_drawn() {
         let r = run(
-            &Broken { nan: true },
+            &Broken::Nan,
             &gray(),
             &quick(),
             None,
@@ -171,7 +213,7 @@ mod numeric_faults {
     #[test]
     fn a_model_blind_to_its_input_is_reported() {
         let r = run(
-            &Broken { nan: false },
+            &Broken::Blind,
             &gray(),
             &quick(),
             None,
@@ -183,6 +225,28 @@ mod numeric_faults {
             "{:?}",
             r.map(|_| ())
         );
+    }
+
+    /// An all-zero gradient has no salient region: the run stops after one iteration with a
+    /// reason that says so (shown in the app's status line and printed by the CLI).
+    #[test]
+    fn an_all_zero_gradient_stops_with_its_own_reason() {
+        let out = run(
+            &Broken::Flat,
+            &gray(),
+            &quick(),
+            None,
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert_eq!(out.stop, StopReason::ZeroGradient);
+        assert!(out.stop.describe().contains("gradient is zero everywhere"));
+        assert_eq!(out.steps.len(), 1);
+        let s = &out.steps[0];
+        assert!(to_vec(&s.gradient).iter().all(|&v| v == 0.0));
+        assert!(s.saliency.data.iter().all(|&v| v == 0.0));
+        assert_eq!(s.mask.count(), 0);
     }
 
     #[test]
@@ -209,16 +273,18 @@ mod numeric_faults {
     }
 }
 
-/// Found by `fuzz/run.sh` (dicom target): a mutated header with Rows = Columns = 60000 and a
-/// broken data set. It must end in a clear error. (It still makes the parser reserve ~800 MB
-/// before failing: noted in issue 7.)
+/// Found by `fuzz/run.sh` (dicom target): a mutated header whose element (4955,0014) has the
+/// invalid VR "1.", which dicom-rs reads as UN with a 4-byte length of ~800 MB and reserved
+/// that much before failing. The pre-parse length check now reads such VRs the same way and
+/// refuses the file first (its message, not the parser's).
 #[test]
 fn fuzz_regression_mutated_dicom_header() {
     let err = unveil::engine::image::load(&repo("tests/fixtures/fuzz/dicom-mutated-dims.dcm"))
         .map(|_| ())
-        .expect_err("damaged");
+        .expect_err("damaged")
+        .to_string();
     assert!(
-        err.to_string().contains("not a readable DICOM file"),
+        err.contains("(4955,0014) claims") && err.contains("damaged"),
         "{err}"
     );
 }

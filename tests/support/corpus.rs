@@ -49,6 +49,50 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
     out
 }
 
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    let mut body = kind.to_vec();
+    body.extend(data);
+    out.extend((data.len() as u32).to_be_bytes());
+    out.extend(&body);
+    out.extend(crc32(&body).to_be_bytes());
+}
+
+/// The colours of [`palette_png`]: index `(x + y) % 4`.
+pub const PALETTE: [[u8; 3]; 4] = [[230, 20, 20], [20, 200, 40], [30, 40, 220], [250, 250, 250]];
+
+/// An 8-bit palette (colour type 3) PNG, pixel `(x, y)` = `PALETTE[(x + y) % 4]`. Written by
+/// hand (zlib with stored blocks) because the image crate's encoder writes no palette PNGs.
+pub fn palette_png(w: u32, h: u32) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for y in 0..h {
+        raw.push(0); // filter: none
+        raw.extend((0..w).map(|x| ((x + y) % 4) as u8));
+    }
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        z.push((i + 1 == blocks.len()) as u8);
+        z.extend((block.len() as u16).to_le_bytes());
+        z.extend((!(block.len() as u16)).to_le_bytes());
+        z.extend(*block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &v in &raw {
+        a = (a + v as u32) % 65521;
+        b = (b + a) % 65521;
+    }
+    z.extend(((b << 16) | a).to_be_bytes());
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 3, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(&mut out, b"PLTE", &PALETTE.concat());
+    png_chunk(&mut out, b"IDAT", &z);
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
 /// A JPEG with an EXIF APP1 segment saying "rotate 90 degrees clockwise" (orientation 6).
 pub fn jpeg_with_orientation_6(w: u32, h: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, _| {
@@ -176,6 +220,8 @@ pub fn images(dir: &Path, repo: &Path) -> Vec<Case> {
             "exif-rotated.jpeg",
             &jpeg_with_orientation_6(40, 20),
         )),
+        loads(save(dir, "palette.png", &palette_png(30, 20))),
+        loads(repo.join("tests/fixtures/images/cmyk.jpeg")),
         fails(dcm("no_pixel_data"), "no pixel data"),
         fails(dcm("unsupported_syntax"), "JPEG 2000"),
         fails(dcm("absurd_dims"), "60000 x 60000"),
