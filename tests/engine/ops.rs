@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor, Var};
 use unveil::engine::ops::activation::{ReluMode, ReluOp, relu, relu6};
 use unveil::engine::ops::conv::conv2d_const;
-use unveil::engine::ops::conv_act::conv_act;
+use unveil::engine::ops::conv_act::{conv_act, conv_add_act};
 use unveil::engine::ops::depthwise::{DepthwiseConv2d, Padding};
 
 use crate::common::{fixture, max_abs_diff, pseudo_random, to_vec};
@@ -233,6 +233,66 @@ fn fused_conv_matches_separate_ops() {
             if act.is_some() {
                 assert!(y_fast.contains(&0.0), "{what}: no zero outputs");
             }
+        }
+    }
+}
+
+/// The fused conv + bias + residual + activation op against separate stock ops: forward, and
+/// the gradients reaching both the convolution's input and the residual.
+#[test]
+fn fused_residual_conv_matches_separate_ops() {
+    for (i, &(cin, cout, k, stride, h, w, pad)) in [
+        (6, 5, 1, 1, 7, 9, Padding::default()),
+        (4, 6, 3, 1, 8, 8, Padding::symmetric(1)),
+        (3, 4, 3, 2, 9, 11, Padding::symmetric(1)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = random(&[2, cin, h, w], 80 + i as u64, 3.0);
+        let wt = random(&[cout, cin, k, k], 81 + i as u64, 1.0);
+        let b = random(&[cout], 82 + i as u64, 1.0);
+        let (oh, ow) = (
+            (h + 2 * pad.top - k) / stride + 1,
+            (w + 2 * pad.left - k) / stride + 1,
+        );
+        let skip = random(&[2, cout, oh, ow], 83 + i as u64, 3.0);
+        for act in [
+            None,
+            Some(ReluOp::relu(ReluMode::Guided)),
+            Some(ReluOp::relu(ReluMode::Plain)),
+        ] {
+            let run = |fused: bool| {
+                let (xv, sv) = (
+                    Var::from_tensor(&x).unwrap(),
+                    Var::from_tensor(&skip).unwrap(),
+                );
+                let y = if fused {
+                    conv_add_act(xv.as_tensor(), sv.as_tensor(), &wt, &b, stride, pad, act).unwrap()
+                } else {
+                    let y = (stock_conv(xv.as_tensor(), &wt, &b, stride, 1, pad) + sv.as_tensor())
+                        .unwrap();
+                    act.map_or(y.clone(), |a| a.forward(&y).unwrap())
+                };
+                let r = random(y.dims(), 99, 1.0);
+                let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+                (
+                    to_vec(&y),
+                    to_vec(grads.get(xv.as_tensor()).unwrap()),
+                    to_vec(grads.get(sv.as_tensor()).unwrap()),
+                )
+            };
+            let (fast, reference) = (run(true), run(false));
+            let what = format!("{cin}->{cout} k={k} s={stride} {act:?}");
+            assert!(max_abs_diff(&fast.0, &reference.0) < 1e-4, "forward {what}");
+            assert!(
+                max_abs_diff(&fast.1, &reference.1) < 1e-4,
+                "input gradient {what}"
+            );
+            assert!(
+                max_abs_diff(&fast.2, &reference.2) < 1e-6,
+                "residual gradient {what}"
+            );
         }
     }
 }

@@ -96,10 +96,8 @@ impl MbConv {
         h = self
             .depthwise
             .forward_act(&h, Some(ReluOp::relu6(mode)), backend)?;
-        h = self.project.forward(&h, backend)?;
-        if self.skip {
-            h = (h + x)?;
-        }
+        let skip = self.skip.then_some(x);
+        h = self.project.forward_residual(&h, skip, None, backend)?;
         Ok(h)
     }
 }

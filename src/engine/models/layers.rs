@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::ReluOp;
 use crate::engine::ops::conv::conv2d_const;
-use crate::engine::ops::conv_act::conv_act;
+use crate::engine::ops::conv_act::{conv_act, conv_add_act};
 use crate::engine::ops::depthwise::{DepthwiseConv2d, Padding};
 use crate::error::{Error, Result};
 
@@ -156,21 +156,29 @@ impl Conv {
     /// The convolution followed by `act`: one fused op on the CPU fast path, separate ops
     /// elsewhere.
     pub fn forward_act(&self, x: &Tensor, act: Option<ReluOp>, backend: Backend) -> Result<Tensor> {
+        self.forward_residual(x, None, act, backend)
+    }
+
+    /// `act(conv(x) + skip)`: a residual block's last convolution, shortcut and activation,
+    /// one fused op on the CPU fast path.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        act: Option<ReluOp>,
+        backend: Backend,
+    ) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding(h, w);
         if backend.fast_cpu(x.device()) {
-            if let Some(dw) = &self.depthwise {
-                return Ok(dw.forward_act(x, pad, act)?);
-            }
-            if self.groups == 1 {
-                return Ok(conv_act(
-                    x,
-                    &self.weight,
-                    &self.bias,
-                    self.stride,
-                    pad,
-                    act,
-                )?);
+            let (wt, b, s) = (&self.weight, &self.bias, self.stride);
+            match (&self.depthwise, skip) {
+                (Some(dw), None) => return Ok(dw.forward_act(x, pad, act)?),
+                (None, Some(skip)) if self.groups == 1 => {
+                    return Ok(conv_add_act(x, skip, wt, b, s, pad, act)?);
+                }
+                (None, None) if self.groups == 1 => return Ok(conv_act(x, wt, b, s, pad, act)?),
+                _ => {}
             }
         }
         let x = pad_zeros(x, pad)?;
@@ -179,6 +187,10 @@ impl Conv {
         } else {
             x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
                 .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?
+        };
+        let y = match skip {
+            Some(skip) => (y + skip)?,
+            None => y,
         };
         Ok(match act {
             Some(act) => act.forward(&y)?,

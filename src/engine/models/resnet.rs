@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 
 use super::layers::{Conv, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
-use crate::engine::ops::activation::{ReluMode, ReluOp, relu};
+use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::depthwise::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -53,27 +53,24 @@ enum Block {
 
 impl Block {
     fn forward(&self, x: &Tensor, mode: ReluMode, b: Backend) -> Result<Tensor> {
-        let (out, down) = match self {
-            Block::Basic { conv1, conv2, down } => {
-                let h = conv1.forward_act(x, Some(ReluOp::relu(mode)), b)?;
-                (conv2.forward(&h, b)?, down)
-            }
+        let relu = Some(ReluOp::relu(mode));
+        let (h, last, down) = match self {
+            Block::Basic { conv1, conv2, down } => (conv1.forward_act(x, relu, b)?, conv2, down),
             Block::Bottleneck {
                 conv1,
                 conv2,
                 conv3,
                 down,
             } => {
-                let h = conv1.forward_act(x, Some(ReluOp::relu(mode)), b)?;
-                let h = conv2.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
-                (conv3.forward(&h, b)?, down)
+                let h = conv1.forward_act(x, relu, b)?;
+                (conv2.forward_act(&h, relu, b)?, conv3, down)
             }
         };
         let skip = match down {
             Some(d) => d.forward(x, b)?,
             None => x.clone(),
         };
-        Ok(relu(&(out + skip)?, mode)?)
+        last.forward_residual(&h, Some(&skip), relu, b)
     }
 }
 

@@ -1,13 +1,14 @@
-//! Convolution + bias + optional ReLU/ReLU6 as one CPU op, with an input-gradient-only backward.
+//! Convolution + bias (+ residual) + optional ReLU/ReLU6 as one CPU op, with an
+//! input-gradient-only backward.
 //!
 //! Why one op: through candle's autograd every op costs a pass over its output and, in the
 //! backward, a zero-filled gradient buffer plus an add. A convolution layer as separate ops
-//! (pad, conv, bias, activation) is four or five graph nodes; fused it is one, the padding is
-//! folded into im2col, and bias and activation are applied while the GEMM output is still in
-//! cache. The activation's backward gates on the op's *output* (`0 < y < cap` exactly when
-//! `0 < x < cap`), so nothing beyond the output is kept for the backward pass.
+//! (pad, conv, bias, residual add, activation) is up to six graph nodes; fused it is one, the
+//! padding is folded into im2col, and bias, residual and activation are applied while the GEMM
+//! output is still in cache. The activation's backward gates on the op's *output*
+//! (`0 < y < cap` exactly when `0 < x < cap`), so nothing beyond the output is kept.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -24,33 +25,28 @@ pub fn conv_act(
     pad: Padding,
     act: Option<ReluOp>,
 ) -> Result<Tensor> {
-    let (n, cin, h, w) = x.dims4()?;
-    let (cout, wcin, k, _) = weight.dims4()?;
-    if wcin != cin {
-        candle_core::bail!("conv expects {wcin} input channels, got {cin}")
+    let op = Applied::new(x, weight, bias, stride, pad, act)?;
+    x.contiguous()?.apply_op1(op)
+}
+
+/// `act(conv(pad(x), weight) + bias + skip)`: a residual block's last convolution, its
+/// shortcut add and (ResNet) the ReLU after it, as one op. Gradients flow to `x` and `skip`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_add_act(
+    x: &Tensor,
+    skip: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: Padding,
+    act: Option<ReluOp>,
+) -> Result<Tensor> {
+    let op = Applied::new(x, weight, bias, stride, pad, act)?;
+    let out = (x.dim(0)?, op.geo.cout, op.geo.oh, op.geo.ow);
+    if skip.dims4()? != out {
+        candle_core::bail!("residual of shape {:?}, expected {out:?}", skip.dims())
     }
-    let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
-    if ph < k || pw < k {
-        candle_core::bail!("conv: input {h}x{w} is smaller than the {k}x{k} kernel")
-    }
-    let geo = Geometry {
-        cin,
-        cout,
-        k,
-        stride,
-        h,
-        w,
-        oh: (ph - k) / stride + 1,
-        ow: (pw - k) / stride + 1,
-        pad,
-    };
-    x.contiguous()?.apply_op1(Applied {
-        weight: weight.detach().contiguous()?,
-        bias: bias.detach().contiguous()?,
-        geo,
-        batch: n,
-        act,
-    })
+    x.contiguous()?.apply_op2(&skip.contiguous()?, op)
 }
 
 /// Valid output columns `[lo, hi)` for kernel column `kx` of a convolution with this stride and
@@ -253,7 +249,57 @@ fn col2im(cols: &[f32], g: &Geometry, x: &mut [f32]) {
 }
 
 impl Applied {
-    fn forward_sample(&self, w: &[f32], b: &[f32], x: &[f32], y: &mut [f32], par: Parallelism) {
+    fn new(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        pad: Padding,
+        act: Option<ReluOp>,
+    ) -> Result<Self> {
+        let (n, cin, h, w) = x.dims4()?;
+        let (cout, wcin, k, _) = weight.dims4()?;
+        if wcin != cin {
+            candle_core::bail!("conv expects {wcin} input channels, got {cin}")
+        }
+        let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
+        if ph < k || pw < k {
+            candle_core::bail!("conv: input {h}x{w} is smaller than the {k}x{k} kernel")
+        }
+        let geo = Geometry {
+            cin,
+            cout,
+            k,
+            stride,
+            h,
+            w,
+            oh: (ph - k) / stride + 1,
+            ow: (pw - k) / stride + 1,
+            pad,
+        };
+        Ok(Applied {
+            weight: weight.detach().contiguous()?,
+            bias: bias.detach().contiguous()?,
+            geo,
+            batch: n,
+            act,
+        })
+    }
+
+    fn out_shape(&self) -> Shape {
+        let g = &self.geo;
+        Shape::from((self.batch, g.cout, g.oh, g.ow))
+    }
+
+    /// One sample: GEMM, then bias, residual and activation in one pass over the output.
+    fn forward_sample(
+        &self,
+        (w, b): (&[f32], &[f32]),
+        x: &[f32],
+        skip: Option<&[f32]>,
+        y: &mut [f32],
+        par: Parallelism,
+    ) {
         let g = &self.geo;
         let plane = g.out_plane();
         let mut cols = Vec::new();
@@ -265,26 +311,24 @@ impl Applied {
             &cols
         };
         matmul((g.cout, plane, g.patch()), y, w, (g.patch(), 1), rhs, par);
-        for (row, &bias) in y.chunks_exact_mut(plane).zip(b) {
-            match self.act {
-                Some(act) => row.iter_mut().for_each(|v| *v = act.apply(*v + bias)),
-                None => row.iter_mut().for_each(|v| *v += bias),
+        for (c, (row, &bias)) in y.chunks_exact_mut(plane).zip(b).enumerate() {
+            let skip = skip.map(|s| &s[c * plane..(c + 1) * plane]);
+            match (skip, self.act) {
+                (None, None) => row.iter_mut().for_each(|v| *v += bias),
+                (None, Some(a)) => row.iter_mut().for_each(|v| *v = a.apply(*v + bias)),
+                (Some(s), None) => row.iter_mut().zip(s).for_each(|(v, &s)| *v = *v + bias + s),
+                (Some(s), Some(a)) => {
+                    let each = |(v, &s): (&mut f32, &f32)| *v = a.apply(*v + bias + s);
+                    row.iter_mut().zip(s).for_each(each)
+                }
             }
         }
     }
 
-    fn backward_sample(&self, w: &[f32], y: &[f32], gy: &[f32], gx: &mut [f32], par: Parallelism) {
+    /// One sample's input gradient from its (already gated) output gradient.
+    fn backward_sample(&self, w: &[f32], gy: &[f32], gx: &mut [f32], par: Parallelism) {
         let g = &self.geo;
         let plane = g.out_plane();
-        let mut gated = Vec::new();
-        let gy = match self.act {
-            Some(act) => {
-                gated.resize(gy.len(), 0.0);
-                act.grad_from_outputs(&mut gated, y, gy);
-                &gated
-            }
-            None => gy,
-        };
         // W^T: [cin * k * k, cout], read from W [cout, cin * k * k] with swapped strides.
         let wt_strides = (1, g.patch());
         if g.direct() {
@@ -302,6 +346,53 @@ impl Applied {
             col2im(&cols, g, gx);
         }
     }
+
+    fn forward(&self, x: &[f32], skip: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let g = self.geo;
+        let chunk = g.cout * g.out_plane();
+        let mut out = vec![0f32; self.batch * chunk];
+        super::with_cpu_f32(&self.weight, |w| {
+            super::with_cpu_f32(&self.bias, |b| {
+                for_each_sample(&mut out, chunk, |i, y, par| {
+                    let xi = &x[i * g.in_plane()..(i + 1) * g.in_plane()];
+                    let si = skip.map(|s| &s[i * chunk..(i + 1) * chunk]);
+                    self.forward_sample((w, b), xi, si, y, par)
+                })
+            })
+        })??;
+        Ok((CpuStorage::F32(out), self.out_shape()))
+    }
+
+    /// The gradient at the activation's input (= the residual's gradient), and `x`'s.
+    fn backward(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        let g = self.geo;
+        let chunk = g.cout * g.out_plane();
+        let gated = match self.act {
+            Some(act) => {
+                let gated = super::with_cpu_f32(res, |y| {
+                    super::with_cpu_f32(grad, |gy| {
+                        let mut gated = vec![0f32; gy.len()];
+                        gated
+                            .par_chunks_mut(chunk)
+                            .zip(y.par_chunks(chunk).zip(gy.par_chunks(chunk)))
+                            .for_each(|(d, (y, gy))| act.grad_from_outputs(d, y, gy));
+                        gated
+                    })
+                })??;
+                Tensor::from_vec(gated, self.out_shape(), arg.device())?
+            }
+            None => grad.contiguous()?,
+        };
+        let mut gx = vec![0f32; self.batch * g.in_plane()];
+        super::with_cpu_f32(&self.weight, |w| {
+            super::with_cpu_f32(&gated, |gy| {
+                for_each_sample(&mut gx, g.in_plane(), |i, gxi, par| {
+                    self.backward_sample(w, &gy[i * chunk..(i + 1) * chunk], gxi, par)
+                })
+            })
+        })??;
+        Ok((gated, Tensor::from_vec(gx, arg.shape(), arg.device())?))
+    }
 }
 
 impl CustomOp1 for Applied {
@@ -310,37 +401,40 @@ impl CustomOp1 for Applied {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = super::cpu_f32_slice(self.name(), storage, layout)?;
-        let g = self.geo;
-        let mut out = vec![0f32; self.batch * g.cout * g.out_plane()];
-        super::with_cpu_f32(&self.weight, |w| {
-            super::with_cpu_f32(&self.bias, |b| {
-                for_each_sample(&mut out, g.cout * g.out_plane(), |i, y, par| {
-                    let xi = &x[i * g.in_plane()..(i + 1) * g.in_plane()];
-                    self.forward_sample(w, b, xi, y, par)
-                })
-            })
-        })??;
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((self.batch, g.cout, g.oh, g.ow)),
-        ))
+        let name = CustomOp1::name(self);
+        self.forward(super::cpu_f32_slice(name, storage, layout)?, None)
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = self.geo;
-        let chunk = g.cout * g.out_plane();
-        let mut gx = vec![0f32; self.batch * g.in_plane()];
-        super::with_cpu_f32(&self.weight, |w| {
-            super::with_cpu_f32(res, |y| {
-                super::with_cpu_f32(grad, |gy| {
-                    for_each_sample(&mut gx, g.in_plane(), |i, gxi, par| {
-                        let span = i * chunk..(i + 1) * chunk;
-                        self.backward_sample(w, &y[span.clone()], &gy[span], gxi, par)
-                    })
-                })
-            })
-        })???;
-        Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
+        Ok(Some(self.backward(arg, res, grad)?.1))
+    }
+}
+
+impl CustomOp2 for Applied {
+    fn name(&self) -> &'static str {
+        "conv2d-bias-add-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        skip: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = CustomOp2::name(self);
+        let skip = super::cpu_f32_slice(name, skip, sl)?;
+        self.forward(super::cpu_f32_slice(name, x, xl)?, Some(skip))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _skip: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (g_skip, g_x) = self.backward(x, res, grad)?;
+        Ok((Some(g_x), Some(g_skip)))
     }
 }
