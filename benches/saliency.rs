@@ -104,12 +104,13 @@ fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
         chunk,
         ..Default::default()
     };
+    // Warm-up: one full chunk, as the PyTorch script does.
     input_gradient(
         model,
         x,
         target,
         &SaliencyParams {
-            samples: 1,
+            samples: chunk,
             ..p.clone()
         },
         &mut |_, _| {},
@@ -181,7 +182,7 @@ fn main() {
             continue;
         }
         let x = image::to_model_input(&img, fast.info(), &Device::Cpu).unwrap();
-        let ms = ms_per_sample(fast.as_ref(), &x, 16);
+        let ms = ms_per_sample(fast.as_ref(), &x, 32);
         println!("| {name} | unveil | {ms:.0} |");
         let mut entry = json!({ "ms_per_sample": ms, "samples_per_s": 1e3 / ms });
         if let Some(stock) = stock.filter(|_| wanted("stock")) {

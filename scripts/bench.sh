@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # unveil vs PyTorch: saliency throughput (forward + guided backward to the input per noisy
-# 224x224 sample, chunks of 8), run back to back on this machine, then a comparison table.
+# 224x224 sample, chunks of 4), run back to back on this machine, then a comparison table.
 #
 #   bash scripts/bench.sh [ARGS for bench_pytorch.py, e.g. --samples 16]
 #

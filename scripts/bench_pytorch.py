@@ -2,8 +2,8 @@
 """PyTorch reference for unveil's saliency benchmark (`cargo bench --bench saliency`).
 
 Measures what one SmoothGrad sample costs in PyTorch on the CPU: forward + guided backward
-to the input of a noisy 224x224 copy of an image, processed in chunks of 8 like unveil
-(`SaliencyParams { chunk: 8, noise: 0.15, .. }`):
+to the input of a noisy 224x224 copy of an image, processed in chunks of 4 like unveil
+(`SaliencyParams { chunk: 4, noise: 0.15, .. }`):
 
     x = noisy chunk [b,3,224,224], requires_grad=True
     logits = model(x); logits[:, target].sum().backward(); read x.grad (summed, like unveil)
@@ -25,7 +25,7 @@ generation and the gradient accumulation are inside the timed region (unveil's a
 The cost of these ops does not depend on the pixel values, so a random image is as good
 as a photo for timing. target = argmax of the clean image's logits.
 
-Timing: one warm-up chunk of 8, then `--samples` samples (chunks of 8, the last one
+Timing: one warm-up chunk, then `--samples` samples (chunks of `--chunk`, the last one
 smaller when samples % 8 != 0) timed with time.perf_counter. Peak RSS is
 resource.getrusage(RUSAGE_SELF).ru_maxrss after each model: it is the process's
 high-water mark so far, so a later model's value is at least the earlier one's (run
@@ -33,7 +33,7 @@ high-water mark so far, so a later model's value is at least the earlier one's (
 
 Run (from the repo root, after scripts/setup_venv.sh):
     .venv-scripts/bin/python scripts/bench_pytorch.py [--json OUT] [--threads 2]
-        [--samples 32] [--chunk 8] [--channels-last] [--model efficientnet-lite0|resnet50 ...]
+        [--samples 32] [--chunk 4] [--channels-last] [--model efficientnet-lite0|resnet50 ...]
 Tested with CPython 3.11.7, torch 2.7.1 (CPU), torchvision 0.22.1.
 """
 from __future__ import annotations
@@ -207,7 +207,7 @@ def main() -> None:
     ap.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON here")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--samples", type=int, default=32, help="timed samples per model (default 32)")
-    ap.add_argument("--chunk", type=int, default=8, help="samples per forward/backward (default 8, as unveil)")
+    ap.add_argument("--chunk", type=int, default=4, help="samples per forward/backward (default 4, as unveil)")
     ap.add_argument("--channels-last", action="store_true",
                     help="run in NHWC (torch.channels_last) instead of the default NCHW "
                          "(for curiosity; bench.sh compares NCHW)")

@@ -155,11 +155,14 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
         b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
         b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
     ];
-    let mut implicit_after_meta = false;
+    // The transfer syntax comes from the file meta group (the leading group 0002 elements);
+    // group 0002 elements met later belong to the data set and are encoded like it.
+    let (mut implicit_after_meta, mut in_meta) = (false, true);
     let mut pos = 132;
     while pos + 8 <= b.len() {
         let (group, elem) = (u16_at(pos), u16_at(pos + 2));
-        let (header, len) = if group == 0xFFFE || (group != 0x0002 && implicit_after_meta) {
+        in_meta &= group == 0x0002;
+        let (header, len) = if group == 0xFFFE || (!in_meta && implicit_after_meta) {
             (8, u32_at(pos + 4))
         } else if SHORT.contains(&&[b[pos + 4], b[pos + 5]]) {
             (8, u16_at(pos + 6) as u32)
@@ -169,13 +172,14 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
             }
             (12, u32_at(pos + 8))
         };
-        if group == 0x0002 && elem == 0x0010 && pos + header + len as usize <= b.len() {
+        if in_meta && elem == 0x0010 && pos + header + len as usize <= b.len() {
             let ts =
                 String::from_utf8_lossy(&b[pos + header..pos + header + len as usize]).into_owned();
             let ts = ts.trim_end_matches(['\0', ' ']);
             if ts == "1.2.840.10008.1.2" {
                 implicit_after_meta = true;
-            } else if !(ts.starts_with("1.2.840.10008.1.2.1")
+            } else if ts == "1.2.840.10008.1.2.1.99" /* deflated: not walkable */
+                || !(ts.starts_with("1.2.840.10008.1.2.1")
                 || ts.starts_with("1.2.840.10008.1.2.4")
                 || ts.starts_with("1.2.840.10008.1.2.5"))
             {

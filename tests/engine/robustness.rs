@@ -289,6 +289,22 @@ fn fuzz_regression_mutated_dicom_header() {
     );
 }
 
+/// Found by `fuzz/run.sh 240` (dicom target, a "slow unit"): a 1 KB file whose data set repeats
+/// the meta group's transfer syntax element with garbage, followed by an element of unknown VR
+/// claiming 3.2 GB. The length check used to stop at the garbage syntax, and the parser then
+/// took 10 s and 3 GB of memory before failing. Only the meta group's syntax counts now.
+#[test]
+fn fuzz_regression_transfer_syntax_repeated_in_the_data_set() {
+    let err = unveil::engine::image::load(&repo("tests/fixtures/fuzz/dicom-ts-in-dataset.dcm"))
+        .map(|_| ())
+        .expect_err("damaged")
+        .to_string();
+    assert!(
+        err.contains("(BEBE,BEBE) claims") && err.contains("damaged"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_dicom_cut_short_is_refused_before_parsing() {
     let dir = std::env::temp_dir().join(format!("unveil-cut-dcm-{}", std::process::id()));
