@@ -211,6 +211,9 @@ fn fused_conv_matches_separate_ops() {
         (3, 4, 3, 1, 6, 6, Padding::symmetric(1)),
         (2, 5, 7, 2, 13, 11, Padding::symmetric(3)),
         (6, 3, 5, 1, 7, 9, Padding::tf_same(7, 9, 5, 1)),
+        // Larger planes, as the models' early layers have.
+        (3, 4, 3, 1, 40, 36, Padding::symmetric(1)),
+        (5, 6, 1, 1, 33, 32, Padding::default()),
     ]
     .iter()
     .enumerate()
