@@ -142,10 +142,11 @@ fn dicom_transfer_syntax_name(uid: &str) -> &'static str {
     }
 }
 
-/// Refuses elements whose declared length runs past the end of the file, before the parser
-/// allocates buffers of that length (fuzzing found a 1.5 KB file that made it reserve GBs).
-/// Walks the little-endian encodings (explicit VR, and implicit VR after the file meta group);
-/// other encodings, and anything this walk does not understand, are left to the parser.
+/// Refuses elements whose declared length runs past the end of the file, and unknown transfer
+/// syntaxes, before the parser allocates buffers of such lengths (fuzzing found 0.4-1.5 KB files
+/// that made it reserve 0.8-4 GB). Walks the little-endian encodings (explicit VR, and implicit
+/// VR after the file meta group) with the parser's own header rules; big endian and deflated
+/// data sets are left to the parser.
 fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
     let u16_at = |p: usize| u16::from_le_bytes([b[p], b[p + 1]]);
     let u32_at = |p: usize| u32::from_le_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]]);
@@ -155,14 +156,34 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
         b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
         b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
     ];
-    // The transfer syntax comes from the file meta group (the leading group 0002 elements);
-    // group 0002 elements met later belong to the data set and are encoded like it.
-    let (mut implicit_after_meta, mut in_meta) = (false, true);
-    let mut pos = 132;
+    // The file meta group is read as the parser reads it: (0002,0000) first, then whole
+    // explicit-VR elements (of any group) until its group length is used up; the transfer
+    // syntax is the last (0002,0010) in it. The data set after it uses that syntax.
+    if b.len() < 144 || (u16_at(132), u16_at(134), u16_at(138)) != (0x0002, 0x0000, 4) {
+        return Ok(()); // no group length: the parser refuses the file by itself
+    }
+    let meta_end = 144 + u32_at(140) as usize;
+    let (mut implicit, mut in_meta, mut syntax) = (false, true, None::<String>);
+    let mut pos = 144;
     while pos + 8 <= b.len() {
         let (group, elem) = (u16_at(pos), u16_at(pos + 2));
-        in_meta &= group == 0x0002;
-        let (header, len) = if group == 0xFFFE || (!in_meta && implicit_after_meta) {
+        if in_meta && pos >= meta_end {
+            in_meta = false;
+            let Some(ts) = syntax.as_deref() else {
+                return Ok(()); // no syntax: the parser says so
+            };
+            if ts == "1.2.840.10008.1.2" {
+                implicit = true;
+            } else if ts == "1.2.840.10008.1.2.2" || ts == "1.2.840.10008.1.2.1.99" {
+                return Ok(()); // big endian, deflated: not walked here, the parser reads them
+            } else if !(ts == "1.2.840.10008.1.2.1"
+                || ts.starts_with("1.2.840.10008.1.2.4.")
+                || ts == "1.2.840.10008.1.2.5")
+            {
+                return Err(format!("unknown transfer syntax '{ts}'"));
+            }
+        }
+        let (header, len) = if group == 0xFFFE || (!in_meta && implicit) {
             (8, u32_at(pos + 4))
         } else if SHORT.contains(&&[b[pos + 4], b[pos + 5]]) {
             (8, u16_at(pos + 6) as u32)
@@ -172,19 +193,9 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
             }
             (12, u32_at(pos + 8))
         };
-        if in_meta && elem == 0x0010 && pos + header + len as usize <= b.len() {
-            let ts =
-                String::from_utf8_lossy(&b[pos + header..pos + header + len as usize]).into_owned();
-            let ts = ts.trim_end_matches(['\0', ' ']);
-            if ts == "1.2.840.10008.1.2" {
-                implicit_after_meta = true;
-            } else if ts == "1.2.840.10008.1.2.1.99" /* deflated: not walkable */
-                || !(ts.starts_with("1.2.840.10008.1.2.1")
-                || ts.starts_with("1.2.840.10008.1.2.4")
-                || ts.starts_with("1.2.840.10008.1.2.5"))
-            {
-                return Ok(());
-            }
+        if in_meta && (group, elem) == (0x0002, 0x0010) && pos + header + len as usize <= b.len() {
+            let ts = String::from_utf8_lossy(&b[pos + header..pos + header + len as usize]);
+            syntax = Some(ts.trim_end_matches(['\0', ' ']).to_string());
         }
         // Undefined lengths (sequences, items, encapsulated pixel data) and items are entered.
         if len == u32::MAX || group == 0xFFFE {

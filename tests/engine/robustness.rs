@@ -305,6 +305,40 @@ fn fuzz_regression_transfer_syntax_repeated_in_the_data_set() {
     );
 }
 
+/// Found by `fuzz/run.sh` (dicom target, 2 GB memory limit): a meta group with two transfer
+/// syntaxes, garbage then JPEG 2000 (the parser keeps the last), and a damaged encapsulated
+/// data set; the parser took 15 s and 4.2 GB before failing. The check now follows the last
+/// syntax, and refuses unknown ones.
+#[test]
+fn fuzz_regression_repeated_transfer_syntax_in_the_meta_group() {
+    let err = unveil::engine::image::load(&repo("tests/fixtures/fuzz/dicom-repeated-syntax.dcm"))
+        .map(|_| ())
+        .expect_err("damaged")
+        .to_string();
+    assert!(err.contains("claims") && err.contains("damaged"), "{err}");
+}
+
+#[test]
+fn a_dicom_with_an_unknown_transfer_syntax_is_refused_before_parsing() {
+    let mut bytes = std::fs::read(repo("tests/fixtures/dicom/mono2_16bit.dcm")).unwrap();
+    let at = bytes
+        .windows(19)
+        .position(|w| w == b"1.2.840.10008.1.2.1")
+        .unwrap();
+    bytes[at + 4] = b'9'; // 1.2.940...
+    let p = std::env::temp_dir().join(format!("unveil-unknown-ts-{}.dcm", std::process::id()));
+    std::fs::write(&p, &bytes).unwrap();
+    let err = unveil::engine::image::load(&p)
+        .map(|_| ())
+        .expect_err("unknown syntax")
+        .to_string();
+    let _ = std::fs::remove_file(&p);
+    assert!(
+        err.contains("unknown transfer syntax '1.2.940.10008.1.2.1"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_dicom_cut_short_is_refused_before_parsing() {
     let dir = std::env::temp_dir().join(format!("unveil-cut-dcm-{}", std::process::id()));
