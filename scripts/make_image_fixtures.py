@@ -8,8 +8,14 @@ itself (tests/support/corpus.rs generates the rest):
                                     50% black (0,0,0,128). Expected RGB = 255 * (1 - c)(1 - k),
                                     i.e. (0,255,255), (255,0,255), (255,255,0), (127,127,127).
 
+  tests/fixtures/dicom/mono2_16bit_rle.dcm
+                                    tests/fixtures/dicom/mono2_16bit.dcm (made by
+                                    make_dicom_fixtures.py) re-encoded as RLE Lossless:
+                                    encapsulated pixel data (offset table + fragments), same
+                                    pixel values.
+
 Run from the repo root: .venv-scripts/bin/python scripts/make_image_fixtures.py
-Pinned: Pillow 11.3.0 (scripts/requirements.txt). Output is deterministic for that version.
+Pinned: Pillow 11.3.0, pydicom 3.0.1, numpy (scripts/requirements.txt). Output is deterministic for that version.
 """
 from pathlib import Path
 
@@ -28,6 +34,23 @@ def main() -> None:
     back = Image.open(OUT / "cmyk.jpeg")
     assert back.mode == "CMYK", back.mode
     print("wrote", OUT / "cmyk.jpeg", [back.convert("RGB").getpixel((8 * i + 4, 8)) for i in range(4)])
+    rle_dicom()
+
+
+def rle_dicom() -> None:
+    import numpy as np
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    dicom = OUT.parent / "dicom"
+    ds = pydicom.dcmread(dicom / "mono2_16bit.dcm")
+    plain = ds.pixel_array.copy()
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.save_as(dicom / "mono2_16bit_rle.dcm", enforce_file_format=True)
+    back = pydicom.dcmread(dicom / "mono2_16bit_rle.dcm")
+    assert back.file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(back.pixel_array, plain)
+    print("wrote", dicom / "mono2_16bit_rle.dcm")
 
 
 if __name__ == "__main__":

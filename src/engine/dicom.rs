@@ -164,6 +164,7 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
     }
     let meta_end = 144 + u32_at(140) as usize;
     let (mut implicit, mut in_meta, mut syntax) = (false, true, None::<String>);
+    let mut in_fragments = false;
     let mut pos = 144;
     while pos + 8 <= b.len() {
         let (group, elem) = (u16_at(pos), u16_at(pos + 2));
@@ -197,10 +198,15 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
             let ts = String::from_utf8_lossy(&b[pos + header..pos + header + len as usize]);
             syntax = Some(ts.trim_end_matches(['\0', ' ']).to_string());
         }
-        // Undefined lengths (sequences, items, encapsulated pixel data) and items are entered.
-        if len == u32::MAX || group == 0xFFFE {
+        // Undefined lengths (sequences, items, encapsulated pixel data) are entered; so are
+        // sequence items of defined length (they hold elements), once their length fits.
+        if len == u32::MAX {
+            in_fragments |= (group, elem) == (0x7FE0, 0x0010);
             pos += header;
             continue;
+        }
+        if (group, elem) == (0xFFFE, 0xE0DD) {
+            in_fragments = false; // end of a sequence or of the pixel data fragments
         }
         let end = pos + header + len as usize;
         if end > b.len() {
@@ -209,7 +215,12 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
                 b.len().saturating_sub(pos + header)
             ));
         }
-        pos = end;
+        // Fragments of encapsulated pixel data hold raw bytes: skipped, not walked.
+        pos = if group == 0xFFFE && !in_fragments {
+            pos + header
+        } else {
+            end
+        };
     }
     Ok(())
 }

@@ -105,6 +105,16 @@ fn a_custom_window_changes_what_the_model_sees() {
     assert_ne!(v, first_channel(&img));
 }
 
+/// Encapsulated pixel data (RLE Lossless: offset table item + fragment) goes through the
+/// pre-parse length check and decodes to exactly the uncompressed file's values.
+#[test]
+fn rle_compressed_dicom_matches_the_uncompressed_file() {
+    let plain = image::load(&dcm("mono2_16bit")).unwrap().gray.unwrap();
+    let rle = image::load(&dcm("mono2_16bit_rle")).unwrap().gray.unwrap();
+    assert_eq!((rle.width, rle.height), (plain.width, plain.height));
+    assert_eq!(rle.values, plain.values);
+}
+
 #[test]
 fn bad_dicom_files_give_clear_errors() {
     let msg = |name: &str| {

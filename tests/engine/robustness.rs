@@ -277,12 +277,17 @@ mod numeric_faults {
 /// invalid VR "1.", which dicom-rs reads as UN with a 4-byte length of ~800 MB and reserved
 /// that much before failing. The pre-parse length check now reads such VRs the same way and
 /// refuses the file first (its message, not the parser's).
+/// The error loading `path` must give (it must not load).
+fn load_error(path: &std::path::Path) -> String {
+    match unveil::engine::image::load(path) {
+        Ok(_) => panic!("{} loaded, but it is damaged", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[test]
 fn fuzz_regression_mutated_dicom_header() {
-    let err = unveil::engine::image::load(&repo("tests/fixtures/fuzz/dicom-mutated-dims.dcm"))
-        .map(|_| ())
-        .expect_err("damaged")
-        .to_string();
+    let err = load_error(&repo("tests/fixtures/fuzz/dicom-mutated-dims.dcm"));
     assert!(
         err.contains("(4955,0014) claims") && err.contains("damaged"),
         "{err}"
@@ -295,10 +300,7 @@ fn fuzz_regression_mutated_dicom_header() {
 /// took 10 s and 3 GB of memory before failing. Only the meta group's syntax counts now.
 #[test]
 fn fuzz_regression_transfer_syntax_repeated_in_the_data_set() {
-    let err = unveil::engine::image::load(&repo("tests/fixtures/fuzz/dicom-ts-in-dataset.dcm"))
-        .map(|_| ())
-        .expect_err("damaged")
-        .to_string();
+    let err = load_error(&repo("tests/fixtures/fuzz/dicom-ts-in-dataset.dcm"));
     assert!(
         err.contains("(BEBE,BEBE) claims") && err.contains("damaged"),
         "{err}"
@@ -311,11 +313,19 @@ fn fuzz_regression_transfer_syntax_repeated_in_the_data_set() {
 /// syntax, and refuses unknown ones.
 #[test]
 fn fuzz_regression_repeated_transfer_syntax_in_the_meta_group() {
-    let err = unveil::engine::image::load(&repo("tests/fixtures/fuzz/dicom-repeated-syntax.dcm"))
-        .map(|_| ())
-        .expect_err("damaged")
-        .to_string();
+    let err = load_error(&repo("tests/fixtures/fuzz/dicom-repeated-syntax.dcm"));
     assert!(err.contains("claims") && err.contains("damaged"), "{err}");
+}
+
+/// Found by `fuzz/run.sh` (dicom target, 2 GB limit): a JPEG 2000 file whose pixel data
+/// fragment claims 4.2 GB; the parser took 11 s and 4.2 GB before failing.
+#[test]
+fn fuzz_regression_huge_pixel_data_fragment() {
+    let err = load_error(&repo("tests/fixtures/fuzz/dicom-huge-fragment.dcm"));
+    assert!(
+        err.contains("(FFFE,E000) claims") && err.contains("damaged"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -328,10 +338,7 @@ fn a_dicom_with_an_unknown_transfer_syntax_is_refused_before_parsing() {
     bytes[at + 4] = b'9'; // 1.2.940...
     let p = std::env::temp_dir().join(format!("unveil-unknown-ts-{}.dcm", std::process::id()));
     std::fs::write(&p, &bytes).unwrap();
-    let err = unveil::engine::image::load(&p)
-        .map(|_| ())
-        .expect_err("unknown syntax")
-        .to_string();
+    let err = load_error(&p);
     let _ = std::fs::remove_file(&p);
     assert!(
         err.contains("unknown transfer syntax '1.2.940.10008.1.2.1"),
@@ -346,10 +353,7 @@ fn a_dicom_cut_short_is_refused_before_parsing() {
     let bytes = std::fs::read(repo("tests/fixtures/dicom/mono2_16bit.dcm")).unwrap();
     let p = dir.join("cut.dcm");
     std::fs::write(&p, &bytes[..60000]).unwrap();
-    let err = unveil::engine::image::load(&p)
-        .map(|_| ())
-        .expect_err("cut short")
-        .to_string();
+    let err = load_error(&p);
     assert!(
         err.contains("(7FE0,0010) claims") && err.contains("damaged"),
         "{err}"
