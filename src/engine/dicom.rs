@@ -144,12 +144,27 @@ fn dicom_transfer_syntax_name(uid: &str) -> &'static str {
 
 /// Refuses elements whose declared length runs past the end of the file, and unknown transfer
 /// syntaxes, before the parser allocates buffers of such lengths (fuzzing found 0.4-1.5 KB files
-/// that made it reserve 0.8-4 GB). Walks the little-endian encodings (explicit VR, and implicit
-/// VR after the file meta group) with the parser's own header rules; big endian and deflated
-/// data sets are left to the parser.
+/// that made it reserve 0.8-4 GB). Walks explicit VR (little and big endian) and implicit VR
+/// data sets with the parser's own header rules; deflated data sets are left to the parser.
 fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
-    let u16_at = |p: usize| u16::from_le_bytes([b[p], b[p + 1]]);
-    let u32_at = |p: usize| u32::from_le_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]]);
+    // Little endian unless `big` (the data set of an explicit VR big endian file).
+    let u16_in = |p: usize, big: bool| {
+        let v = [b[p], b[p + 1]];
+        if big {
+            u16::from_be_bytes(v)
+        } else {
+            u16::from_le_bytes(v)
+        }
+    };
+    let u32_in = |p: usize, big: bool| {
+        let v = [b[p], b[p + 1], b[p + 2], b[p + 3]];
+        if big {
+            u32::from_be_bytes(v)
+        } else {
+            u32::from_le_bytes(v)
+        }
+    };
+    let (u16_at, u32_at) = (|p| u16_in(p, false), |p| u32_in(p, false));
     // Exactly dicom-rs's rule (explicit VR little endian): these VRs have a 2-byte length,
     // every other one, unknown VRs included (read as UN), 2 reserved bytes and a 4-byte length.
     const SHORT: [&[u8; 2]; 21] = [
@@ -163,11 +178,10 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
         return Ok(()); // no group length: the parser refuses the file by itself
     }
     let meta_end = 144 + u32_at(140) as usize;
-    let (mut implicit, mut in_meta, mut syntax) = (false, true, None::<String>);
+    let (mut implicit, mut big, mut in_meta, mut syntax) = (false, false, true, None::<String>);
     let mut in_fragments = false;
     let mut pos = 144;
     while pos + 8 <= b.len() {
-        let (group, elem) = (u16_at(pos), u16_at(pos + 2));
         if in_meta && pos >= meta_end {
             in_meta = false;
             let Some(ts) = syntax.as_deref() else {
@@ -175,8 +189,10 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
             };
             if ts == "1.2.840.10008.1.2" {
                 implicit = true;
-            } else if ts == "1.2.840.10008.1.2.2" || ts == "1.2.840.10008.1.2.1.99" {
-                return Ok(()); // big endian, deflated: not walked here, the parser reads them
+            } else if ts == "1.2.840.10008.1.2.2" {
+                big = true;
+            } else if ts == "1.2.840.10008.1.2.1.99" {
+                return Ok(()); // deflated: not walkable here, the parser inflates it
             } else if !(ts == "1.2.840.10008.1.2.1"
                 || ts.starts_with("1.2.840.10008.1.2.4.")
                 || ts == "1.2.840.10008.1.2.5")
@@ -184,6 +200,9 @@ fn check_lengths(b: &[u8]) -> std::result::Result<(), String> {
                 return Err(format!("unknown transfer syntax '{ts}'"));
             }
         }
+        let be = big && !in_meta;
+        let (u16_at, u32_at) = (|p| u16_in(p, be), |p| u32_in(p, be));
+        let (group, elem) = (u16_at(pos), u16_at(pos + 2));
         let (header, len) = if group == 0xFFFE || (!in_meta && implicit) {
             (8, u32_at(pos + 4))
         } else if SHORT.contains(&&[b[pos + 4], b[pos + 5]]) {

@@ -115,6 +115,15 @@ fn rle_compressed_dicom_matches_the_uncompressed_file() {
     assert_eq!(rle.values, plain.values);
 }
 
+/// A big endian data set is walked by the pre-parse check in its own byte order and decodes to
+/// the little endian file's values.
+#[test]
+fn big_endian_dicom_matches_the_little_endian_file() {
+    let plain = image::load(&dcm("mono2_16bit")).unwrap().gray.unwrap();
+    let be = image::load(&dcm("mono2_16bit_be")).unwrap().gray.unwrap();
+    assert_eq!(be.values, plain.values);
+}
+
 #[test]
 fn bad_dicom_files_give_clear_errors() {
     let msg = |name: &str| {

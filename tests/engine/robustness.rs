@@ -328,6 +328,14 @@ fn fuzz_regression_huge_pixel_data_fragment() {
     );
 }
 
+/// Found by `fuzz/run.sh` (dicom target, 2 GB limit): a big endian file (the check used to
+/// leave those to the parser) with an element claiming 540 MB; 10 s and 3.9 GB before failing.
+#[test]
+fn fuzz_regression_big_endian_huge_element() {
+    let err = load_error(&repo("tests/fixtures/fuzz/dicom-big-endian-huge.dcm"));
+    assert!(err.contains("claims") && err.contains("damaged"), "{err}");
+}
+
 #[test]
 fn a_dicom_with_an_unknown_transfer_syntax_is_refused_before_parsing() {
     let mut bytes = std::fs::read(repo("tests/fixtures/dicom/mono2_16bit.dcm")).unwrap();
