@@ -41,6 +41,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A bug of ours caught at a thread boundary, reported instead of hanging or crashing.
+    #[error("internal error: {0}; please report it")]
+    Internal(String),
+
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
 }

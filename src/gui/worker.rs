@@ -94,7 +94,15 @@ impl Worker {
         let Some(job) = &self.current else {
             return Vec::new();
         };
-        let msgs: Vec<Msg> = job.rx.try_iter().collect();
+        // Checked before draining, so every message a finished thread sent is read.
+        let ended = job.handle.is_finished();
+        let mut msgs: Vec<Msg> = job.rx.try_iter().collect();
+        if ended && !msgs.iter().any(|m| matches!(m, Msg::Done(_))) {
+            // The thread ended without reporting (it panicked): say so rather than stay busy.
+            msgs.push(Msg::Done(Err(crate::Error::Internal(
+                "the run stopped unexpectedly".into(),
+            ))));
+        }
         if msgs.iter().any(|m| matches!(m, Msg::Done(_)))
             && let Some(job) = self.current.take()
         {

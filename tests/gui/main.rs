@@ -246,13 +246,23 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
         match case.expect {
             corpus::Expect::Loads => {
                 step_until(&mut h, 300, &name, |a| {
-                    idle(a) && a.image.as_ref().is_some_and(|i| i.name == name)
+                    dialogs.next_image.lock().unwrap().is_none()
+                        && idle(a)
+                        && a.image.as_ref().is_some_and(|i| i.name == name)
                 });
                 assert!(!h.state().steps.is_empty(), "{name} runs");
             }
             corpus::Expect::Fails(msg) => {
+                // This file's own notice: its dialog answered, nothing in flight, and the newest
+                // notice matches (an older notice with the same words must not count, or the
+                // next file's path could be picked up by this file's dialog thread).
                 step_until(&mut h, 300, &name, |a| {
-                    a.notices.items().iter().any(|n| n.text.contains(msg))
+                    dialogs.next_image.lock().unwrap().is_none()
+                        && !a.is_busy()
+                        && a.notices
+                            .items()
+                            .last()
+                            .is_some_and(|n| n.text.contains(msg))
                 });
                 assert!(
                     h.query_all_by_label_contains(msg).count() >= 1,
@@ -331,4 +341,68 @@ fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left
             want.index
         );
     }
+}
+
+/// A run thread that dies without reporting (a bug of ours that panics) ends the run with an
+/// error instead of leaving the app busy forever.
+#[test]
+fn a_run_thread_that_panics_ends_the_run_with_an_error() {
+    use unveil::engine::models::{Classifier, ModelInfo};
+    use unveil::engine::ops::activation::ReluMode;
+    use unveil::gui::worker::{Msg, Worker};
+
+    struct Panics(Arc<dyn Classifier>);
+    impl Classifier for Panics {
+        fn info(&self) -> &ModelInfo {
+            self.0.info()
+        }
+        fn device(&self) -> &candle_core::Device {
+            self.0.device()
+        }
+        fn forward(
+            &self,
+            _: &candle_core::Tensor,
+            _: ReluMode,
+        ) -> unveil::Result<candle_core::Tensor> {
+            panic!("deliberate panic in a test model")
+        }
+    }
+    let lite = unveil::engine::models::load(
+        unveil::engine::models::DEFAULT_MODEL,
+        &candle_core::Device::Cpu,
+        Default::default(),
+    )
+    .unwrap();
+    let img = unveil::engine::image::load(&PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/assets/coffee.png"
+    )))
+    .unwrap();
+    let mut worker = Worker::default();
+    worker.start(
+        &egui::Context::default(),
+        Arc::new(Panics(lite)),
+        Arc::new(img),
+        None,
+        UnveilParams::default(),
+        Arc::default(),
+    );
+    let start = Instant::now();
+    let done = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the run never ended"
+        );
+        if let Some(Msg::Done(r)) = worker
+            .poll()
+            .into_iter()
+            .find(|m| matches!(m, Msg::Done(_)))
+        {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let err = done.map(|_| ()).expect_err("a panicking run fails");
+    assert!(err.to_string().contains("internal error"), "{err}");
+    assert!(!worker.is_running());
 }
