@@ -137,7 +137,7 @@ mod numeric_faults {
     use unveil::engine::models::{Classifier, ModelInfo};
     use unveil::engine::ops::activation::ReluMode;
     use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
-    use unveil::engine::unveil::{StopReason, run};
+    use unveil::engine::unveil::{Outcome, StopReason, run};
 
     use crate::common::{lite0, to_vec};
 
@@ -193,16 +193,21 @@ mod numeric_faults {
         Tensor::zeros((3, 224, 224), candle_core::DType::F32, &Device::Cpu).unwrap()
     }
 
-    #[test]
-    fn a_model_that_outputs_nan_is_reported_not_drawn() {
-        let r = run(
-            &Broken::Nan,
+    /// A quick run of `model` on a uniform gray image.
+    fn run_on_gray(model: &dyn Classifier) -> unveil::Result<Outcome> {
+        run(
+            model,
             &gray(),
             &quick(),
             None,
             &mut |_| {},
             &AtomicBool::new(false),
-        );
+        )
+    }
+
+    #[test]
+    fn a_model_that_outputs_nan_is_reported_not_drawn() {
+        let r = run_on_gray(&Broken::Nan);
         assert!(
             matches!(&r, Err(Error::Numeric(m)) if m.contains("NaN")),
             "{:?}",
@@ -212,14 +217,7 @@ mod numeric_faults {
 
     #[test]
     fn a_model_blind_to_its_input_is_reported() {
-        let r = run(
-            &Broken::Blind,
-            &gray(),
-            &quick(),
-            None,
-            &mut |_| {},
-            &AtomicBool::new(false),
-        );
+        let r = run_on_gray(&Broken::Blind);
         assert!(
             matches!(&r, Err(Error::Numeric(m)) if m.contains("does not depend on its input")),
             "{:?}",
@@ -231,15 +229,7 @@ mod numeric_faults {
     /// reason that says so (shown in the app's status line and printed by the CLI).
     #[test]
     fn an_all_zero_gradient_stops_with_its_own_reason() {
-        let out = run(
-            &Broken::Flat,
-            &gray(),
-            &quick(),
-            None,
-            &mut |_| {},
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        let out = run_on_gray(&Broken::Flat).unwrap();
         assert_eq!(out.stop, StopReason::ZeroGradient);
         assert!(out.stop.describe().contains("gradient is zero everywhere"));
         assert_eq!(out.steps.len(), 1);
@@ -251,15 +241,7 @@ mod numeric_faults {
 
     #[test]
     fn a_constant_image_runs_without_nan_anywhere() {
-        let out = run(
-            lite0().as_ref(),
-            &gray(),
-            &quick(),
-            None,
-            &mut |_| {},
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        let out = run_on_gray(lite0().as_ref()).unwrap();
         for s in &out.steps {
             assert!(
                 s.saliency
@@ -285,55 +267,31 @@ fn load_error(path: &std::path::Path) -> String {
     }
 }
 
+/// DICOM files found by `fuzz/run.sh` (dicom target) that made the parser reserve 0.8-4.2 GB
+/// (10-15 s) before failing. Each is now refused by the pre-parse length check, which names the
+/// element whose length runs past the end of the file.
 #[test]
-fn fuzz_regression_mutated_dicom_header() {
-    let err = load_error(&repo("tests/fixtures/fuzz/dicom-mutated-dims.dcm"));
-    assert!(
-        err.contains("(4955,0014) claims") && err.contains("damaged"),
-        "{err}"
-    );
-}
-
-/// Found by `fuzz/run.sh 240` (dicom target, a "slow unit"): a 1 KB file whose data set repeats
-/// the meta group's transfer syntax element with garbage, followed by an element of unknown VR
-/// claiming 3.2 GB. The length check used to stop at the garbage syntax, and the parser then
-/// took 10 s and 3 GB of memory before failing. Only the meta group's syntax counts now.
-#[test]
-fn fuzz_regression_transfer_syntax_repeated_in_the_data_set() {
-    let err = load_error(&repo("tests/fixtures/fuzz/dicom-ts-in-dataset.dcm"));
-    assert!(
-        err.contains("(BEBE,BEBE) claims") && err.contains("damaged"),
-        "{err}"
-    );
-}
-
-/// Found by `fuzz/run.sh` (dicom target, 2 GB memory limit): a meta group with two transfer
-/// syntaxes, garbage then JPEG 2000 (the parser keeps the last), and a damaged encapsulated
-/// data set; the parser took 15 s and 4.2 GB before failing. The check now follows the last
-/// syntax, and refuses unknown ones.
-#[test]
-fn fuzz_regression_repeated_transfer_syntax_in_the_meta_group() {
-    let err = load_error(&repo("tests/fixtures/fuzz/dicom-repeated-syntax.dcm"));
-    assert!(err.contains("claims") && err.contains("damaged"), "{err}");
-}
-
-/// Found by `fuzz/run.sh` (dicom target, 2 GB limit): a JPEG 2000 file whose pixel data
-/// fragment claims 4.2 GB; the parser took 11 s and 4.2 GB before failing.
-#[test]
-fn fuzz_regression_huge_pixel_data_fragment() {
-    let err = load_error(&repo("tests/fixtures/fuzz/dicom-huge-fragment.dcm"));
-    assert!(
-        err.contains("(FFFE,E000) claims") && err.contains("damaged"),
-        "{err}"
-    );
-}
-
-/// Found by `fuzz/run.sh` (dicom target, 2 GB limit): a big endian file (the check used to
-/// leave those to the parser) with an element claiming 540 MB; 10 s and 3.9 GB before failing.
-#[test]
-fn fuzz_regression_big_endian_huge_element() {
-    let err = load_error(&repo("tests/fixtures/fuzz/dicom-big-endian-huge.dcm"));
-    assert!(err.contains("claims") && err.contains("damaged"), "{err}");
+fn fuzz_found_dicom_files_are_refused_before_parsing() {
+    for (file, element) in [
+        // Element with the invalid VR "1.", read as UN with a 4-byte length of 775 MB.
+        ("dicom-mutated-dims.dcm", "(4955,0014)"),
+        // A 1 KB file whose data set repeats the transfer syntax element with garbage: only
+        // the meta group's syntax counts, so the unknown-VR element after it is checked.
+        ("dicom-ts-in-dataset.dcm", "(BEBE,BEBE)"),
+        // Two transfer syntaxes in the meta group, garbage then JPEG 2000: the last one counts,
+        // as in the parser.
+        ("dicom-repeated-syntax.dcm", "(E002,107F)"),
+        // A JPEG 2000 pixel data fragment claiming 4.2 GB.
+        ("dicom-huge-fragment.dcm", "(FFFE,E000)"),
+        // A big endian data set (the check used to leave those to the parser).
+        ("dicom-big-endian-huge.dcm", "(0000,0000)"),
+    ] {
+        let err = load_error(&repo(&format!("tests/fixtures/fuzz/{file}")));
+        assert!(
+            err.contains(&format!("{element} claims")) && err.contains("damaged"),
+            "{file}: {err}"
+        );
+    }
 }
 
 #[test]
