@@ -150,6 +150,9 @@ mod numeric_faults {
         Blind,
         /// The logits minus themselves: connected to the input, but every gradient is 0.
         Flat,
+        /// Finite logits whose gradient is NaN: `sqrt|x| - sqrt|x|` added in, at x = 0
+        /// (the gray test image) its derivative is inf - inf.
+        NanGradient,
     }
 
     impl Classifier for Broken {
@@ -165,6 +168,11 @@ mod numeric_faults {
                 Broken::Nan => (logits * f64::NAN)?,
                 Broken::Blind => logits.detach().zeros_like()?,
                 Broken::Flat => logits.sub(&logits)?,
+                Broken::NanGradient => {
+                    let r = x.abs()?.sqrt()?;
+                    let zero = r.sub(&x.abs()?.sqrt()?)?.sum((1, 2, 3))?.unsqueeze(1)?;
+                    logits.broadcast_add(&zero)?
+                }
             })
         }
     }
@@ -210,6 +218,16 @@ mod numeric_faults {
         let r = run_on_gray(&Broken::Nan);
         assert!(
             matches!(&r, Err(Error::Numeric(m)) if m.contains("NaN")),
+            "{:?}",
+            r.map(|_| ())
+        );
+    }
+
+    #[test]
+    fn a_nan_gradient_is_reported_not_drawn() {
+        let r = run_on_gray(&Broken::NanGradient);
+        assert!(
+            matches!(&r, Err(Error::Numeric(m)) if m.contains("gradient contains NaN")),
             "{:?}",
             r.map(|_| ())
         );
