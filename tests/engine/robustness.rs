@@ -201,6 +201,16 @@ mod numeric_faults {
         Tensor::zeros((3, 224, 224), candle_core::DType::F32, &Device::Cpu).unwrap()
     }
 
+    /// A run with `model` must fail with a numerical fault whose message contains `text`.
+    fn assert_numeric_fault(model: Broken, text: &str) {
+        let r = run_on_gray(&model);
+        assert!(
+            matches!(&r, Err(Error::Numeric(m)) if m.contains(text)),
+            "{:?}",
+            r.map(|_| ())
+        );
+    }
+
     /// A quick run of `model` on a uniform gray image.
     fn run_on_gray(model: &dyn Classifier) -> unveil::Result<Outcome> {
         run(
@@ -215,32 +225,17 @@ mod numeric_faults {
 
     #[test]
     fn a_model_that_outputs_nan_is_reported_not_drawn() {
-        let r = run_on_gray(&Broken::Nan);
-        assert!(
-            matches!(&r, Err(Error::Numeric(m)) if m.contains("NaN")),
-            "{:?}",
-            r.map(|_| ())
-        );
+        assert_numeric_fault(Broken::Nan, "NaN");
     }
 
     #[test]
     fn a_nan_gradient_is_reported_not_drawn() {
-        let r = run_on_gray(&Broken::NanGradient);
-        assert!(
-            matches!(&r, Err(Error::Numeric(m)) if m.contains("gradient contains NaN")),
-            "{:?}",
-            r.map(|_| ())
-        );
+        assert_numeric_fault(Broken::NanGradient, "gradient contains NaN");
     }
 
     #[test]
     fn a_model_blind_to_its_input_is_reported() {
-        let r = run_on_gray(&Broken::Blind);
-        assert!(
-            matches!(&r, Err(Error::Numeric(m)) if m.contains("does not depend on its input")),
-            "{:?}",
-            r.map(|_| ())
-        );
+        assert_numeric_fault(Broken::Blind, "does not depend on its input");
     }
 
     /// An all-zero gradient has no salient region: the run stops after one iteration with a
