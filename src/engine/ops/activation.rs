@@ -5,6 +5,8 @@
 //! `grad_in = relu(grad_out) * 1[x > 0]` (ReLU6: `1[0 < x < 6]`). Putting this in the op itself,
 //! rather than in hooks, means no ReLU on the path can be missed.
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::op::{Relu, Sub};
 use candle_core::{
@@ -65,7 +67,7 @@ impl ReluOp {
     /// The backward over a buffer, from the activation's *output* `y`: `0 < y < cap` exactly
     /// when `0 < x < cap`, so fused ops need not keep their pre-activation values. (Given the
     /// input instead, it is the backward from the input.)
-    pub(crate) fn grad_from_outputs(&self, dst: &mut [f32], y: &[f32], g: &[f32]) {
+    pub(crate) fn grad_from_outputs(&self, dst: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32]) {
         let cap = self.cap.unwrap_or(f32::INFINITY);
         super::simd::relu_grad(dst, y, g, cap, self.mode == ReluMode::Guided)
     }
@@ -113,12 +115,14 @@ impl CustomOp1 for ReluOp {
         if arg.device().is_cpu() {
             let out = super::with_cpu_f32(arg, |x| {
                 super::with_cpu_f32(grad, |g| {
-                    let mut out = vec![0f32; x.len()];
                     const CHUNK: usize = 1 << 16;
-                    out.par_chunks_mut(CHUNK)
-                        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                        .for_each(|(o, (x, g))| self.grad_from_outputs(o, x, g));
-                    out
+                    let fill = |out: &mut [MaybeUninit<f32>]| {
+                        out.par_chunks_mut(CHUNK)
+                            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                            .for_each(|(o, (x, g))| self.grad_from_outputs(o, x, g))
+                    };
+                    // SAFETY: `grad_from_outputs` writes all of each chunk (x, g: same length).
+                    unsafe { super::vec_written_by(x.len(), fill) }
                 })
             })??;
             return Ok(Some(Tensor::from_vec(out, arg.shape(), arg.device())?));

@@ -8,12 +8,16 @@
 //! output is still in cache. The activation's backward gates on the op's *output*
 //! (`0 < y < cap` exactly when `0 < x < cap`), so nothing beyond the output is kept.
 
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::activation::ReluOp;
 use super::depthwise::Padding;
+use super::{as_uninit, assume_init, vec_written_by, zeroed};
 
 /// `act(conv(pad(x), weight) + bias)` for `x` `[n, cin, h, w]` and `weight` `[cout, cin, k, k]`
 /// on the CPU, f32. Gradients flow to `x` only: the weights are constants.
@@ -127,58 +131,84 @@ struct Applied {
 }
 
 /// `dst [m x n] = lhs [m x k] * rhs [k x n]`, `dst` and `rhs` row-major and contiguous, `lhs`
-/// read through the given row and column strides (a transposed weight needs no copy).
+/// read through the given row and column strides (a transposed weight needs no copy). `dst`
+/// may be uninitialised (GEMM never reads it); the written `m * n` values are returned.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+fn matmul<'a>(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
+    dst: &'a mut [MaybeUninit<f32>],
     lhs: &[f32],
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
     par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
+) -> &'a mut [f32] {
+    let dst = &mut dst[..m * n];
     if k == 0 {
-        dst[..m * n].fill(0.0);
-        return;
+        dst.fill(MaybeUninit::new(0.0));
+    } else if m > 0 && n > 0 {
+        assert!(rhs.len() >= k * n);
+        assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+        // SAFETY: the asserts above (and `dst`'s length, m * n) bound every index gemm reads
+        // (`i * lhs_rs + j * lhs_cs`, `j * n + c`) and writes (`i * n + c`) for i < m, j < k,
+        // c < n. With `read_dst` false gemm writes `dst` before it reads it.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr().cast::<f32>(),
+                1,
+                n as isize,
+                false,
+                lhs.as_ptr(),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
     }
-    assert!(dst.len() >= m * n && rhs.len() >= k * n);
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    // SAFETY: the asserts above bound every index gemm reads (`i * lhs_rs + j * lhs_cs`,
-    // `j * n + c`) and writes (`i * n + c`) for i < m, j < k, c < n.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
+    // SAFETY: every one of the m * n values was written above.
+    unsafe { assume_init(dst) }
+}
+
+thread_local! {
+    /// Per-thread patch-matrix buffer, kept between calls: it is rewritten whole each time,
+    /// so reusing it saves an allocation and its page faults per convolution and sample.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a scratch buffer of `len` values (contents unspecified). The buffer is taken
+/// out of the thread's slot while in use, so a nested call (rayon may run another sample's job
+/// on this thread while a parallel GEMM waits) gets a fresh one instead of a double borrow.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if buf.len() < len {
+        buf.resize(len, 0.0);
     }
+    let r = f(&mut buf[..len]);
+    SCRATCH.with(|s| {
+        let mut slot = s.borrow_mut();
+        if slot.len() < buf.len() {
+            *slot = buf;
+        }
+    });
+    r
 }
 
 /// Runs `f(sample, out_chunk)` for every sample: in parallel over samples when there are
 /// enough of them to keep every thread busy, else one by one with a parallel GEMM.
 fn for_each_sample(
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     chunk: usize,
-    f: impl Fn(usize, &mut [f32], Parallelism) + Sync,
+    f: impl Fn(usize, &mut [MaybeUninit<f32>], Parallelism) + Sync,
 ) {
     let threads = rayon::current_num_threads();
     let samples = out.len() / chunk.max(1);
@@ -225,9 +255,9 @@ fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
 }
 
 /// Adds the patch matrix back into the image it was gathered from (the adjoint of `im2col`).
-fn col2im(cols: &[f32], g: &Geometry, x: &mut [f32]) {
+fn col2im(cols: &[f32], g: &Geometry, x: &mut [MaybeUninit<f32>]) {
     let (k, s, plane) = (g.k, g.stride, g.out_plane());
-    x.fill(0.0);
+    let x = zeroed(x);
     for c in 0..g.cin {
         let xc = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..k {
@@ -291,26 +321,28 @@ impl Applied {
         Shape::from((self.batch, g.cout, g.oh, g.ow))
     }
 
-    /// One sample: GEMM, then bias, residual and activation in one pass over the output.
+    /// One sample: GEMM, then bias, residual and activation in one pass over the output,
+    /// which is written whole.
     fn forward_sample(
         &self,
         (w, b): (&[f32], &[f32]),
         x: &[f32],
         skip: Option<&[f32]>,
-        y: &mut [f32],
+        y: &mut [MaybeUninit<f32>],
         par: Parallelism,
     ) {
         let g = &self.geo;
         let plane = g.out_plane();
-        let mut cols = Vec::new();
-        let rhs = if g.direct() {
-            x
+        let shape = (g.cout, plane, g.patch());
+        let w_strides = (g.patch(), 1);
+        let y = if g.direct() {
+            matmul(shape, y, w, w_strides, x, par)
         } else {
-            cols.resize(g.patch() * plane, 0.0);
-            im2col(x, g, &mut cols);
-            &cols
+            with_scratch(g.patch() * plane, |cols| {
+                im2col(x, g, cols);
+                matmul(shape, y, w, w_strides, cols, par)
+            })
         };
-        matmul((g.cout, plane, g.patch()), y, w, (g.patch(), 1), rhs, par);
         for (c, (row, &bias)) in y.chunks_exact_mut(plane).zip(b).enumerate() {
             let skip = skip.map(|s| &s[c * plane..(c + 1) * plane]);
             match (skip, self.act) {
@@ -325,8 +357,14 @@ impl Applied {
         }
     }
 
-    /// One sample's input gradient from its (already gated) output gradient.
-    fn backward_sample(&self, w: &[f32], gy: &[f32], gx: &mut [f32], par: Parallelism) {
+    /// One sample's input gradient (written whole) from its (already gated) output gradient.
+    fn backward_sample(
+        &self,
+        w: &[f32],
+        gy: &[f32],
+        gx: &mut [MaybeUninit<f32>],
+        par: Parallelism,
+    ) {
         let g = &self.geo;
         let plane = g.out_plane();
         // W^T: [cin * k * k, cout], read from W [cout, cin * k * k] with swapped strides.
@@ -334,30 +372,28 @@ impl Applied {
         if g.direct() {
             matmul((g.cin, plane, g.cout), gx, w, wt_strides, gy, par);
         } else {
-            let mut cols = vec![0f32; g.patch() * plane];
-            matmul(
-                (g.patch(), plane, g.cout),
-                &mut cols,
-                w,
-                wt_strides,
-                gy,
-                par,
-            );
-            col2im(&cols, g, gx);
+            with_scratch(g.patch() * plane, |cols| {
+                let cols = as_uninit(cols);
+                let cols = matmul((g.patch(), plane, g.cout), cols, w, wt_strides, gy, par);
+                col2im(cols, g, gx);
+            });
         }
     }
 
     fn forward(&self, x: &[f32], skip: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let g = self.geo;
         let chunk = g.cout * g.out_plane();
-        let mut out = vec![0f32; self.batch * chunk];
-        super::with_cpu_f32(&self.weight, |w| {
+        let out = super::with_cpu_f32(&self.weight, |w| {
             super::with_cpu_f32(&self.bias, |b| {
-                for_each_sample(&mut out, chunk, |i, y, par| {
-                    let xi = &x[i * g.in_plane()..(i + 1) * g.in_plane()];
-                    let si = skip.map(|s| &s[i * chunk..(i + 1) * chunk]);
-                    self.forward_sample((w, b), xi, si, y, par)
-                })
+                let fill = |out: &mut [MaybeUninit<f32>]| {
+                    for_each_sample(out, chunk, |i, y, par| {
+                        let xi = &x[i * g.in_plane()..(i + 1) * g.in_plane()];
+                        let si = skip.map(|s| &s[i * chunk..(i + 1) * chunk]);
+                        self.forward_sample((w, b), xi, si, y, par)
+                    })
+                };
+                // SAFETY: `forward_sample` writes each sample's output whole.
+                unsafe { vec_written_by(self.batch * chunk, fill) }
             })
         })??;
         Ok((CpuStorage::F32(out), self.out_shape()))
@@ -371,24 +407,29 @@ impl Applied {
             Some(act) => {
                 let gated = super::with_cpu_f32(res, |y| {
                     super::with_cpu_f32(grad, |gy| {
-                        let mut gated = vec![0f32; gy.len()];
-                        gated
-                            .par_chunks_mut(chunk)
-                            .zip(y.par_chunks(chunk).zip(gy.par_chunks(chunk)))
-                            .for_each(|(d, (y, gy))| act.grad_from_outputs(d, y, gy));
-                        gated
+                        let fill = |gated: &mut [MaybeUninit<f32>]| {
+                            gated
+                                .par_chunks_mut(chunk)
+                                .zip(y.par_chunks(chunk).zip(gy.par_chunks(chunk)))
+                                .for_each(|(d, (y, gy))| act.grad_from_outputs(d, y, gy))
+                        };
+                        // SAFETY: `grad_from_outputs` writes all of `d`.
+                        unsafe { vec_written_by(gy.len(), fill) }
                     })
                 })??;
                 Tensor::from_vec(gated, self.out_shape(), arg.device())?
             }
             None => grad.contiguous()?,
         };
-        let mut gx = vec![0f32; self.batch * g.in_plane()];
-        super::with_cpu_f32(&self.weight, |w| {
+        let gx = super::with_cpu_f32(&self.weight, |w| {
             super::with_cpu_f32(&gated, |gy| {
-                for_each_sample(&mut gx, g.in_plane(), |i, gxi, par| {
-                    self.backward_sample(w, &gy[i * chunk..(i + 1) * chunk], gxi, par)
-                })
+                let fill = |gx: &mut [MaybeUninit<f32>]| {
+                    for_each_sample(gx, g.in_plane(), |i, gxi, par| {
+                        self.backward_sample(w, &gy[i * chunk..(i + 1) * chunk], gxi, par)
+                    })
+                };
+                // SAFETY: `backward_sample` writes each sample's gradient whole.
+                unsafe { vec_written_by(self.batch * g.in_plane(), fill) }
             })
         })??;
         Ok((gated, Tensor::from_vec(gx, arg.shape(), arg.device())?))

@@ -311,8 +311,10 @@ impl CustomOp1 for Applied {
                         let span = i * out_plane..(i + 1) * out_plane;
                         let gyp = match self.act {
                             Some(act) => {
+                                let gated = super::as_uninit(gated);
                                 act.grad_from_outputs(gated, &y[span.clone()], &gy[span]);
-                                &gated[..]
+                                // SAFETY: just written whole (`gated` is `out_plane` long).
+                                &*unsafe { super::assume_init(gated) }
                             }
                             None => &gy[span],
                         };

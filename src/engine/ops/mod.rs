@@ -15,6 +15,8 @@ pub mod depthwise;
 pub mod pool;
 pub(crate) mod simd;
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
@@ -64,4 +66,41 @@ pub(crate) fn cpu_f32_slice<'a>(
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: input must be contiguous"),
     }
+}
+
+/// # Safety
+/// Every element of `s` must have been written.
+pub(crate) unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and the caller vouches for the values.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Initialised values seen as a buffer to overwrite.
+pub(crate) fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the callers only ever write initialised f32 values through it.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// Zeroes `s` and returns it as initialised values.
+pub(crate) fn zeroed(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    s.fill(MaybeUninit::new(0.0));
+    // SAFETY: just written.
+    unsafe { assume_init(s) }
+}
+
+/// A `Vec` of `len` values written by `fill`, which must write every one of them: output
+/// buffers are overwritten whole, so zero-filling them first (`vec![0.0; len]`) is a wasted
+/// pass over memory.
+///
+/// # Safety
+/// `fill` must initialise its whole argument.
+pub(crate) unsafe fn vec_written_by(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `fill` initialised the first `len` values.
+    unsafe { v.set_len(len) };
+    v
 }

@@ -1,6 +1,8 @@
 //! Inner loops compiled for AVX2 + FMA when the CPU has them (checked once at run time), so
 //! the release build stays portable to any x86-64 while the hot loops use 8-wide FMAs.
 
+use std::mem::MaybeUninit;
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -26,8 +28,9 @@ fn axpy_avx2(dst: &mut [f32], src: &[f32], a: f32) {
 }
 
 /// The backward of a ReLU (`cap` = infinity) or ReLU6 (`cap` = 6) from its output `y`:
-/// `dst = g` where `0 < y < cap`, else 0; with `guided`, negative `g` become 0 too.
-pub fn relu_grad(dst: &mut [f32], y: &[f32], g: &[f32], cap: f32, guided: bool) {
+/// `dst = g` where `0 < y < cap`, else 0; with `guided`, negative `g` become 0 too. Writes
+/// every element of `dst` (which may start uninitialised) up to the shorter input.
+pub fn relu_grad(dst: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32], cap: f32, guided: bool) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
@@ -37,19 +40,19 @@ pub fn relu_grad(dst: &mut [f32], y: &[f32], g: &[f32], cap: f32, guided: bool) 
 }
 
 #[inline(always)]
-fn relu_grad_any(dst: &mut [f32], y: &[f32], g: &[f32], cap: f32, guided: bool) {
+fn relu_grad_any(dst: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32], cap: f32, guided: bool) {
     let floor = if guided { 0.0 } else { f32::NEG_INFINITY };
     for ((d, &y), &g) in dst.iter_mut().zip(y).zip(g) {
-        *d = if y > 0.0 && y < cap {
+        d.write(if y > 0.0 && y < cap {
             g.max(floor)
         } else {
             0.0
-        };
+        });
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn relu_grad_avx2(dst: &mut [f32], y: &[f32], g: &[f32], cap: f32, guided: bool) {
+fn relu_grad_avx2(dst: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32], cap: f32, guided: bool) {
     relu_grad_any(dst, y, g, cap, guided)
 }
