@@ -240,6 +240,79 @@ fn fused_conv_matches_separate_ops() {
     }
 }
 
+/// Dead channels (all-zero inputs forward, all-zero gated gradients backward) are left out of
+/// the fused op's GEMMs; the results must not change. Half the input channels are zero in
+/// every sample (one more in all but the last sample, so the batch's live set is a union) and
+/// most output channels get no gradient, far past the point where the op compacts.
+#[test]
+fn fused_conv_skipping_dead_channels_matches_separate_ops() {
+    let (n, cin, cout) = (3, 8, 8);
+    let dead_in = [1, 3, 4, 6];
+    let dead_out = [0, 2, 3, 6, 7];
+    for (i, &(k, stride, h, w, pad)) in [
+        (1, 1, 7, 9, Padding::default()),
+        (1, 2, 9, 7, Padding::default()),
+        (3, 1, 8, 8, Padding::symmetric(1)),
+        (3, 2, 9, 11, Padding::symmetric(1)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut xs = to_vec(&random(&[n, cin, h, w], 110 + i as u64, 3.0));
+        for b in 0..n {
+            for c in 0..cin {
+                if dead_in.contains(&c) || (c == 5 && b + 1 < n) {
+                    xs[(b * cin + c) * h * w..][..h * w].fill(0.0);
+                }
+            }
+        }
+        let wt = random(&[cout, cin, k, k], 111 + i as u64, 1.0);
+        let b = random(&[cout], 112 + i as u64, 1.0);
+        for (all_dead, act) in [
+            (false, None),
+            (false, Some(ReluOp::relu(ReluMode::Guided))),
+            (true, Some(ReluOp::relu(ReluMode::Plain))),
+        ] {
+            let x = if all_dead {
+                Tensor::zeros((n, cin, h, w), candle_core::DType::F32, &Device::Cpu).unwrap()
+            } else {
+                Tensor::from_vec(xs.clone(), (n, cin, h, w), &Device::Cpu).unwrap()
+            };
+            let run = |fused: bool| {
+                let xv = Var::from_tensor(&x).unwrap();
+                let y = if fused {
+                    conv_act(xv.as_tensor(), &wt, &b, stride, pad, act).unwrap()
+                } else {
+                    let y = stock_conv(xv.as_tensor(), &wt, &b, stride, 1, pad);
+                    act.map_or(y.clone(), |a| a.forward(&y).unwrap())
+                };
+                let (_, _, oh, ow) = y.dims4().unwrap();
+                let mut r = to_vec(&random(y.dims(), 113, 1.0));
+                for c in 0..cout {
+                    if all_dead || dead_out.contains(&c) {
+                        for bi in 0..n {
+                            r[(bi * cout + c) * oh * ow..][..oh * ow].fill(0.0);
+                        }
+                    }
+                }
+                let r = Tensor::from_vec(r, y.dims(), &Device::Cpu).unwrap();
+                let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+                (to_vec(&y), to_vec(grads.get(xv.as_tensor()).unwrap()))
+            };
+            let ((y_fast, g_fast), (y_ref, g_ref)) = (run(true), run(false));
+            let what = format!("k={k} s={stride} {act:?} all dead: {all_dead}");
+            assert!(max_abs_diff(&y_fast, &y_ref) < 1e-4, "forward {what}");
+            assert!(max_abs_diff(&g_fast, &g_ref) < 1e-4, "backward {what}");
+            if all_dead {
+                assert!(g_fast.iter().all(|&v| v == 0.0), "{what}");
+            } else {
+                // The live channels do carry a gradient: the test compares real values.
+                assert!(g_fast.iter().any(|&v| v.abs() > 0.1), "{what}: no gradient");
+            }
+        }
+    }
+}
+
 /// The fused conv + bias + residual + activation op against separate stock ops: forward, and
 /// the gradients reaching both the convolution's input and the residual.
 #[test]
