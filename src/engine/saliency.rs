@@ -63,15 +63,15 @@ pub fn input_gradient(
             }));
         }
         let input = Var::from_tensor(&Tensor::from_vec(batch, (b, c, h, w), x.device())?)?;
-        let logits = model.forward(input.as_tensor(), mode)?;
-        let score = logits.narrow(1, target, 1)?.sum_all()?;
-        let grads = score.backward()?;
-        let g = grads
-            .get(input.as_tensor())
-            .ok_or_else(|| {
+        let g = on_worker_thread(|| {
+            let logits = model.forward(input.as_tensor(), mode)?;
+            let score = logits.narrow(1, target, 1)?.sum_all()?;
+            let grads = score.backward()?;
+            let g = grads.get(input.as_tensor()).ok_or_else(|| {
                 Error::Numeric("the model's output does not depend on its input".into())
-            })?
-            .sum(0)?;
+            })?;
+            Ok::<_, Error>(g.sum(0)?)
+        })?;
         total = Some(match total {
             None => g,
             Some(t) => (t + g)?,
@@ -81,6 +81,14 @@ pub fn input_gradient(
     let mean =
         (total.expect("at least one chunk") / n as f64)?.to_device(&candle_core::Device::Cpu)?;
     Ok(mean)
+}
+
+/// Runs `f` on one of rayon's worker threads (the caller waits, asleep). The ops' parallel
+/// loops run on rayon's workers; driven from any other thread, the graph's serial work (autograd
+/// bookkeeping, small ops) competes for the cores with workers spinning between loops. On a
+/// worker, the driver is one of them: no more busy threads than cores.
+fn on_worker_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
 
 /// Reduces a gradient `[c, h, w]` to a map in [0, 1]: max over channels of |g|, divided by

@@ -471,3 +471,58 @@ fn plain_gradient_path_matches_finite_differences() {
         );
     }
 }
+
+/// Max pooling against a brute-force reference written out here: every window position
+/// (padding never wins), ties (values on a coarse grid, so many) routed to the first maximum in
+/// row-major window order as PyTorch does, symmetric and TensorFlow-"same" padding.
+#[test]
+fn max_pool_matches_brute_force_including_ties() {
+    use unveil::engine::ops::pool::MaxPool2d;
+    for (k, stride, h, w, pad) in [
+        (3, 2, 11, 9, Padding::symmetric(1)),
+        (3, 2, 12, 12, Padding::tf_same(12, 12, 3, 2)),
+        (2, 2, 7, 8, Padding::default()),
+        (3, 1, 6, 5, Padding::symmetric(1)),
+    ] {
+        let (n, c) = (2, 3);
+        let xs: Vec<f32> = pseudo_random(n * c * h * w, 7, 3.0)
+            .iter()
+            .map(|v| v.round())
+            .collect();
+        let x = Tensor::from_vec(xs.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+        let pool = MaxPool2d { k, stride, pad };
+        let (y, g) = input_grad(&x, &|x| pool.forward(x).unwrap());
+        let (oh, ow) = (
+            (h + pad.top + pad.bottom - k) / stride + 1,
+            (w + pad.left + pad.right - k) / stride + 1,
+        );
+        let upstream = to_vec(&random(&[n, c, oh, ow], 99, 1.0));
+        let (mut y_ref, mut g_ref) = (Vec::new(), vec![0f32; xs.len()]);
+        for p in 0..n * c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best: Option<usize> = None;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let iy = (oy * stride + ky) as isize - pad.top as isize;
+                            let ix = (ox * stride + kx) as isize - pad.left as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let i = p * h * w + iy as usize * w + ix as usize;
+                            if best.is_none_or(|b| xs[i] > xs[b]) {
+                                best = Some(i);
+                            }
+                        }
+                    }
+                    let b = best.unwrap();
+                    y_ref.push(xs[b]);
+                    g_ref[b] += upstream[(p * oh + oy) * ow + ox];
+                }
+            }
+        }
+        let what = format!("k={k} s={stride} {h}x{w} {pad:?}");
+        assert_eq!(y, y_ref, "forward {what}");
+        assert!(max_abs_diff(&g, &g_ref) < 1e-6, "backward {what}");
+    }
+}

@@ -37,27 +37,32 @@ impl MaxPool2d {
         x.contiguous()?.apply_op1(*self)
     }
 
-    /// Index (within the plane) of the first maximum of output `(oy, ox)`, or None if the
-    /// window holds no input pixel.
+    /// The input rows (or columns) `[start, end)` of output row (column) `o`'s window, clipped
+    /// to an image `n` long with `pad` pixels of padding before it.
+    fn window(&self, o: usize, pad: usize, n: usize) -> (usize, usize) {
+        let start = (o * self.stride) as isize - pad as isize;
+        let end = (start + self.k as isize).clamp(0, n as isize) as usize;
+        (start.max(0) as usize, end)
+    }
+
+    /// Index (within the plane) of the first maximum of output `(oy, ox)` in row-major window
+    /// order, or None if the window holds no input pixel.
     fn argmax(&self, plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> Option<usize> {
-        let mut best: Option<(usize, f32)> = None;
-        for ky in 0..self.k {
-            let iy = (oy * self.stride + ky) as isize - self.pad.top as isize;
-            if iy < 0 || iy >= h as isize {
-                continue;
-            }
-            for kx in 0..self.k {
-                let ix = (ox * self.stride + kx) as isize - self.pad.left as isize;
-                if ix < 0 || ix >= w as isize {
-                    continue;
-                }
-                let i = iy as usize * w + ix as usize;
-                if best.is_none_or(|(_, v)| plane[i] > v) {
-                    best = Some((i, plane[i]));
+        let (y0, y1) = self.window(oy, self.pad.top, h);
+        let (x0, x1) = self.window(ox, self.pad.left, w);
+        if y0 >= y1 || x0 >= x1 {
+            return None;
+        }
+        let (mut best, mut value) = (y0 * w + x0, plane[y0 * w + x0]);
+        for iy in y0..y1 {
+            let row = &plane[iy * w..(iy + 1) * w];
+            for (ix, &v) in row.iter().enumerate().take(x1).skip(x0) {
+                if v > value {
+                    (best, value) = (iy * w + ix, v);
                 }
             }
         }
-        best.map(|(i, _)| i)
+        Some(best)
     }
 }
 
