@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 
 use crate::engine::models::Classifier;
 use crate::engine::params::SaliencyParams;
@@ -51,17 +52,21 @@ pub fn input_gradient(
         }
         let first = ci * chunk;
         let b = chunk.min(n - first);
-        let mut batch = Vec::with_capacity(b * flat.len());
-        for s in first..first + b {
-            let mut rng = Normal::new(params.seed, s as u64);
-            batch.extend(flat.iter().map(|&v| {
-                if sigma > 0.0 {
-                    v + sigma * rng.sample()
-                } else {
-                    v
+        // One noise stream per sample (seeded by its index), so samples fill in parallel.
+        let mut batch = vec![0f32; b * flat.len()];
+        batch
+            .par_chunks_mut(flat.len())
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let mut rng = Normal::new(params.seed, (first + i) as u64);
+                for (d, &v) in dst.iter_mut().zip(&flat) {
+                    *d = if sigma > 0.0 {
+                        v + sigma * rng.sample()
+                    } else {
+                        v
+                    };
                 }
-            }));
-        }
+            });
         let input = Var::from_tensor(&Tensor::from_vec(batch, (b, c, h, w), x.device())?)?;
         let g = on_worker_thread(|| {
             let logits = model.forward(input.as_tensor(), mode)?;
