@@ -526,3 +526,64 @@ fn max_pool_matches_brute_force_including_ties() {
         assert!(max_abs_diff(&g, &g_ref) < 1e-6, "backward {what}");
     }
 }
+
+/// A chain of layers with its own backward pass against the same layers as separate candle
+/// ops: a value feeding two layers (its gradients must add up), a depthwise step, a max pool,
+/// a residual, and a step whose output is never used (its input gets no gradient from it).
+#[test]
+fn layer_chain_matches_separate_ops() {
+    use unveil::engine::ops::chain::Chain;
+    use unveil::engine::ops::pool::MaxPool2d;
+    let (n, c, h, w) = (2, 4, 12, 10);
+    let x = random(&[n, c, h, w], 120, 2.0);
+    let w1 = random(&[6, c, 3, 3], 121, 0.5);
+    let b1 = random(&[6], 122, 0.5);
+    let dw = DepthwiseConv2d::new(
+        pseudo_random(6 * 9, 123, 0.5),
+        pseudo_random(6, 124, 0.5),
+        6,
+        3,
+        1,
+    );
+    let w2 = random(&[6, 6, 1, 1], 125, 0.5);
+    let b2 = random(&[6], 126, 0.5);
+    let w_unused = random(&[3, 6, 1, 1], 127, 0.5);
+    let b_unused = random(&[3], 128, 0.5);
+    let pool = MaxPool2d {
+        k: 3,
+        stride: 2,
+        pad: Padding::symmetric(1),
+    };
+    let same = Padding::symmetric(1);
+    for mode in [ReluMode::Guided, ReluMode::Plain] {
+        let relu = Some(ReluOp::relu(mode));
+        let relu6 = Some(ReluOp::relu6(mode));
+        let (y_chain, g_chain) = input_grad(&x, &|x| {
+            let mut chain = Chain::new(x.dims4().unwrap());
+            let a = chain
+                .conv(Chain::INPUT, None, (&w1, &b1), 1, same, relu)
+                .unwrap();
+            let p = chain.max_pool(a, pool);
+            let d = chain.depthwise(p, &dw, same, relu6).unwrap();
+            chain
+                .conv(p, None, (&w_unused, &b_unused), 1, Padding::default(), relu)
+                .unwrap();
+            chain
+                .conv(d, Some(p), (&w2, &b2), 1, Padding::default(), relu)
+                .unwrap();
+            chain.run(x).unwrap()
+        });
+        let (y_ref, g_ref) = input_grad(&x, &|x| {
+            let a = conv_act(x, &w1, &b1, 1, same, relu).unwrap();
+            let p = pool.forward(&a).unwrap();
+            let d = dw.forward_act(&p, same, relu6).unwrap();
+            conv_add_act(&d, &p, &w2, &b2, 1, Padding::default(), relu).unwrap()
+        });
+        assert!(max_abs_diff(&y_chain, &y_ref) < 1e-5, "forward {mode:?}");
+        assert!(max_abs_diff(&g_chain, &g_ref) < 1e-5, "backward {mode:?}");
+        assert!(
+            g_chain.iter().any(|&v| v.abs() > 0.1),
+            "no gradient {mode:?}"
+        );
+    }
+}

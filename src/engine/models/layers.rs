@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::ReluOp;
+use crate::engine::ops::chain::{Chain, Value};
 use crate::engine::ops::conv::conv2d_const;
 use crate::engine::ops::conv_act::{conv_act, conv_add_act};
 use crate::engine::ops::depthwise::{DepthwiseConv2d, Padding};
@@ -195,6 +196,33 @@ impl Conv {
         Ok(match act {
             Some(act) => act.forward(&y)?,
             None => y,
+        })
+    }
+}
+
+impl Conv {
+    /// Adds the convolution, `skip` and `act` (as [`Conv::forward_residual`]) to a chain of
+    /// CPU layers. Every layer of the models can join one: plain convolutions, and depthwise
+    /// ones without a residual.
+    pub fn chain(
+        &self,
+        chain: &mut Chain,
+        x: Value,
+        skip: Option<Value>,
+        act: Option<ReluOp>,
+    ) -> Result<Value> {
+        let (_, _, h, w) = chain.dims(x);
+        let pad = self.padding(h, w);
+        let (wt, b, s) = (&self.weight, &self.bias, self.stride);
+        Ok(match &self.depthwise {
+            Some(dw) if skip.is_none() => chain.depthwise(x, dw, pad, act)?,
+            None if self.groups == 1 => chain.conv(x, skip, (wt, b), s, pad, act)?,
+            _ => {
+                return Err(Error::Internal(format!(
+                    "a {}-group convolution cannot join a layer chain",
+                    self.groups
+                )));
+            }
         })
     }
 }

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use super::layers::{Conv, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
+use crate::engine::ops::chain::{Chain, Value};
 use crate::engine::ops::depthwise::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -71,6 +72,30 @@ impl Block {
             None => x.clone(),
         };
         last.forward_residual(&h, Some(&skip), relu, b)
+    }
+
+    /// The same block as steps of a layer chain.
+    fn chain(&self, chain: &mut Chain, x: Value, mode: ReluMode) -> Result<Value> {
+        let relu = Some(ReluOp::relu(mode));
+        let (h, last, down) = match self {
+            Block::Basic { conv1, conv2, down } => {
+                (conv1.chain(chain, x, None, relu)?, conv2, down)
+            }
+            Block::Bottleneck {
+                conv1,
+                conv2,
+                conv3,
+                down,
+            } => {
+                let h = conv1.chain(chain, x, None, relu)?;
+                (conv2.chain(chain, h, None, relu)?, conv3, down)
+            }
+        };
+        let skip = match down {
+            Some(d) => d.chain(chain, x, None, None)?,
+            None => x,
+        };
+        last.chain(chain, h, Some(skip), relu)
     }
 }
 
@@ -159,16 +184,28 @@ impl ResNet {
 
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
-        let h = self.stem.forward_act(x, Some(ReluOp::relu(mode)), b)?;
-        let mut h = MaxPool2d {
+        let pool = MaxPool2d {
             k: 3,
             stride: 2,
             pad: Padding::symmetric(1),
-        }
-        .forward(&h)?;
-        for block in &self.blocks {
-            h = block.forward(&h, mode, b)?;
-        }
+        };
+        let relu = Some(ReluOp::relu(mode));
+        let h = if b.fast_cpu(x.device()) {
+            // The whole body as one op with its own backward (see `ops::chain`).
+            let mut chain = Chain::new(x.dims4()?);
+            let h = self.stem.chain(&mut chain, Chain::INPUT, None, relu)?;
+            let mut h = chain.max_pool(h, pool);
+            for block in &self.blocks {
+                h = block.chain(&mut chain, h, mode)?;
+            }
+            chain.run(x)?
+        } else {
+            let mut h = pool.forward(&self.stem.forward_act(x, relu, b)?)?;
+            for block in &self.blocks {
+                h = block.forward(&h, mode, b)?;
+            }
+            h
+        };
         self.fc.forward(&h.mean((2, 3))?)
     }
 }

@@ -123,7 +123,8 @@ impl Geometry {
     }
 }
 
-struct Applied {
+/// One convolution on inputs of known size; also a step of [`super::chain`].
+pub(crate) struct Applied {
     weight: Tensor,
     bias: Tensor,
     geo: Geometry,
@@ -317,7 +318,18 @@ impl Applied {
         pad: Padding,
         act: Option<ReluOp>,
     ) -> Result<Self> {
-        let (n, cin, h, w) = x.dims4()?;
+        Self::for_input(x.dims4()?, weight, bias, stride, pad, act)
+    }
+
+    /// For inputs `[n, cin, h, w]`.
+    pub(crate) fn for_input(
+        (n, cin, h, w): (usize, usize, usize, usize),
+        weight: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        pad: Padding,
+        act: Option<ReluOp>,
+    ) -> Result<Self> {
         let (cout, wcin, k, _) = weight.dims4()?;
         if wcin != cin {
             candle_core::bail!("conv expects {wcin} input channels, got {cin}")
@@ -346,9 +358,13 @@ impl Applied {
         })
     }
 
-    fn out_shape(&self) -> Shape {
+    pub(crate) fn out_dims(&self) -> (usize, usize, usize, usize) {
         let g = &self.geo;
-        Shape::from((self.batch, g.cout, g.oh, g.ow))
+        (self.batch, g.cout, g.oh, g.ow)
+    }
+
+    fn out_shape(&self) -> Shape {
+        Shape::from(self.out_dims())
     }
 
     /// One sample: GEMM over the input `channels` (`w` holds exactly their weights), then
@@ -418,6 +434,14 @@ impl Applied {
     }
 
     fn forward(&self, x: &[f32], skip: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        Ok((
+            CpuStorage::F32(self.forward_vec(x, skip)?),
+            self.out_shape(),
+        ))
+    }
+
+    /// The output of the whole batch `x` (and `skip`), `out_dims()` row-major.
+    pub(crate) fn forward_vec(&self, x: &[f32], skip: Option<&[f32]>) -> Result<Vec<f32>> {
         let g = self.geo;
         let chunk = g.cout * g.out_plane();
         let live = live_channels(x, self.batch, g.cin, g.h * g.w);
@@ -447,57 +471,65 @@ impl Applied {
                 unsafe { vec_written_by(self.batch * chunk, fill) }
             })
         })??;
-        Ok((CpuStorage::F32(out), self.out_shape()))
+        Ok(out)
     }
 
     /// The gradient at the activation's input (= the residual's gradient), and `x`'s.
     fn backward(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
-        let g = self.geo;
-        let (plane, chunk) = (g.out_plane(), g.cout * g.out_plane());
-        let gated = match self.act {
-            Some(act) => {
-                let gated = super::with_cpu_f32(res, |y| {
-                    super::with_cpu_f32(grad, |gy| {
-                        let fill = |gated: &mut [MaybeUninit<f32>]| {
-                            gated
-                                .par_chunks_mut(chunk)
-                                .zip(y.par_chunks(chunk).zip(gy.par_chunks(chunk)))
-                                .for_each(|(d, (y, gy))| act.grad_from_outputs(d, y, gy))
-                        };
-                        // SAFETY: `grad_from_outputs` writes all of `d`.
-                        unsafe { vec_written_by(gy.len(), fill) }
-                    })
-                })??;
-                Tensor::from_vec(gated, self.out_shape(), arg.device())?
-            }
+        let (gated, gx) = super::with_cpu_f32(res, |y| {
+            super::with_cpu_f32(grad, |gy| self.backward_vec(y, gy))
+        })???;
+        let gated = match gated {
+            Some(gated) => Tensor::from_vec(gated, self.out_shape(), arg.device())?,
             None => grad.contiguous()?,
         };
-        let gx = super::with_cpu_f32(&self.weight, |w| {
-            super::with_cpu_f32(&gated, |gy| {
-                let live = live_channels(gy, self.batch, g.cout, plane);
-                // The weights of the output channels with a gradient, [live, cin * k * k].
-                let wl = live.as_ref().map(|live| {
-                    let mut wl = vec![0f32; live.len() * g.patch()];
-                    gather_rows(w, g.patch(), live, &mut wl);
-                    wl
-                });
-                let fill = |gx: &mut [MaybeUninit<f32>]| {
-                    for_each_sample(gx, g.in_plane(), |i, gxi, par| {
-                        let gyi = &gy[i * chunk..(i + 1) * chunk];
-                        match (&live, &wl) {
-                            (Some(live), Some(wl)) => with_scratch(live.len() * plane, |gl| {
-                                gather_rows(gyi, plane, live, gl);
-                                self.backward_sample((wl, live.len()), gl, gxi, par)
-                            }),
-                            _ => self.backward_sample((w, g.cout), gyi, gxi, par),
-                        }
-                    })
-                };
-                // SAFETY: `backward_sample` writes each sample's gradient whole.
-                unsafe { vec_written_by(self.batch * g.in_plane(), fill) }
-            })
-        })??;
         Ok((gated, Tensor::from_vec(gx, arg.shape(), arg.device())?))
+    }
+
+    /// From the output `y` and its gradient `gy`: the gradient at the activation's input
+    /// (`None`: no activation, it is `gy`) and the input's gradient.
+    pub(crate) fn backward_vec(
+        &self,
+        y: &[f32],
+        gy: &[f32],
+    ) -> Result<(Option<Vec<f32>>, Vec<f32>)> {
+        let g = self.geo;
+        let (plane, chunk) = (g.out_plane(), g.cout * g.out_plane());
+        let gated = self.act.map(|act| {
+            let fill = |gated: &mut [MaybeUninit<f32>]| {
+                gated
+                    .par_chunks_mut(chunk)
+                    .zip(y.par_chunks(chunk).zip(gy.par_chunks(chunk)))
+                    .for_each(|(d, (y, gy))| act.grad_from_outputs(d, y, gy))
+            };
+            // SAFETY: `grad_from_outputs` writes all of `d`.
+            unsafe { vec_written_by(gy.len(), fill) }
+        });
+        let gx = super::with_cpu_f32(&self.weight, |w| {
+            let gy = gated.as_deref().unwrap_or(gy);
+            let live = live_channels(gy, self.batch, g.cout, plane);
+            // The weights of the output channels with a gradient, [live, cin * k * k].
+            let wl = live.as_ref().map(|live| {
+                let mut wl = vec![0f32; live.len() * g.patch()];
+                gather_rows(w, g.patch(), live, &mut wl);
+                wl
+            });
+            let fill = |gx: &mut [MaybeUninit<f32>]| {
+                for_each_sample(gx, g.in_plane(), |i, gxi, par| {
+                    let gyi = &gy[i * chunk..(i + 1) * chunk];
+                    match (&live, &wl) {
+                        (Some(live), Some(wl)) => with_scratch(live.len() * plane, |gl| {
+                            gather_rows(gyi, plane, live, gl);
+                            self.backward_sample((wl, live.len()), gl, gxi, par)
+                        }),
+                        _ => self.backward_sample((w, g.cout), gyi, gxi, par),
+                    }
+                })
+            };
+            // SAFETY: `backward_sample` writes each sample's gradient whole.
+            unsafe { vec_written_by(self.batch * g.in_plane(), fill) }
+        })?;
+        Ok((gated, gx))
     }
 }
 

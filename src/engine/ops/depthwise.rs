@@ -67,8 +67,9 @@ struct Geometry {
     pad: Padding,
 }
 
-/// The op applied to one input; the padding depends on the input size.
-struct Applied {
+/// The op applied to one input; the padding depends on the input size. Also a step of
+/// [`super::chain`].
+pub(crate) struct Applied {
     conv: DepthwiseConv2d,
     geo: Geometry,
     batch: usize,
@@ -95,7 +96,17 @@ impl DepthwiseConv2d {
 
     /// The convolution followed by `act`, as one op (see [`super::conv_act`] for why).
     pub fn forward_act(&self, x: &Tensor, pad: Padding, act: Option<ReluOp>) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
+        x.contiguous()?
+            .apply_op1(self.for_input(x.dims4()?, pad, act)?)
+    }
+
+    /// The op for inputs `[n, channels, h, w]`.
+    pub(crate) fn for_input(
+        &self,
+        (n, c, h, w): (usize, usize, usize, usize),
+        pad: Padding,
+        act: Option<ReluOp>,
+    ) -> Result<Applied> {
         if c != self.channels {
             candle_core::bail!("depthwise conv expects {} channels, got {c}", self.channels)
         }
@@ -110,7 +121,7 @@ impl DepthwiseConv2d {
             ow: (pw - self.k) / self.stride + 1,
             pad,
         };
-        x.contiguous()?.apply_op1(Applied {
+        Ok(Applied {
             conv: self.clone(),
             geo,
             batch: n,
@@ -274,13 +285,13 @@ impl PhaseLayout {
     }
 }
 
-impl CustomOp1 for Applied {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d"
+impl Applied {
+    pub(crate) fn out_dims(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.conv.channels, self.geo.oh, self.geo.ow)
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = super::cpu_f32_slice(self.name(), storage, layout)?;
+    /// The output of the whole batch `x`, `out_dims()` row-major.
+    pub(crate) fn forward_vec(&self, x: &[f32]) -> Vec<f32> {
         let (c, g) = (self.conv.channels, &self.geo);
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
         let mut out = vec![0f32; self.batch * c * out_plane];
@@ -293,36 +304,50 @@ impl CustomOp1 for Applied {
                     o.iter_mut().for_each(|v| *v = act.apply(*v));
                 }
             });
+        out
+    }
+
+    /// The input gradient from the output `y` and its gradient `gy`.
+    pub(crate) fn backward_vec(&self, y: &[f32], gy: &[f32]) -> Vec<f32> {
+        let (c, g) = (self.conv.channels, &self.geo);
+        let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
+        let mut gx = vec![0f32; self.batch * c * in_plane];
+        gx.par_chunks_mut(in_plane).enumerate().for_each_init(
+            || (vec![0f32; out_plane], Vec::new()),
+            |(gated, scratch), (i, gxp)| {
+                let span = i * out_plane..(i + 1) * out_plane;
+                let gyp = match self.act {
+                    Some(act) => {
+                        let gated = super::as_uninit(gated);
+                        act.grad_from_outputs(gated, &y[span.clone()], &gy[span]);
+                        // SAFETY: just written whole (`gated` is `out_plane` long).
+                        &*unsafe { super::assume_init(gated) }
+                    }
+                    None => &gy[span],
+                };
+                self.conv.backward_plane(i % c, gyp, gxp, g, scratch);
+            },
+        );
+        gx
+    }
+}
+
+impl CustomOp1 for Applied {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::cpu_f32_slice(self.name(), storage, layout)?;
         Ok((
-            CpuStorage::F32(out),
-            Shape::from((self.batch, c, g.oh, g.ow)),
+            CpuStorage::F32(self.forward_vec(x)),
+            Shape::from(self.out_dims()),
         ))
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (c, g) = (self.conv.channels, &self.geo);
-        let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
         let gx = super::with_cpu_f32(res, |y| {
-            super::with_cpu_f32(grad, |gy| {
-                let mut gx = vec![0f32; self.batch * c * in_plane];
-                gx.par_chunks_mut(in_plane).enumerate().for_each_init(
-                    || (vec![0f32; out_plane], Vec::new()),
-                    |(gated, scratch), (i, gxp)| {
-                        let span = i * out_plane..(i + 1) * out_plane;
-                        let gyp = match self.act {
-                            Some(act) => {
-                                let gated = super::as_uninit(gated);
-                                act.grad_from_outputs(gated, &y[span.clone()], &gy[span]);
-                                // SAFETY: just written whole (`gated` is `out_plane` long).
-                                &*unsafe { super::assume_init(gated) }
-                            }
-                            None => &gy[span],
-                        };
-                        self.conv.backward_plane(i % c, gyp, gxp, g, scratch);
-                    },
-                );
-                gx
-            })
+            super::with_cpu_f32(grad, |gy| self.backward_vec(y, gy))
         })??;
         Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
     }

@@ -9,6 +9,7 @@
 //! (see [`Backend`]), so a missing GPU kernel costs speed, never correctness.
 
 pub mod activation;
+pub mod chain;
 pub mod conv;
 pub mod conv_act;
 pub mod depthwise;

@@ -66,14 +66,19 @@ impl MaxPool2d {
     }
 }
 
-impl CustomOp1 for MaxPool2d {
-    fn name(&self) -> &'static str {
-        "max-pool2d"
+impl MaxPool2d {
+    /// Output sizes for inputs `[n, c, h, w]`.
+    pub(crate) fn out_dims(
+        &self,
+        (n, c, h, w): (usize, usize, usize, usize),
+    ) -> (usize, usize, usize, usize) {
+        let (oh, ow) = self.out_size(h, w);
+        (n, c, oh, ow)
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = super::cpu_f32_slice(self.name(), storage, layout)?;
-        let (n, c, h, w) = layout.shape().dims4()?;
+    /// Pools the whole batch `x` of size `dims`.
+    pub(crate) fn forward_vec(&self, x: &[f32], dims: (usize, usize, usize, usize)) -> Vec<f32> {
+        let (n, c, h, w) = dims;
         let (oh, ow) = self.out_size(h, w);
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
@@ -86,29 +91,57 @@ impl CustomOp1 for MaxPool2d {
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+        out
+    }
+
+    /// The input gradient from the input `x` (of size `dims`) and the output gradient `g`.
+    pub(crate) fn backward_vec(
+        &self,
+        x: &[f32],
+        dims: (usize, usize, usize, usize),
+        g: &[f32],
+    ) -> Vec<f32> {
+        let (n, c, h, w) = dims;
+        let (oh, ow) = self.out_size(h, w);
+        let mut gx = vec![0f32; n * c * h * w];
+        gx.par_chunks_mut(h * w).enumerate().for_each(|(p, gxp)| {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            let gp = &g[p * oh * ow..(p + 1) * oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let go = gp[oy * ow + ox];
+                    // Most guided gradients are 0: no window search for them.
+                    if go != 0.0
+                        && let Some(i) = self.argmax(plane, h, w, oy, ox)
+                    {
+                        gxp[i] += go;
+                    }
+                }
+            }
+        });
+        gx
+    }
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::cpu_f32_slice(self.name(), storage, layout)?;
+        let dims = layout.shape().dims4()?;
+        Ok((
+            CpuStorage::F32(self.forward_vec(x, dims)),
+            Shape::from(self.out_dims(dims)),
+        ))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (n, c, h, w) = arg.dims4()?;
-        let (oh, ow) = self.out_size(h, w);
+        let dims = arg.dims4()?;
         let gx = super::with_cpu_f32(arg, |x| {
-            super::with_cpu_f32(grad, |g| {
-                let mut gx = vec![0f32; n * c * h * w];
-                gx.par_chunks_mut(h * w).enumerate().for_each(|(p, gxp)| {
-                    let plane = &x[p * h * w..(p + 1) * h * w];
-                    let gp = &g[p * oh * ow..(p + 1) * oh * ow];
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            if let Some(i) = self.argmax(plane, h, w, oy, ox) {
-                                gxp[i] += gp[oy * ow + ox];
-                            }
-                        }
-                    }
-                });
-                gx
-            })
+            super::with_cpu_f32(grad, |g| self.backward_vec(x, dims, g))
         })??;
-        Ok(Some(Tensor::from_vec(gx, (n, c, h, w), arg.device())?))
+        Ok(Some(Tensor::from_vec(gx, dims, arg.device())?))
     }
 }

@@ -1,0 +1,223 @@
+//! A run of our CPU layers executed as one candle op, with a backward pass of its own.
+//!
+//! Why: candle's autograd gives every graph edge a zero-filled gradient buffer and then adds
+//! the incoming gradient into it (a fresh allocation, a memset and a full read-read-write pass
+//! per edge), and runs its bookkeeping on one thread between the layers' parallel loops. For a
+//! network body of fused layers that was 10-20 % of a saliency pass. Inside a chain a gradient
+//! moves from layer to layer; it is added only where a value feeds two layers (residuals),
+//! in place.
+//!
+//! The chain is built per forward call from the model's layers (cheap: weights are shared
+//! tensors). Every step's output is kept for the backward pass, as candle keeps the outputs of
+//! the separate ops.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::activation::ReluOp;
+use super::depthwise::{DepthwiseConv2d, Padding};
+use super::pool::MaxPool2d;
+use super::{conv_act, depthwise};
+
+/// A value of the chain: its input (0) or a step's output (step index + 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Value(usize);
+
+type Dims = (usize, usize, usize, usize);
+
+enum Kernel {
+    Conv(conv_act::Applied),
+    Depthwise(depthwise::Applied),
+    MaxPool(MaxPool2d, Dims),
+}
+
+struct Step {
+    kernel: Kernel,
+    input: Value,
+    skip: Option<Value>,
+}
+
+/// Builds a chain on an input of known size; each method adds a step and returns its output.
+pub struct Chain {
+    input_dims: Dims,
+    dims: Vec<Dims>,
+    steps: Vec<Step>,
+    /// The steps' outputs from the forward pass (all but the last, which candle keeps).
+    saved: Mutex<Vec<Vec<f32>>>,
+}
+
+impl Chain {
+    /// A chain whose input is a batch `[n, c, h, w]`.
+    pub fn new(input_dims: Dims) -> Self {
+        Chain {
+            input_dims,
+            dims: vec![input_dims],
+            steps: Vec::new(),
+            saved: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The chain's input.
+    pub const INPUT: Value = Value(0);
+
+    /// The size of `v`.
+    pub fn dims(&self, v: Value) -> Dims {
+        self.dims[v.0]
+    }
+
+    fn push(&mut self, kernel: Kernel, input: Value, skip: Option<Value>, out: Dims) -> Value {
+        self.steps.push(Step {
+            kernel,
+            input,
+            skip,
+        });
+        self.dims.push(out);
+        Value(self.dims.len() - 1)
+    }
+
+    /// `act(conv(pad(x), weight) + bias [+ skip])`, as [`conv_act::conv_act`] and
+    /// [`conv_act::conv_add_act`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        &mut self,
+        x: Value,
+        skip: Option<Value>,
+        (weight, bias): (&Tensor, &Tensor),
+        stride: usize,
+        pad: Padding,
+        act: Option<ReluOp>,
+    ) -> Result<Value> {
+        let op = conv_act::Applied::for_input(self.dims(x), weight, bias, stride, pad, act)?;
+        let out = op.out_dims();
+        if let Some(s) = skip
+            && self.dims(s) != out
+        {
+            candle_core::bail!("residual of shape {:?}, expected {out:?}", self.dims(s))
+        }
+        Ok(self.push(Kernel::Conv(op), x, skip, out))
+    }
+
+    /// A depthwise convolution followed by `act`.
+    pub fn depthwise(
+        &mut self,
+        x: Value,
+        conv: &DepthwiseConv2d,
+        pad: Padding,
+        act: Option<ReluOp>,
+    ) -> Result<Value> {
+        let op = conv.for_input(self.dims(x), pad, act)?;
+        let out = op.out_dims();
+        Ok(self.push(Kernel::Depthwise(op), x, None, out))
+    }
+
+    pub fn max_pool(&mut self, x: Value, pool: MaxPool2d) -> Value {
+        let dims = self.dims(x);
+        let out = pool.out_dims(dims);
+        self.push(Kernel::MaxPool(pool, dims), x, None, out)
+    }
+
+    /// Runs the chain on `x` (contiguous or not) and returns its last value.
+    pub fn run(self, x: &Tensor) -> Result<Tensor> {
+        if x.dims4()? != self.input_dims {
+            candle_core::bail!("chain built for {:?}, got {:?}", self.input_dims, x.dims())
+        }
+        if self.steps.is_empty() {
+            return Ok(x.clone());
+        }
+        x.contiguous()?.apply_op1(self)
+    }
+
+    /// Adds `g` into the gradient slot of a value: moved in when it is the first.
+    fn accumulate(slot: &mut Option<Vec<f32>>, g: Vec<f32>) {
+        match slot {
+            None => *slot = Some(g),
+            Some(acc) => acc
+                .par_chunks_mut(1 << 14)
+                .zip(g.par_chunks(1 << 14))
+                .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g)),
+        }
+    }
+}
+
+impl CustomOp1 for Chain {
+    fn name(&self) -> &'static str {
+        "layer-chain"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::cpu_f32_slice(self.name(), storage, layout)?;
+        let mut values: Vec<Vec<f32>> = Vec::with_capacity(self.steps.len());
+        for step in &self.steps {
+            let value = |v: Value| if v.0 == 0 { x } else { &values[v.0 - 1][..] };
+            let (input, skip) = (value(step.input), step.skip.map(value));
+            let out = match &step.kernel {
+                Kernel::Conv(op) => op.forward_vec(input, skip)?,
+                Kernel::Depthwise(op) => op.forward_vec(input),
+                Kernel::MaxPool(pool, dims) => pool.forward_vec(input, *dims),
+            };
+            values.push(out);
+        }
+        let last = values.pop().expect("a chain has steps");
+        *self.saved.lock().expect("chain values") = values;
+        let dims = *self.dims.last().expect("a chain has steps");
+        Ok((CpuStorage::F32(last), Shape::from(dims)))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let saved = std::mem::take(&mut *self.saved.lock().expect("chain values"));
+        let gx = super::with_cpu_f32(arg, |x| {
+            super::with_cpu_f32(res, |last| {
+                super::with_cpu_f32(grad, |g| self.backward(x, &saved, last, g))
+            })
+        })????;
+        Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
+    }
+}
+
+impl Chain {
+    /// The input gradient, from the input `x`, the saved values, the last value and its
+    /// gradient. A value whose gradient never arrives (no path to the output) counts as 0.
+    fn backward(
+        &self,
+        x: &[f32],
+        saved: &[Vec<f32>],
+        last: &[f32],
+        g_last: &[f32],
+    ) -> Result<Vec<f32>> {
+        if saved.len() + 1 != self.steps.len() {
+            candle_core::bail!("layer chain: backward without a matching forward pass")
+        }
+        let value = |v: Value| match v.0 {
+            0 => x,
+            i if i == self.steps.len() => last,
+            i => &saved[i - 1][..],
+        };
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.steps.len() + 1];
+        grads[self.steps.len()] = Some(g_last.to_vec());
+        for (i, step) in self.steps.iter().enumerate().rev() {
+            let Some(gy) = grads[i + 1].take() else {
+                continue;
+            };
+            let y = value(Value(i + 1));
+            match &step.kernel {
+                Kernel::Conv(op) => {
+                    let (gated, gx) = op.backward_vec(y, &gy)?;
+                    Self::accumulate(&mut grads[step.input.0], gx);
+                    if let Some(s) = step.skip {
+                        Self::accumulate(&mut grads[s.0], gated.unwrap_or(gy));
+                    }
+                }
+                Kernel::Depthwise(op) => {
+                    Self::accumulate(&mut grads[step.input.0], op.backward_vec(y, &gy))
+                }
+                Kernel::MaxPool(pool, dims) => {
+                    let gx = pool.backward_vec(value(step.input), *dims, &gy);
+                    Self::accumulate(&mut grads[step.input.0], gx)
+                }
+            }
+        }
+        Ok(grads[0].take().unwrap_or_else(|| vec![0.0; x.len()]))
+    }
+}
