@@ -528,8 +528,9 @@ fn max_pool_matches_brute_force_including_ties() {
 }
 
 /// A chain of layers with its own backward pass against the same layers as separate candle
-/// ops: a value feeding two layers (its gradients must add up), a depthwise step, a max pool,
-/// a residual, and a step whose output is never used (its input gets no gradient from it).
+/// ops: a value feeding four steps (its gradients must add up), a depthwise step, a max pool,
+/// an activation and an add of their own, a residual, and a step whose output is never used
+/// (its input gets no gradient from it).
 #[test]
 fn layer_chain_matches_separate_ops() {
     use unveil::engine::ops::chain::Chain;
@@ -568,8 +569,10 @@ fn layer_chain_matches_separate_ops() {
             chain
                 .conv(p, None, (&w_unused, &b_unused), 1, Padding::default(), relu)
                 .unwrap();
+            let q = chain.act(p, ReluOp::relu(mode));
+            let e = chain.add(d, q).unwrap();
             chain
-                .conv(d, Some(p), (&w2, &b2), 1, Padding::default(), relu)
+                .conv(e, Some(p), (&w2, &b2), 1, Padding::default(), relu)
                 .unwrap();
             chain.run(x).unwrap()
         });
@@ -577,7 +580,8 @@ fn layer_chain_matches_separate_ops() {
             let a = conv_act(x, &w1, &b1, 1, same, relu).unwrap();
             let p = pool.forward(&a).unwrap();
             let d = dw.forward_act(&p, same, relu6).unwrap();
-            conv_add_act(&d, &p, &w2, &b2, 1, Padding::default(), relu).unwrap()
+            let e = (d + ReluOp::relu(mode).forward(&p).unwrap()).unwrap();
+            conv_add_act(&e, &p, &w2, &b2, 1, Padding::default(), relu).unwrap()
         });
         assert!(max_abs_diff(&y_chain, &y_ref) < 1e-5, "forward {mode:?}");
         assert!(max_abs_diff(&g_chain, &g_ref) < 1e-5, "backward {mode:?}");

@@ -13,6 +13,7 @@ use candle_core::{Device, Tensor};
 use super::layers::{Conv, Linear, PadMode, Weights, fold_bn};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp, relu};
+use crate::engine::ops::chain::{Chain, Value};
 use crate::engine::ops::depthwise::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -44,6 +45,11 @@ impl SepConv {
     fn forward_act(&self, x: &Tensor, act: Option<ReluOp>, b: Backend) -> Result<Tensor> {
         self.pointwise
             .forward_act(&self.depthwise.forward(x, b)?, act, b)
+    }
+
+    fn chain(&self, chain: &mut Chain, x: Value, act: Option<ReluOp>) -> Result<Value> {
+        let h = self.depthwise.chain(chain, x, None, None)?;
+        self.pointwise.chain(chain, h, None, act)
     }
 }
 
@@ -171,6 +177,18 @@ impl Xception {
 
     /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        let h = if self.backend.fast_cpu(x.device()) {
+            self.chain_body(x, mode)?
+        } else {
+            self.body(x, mode)?
+        };
+        let pooled = h.mean((2, 3))?;
+        let f = relu(&self.fc1.forward(&pooled)?, mode)?;
+        self.fc2.forward(&f)
+    }
+
+    /// Entry, middle and exit flows as separate ops.
+    fn body(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
         let mut h = self.conv1.forward_act(x, Some(ReluOp::relu(mode)), b)?;
         h = self.conv2.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
@@ -194,19 +212,48 @@ impl Xception {
             };
             m = d.sep1.forward(&m, b)?;
             m = d.sep2.forward(&relu(&m, mode)?, b)?;
-            let (_, _, hh, ww) = m.dims4()?;
-            m = MaxPool2d {
-                k: 3,
-                stride: 2,
-                pad: Padding::tf_same(hh, ww, 3, 2),
-            }
-            .forward(&m)?;
+            m = Self::pool(m.dims4()?).forward(&m)?;
             h = (m + res)?;
         }
         h = self.exit1.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
-        h = self.exit2.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
-        let pooled = h.mean((2, 3))?;
-        let f = relu(&self.fc1.forward(&pooled)?, mode)?;
-        self.fc2.forward(&f)
+        self.exit2.forward_act(&h, Some(ReluOp::relu(mode)), b)
+    }
+
+    /// The same flows as one layer chain (see `ops::chain`). A ReLU whose input is used
+    /// nowhere else is fused into the convolution before it.
+    fn chain_body(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        let r = ReluOp::relu(mode);
+        let mut c = Chain::new(x.dims4()?);
+        let mut h = self.conv1.chain(&mut c, Chain::INPUT, None, Some(r))?;
+        h = self.conv2.chain(&mut c, h, None, Some(r))?;
+        for (i, d) in self.down.iter().enumerate() {
+            if i == 3 {
+                for [s1, s2, s3] in &self.middle {
+                    let mut m = c.act(h, r);
+                    m = s1.chain(&mut c, m, Some(r))?;
+                    m = s2.chain(&mut c, m, Some(r))?;
+                    m = s3.chain(&mut c, m, None)?;
+                    h = c.add(m, h)?;
+                }
+            }
+            let res = d.residual.chain(&mut c, h, None, None)?;
+            let mut m = if d.relu_first { c.act(h, r) } else { h };
+            m = d.sep1.chain(&mut c, m, Some(r))?;
+            m = d.sep2.chain(&mut c, m, None)?;
+            m = c.max_pool(m, Self::pool(c.dims(m)));
+            h = c.add(m, res)?;
+        }
+        h = self.exit1.chain(&mut c, h, Some(r))?;
+        self.exit2.chain(&mut c, h, Some(r))?;
+        Ok(c.run(x)?)
+    }
+
+    /// The entry and exit flows' 3 x 3 / 2 max pool for an input of size `dims`.
+    fn pool((_, _, h, w): (usize, usize, usize, usize)) -> MaxPool2d {
+        MaxPool2d {
+            k: 3,
+            stride: 2,
+            pad: Padding::tf_same(h, w, 3, 2),
+        }
     }
 }

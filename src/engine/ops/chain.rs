@@ -11,6 +11,7 @@
 //! tensors). Every step's output is kept for the backward pass, as candle keeps the outputs of
 //! the separate ops.
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -31,6 +32,10 @@ enum Kernel {
     Conv(conv_act::Applied),
     Depthwise(depthwise::Applied),
     MaxPool(MaxPool2d, Dims),
+    /// An activation on its own (on a value that is also used before it).
+    Act(ReluOp),
+    /// `input + skip`.
+    Add,
 }
 
 struct Step {
@@ -118,6 +123,21 @@ impl Chain {
         self.push(Kernel::MaxPool(pool, dims), x, None, out)
     }
 
+    /// `act(x)` as a step of its own.
+    pub fn act(&mut self, x: Value, act: ReluOp) -> Value {
+        let dims = self.dims(x);
+        self.push(Kernel::Act(act), x, None, dims)
+    }
+
+    /// `a + b`, which must have the same size.
+    pub fn add(&mut self, a: Value, b: Value) -> Result<Value> {
+        let dims = self.dims(a);
+        if self.dims(b) != dims {
+            candle_core::bail!("adding {:?} to {dims:?}", self.dims(b))
+        }
+        Ok(self.push(Kernel::Add, a, Some(b), dims))
+    }
+
     /// Runs the chain on `x` (contiguous or not) and returns its last value.
     pub fn run(self, x: &Tensor) -> Result<Tensor> {
         if x.dims4()? != self.input_dims {
@@ -156,6 +176,11 @@ impl CustomOp1 for Chain {
                 Kernel::Conv(op) => op.forward_vec(input, skip)?,
                 Kernel::Depthwise(op) => op.forward_vec(input),
                 Kernel::MaxPool(pool, dims) => pool.forward_vec(input, *dims),
+                Kernel::Act(act) => input.par_iter().map(|&v| act.apply(v)).collect(),
+                Kernel::Add => {
+                    let b = skip.expect("an add step has two inputs");
+                    input.par_iter().zip(b).map(|(a, b)| a + b).collect()
+                }
             };
             values.push(out);
         }
@@ -169,7 +194,7 @@ impl CustomOp1 for Chain {
         let saved = std::mem::take(&mut *self.saved.lock().expect("chain values"));
         let gx = super::with_cpu_f32(arg, |x| {
             super::with_cpu_f32(res, |last| {
-                super::with_cpu_f32(grad, |g| self.backward(x, &saved, last, g))
+                super::with_cpu_f32(grad, |g| self.backward(x, saved, last, g))
             })
         })????;
         Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
@@ -179,26 +204,31 @@ impl CustomOp1 for Chain {
 impl Chain {
     /// The input gradient, from the input `x`, the saved values, the last value and its
     /// gradient. A value whose gradient never arrives (no path to the output) counts as 0.
+    /// Each saved value is freed once its producer is done (its consumers come after it in
+    /// the forward order, so before it here): memory falls as the pass goes.
     fn backward(
         &self,
         x: &[f32],
-        saved: &[Vec<f32>],
+        mut saved: Vec<Vec<f32>>,
         last: &[f32],
         g_last: &[f32],
     ) -> Result<Vec<f32>> {
         if saved.len() + 1 != self.steps.len() {
             candle_core::bail!("layer chain: backward without a matching forward pass")
         }
-        let value = |v: Value| match v.0 {
-            0 => x,
-            i if i == self.steps.len() => last,
-            i => &saved[i - 1][..],
-        };
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.steps.len() + 1];
         grads[self.steps.len()] = Some(g_last.to_vec());
         for (i, step) in self.steps.iter().enumerate().rev() {
             let Some(gy) = grads[i + 1].take() else {
+                if let Some(unused) = saved.get_mut(i) {
+                    *unused = Vec::new();
+                }
                 continue;
+            };
+            let value = |v: Value| match v.0 {
+                0 => x,
+                i if i == self.steps.len() => last,
+                i => &saved[i - 1][..],
             };
             let y = value(Value(i + 1));
             match &step.kernel {
@@ -216,6 +246,24 @@ impl Chain {
                     let gx = pool.backward_vec(value(step.input), *dims, &gy);
                     Self::accumulate(&mut grads[step.input.0], gx)
                 }
+                Kernel::Act(act) => {
+                    let fill = |gx: &mut [MaybeUninit<f32>]| {
+                        gx.par_chunks_mut(1 << 14)
+                            .zip(y.par_chunks(1 << 14).zip(gy.par_chunks(1 << 14)))
+                            .for_each(|(d, (y, g))| act.grad_from_outputs(d, y, g))
+                    };
+                    // SAFETY: `grad_from_outputs` writes all of each chunk.
+                    let gx = unsafe { super::vec_written_by(gy.len(), fill) };
+                    Self::accumulate(&mut grads[step.input.0], gx)
+                }
+                Kernel::Add => {
+                    let skip = step.skip.expect("an add step has two inputs");
+                    Self::accumulate(&mut grads[skip.0], gy.clone());
+                    Self::accumulate(&mut grads[step.input.0], gy)
+                }
+            }
+            if let Some(done) = saved.get_mut(i) {
+                *done = Vec::new();
             }
         }
         Ok(grads[0].take().unwrap_or_else(|| vec![0.0; x.len()]))
