@@ -300,8 +300,15 @@ fn col2im(cols: &[f32], g: &Geometry, x: &mut [MaybeUninit<f32>]) {
                         continue;
                     };
                     let dst = &mut xc[iy * g.w..(iy + 1) * g.w];
-                    for (ox, v) in (lo..hi).zip(&src[lo..hi]) {
-                        dst[((ox * s) as isize + off) as usize] += v;
+                    if s == 1 {
+                        // Contiguous: one vectorised add.
+                        let start = (lo as isize + off) as usize;
+                        let dst = &mut dst[start..start + hi - lo];
+                        dst.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
+                    } else {
+                        for (ox, v) in (lo..hi).zip(&src[lo..hi]) {
+                            dst[((ox * s) as isize + off) as usize] += v;
+                        }
                     }
                 }
             }
