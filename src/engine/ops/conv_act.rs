@@ -30,7 +30,7 @@ pub fn conv_act(
     pad: Padding,
     act: Option<ReluOp>,
 ) -> Result<Tensor> {
-    let op = Applied::new(x, weight, bias, stride, pad, act)?;
+    let op = Applied::for_input(x.dims4()?, weight, bias, stride, pad, act)?;
     x.contiguous()?.apply_op1(op)
 }
 
@@ -46,7 +46,7 @@ pub fn conv_add_act(
     pad: Padding,
     act: Option<ReluOp>,
 ) -> Result<Tensor> {
-    let op = Applied::new(x, weight, bias, stride, pad, act)?;
+    let op = Applied::for_input(x.dims4()?, weight, bias, stride, pad, act)?;
     let out = (x.dim(0)?, op.geo.cout, op.geo.oh, op.geo.ow);
     if skip.dims4()? != out {
         candle_core::bail!("residual of shape {:?}, expected {out:?}", skip.dims())
@@ -317,17 +317,6 @@ fn col2im(cols: &[f32], g: &Geometry, x: &mut [MaybeUninit<f32>]) {
 }
 
 impl Applied {
-    fn new(
-        x: &Tensor,
-        weight: &Tensor,
-        bias: &Tensor,
-        stride: usize,
-        pad: Padding,
-        act: Option<ReluOp>,
-    ) -> Result<Self> {
-        Self::for_input(x.dims4()?, weight, bias, stride, pad, act)
-    }
-
     /// For inputs `[n, cin, h, w]`.
     pub(crate) fn for_input(
         (n, cin, h, w): (usize, usize, usize, usize),
