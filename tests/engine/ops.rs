@@ -571,10 +571,10 @@ fn layer_chain_matches_separate_ops() {
                 .unwrap();
             let q = chain.act(p, ReluOp::relu(mode));
             let e = chain.add(d, q).unwrap();
-            chain
+            let out = chain
                 .conv(e, Some(p), (&w2, &b2), 1, Padding::default(), relu)
                 .unwrap();
-            chain.run(x).unwrap()
+            chain.run(x, out).unwrap()
         });
         let (y_ref, g_ref) = input_grad(&x, &|x| {
             let a = conv_act(x, &w1, &b1, 1, same, relu).unwrap();

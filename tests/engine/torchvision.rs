@@ -81,7 +81,7 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("unveil-tv-{}-{name}", std::process::id()))
 }
 
-fn load(arch_name: &str, arch: Arch) -> std::sync::Arc<dyn Classifier> {
+fn load(arch_name: &str, arch: Arch, backend: Backend) -> std::sync::Arc<dyn Classifier> {
     let dir = scratch(arch_name);
     let mut d = ModelDescription::ad_hoc(
         write_generated(arch_name, &dir),
@@ -90,19 +90,27 @@ fn load(arch_name: &str, arch: Arch) -> std::sync::Arc<dyn Classifier> {
         arch == Arch::Densenet121,
     );
     d.input_size = [64, 64];
-    let m = models::load_custom(&d, &Device::Cpu, Backend::Fast).unwrap();
+    let m = models::load_custom(&d, &Device::Cpu, backend).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     m
 }
 
 fn check(arch_name: &str, arch: Arch) -> (Vec<f32>, HashMap<String, Tensor>) {
+    check_with(arch_name, arch, Backend::Fast)
+}
+
+fn check_with(
+    arch_name: &str,
+    arch: Arch,
+    backend: Backend,
+) -> (Vec<f32>, HashMap<String, Tensor>) {
     let f = fixture(&format!("torchvision/{arch_name}.safetensors"));
     assert_eq!(
         to_vec(&f["input"]),
         generate("input", &[1, 3, 64, 64]),
         "the generators agree"
     );
-    let m = load(arch_name, arch);
+    let m = load(arch_name, arch, backend);
     let logits = m.forward(&f["input"], ReluMode::Plain).unwrap();
     let d = max_abs_diff(&to_vec(&logits), &to_vec(&f["logits"]));
     assert!(d < 1e-3, "{arch_name}: max abs logit difference {d}");
@@ -125,6 +133,13 @@ fn check(arch_name: &str, arch: Arch) -> (Vec<f32>, HashMap<String, Tensor>) {
 #[test]
 fn resnet18_matches_torchvision() {
     check("resnet18", Arch::Resnet18);
+}
+
+/// The same network as separate stock candle ops (the path GPUs take): ResNet runs as one
+/// layer chain on the CPU fast path, so this checks the other side of the shared structure.
+#[test]
+fn resnet18_on_stock_ops_matches_torchvision() {
+    check_with("resnet18", Arch::Resnet18, Backend::Stock);
 }
 
 #[test]

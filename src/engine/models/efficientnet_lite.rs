@@ -8,10 +8,9 @@
 
 use candle_core::{Device, Tensor};
 
-use super::layers::{Conv, Linear, PadMode, Weights};
+use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
-use crate::engine::ops::chain::{Chain, Value};
 use crate::error::Result;
 
 const BN_EPS: f64 = 1e-3;
@@ -89,28 +88,14 @@ struct MbConv {
 }
 
 impl MbConv {
-    fn forward(&self, x: &Tensor, mode: ReluMode, backend: Backend) -> Result<Tensor> {
+    fn forward<G: Graph>(&self, g: &mut G, x: G::Value, mode: ReluMode) -> Result<G::Value> {
+        let relu6 = Some(ReluOp::relu6(mode));
         let mut h = x.clone();
         if let Some(expand) = &self.expand {
-            h = expand.forward_act(&h, Some(ReluOp::relu6(mode)), backend)?;
+            h = g.conv(expand, &h, None, relu6)?;
         }
-        h = self
-            .depthwise
-            .forward_act(&h, Some(ReluOp::relu6(mode)), backend)?;
-        let skip = self.skip.then_some(x);
-        h = self.project.forward_residual(&h, skip, None, backend)?;
-        Ok(h)
-    }
-
-    /// The same block as steps of a layer chain.
-    fn chain(&self, chain: &mut Chain, x: Value, mode: ReluMode) -> Result<Value> {
-        let relu6 = Some(ReluOp::relu6(mode));
-        let mut h = x;
-        if let Some(expand) = &self.expand {
-            h = expand.chain(chain, h, None, relu6)?;
-        }
-        h = self.depthwise.chain(chain, h, None, relu6)?;
-        self.project.chain(chain, h, self.skip.then_some(x), None)
+        h = g.conv(&self.depthwise, &h, None, relu6)?;
+        g.conv(&self.project, &h, self.skip.then_some(&x), None)
     }
 }
 
@@ -201,25 +186,18 @@ impl EfficientNetLite {
 
     /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        let b = self.backend;
+        let h = self.run_body(x, mode, self.backend)?;
+        self.fc.forward(&h.mean((2, 3))?)
+    }
+}
+
+impl Body for EfficientNetLite {
+    fn body<G: Graph>(&self, g: &mut G, x: G::Value, mode: ReluMode) -> Result<G::Value> {
         let relu6 = Some(ReluOp::relu6(mode));
-        let h = if b.fast_cpu(x.device()) {
-            // The whole body as one op with its own backward (see `ops::chain`).
-            let mut chain = Chain::new(x.dims4()?);
-            let mut h = self.stem.chain(&mut chain, Chain::INPUT, None, relu6)?;
-            for block in &self.blocks {
-                h = block.chain(&mut chain, h, mode)?;
-            }
-            self.head.chain(&mut chain, h, None, relu6)?;
-            chain.run(x)?
-        } else {
-            let mut h = self.stem.forward_act(x, relu6, b)?;
-            for block in &self.blocks {
-                h = block.forward(&h, mode, b)?;
-            }
-            self.head.forward_act(&h, relu6, b)?
-        };
-        let pooled = h.mean((2, 3))?;
-        self.fc.forward(&pooled)
+        let mut h = g.conv(&self.stem, &x, None, relu6)?;
+        for block in &self.blocks {
+            h = block.forward(g, h, mode)?;
+        }
+        g.conv(&self.head, &h, None, relu6)
     }
 }

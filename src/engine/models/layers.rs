@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::ops::Backend;
-use crate::engine::ops::activation::ReluOp;
+use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::chain::{Chain, Value};
 use crate::engine::ops::conv::conv2d_const;
 use crate::engine::ops::conv_act::{conv_act, conv_add_act};
 use crate::engine::ops::depthwise::{DepthwiseConv2d, Padding};
+use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
 
 /// Named tensors from a weights file, checked on lookup.
@@ -151,13 +152,7 @@ impl Conv {
     }
 
     pub fn forward(&self, x: &Tensor, backend: Backend) -> Result<Tensor> {
-        self.forward_act(x, None, backend)
-    }
-
-    /// The convolution followed by `act`: one fused op on the CPU fast path, separate ops
-    /// elsewhere.
-    pub fn forward_act(&self, x: &Tensor, act: Option<ReluOp>, backend: Backend) -> Result<Tensor> {
-        self.forward_residual(x, None, act, backend)
+        self.forward_residual(x, None, None, backend)
     }
 
     /// `act(conv(x) + skip)`: a residual block's last convolution, shortcut and activation,
@@ -224,6 +219,108 @@ impl Conv {
                 )));
             }
         })
+    }
+}
+
+/// Where a model's layers run: as separate candle ops ([`Ops`], any device and backend) or as
+/// the steps of one layer chain (the CPU fast path, see `ops::chain`). Models describe their
+/// structure once, generic over it ([`Body`]).
+pub trait Graph {
+    type Value: Clone;
+    /// `act(conv(x) + skip)`.
+    fn conv(
+        &mut self,
+        conv: &Conv,
+        x: &Self::Value,
+        skip: Option<&Self::Value>,
+        act: Option<ReluOp>,
+    ) -> Result<Self::Value>;
+    fn act(&mut self, x: &Self::Value, act: ReluOp) -> Result<Self::Value>;
+    fn add(&mut self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// A max pool whose settings may depend on its input's size `[n, c, h, w]`.
+    fn max_pool(
+        &mut self,
+        x: &Self::Value,
+        pool: impl Fn((usize, usize, usize, usize)) -> MaxPool2d,
+    ) -> Result<Self::Value>;
+}
+
+/// Layers as separate candle ops.
+pub struct Ops(pub Backend);
+
+impl Graph for Ops {
+    type Value = Tensor;
+
+    fn conv(
+        &mut self,
+        conv: &Conv,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        act: Option<ReluOp>,
+    ) -> Result<Tensor> {
+        conv.forward_residual(x, skip, act, self.0)
+    }
+
+    fn act(&mut self, x: &Tensor, act: ReluOp) -> Result<Tensor> {
+        Ok(act.forward(x)?)
+    }
+
+    fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok((a + b)?)
+    }
+
+    fn max_pool(
+        &mut self,
+        x: &Tensor,
+        pool: impl Fn((usize, usize, usize, usize)) -> MaxPool2d,
+    ) -> Result<Tensor> {
+        Ok(pool(x.dims4()?).forward(x)?)
+    }
+}
+
+impl Graph for Chain {
+    type Value = Value;
+
+    fn conv(
+        &mut self,
+        conv: &Conv,
+        x: &Value,
+        skip: Option<&Value>,
+        act: Option<ReluOp>,
+    ) -> Result<Value> {
+        conv.chain(self, *x, skip.copied(), act)
+    }
+
+    fn act(&mut self, x: &Value, act: ReluOp) -> Result<Value> {
+        Ok(Chain::act(self, *x, act))
+    }
+
+    fn add(&mut self, a: &Value, b: &Value) -> Result<Value> {
+        Ok(Chain::add(self, *a, *b)?)
+    }
+
+    fn max_pool(
+        &mut self,
+        x: &Value,
+        pool: impl Fn((usize, usize, usize, usize)) -> MaxPool2d,
+    ) -> Result<Value> {
+        Ok(Chain::max_pool(self, *x, pool(self.dims(*x))))
+    }
+}
+
+/// A network body (input image to final feature map) written once for both [`Graph`]s.
+pub trait Body {
+    fn body<G: Graph>(&self, g: &mut G, x: G::Value, mode: ReluMode) -> Result<G::Value>;
+
+    /// Runs the body on `x`: as one layer chain on the CPU fast path, else as separate ops.
+    fn run_body(&self, x: &Tensor, mode: ReluMode, backend: Backend) -> Result<Tensor> {
+        if backend.fast_cpu(x.device()) {
+            let mut chain = Chain::new(x.dims4()?);
+            let out = self.body(&mut chain, Chain::INPUT, mode)?;
+            Ok(chain.run(x, out)?)
+        } else {
+            self.body(&mut Ops(backend), x.clone(), mode)
+        }
     }
 }
 

@@ -5,10 +5,9 @@
 
 use candle_core::{Device, Tensor};
 
-use super::layers::{Conv, Linear, PadMode, Weights};
+use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
-use crate::engine::ops::chain::{Chain, Value};
 use crate::engine::ops::depthwise::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -53,49 +52,25 @@ enum Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, mode: ReluMode, b: Backend) -> Result<Tensor> {
+    fn forward<G: Graph>(&self, g: &mut G, x: G::Value, mode: ReluMode) -> Result<G::Value> {
         let relu = Some(ReluOp::relu(mode));
         let (h, last, down) = match self {
-            Block::Basic { conv1, conv2, down } => (conv1.forward_act(x, relu, b)?, conv2, down),
+            Block::Basic { conv1, conv2, down } => (g.conv(conv1, &x, None, relu)?, conv2, down),
             Block::Bottleneck {
                 conv1,
                 conv2,
                 conv3,
                 down,
             } => {
-                let h = conv1.forward_act(x, relu, b)?;
-                (conv2.forward_act(&h, relu, b)?, conv3, down)
+                let h = g.conv(conv1, &x, None, relu)?;
+                (g.conv(conv2, &h, None, relu)?, conv3, down)
             }
         };
         let skip = match down {
-            Some(d) => d.forward(x, b)?,
-            None => x.clone(),
-        };
-        last.forward_residual(&h, Some(&skip), relu, b)
-    }
-
-    /// The same block as steps of a layer chain.
-    fn chain(&self, chain: &mut Chain, x: Value, mode: ReluMode) -> Result<Value> {
-        let relu = Some(ReluOp::relu(mode));
-        let (h, last, down) = match self {
-            Block::Basic { conv1, conv2, down } => {
-                (conv1.chain(chain, x, None, relu)?, conv2, down)
-            }
-            Block::Bottleneck {
-                conv1,
-                conv2,
-                conv3,
-                down,
-            } => {
-                let h = conv1.chain(chain, x, None, relu)?;
-                (conv2.chain(chain, h, None, relu)?, conv3, down)
-            }
-        };
-        let skip = match down {
-            Some(d) => d.chain(chain, x, None, None)?,
+            Some(d) => g.conv(d, &x, None, None)?,
             None => x,
         };
-        last.chain(chain, h, Some(skip), relu)
+        g.conv(last, &h, Some(&skip), relu)
     }
 }
 
@@ -183,29 +158,23 @@ impl ResNet {
     }
 
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        let b = self.backend;
-        let pool = MaxPool2d {
+        let h = self.run_body(x, mode, self.backend)?;
+        self.fc.forward(&h.mean((2, 3))?)
+    }
+}
+
+impl Body for ResNet {
+    fn body<G: Graph>(&self, g: &mut G, x: G::Value, mode: ReluMode) -> Result<G::Value> {
+        let h = g.conv(&self.stem, &x, None, Some(ReluOp::relu(mode)))?;
+        let pool = |_| MaxPool2d {
             k: 3,
             stride: 2,
             pad: Padding::symmetric(1),
         };
-        let relu = Some(ReluOp::relu(mode));
-        let h = if b.fast_cpu(x.device()) {
-            // The whole body as one op with its own backward (see `ops::chain`).
-            let mut chain = Chain::new(x.dims4()?);
-            let h = self.stem.chain(&mut chain, Chain::INPUT, None, relu)?;
-            let mut h = chain.max_pool(h, pool);
-            for block in &self.blocks {
-                h = block.chain(&mut chain, h, mode)?;
-            }
-            chain.run(x)?
-        } else {
-            let mut h = pool.forward(&self.stem.forward_act(x, relu, b)?)?;
-            for block in &self.blocks {
-                h = block.forward(&h, mode, b)?;
-            }
-            h
-        };
-        self.fc.forward(&h.mean((2, 3))?)
+        let mut h = g.max_pool(&h, pool)?;
+        for block in &self.blocks {
+            h = block.forward(g, h, mode)?;
+        }
+        Ok(h)
     }
 }

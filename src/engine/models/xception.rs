@@ -10,10 +10,9 @@
 
 use candle_core::{Device, Tensor};
 
-use super::layers::{Conv, Linear, PadMode, Weights, fold_bn};
+use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights, fold_bn};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp, relu};
-use crate::engine::ops::chain::{Chain, Value};
 use crate::engine::ops::depthwise::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -38,23 +37,14 @@ impl SepConv {
         })
     }
 
-    fn forward(&self, x: &Tensor, b: Backend) -> Result<Tensor> {
-        self.forward_act(x, None, b)
-    }
-
-    fn forward_act(&self, x: &Tensor, act: Option<ReluOp>, b: Backend) -> Result<Tensor> {
-        self.pointwise
-            .forward_act(&self.depthwise.forward(x, b)?, act, b)
-    }
-
-    fn chain(&self, chain: &mut Chain, x: Value, act: Option<ReluOp>) -> Result<Value> {
-        let h = self.depthwise.chain(chain, x, None, None)?;
-        self.pointwise.chain(chain, h, None, act)
+    /// Depthwise then pointwise (with `act`, the ReLU that starts the next separable
+    /// convolution, where nothing else reads its input).
+    fn forward<G: Graph>(&self, g: &mut G, x: &G::Value, act: Option<ReluOp>) -> Result<G::Value> {
+        let h = g.conv(&self.depthwise, x, None, None)?;
+        g.conv(&self.pointwise, &h, None, act)
     }
 }
 
-/// Entry/exit block: (relu) sepconv, relu, sepconv, 3 x 3 / 2 max pool, plus a strided 1 x 1
-/// residual convolution.
 struct DownBlock {
     relu_first: bool,
     sep1: SepConv,
@@ -177,83 +167,43 @@ impl Xception {
 
     /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
     pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        let h = if self.backend.fast_cpu(x.device()) {
-            self.chain_body(x, mode)?
-        } else {
-            self.body(x, mode)?
-        };
+        let h = self.run_body(x, mode, self.backend)?;
         let pooled = h.mean((2, 3))?;
         let f = relu(&self.fc1.forward(&pooled)?, mode)?;
         self.fc2.forward(&f)
     }
+}
 
-    /// Entry, middle and exit flows as separate ops.
-    fn body(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        let b = self.backend;
-        let mut h = self.conv1.forward_act(x, Some(ReluOp::relu(mode)), b)?;
-        h = self.conv2.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
-        let mut middle_done = false;
-        for (i, d) in self.down.iter().enumerate() {
-            if i == 3 && !middle_done {
-                for [s1, s2, s3] in &self.middle {
-                    let mut m = h.clone();
-                    for s in [s1, s2, s3] {
-                        m = s.forward(&relu(&m, mode)?, b)?;
-                    }
-                    h = (m + &h)?;
-                }
-                middle_done = true;
-            }
-            let res = d.residual.forward(&h, b)?;
-            let mut m = if d.relu_first {
-                relu(&h, mode)?
-            } else {
-                h.clone()
-            };
-            m = d.sep1.forward(&m, b)?;
-            m = d.sep2.forward(&relu(&m, mode)?, b)?;
-            m = Self::pool(m.dims4()?).forward(&m)?;
-            h = (m + res)?;
-        }
-        h = self.exit1.forward_act(&h, Some(ReluOp::relu(mode)), b)?;
-        self.exit2.forward_act(&h, Some(ReluOp::relu(mode)), b)
-    }
-
-    /// The same flows as one layer chain (see `ops::chain`). A ReLU whose input is used
-    /// nowhere else is fused into the convolution before it.
-    fn chain_body(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+impl Body for Xception {
+    /// Entry, middle and exit flows.
+    fn body<G: Graph>(&self, g: &mut G, x: G::Value, mode: ReluMode) -> Result<G::Value> {
         let r = ReluOp::relu(mode);
-        let mut c = Chain::new(x.dims4()?);
-        let mut h = self.conv1.chain(&mut c, Chain::INPUT, None, Some(r))?;
-        h = self.conv2.chain(&mut c, h, None, Some(r))?;
+        let mut h = g.conv(&self.conv1, &x, None, Some(r))?;
+        h = g.conv(&self.conv2, &h, None, Some(r))?;
         for (i, d) in self.down.iter().enumerate() {
             if i == 3 {
                 for [s1, s2, s3] in &self.middle {
-                    let mut m = c.act(h, r);
-                    m = s1.chain(&mut c, m, Some(r))?;
-                    m = s2.chain(&mut c, m, Some(r))?;
-                    m = s3.chain(&mut c, m, None)?;
-                    h = c.add(m, h)?;
+                    let mut m = g.act(&h, r)?;
+                    m = s1.forward(g, &m, Some(r))?;
+                    m = s2.forward(g, &m, Some(r))?;
+                    m = s3.forward(g, &m, None)?;
+                    h = g.add(&m, &h)?;
                 }
             }
-            let res = d.residual.chain(&mut c, h, None, None)?;
-            let mut m = if d.relu_first { c.act(h, r) } else { h };
-            m = d.sep1.chain(&mut c, m, Some(r))?;
-            m = d.sep2.chain(&mut c, m, None)?;
-            m = c.max_pool(m, Self::pool(c.dims(m)));
-            h = c.add(m, res)?;
+            let res = g.conv(&d.residual, &h, None, None)?;
+            let m = if d.relu_first { g.act(&h, r)? } else { h };
+            let m = d.sep1.forward(g, &m, Some(r))?;
+            let m = d.sep2.forward(g, &m, None)?;
+            // The entry and exit flows' 3 x 3 / 2 max pool, TensorFlow "same" padded.
+            let pool = |(_, _, h, w)| MaxPool2d {
+                k: 3,
+                stride: 2,
+                pad: Padding::tf_same(h, w, 3, 2),
+            };
+            let m = g.max_pool(&m, pool)?;
+            h = g.add(&m, &res)?;
         }
-        h = self.exit1.chain(&mut c, h, Some(r))?;
-        self.exit2.chain(&mut c, h, Some(r))?;
-        Ok(c.run(x)?)
-    }
-
-    /// The entry and exit flows' 3 x 3 / 2 max pool for an input of size `dims`.
-    fn pool((_, _, h, w): (usize, usize, usize, usize)) -> MaxPool2d {
-        MaxPool2d {
-            k: 3,
-            stride: 2,
-            pad: Padding::tf_same(h, w, 3, 2),
-        }
+        h = self.exit1.forward(g, &h, Some(r))?;
+        self.exit2.forward(g, &h, Some(r))
     }
 }

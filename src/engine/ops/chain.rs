@@ -138,10 +138,13 @@ impl Chain {
         Ok(self.push(Kernel::Add, a, Some(b), dims))
     }
 
-    /// Runs the chain on `x` (contiguous or not) and returns its last value.
-    pub fn run(self, x: &Tensor) -> Result<Tensor> {
+    /// Runs the chain on `x` and returns `out`, which must be its last value.
+    pub fn run(self, x: &Tensor, out: Value) -> Result<Tensor> {
         if x.dims4()? != self.input_dims {
             candle_core::bail!("chain built for {:?}, got {:?}", self.input_dims, x.dims())
+        }
+        if out.0 != self.steps.len() {
+            candle_core::bail!("a chain's output must be its last value")
         }
         if self.steps.is_empty() {
             return Ok(x.clone());
