@@ -80,14 +80,30 @@ impl MaxPool2d {
     pub(crate) fn forward_vec(&self, x: &[f32], dims: (usize, usize, usize, usize)) -> Vec<f32> {
         let (n, c, h, w) = dims;
         let (oh, ow) = self.out_size(h, w);
+        // Column windows are the same for every row and plane: clip them once.
+        let cols: Vec<(usize, usize)> = (0..ow)
+            .map(|ox| self.window(ox, self.pad.left, w))
+            .collect();
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
             let plane = &x[p * h * w..(p + 1) * h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    o[oy * ow + ox] = self
-                        .argmax(plane, h, w, oy, ox)
-                        .map_or(f32::NEG_INFINITY, |i| plane[i]);
+            for (oy, o) in o.chunks_exact_mut(ow).enumerate() {
+                let (y0, y1) = self.window(oy, self.pad.top, h);
+                for (o, &(x0, x1)) in o.iter_mut().zip(&cols) {
+                    // As `argmax`: the first value of the window, then any strictly greater.
+                    *o = if y0 < y1 && x0 < x1 {
+                        let mut m = plane[y0 * w + x0];
+                        for iy in y0..y1 {
+                            for &v in &plane[iy * w + x0..iy * w + x1] {
+                                if v > m {
+                                    m = v;
+                                }
+                            }
+                        }
+                        m
+                    } else {
+                        f32::NEG_INFINITY
+                    };
                 }
             }
         });
