@@ -2,11 +2,14 @@
 # unveil vs PyTorch: saliency throughput (forward + guided backward to the input per noisy
 # 224x224 sample, chunks of 4), run back to back on this machine, then a comparison table.
 #
-#   bash scripts/bench.sh [ARGS for bench_pytorch.py, e.g. --samples 16]
+#   [ROUNDS=3] bash scripts/bench.sh [ARGS for bench_pytorch.py, e.g. --samples 16]
 #
 #   1. cargo bench --bench saliency -- --json target/bench-unveil.json
 #   2. .venv-scripts/bin/python scripts/bench_pytorch.py --threads N --json target/bench-pytorch.json
-#   3. table: per model unveil ms/sample, PyTorch ms/sample, PyTorch/unveil (> 1: unveil faster)
+#   3. with ROUNDS > 1: steps 1 (saliency sections only) and 2 again, alternating, ROUNDS times
+#      in all, so that a noisy minute on a shared machine hits both sides alike
+#   4. table: per model unveil ms/sample, PyTorch ms/sample, PyTorch/unveil (> 1: unveil
+#      faster) per round, and the median ratio
 #
 # Threads: PyTorch gets --threads $THREADS (default: nproc, i.e. every core, which is what
 # candle uses by default). Setting THREADS also exports RAYON_NUM_THREADS=$THREADS for the
@@ -46,26 +49,41 @@ echo "== machine: $CPU, nproc $NPROC, threads $THREADS"
 mkdir -p "$OUT_DIR"
 rm -f "$UNVEIL_JSON" "$TORCH_JSON"  # never compare against a stale result
 
-echo "== 1/2 unveil: cargo bench --bench saliency -- --json $UNVEIL_JSON"
-(cd "$REPO" && cargo bench --bench saliency -- --json "$UNVEIL_JSON")
-[ -s "$UNVEIL_JSON" ] || die "the saliency bench did not write $UNVEIL_JSON (does benches/saliency.rs accept --json PATH?)"
+ROUNDS="${ROUNDS:-1}"
+PAIRS=()
+for ((round = 1; round <= ROUNDS; round++)); do
+    u_json="$UNVEIL_JSON" t_json="$TORCH_JSON" only=()
+    if [ "$round" -gt 1 ]; then
+        u_json="$OUT_DIR/bench-unveil-r$round.json" t_json="$OUT_DIR/bench-pytorch-r$round.json"
+        only=(--only efficientnet-lite0,resnet50,resnet50-random-bn)
+        rm -f "$u_json" "$t_json"
+    fi
+    echo "== round $round/$ROUNDS, unveil: cargo bench --bench saliency -- ${only[*]} --json $u_json"
+    (cd "$REPO" && cargo bench --bench saliency -- "${only[@]}" --json "$u_json")
+    [ -s "$u_json" ] || die "the saliency bench did not write $u_json (does benches/saliency.rs accept --json PATH?)"
 
-echo "== 2/2 PyTorch: scripts/bench_pytorch.py --threads $THREADS --json $TORCH_JSON $*"
-(cd "$REPO" && "$PY" scripts/bench_pytorch.py --threads "$THREADS" --json "$TORCH_JSON" "$@")
-[ -s "$TORCH_JSON" ] || die "bench_pytorch.py did not write $TORCH_JSON"
+    echo "== round $round/$ROUNDS, PyTorch: scripts/bench_pytorch.py --threads $THREADS --json $t_json $*"
+    (cd "$REPO" && "$PY" scripts/bench_pytorch.py --threads "$THREADS" --json "$t_json" "$@")
+    [ -s "$t_json" ] || die "bench_pytorch.py did not write $t_json"
+    PAIRS+=("$u_json" "$t_json")
+done
 
 echo
-"$PY" - "$UNVEIL_JSON" "$TORCH_JSON" "$NPROC" "$CPU" "$THREADS" <<'EOF'
-import json, sys
+"$PY" - "$NPROC" "$CPU" "$THREADS" "${PAIRS[@]}" <<'EOF'
+import json, statistics, sys
 
-unveil_path, torch_path, nproc, cpu, threads = sys.argv[1:6]
-u = json.load(open(unveil_path, encoding="utf-8"))
-t = json.load(open(torch_path, encoding="utf-8"))
+nproc, cpu, threads = sys.argv[1:4]
+paths = sys.argv[4:]
+rounds = [
+    (json.load(open(u, encoding="utf-8")), json.load(open(t, encoding="utf-8")))
+    for u, t in zip(paths[0::2], paths[1::2])
+]
+u, t = rounds[0]
 um, tm = u.get("models", {}), t.get("models", {})
 
 
 def ms(d, name):
-    v = d.get(name, {}).get("ms_per_sample")
+    v = d.get("models", {}).get(name, {}).get("ms_per_sample")
     return float(v) if isinstance(v, (int, float)) else None
 
 
@@ -73,24 +91,33 @@ def fmt(v):
     return "-" if v is None else f"{v:.1f}"
 
 
-print(f"machine: {cpu}, nproc {nproc}; PyTorch {t.get('torch')} with {t.get('threads')} thread(s)"
-      f" (requested {threads})")
-print("\n| model | unveil ms/sample | PyTorch ms/sample | PyTorch / unveil |")
-print("|---|---|---|---|")
 # unveil's time depends on the weights (it skips dead channels), PyTorch's does not: the
 # ResNet-50 variants with other untrained weights are compared with PyTorch's resnet50.
 REFERENCE = {"resnet50-random-bn": "resnet50"}
+
+print(f"machine: {cpu}, nproc {nproc}; PyTorch {t.get('torch')} with {t.get('threads')} thread(s)"
+      f" (requested {threads}); {len(rounds)} round(s), unveil and PyTorch alternating")
+print("\n| model | round | unveil ms/sample | PyTorch ms/sample | PyTorch / unveil |")
+print("|---|---|---|---|---|")
 names = list(um) + [n for n in tm if n not in um]
+missing = []
 for name in names:
-    a, b = ms(um, name), ms(tm, REFERENCE.get(name, name))
-    ratio = f"{b / a:.2f}x" if a and b else "-"
-    print(f"| {name} | {fmt(a)} | {fmt(b)} | {ratio} |")
+    ratios = []
+    for i, (ur, tr) in enumerate(rounds, 1):
+        a, b = ms(ur, name), ms(tr, REFERENCE.get(name, name))
+        if a and b:
+            ratios.append(b / a)
+        ratio = f"{b / a:.2f}x" if a and b else "-"
+        print(f"| {name} | {i} | {fmt(a)} | {fmt(b)} | {ratio} |")
+    if len(rounds) > 1 and ratios:
+        print(f"| {name} | median | | | **{statistics.median(ratios):.2f}x** |")
+    if not ratios:
+        missing.append(name)
 print("\nPyTorch / unveil > 1 means unveil is faster.")
-missing = [n for n in names if ms(um, n) is None or ms(tm, REFERENCE.get(n, n)) is None]
 if missing:
     print("no comparison for: " + ", ".join(missing) + " (missing on one side)")
 for key in ("end_to_end", "mask"):
     if key in u:
         print(f"\nunveil {key}: {json.dumps(u[key])}")
-print(f"\nraw results: {unveil_path}, {torch_path}")
+print("\nraw results: " + ", ".join(paths))
 EOF
