@@ -6,6 +6,7 @@
 //! asymmetric, TensorFlow-"same") zero padding folded in. Its backward returns only the input
 //! gradient: the weights are constants.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -148,11 +149,13 @@ impl DepthwiseConv2d {
         ((ky % s) * s + kx % s) * l.phase_len() + (ky / s) * l.cols + kx / s
     }
 
+    /// One plane's output, `act` applied, written whole into `out` (which may start
+    /// uninitialised).
     fn forward_plane(
         &self,
-        ch: usize,
+        (ch, act): (usize, Option<ReluOp>),
         x: &[f32],
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         geo: &Geometry,
         scratch: &mut Vec<f32>,
     ) {
@@ -160,9 +163,12 @@ impl DepthwiseConv2d {
         let wt = &self.weight[ch * k * k..(ch + 1) * k * k];
         let l = self.layout(geo);
         let span = geo.oh * l.cols;
-        scratch.clear();
-        scratch.resize(l.len() + span, 0.0);
-        let (phases, acc) = scratch.split_at_mut(l.len());
+        if scratch.len() < l.len() + span {
+            scratch.resize(l.len() + span, 0.0);
+        }
+        let (phases, acc) = scratch[..l.len() + span].split_at_mut(l.len());
+        // The padding must read as zeros; `scatter` writes the rest.
+        phases.fill(0.0);
         l.scatter(geo, x, phases);
         acc.fill(self.bias[ch]);
         for ky in 0..k {
@@ -174,8 +180,11 @@ impl DepthwiseConv2d {
                 super::simd::axpy(acc, src, wv);
             }
         }
+        let act = |v: f32| act.map_or(v, |a| a.apply(v));
         for (o, a) in out.chunks_exact_mut(geo.ow).zip(acc.chunks_exact(l.cols)) {
-            o.copy_from_slice(&a[..geo.ow]);
+            o.iter_mut().zip(a).for_each(|(o, &a)| {
+                o.write(act(a));
+            });
         }
     }
 
@@ -294,17 +303,17 @@ impl Applied {
     pub(crate) fn forward_vec(&self, x: &[f32]) -> Vec<f32> {
         let (c, g) = (self.conv.channels, &self.geo);
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
-        let mut out = vec![0f32; self.batch * c * out_plane];
-        out.par_chunks_mut(out_plane)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (i, o)| {
-                let xp = &x[i * in_plane..(i + 1) * in_plane];
-                self.conv.forward_plane(i % c, xp, o, g, scratch);
-                if let Some(act) = self.act {
-                    o.iter_mut().for_each(|v| *v = act.apply(*v));
-                }
-            });
-        out
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(out_plane)
+                .enumerate()
+                .for_each_init(Vec::new, |scratch, (i, o)| {
+                    let xp = &x[i * in_plane..(i + 1) * in_plane];
+                    self.conv
+                        .forward_plane((i % c, self.act), xp, o, g, scratch);
+                })
+        };
+        // SAFETY: `forward_plane` writes its plane whole.
+        unsafe { super::vec_written_by(self.batch * c * out_plane, fill) }
     }
 
     /// The input gradient from the output `y` and its gradient `gy`.
