@@ -3,9 +3,9 @@
 //! Why: candle's autograd gives every graph edge a zero-filled gradient buffer and then adds
 //! the incoming gradient into it (a fresh allocation, a memset and a full read-read-write pass
 //! per edge), and runs its bookkeeping on one thread between the layers' parallel loops. For a
-//! network body of fused layers that was 10-20 % of a saliency pass. Inside a chain a gradient
-//! moves from layer to layer; it is added only where a value feeds two layers (residuals),
-//! in place.
+//! network body of fused layers that cost 5-15 % of a ResNet-50 or Lite0 pass and a quarter
+//! of an Xception one. Inside a chain a gradient moves from layer to layer; it is added only
+//! where a value feeds two layers (residuals), in place.
 //!
 //! The chain is built per forward call from the model's layers (cheap: weights are shared
 //! tensors). Every step's output is kept for the backward pass, as candle keeps the outputs of
@@ -46,7 +46,7 @@ struct Step {
 
 /// Builds a chain on an input of known size; each method adds a step and returns its output.
 pub struct Chain {
-    input_dims: Dims,
+    /// The size of every value, the input's first.
     dims: Vec<Dims>,
     steps: Vec<Step>,
     /// The steps' outputs from the forward pass (all but the last, which candle keeps).
@@ -57,7 +57,6 @@ impl Chain {
     /// A chain whose input is a batch `[n, c, h, w]`.
     pub fn new(input_dims: Dims) -> Self {
         Chain {
-            input_dims,
             dims: vec![input_dims],
             steps: Vec::new(),
             saved: Mutex::new(Vec::new()),
@@ -140,8 +139,8 @@ impl Chain {
 
     /// Runs the chain on `x` and returns `out`, which must be its last value.
     pub fn run(self, x: &Tensor, out: Value) -> Result<Tensor> {
-        if x.dims4()? != self.input_dims {
-            candle_core::bail!("chain built for {:?}, got {:?}", self.input_dims, x.dims())
+        if x.dims4()? != self.dims[0] {
+            candle_core::bail!("chain built for {:?}, got {:?}", self.dims[0], x.dims())
         }
         if out.0 != self.steps.len() {
             candle_core::bail!("a chain's output must be its last value")
