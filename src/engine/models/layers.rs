@@ -193,9 +193,7 @@ impl Conv {
             None => y,
         })
     }
-}
 
-impl Conv {
     /// Adds the convolution, `skip` and `act` (as [`Conv::forward_residual`]) to a chain of
     /// CPU layers. Every layer of the models can join one: plain convolutions, and depthwise
     /// ones without a residual.

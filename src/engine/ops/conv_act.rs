@@ -47,7 +47,7 @@ pub fn conv_add_act(
     act: Option<ReluOp>,
 ) -> Result<Tensor> {
     let op = Applied::for_input(x.dims4()?, weight, bias, stride, pad, act)?;
-    let out = (x.dim(0)?, op.geo.cout, op.geo.oh, op.geo.ow);
+    let out = op.out_dims();
     if skip.dims4()? != out {
         candle_core::bail!("residual of shape {:?}, expected {out:?}", skip.dims())
     }

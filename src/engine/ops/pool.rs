@@ -64,9 +64,7 @@ impl MaxPool2d {
         }
         Some(best)
     }
-}
 
-impl MaxPool2d {
     /// Output sizes for inputs `[n, c, h, w]`.
     pub(crate) fn out_dims(
         &self,
