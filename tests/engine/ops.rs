@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor, Var};
 use unveil::engine::ops::activation::{ReluMode, ReluOp, relu, relu6};
 use unveil::engine::ops::conv::conv2d_const;
-use unveil::engine::ops::conv_act::{conv_act, conv_add_act};
+use unveil::engine::ops::conv_act::{ConvCache, conv_act, conv_add_act};
 use unveil::engine::ops::depthwise::{DepthwiseConv2d, Padding};
 
 use crate::common::{fixture, max_abs_diff, pseudo_random, to_vec};
@@ -556,23 +556,32 @@ fn layer_chain_matches_separate_ops() {
         pad: Padding::symmetric(1),
     };
     let same = Padding::symmetric(1);
+    // What each layer keeps between calls, shared by the runs below as a model's layers' are.
+    let [c1, c_unused, c2] = [(); 3].map(|_| std::sync::Arc::<ConvCache>::default());
     for mode in [ReluMode::Guided, ReluMode::Plain] {
         let relu = Some(ReluOp::relu(mode));
         let relu6 = Some(ReluOp::relu6(mode));
         let (y_chain, g_chain) = input_grad(&x, &|x| {
             let mut chain = Chain::new(x.dims4().unwrap());
             let a = chain
-                .conv(Chain::INPUT, None, (&w1, &b1), 1, same, relu)
+                .conv(Chain::INPUT, None, (&w1, &b1, &c1), 1, same, relu)
                 .unwrap();
             let p = chain.max_pool(a, pool);
             let d = chain.depthwise(p, &dw, same, relu6).unwrap();
             chain
-                .conv(p, None, (&w_unused, &b_unused), 1, Padding::default(), relu)
+                .conv(
+                    p,
+                    None,
+                    (&w_unused, &b_unused, &c_unused),
+                    1,
+                    Padding::default(),
+                    relu,
+                )
                 .unwrap();
             let q = chain.act(p, ReluOp::relu(mode));
             let e = chain.add(d, q).unwrap();
             let out = chain
-                .conv(e, Some(p), (&w2, &b2), 1, Padding::default(), relu)
+                .conv(e, Some(p), (&w2, &b2, &c2), 1, Padding::default(), relu)
                 .unwrap();
             chain.run(x, out).unwrap()
         });

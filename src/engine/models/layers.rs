@@ -2,6 +2,7 @@
 //! folding, and a convolution layer that picks the fast or stock implementation.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -9,7 +10,7 @@ use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::chain::{Chain, Value};
 use crate::engine::ops::conv::conv2d_const;
-use crate::engine::ops::conv_act::{conv_act, conv_add_act};
+use crate::engine::ops::conv_act::{Applied, ConvCache};
 use crate::engine::ops::depthwise::{DepthwiseConv2d, Padding};
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -93,6 +94,8 @@ pub struct Conv {
     pad: PadMode,
     /// The CPU kernel's copy of a depthwise layer's weights.
     depthwise: Option<DepthwiseConv2d>,
+    /// Transformed weights the CPU kernel keeps between calls.
+    cache: Arc<ConvCache>,
 }
 
 impl Conv {
@@ -141,6 +144,7 @@ impl Conv {
             groups,
             pad,
             depthwise: depthwise.transpose()?,
+            cache: Arc::default(),
         })
     }
 
@@ -168,12 +172,13 @@ impl Conv {
         let pad = self.padding(h, w);
         if backend.fast_cpu(x.device()) {
             let (wt, b, s) = (&self.weight, &self.bias, self.stride);
-            match (&self.depthwise, skip) {
-                (Some(dw), None) => return Ok(dw.forward_act(x, pad, act)?),
-                (None, Some(skip)) if self.groups == 1 => {
-                    return Ok(conv_add_act(x, skip, wt, b, s, pad, act)?);
+            match &self.depthwise {
+                Some(dw) if skip.is_none() => return Ok(dw.forward_act(x, pad, act)?),
+                None if self.groups == 1 => {
+                    let cache = self.cache.clone();
+                    let op = Applied::for_input(x.dims4()?, wt, b, s, pad, act, cache)?;
+                    return Ok(op.apply(x, skip)?);
                 }
-                (None, None) if self.groups == 1 => return Ok(conv_act(x, wt, b, s, pad, act)?),
                 _ => {}
             }
         }
@@ -209,7 +214,7 @@ impl Conv {
         let (wt, b, s) = (&self.weight, &self.bias, self.stride);
         Ok(match &self.depthwise {
             Some(dw) if skip.is_none() => chain.depthwise(x, dw, pad, act)?,
-            None if self.groups == 1 => chain.conv(x, skip, (wt, b), s, pad, act)?,
+            None if self.groups == 1 => chain.conv(x, skip, (wt, b, &self.cache), s, pad, act)?,
             _ => {
                 return Err(Error::Internal(format!(
                     "a {}-group convolution cannot join a layer chain",

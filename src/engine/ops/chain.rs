@@ -12,12 +12,13 @@
 //! the separate ops.
 
 use std::mem::MaybeUninit;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::ReluOp;
+use super::conv_act::ConvCache;
 use super::depthwise::{DepthwiseConv2d, Padding};
 use super::pool::MaxPool2d;
 use super::{conv_act, depthwise};
@@ -88,12 +89,13 @@ impl Chain {
         &mut self,
         x: Value,
         skip: Option<Value>,
-        (weight, bias): (&Tensor, &Tensor),
+        (weight, bias, cache): (&Tensor, &Tensor, &Arc<ConvCache>),
         stride: usize,
         pad: Padding,
         act: Option<ReluOp>,
     ) -> Result<Value> {
-        let op = conv_act::Applied::for_input(self.dims(x), weight, bias, stride, pad, act)?;
+        let dims = self.dims(x);
+        let op = conv_act::Applied::for_input(dims, weight, bias, stride, pad, act, cache.clone())?;
         let out = op.out_dims();
         if let Some(s) = skip
             && self.dims(s) != out

@@ -11,13 +11,15 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, TensorId};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::activation::ReluOp;
 use super::depthwise::Padding;
+use super::winograd::{self, WinogradWeights};
 use super::{as_uninit, assume_init, vec_written_by, zeroed};
 
 /// `act(conv(pad(x), weight) + bias)` for `x` `[n, cin, h, w]` and `weight` `[cout, cin, k, k]`
@@ -30,8 +32,8 @@ pub fn conv_act(
     pad: Padding,
     act: Option<ReluOp>,
 ) -> Result<Tensor> {
-    let op = Applied::for_input(x.dims4()?, weight, bias, stride, pad, act)?;
-    x.contiguous()?.apply_op1(op)
+    let op = Applied::for_input(x.dims4()?, weight, bias, stride, pad, act, Arc::default())?;
+    op.apply(x, None)
 }
 
 /// `act(conv(pad(x), weight) + bias + skip)`: a residual block's last convolution, its
@@ -46,12 +48,19 @@ pub fn conv_add_act(
     pad: Padding,
     act: Option<ReluOp>,
 ) -> Result<Tensor> {
-    let op = Applied::for_input(x.dims4()?, weight, bias, stride, pad, act)?;
-    let out = op.out_dims();
-    if skip.dims4()? != out {
-        candle_core::bail!("residual of shape {:?}, expected {out:?}", skip.dims())
-    }
-    x.contiguous()?.apply_op2(&skip.contiguous()?, op)
+    let op = Applied::for_input(x.dims4()?, weight, bias, stride, pad, act, Arc::default())?;
+    op.apply(x, Some(skip))
+}
+
+/// What a layer keeps between calls: its kernels transformed for the Winograd path (made on
+/// first use; 4 x the weights' size in each direction). Layers that never take that path
+/// keep nothing.
+#[derive(Default)]
+pub struct ConvCache {
+    /// The weight tensor this cache holds forms of: one cache serves one layer.
+    owner: OnceLock<TensorId>,
+    forward: OnceLock<WinogradWeights>,
+    input_gradient: OnceLock<WinogradWeights>,
 }
 
 /// Valid output columns `[lo, hi)` for kernel column `kx` of a convolution with this stride and
@@ -130,6 +139,7 @@ pub(crate) struct Applied {
     geo: Geometry,
     batch: usize,
     act: Option<ReluOp>,
+    cache: Arc<ConvCache>,
 }
 
 /// `dst [m x n] = lhs [m x k] * rhs [k x n]`, `dst` and `rhs` row-major and contiguous, `lhs`
@@ -325,6 +335,7 @@ impl Applied {
         stride: usize,
         pad: Padding,
         act: Option<ReluOp>,
+        cache: Arc<ConvCache>,
     ) -> Result<Self> {
         let (cout, wcin, k, _) = weight.dims4()?;
         if wcin != cin {
@@ -345,13 +356,59 @@ impl Applied {
             ow: (pw - k) / stride + 1,
             pad,
         };
+        if *cache.owner.get_or_init(|| weight.id()) != weight.id() {
+            candle_core::bail!("conv: a ConvCache is shared by two layers' weights")
+        }
         Ok(Applied {
             weight: weight.detach().contiguous()?,
             bias: bias.detach().contiguous()?,
             geo,
             batch: n,
             act,
+            cache,
         })
+    }
+
+    /// Runs the op on `x` (and adds `skip`, which must have the output's size).
+    pub(crate) fn apply(self, x: &Tensor, skip: Option<&Tensor>) -> Result<Tensor> {
+        match skip {
+            None => x.contiguous()?.apply_op1(self),
+            Some(skip) => {
+                let out = self.out_dims();
+                if skip.dims4()? != out {
+                    candle_core::bail!("residual of shape {:?}, expected {out:?}", skip.dims())
+                }
+                x.contiguous()?.apply_op2(&skip.contiguous()?, self)
+            }
+        }
+    }
+
+    /// A 3 x 3, stride 1, padding 1 convolution runs as Winograd F(4 x 4, 3 x 3).
+    fn winograd(&self) -> bool {
+        let g = &self.geo;
+        g.k == 3 && g.stride == 1 && g.pad == Padding::symmetric(1)
+    }
+
+    /// The forward Winograd weights, transformed on first use.
+    fn winograd_forward(&self) -> Result<&WinogradWeights> {
+        let g = self.geo;
+        if let Some(w) = self.cache.forward.get() {
+            return Ok(w);
+        }
+        let w = super::with_cpu_f32(&self.weight, |w| WinogradWeights::forward(w, g.cout, g.cin))?;
+        Ok(self.cache.forward.get_or_init(|| w))
+    }
+
+    /// The input-gradient Winograd weights, transformed on first use.
+    fn winograd_input_gradient(&self) -> Result<&WinogradWeights> {
+        let g = self.geo;
+        if let Some(w) = self.cache.input_gradient.get() {
+            return Ok(w);
+        }
+        let w = super::with_cpu_f32(&self.weight, |w| {
+            WinogradWeights::input_gradient(w, g.cout, g.cin)
+        })?;
+        Ok(self.cache.input_gradient.get_or_init(|| w))
     }
 
     pub(crate) fn out_dims(&self) -> (usize, usize, usize, usize) {
@@ -391,17 +448,27 @@ impl Applied {
                 matmul(shape, y, w, (patch, 1), cols, par)
             })
         };
-        for (c, (row, &bias)) in y.chunks_exact_mut(plane).zip(b).enumerate() {
-            let skip = skip.map(|s| &s[c * plane..(c + 1) * plane]);
-            match (skip, self.act) {
-                (None, None) => row.iter_mut().for_each(|v| *v += bias),
-                (None, Some(a)) => row.iter_mut().for_each(|v| *v = a.apply(*v + bias)),
-                (Some(s), None) => row.iter_mut().zip(s).for_each(|(v, &s)| *v = *v + bias + s),
-                (Some(s), Some(a)) => {
-                    let each = |(v, &s): (&mut f32, &f32)| *v = a.apply(*v + bias + s);
-                    row.iter_mut().zip(s).for_each(each)
-                }
+        self.finish(y, b, skip);
+    }
+
+    /// Bias, residual and activation on the GEMM's result `y` for one channel: one pass.
+    fn finish_row(&self, row: &mut [f32], bias: f32, skip: Option<&[f32]>) {
+        match (skip, self.act) {
+            (None, None) => row.iter_mut().for_each(|v| *v += bias),
+            (None, Some(a)) => row.iter_mut().for_each(|v| *v = a.apply(*v + bias)),
+            (Some(s), None) => row.iter_mut().zip(s).for_each(|(v, &s)| *v = *v + bias + s),
+            (Some(s), Some(a)) => {
+                let each = |(v, &s): (&mut f32, &f32)| *v = a.apply(*v + bias + s);
+                row.iter_mut().zip(s).for_each(each)
             }
+        }
+    }
+
+    /// [`Self::finish_row`] for every channel of one sample's output.
+    fn finish(&self, y: &mut [f32], b: &[f32], skip: Option<&[f32]>) {
+        let plane = self.geo.out_plane();
+        for (c, (row, &bias)) in y.chunks_exact_mut(plane).zip(b).enumerate() {
+            self.finish_row(row, bias, skip.map(|s| &s[c * plane..(c + 1) * plane]));
         }
     }
 
@@ -441,6 +508,23 @@ impl Applied {
         let g = self.geo;
         let chunk = g.cout * g.out_plane();
         let live = live_channels(x, self.batch, g.cin, g.h * g.w);
+        if self.winograd() {
+            let weights = self.winograd_forward()?;
+            let dims = (self.batch, g.cin, g.h, g.w);
+            let plane = g.out_plane();
+            let y = super::with_cpu_f32(&self.bias, |b| {
+                let finish = |s: usize, c: usize, row: &mut [f32]| {
+                    let at = (s * g.cout + c) * plane;
+                    self.finish_row(row, b[c], skip.map(|skip| &skip[at..at + plane]))
+                };
+                let fill = |y: &mut [MaybeUninit<f32>]| {
+                    winograd::conv3x3(weights, x, dims, live.as_deref(), y, finish)
+                };
+                // SAFETY: `conv3x3` writes every value.
+                unsafe { vec_written_by(self.batch * chunk, fill) }
+            })?;
+            return Ok(y);
+        }
         let out = super::with_cpu_f32(&self.weight, |w| {
             // The weights of the live input channels, [cout, live * k * k], gathered once.
             let (w, channels): (Cow<[f32]>, Cow<[usize]>) = match live {
@@ -501,6 +585,18 @@ impl Applied {
             // SAFETY: `grad_from_outputs` writes all of `d`.
             unsafe { vec_written_by(gy.len(), fill) }
         });
+        if self.winograd() {
+            let gy = gated.as_deref().unwrap_or(gy);
+            let live = live_channels(gy, self.batch, g.cout, plane);
+            let weights = self.winograd_input_gradient()?;
+            let dims = (self.batch, g.cout, g.h, g.w);
+            let fill = |gx: &mut [MaybeUninit<f32>]| {
+                winograd::conv3x3(weights, gy, dims, live.as_deref(), gx, |_, _, _| {})
+            };
+            // SAFETY: `conv3x3` writes every value.
+            let gx = unsafe { vec_written_by(self.batch * g.in_plane(), fill) };
+            return Ok((gated, gx));
+        }
         let gx = super::with_cpu_f32(&self.weight, |w| {
             let gy = gated.as_deref().unwrap_or(gy);
             let live = live_channels(gy, self.batch, g.cout, plane);

@@ -13,8 +13,10 @@ pub mod chain;
 pub mod conv;
 pub mod conv_act;
 pub mod depthwise;
+pub(crate) mod packed_gemm;
 pub mod pool;
 pub(crate) mod simd;
+pub(crate) mod winograd;
 
 use std::mem::MaybeUninit;
 
