@@ -127,10 +127,10 @@ unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// # Safety
-    /// The `len` values from `start` are in bounds, initialised, and no other task uses them.
+    /// The `len` values from `start` are in bounds and no other task uses them.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn plane<'a>(self, (start, len): (usize, usize)) -> &'a mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    unsafe fn plane<'a>(self, (start, len): (usize, usize)) -> &'a mut [MaybeUninit<f32>] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start).cast(), len) }
     }
 
     /// # Safety
@@ -187,7 +187,6 @@ pub(crate) fn conv3x3(
     let per_e = packed_gemm::rhs_len(k, n);
     let geo = Tiling {
         batch,
-        h,
         w,
         tw,
         tiles,
@@ -243,13 +242,10 @@ pub(crate) fn conv3x3(
     (0..rows).into_par_iter().for_each_init(init, |work, r| {
         let (down, tiles_out) = work.split_at_mut(24 * n);
         output_transform((&m, r * n, rows * n), down, tiles_out, n);
-        // SAFETY: tasks differ in `r` and write only channel `r` of each sample.
-        unsafe { geo.scatter_tiles(tiles_out, y, rows, r) };
         for s in 0..batch {
-            // SAFETY: plane `(s, r)` was written whole just above, and only this task
-            // touches channel `r`.
+            // SAFETY: in bounds; only this task touches channel `r`.
             let plane = unsafe { y.plane(((s * rows + r) * h * w, h * w)) };
-            finish(s, r, plane);
+            finish(s, r, geo.scatter_plane(tiles_out, s, plane));
         }
     });
 }
@@ -259,7 +255,6 @@ pub(crate) fn conv3x3(
 #[derive(Clone, Copy)]
 struct Tiling {
     batch: usize,
-    h: usize,
     w: usize,
     tw: usize,
     tiles: usize,
@@ -276,11 +271,28 @@ impl Tiling {
     }
 
     /// `d[r * 6 + q][j]` = input value `(r, q)` of tile `j` of sample `s`, for every tile of
-    /// `plane` (columns `s * tiles..`, `d` being `[36, n]`).
+    /// `plane` (columns `s * tiles..`, `d` being `[36, n]`). `padded` (`padded_len` values)
+    /// must be zero outside the image's place in it: only that part is written, so a buffer
+    /// that starts zeroed can serve every plane of one size.
     fn gather_tiles(&self, plane: &[f32], padded: &mut [f32], d: &mut [f32], s: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2_fma() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { self.gather_tiles_avx2(plane, padded, d, s) };
+        }
+        self.gather_tiles_any(plane, padded, d, s)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn gather_tiles_avx2(&self, plane: &[f32], padded: &mut [f32], d: &mut [f32], s: usize) {
+        self.gather_tiles_any(plane, padded, d, s)
+    }
+
+    #[inline(always)]
+    fn gather_tiles_any(&self, plane: &[f32], padded: &mut [f32], d: &mut [f32], s: usize) {
         let (pw, th) = (self.padded_w(), self.tiles / self.tw);
         let n = self.batch * self.tiles;
-        padded.fill(0.0);
         for (iy, row) in plane.chunks_exact(self.w).enumerate() {
             padded[(iy + 1) * pw + 1..][..self.w].copy_from_slice(row);
         }
@@ -288,37 +300,58 @@ impl Tiling {
             let (r, q) = (rq / 6, rq % 6);
             let d = &mut d[s * self.tiles..(s + 1) * self.tiles];
             for (ty, d) in d.chunks_exact_mut(self.tw).enumerate().take(th) {
-                let src = &padded[(4 * ty + r) * pw + q..];
-                for (t, d) in d.iter_mut().enumerate() {
-                    *d = src[4 * t];
+                let src = &padded[(4 * ty + r) * pw + q..][..4 * (self.tw - 1) + 1];
+                for (d, src) in d.iter_mut().zip(src.iter().step_by(4)) {
+                    *d = *src;
                 }
             }
         }
     }
 
-    /// Writes channel `r` of every sample of `y` (`[batch, rows, h, w]`) from its tiles'
-    /// outputs `o[a * 4 + b][j]`, dropping the parts of edge tiles outside the image.
-    ///
-    /// # Safety
-    /// `y` points to `batch * rows * h * w` values; no other thread writes channel `r`.
-    unsafe fn scatter_tiles(&self, o: &[f32], y: SharedOut, rows: usize, r: usize) {
+    /// Writes output plane `plane` (`h x w`, sample `s`) whole from the tiles' outputs
+    /// `o[a * 4 + b][j]`, dropping the parts of edge tiles outside the image.
+    fn scatter_plane<'a>(
+        &self,
+        o: &[f32],
+        s: usize,
+        plane: &'a mut [MaybeUninit<f32>],
+    ) -> &'a mut [f32] {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2_fma() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { self.scatter_plane_avx2(o, s, plane) };
+        } else {
+            self.scatter_plane_any(o, s, plane);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        self.scatter_plane_any(o, s, plane);
+        // SAFETY: every row is written whole above (`w / 4` tiles and the tail).
+        unsafe { super::assume_init(plane) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn scatter_plane_avx2(&self, o: &[f32], s: usize, plane: &mut [MaybeUninit<f32>]) {
+        self.scatter_plane_any(o, s, plane)
+    }
+
+    #[inline(always)]
+    fn scatter_plane_any(&self, o: &[f32], s: usize, plane: &mut [MaybeUninit<f32>]) {
         let n = self.batch * self.tiles;
-        let (h, w, tw) = (self.h, self.w, self.tw);
-        for s in 0..self.batch {
-            for oy in 0..h {
-                let (ty, a) = (oy / 4, oy % 4);
-                let j0 = s * self.tiles + ty * tw;
-                let mut row = [0f32; 4];
-                let dst = ((s * rows + r) * h + oy) * w;
-                for ox in (0..w).step_by(4) {
-                    let t = j0 + ox / 4;
-                    for (b, v) in row.iter_mut().enumerate() {
-                        *v = o[(a * 4 + b) * n + t];
-                    }
-                    let len = 4.min(w - ox);
-                    // SAFETY: `dst + ox + len <= batch * rows * h * w`; channel `r` is ours.
-                    unsafe { y.write(dst + ox, &row[..len]) };
+        let (w, tw, full) = (self.w, self.tw, self.w / 4);
+        for (oy, row) in plane.chunks_exact_mut(w).enumerate() {
+            let (ty, a) = (oy / 4, oy % 4);
+            let j0 = s * self.tiles + ty * tw;
+            let src: [&[f32]; 4] = std::array::from_fn(|b| &o[(a * 4 + b) * n + j0..][..tw]);
+            // Four outputs per tile, interleaved (vectorises as an interleaved store).
+            let (body, tail) = row.split_at_mut(4 * full);
+            for (t, d) in body.chunks_exact_mut(4).enumerate() {
+                for (d, src) in d.iter_mut().zip(&src) {
+                    d.write(src[t]);
                 }
+            }
+            for (d, src) in tail.iter_mut().zip(&src) {
+                d.write(src[full]);
             }
         }
     }
