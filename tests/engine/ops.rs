@@ -600,3 +600,30 @@ fn layer_chain_matches_separate_ops() {
         );
     }
 }
+
+/// A layer's cache of transformed weights is tied to its weight tensor: a chain that hands one
+/// cache to two layers gets an error, not the first layer's weights used for the second.
+#[test]
+fn conv_cache_refuses_a_second_layers_weights() {
+    use unveil::engine::ops::chain::Chain;
+    let x = random(&[1, 4, 8, 8], 130, 1.0);
+    let (w1, w2) = (
+        random(&[4, 4, 3, 3], 131, 1.0),
+        random(&[4, 4, 3, 3], 132, 1.0),
+    );
+    let b = random(&[4], 133, 1.0);
+    let cache = std::sync::Arc::<ConvCache>::default();
+    let same = Padding::symmetric(1);
+    let mut chain = Chain::new(x.dims4().unwrap());
+    let a = chain
+        .conv(Chain::INPUT, None, (&w1, &b, &cache), 1, same, None)
+        .unwrap();
+    // The same layer again is fine (a model's forward builds a chain per call).
+    chain
+        .conv(a, None, (&w1, &b, &cache), 1, same, None)
+        .unwrap();
+    let err = chain
+        .conv(a, None, (&w2, &b, &cache), 1, same, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("shared by two layers"), "{err}");
+}

@@ -56,9 +56,7 @@ fn combine(dst: &mut [f32], src: [&[f32]; 6], coef: &[f32; 6]) {
     for (src, &c) in src.iter().zip(coef) {
         if c != 0.0 {
             let src = &src[..dst.len()];
-            dst.iter_mut()
-                .zip(src)
-                .for_each(|(d, &s)| *d = c.mul_add(s, *d));
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d += c * s);
         }
     }
 }
@@ -316,27 +314,28 @@ impl Tiling {
         s: usize,
         plane: &'a mut [MaybeUninit<f32>],
     ) -> &'a mut [f32] {
+        self.interleave_plane(o, s, plane);
+        // SAFETY: every row is written whole (`w / 4` tiles and the tail).
+        unsafe { super::assume_init(plane) }
+    }
+
+    fn interleave_plane(&self, o: &[f32], s: usize, plane: &mut [MaybeUninit<f32>]) {
         #[cfg(target_arch = "x86_64")]
         if super::simd::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { self.scatter_plane_avx2(o, s, plane) };
-        } else {
-            self.scatter_plane_any(o, s, plane);
+            return unsafe { self.interleave_plane_avx2(o, s, plane) };
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        self.scatter_plane_any(o, s, plane);
-        // SAFETY: every row is written whole above (`w / 4` tiles and the tail).
-        unsafe { super::assume_init(plane) }
+        self.interleave_plane_any(o, s, plane)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn scatter_plane_avx2(&self, o: &[f32], s: usize, plane: &mut [MaybeUninit<f32>]) {
-        self.scatter_plane_any(o, s, plane)
+    fn interleave_plane_avx2(&self, o: &[f32], s: usize, plane: &mut [MaybeUninit<f32>]) {
+        self.interleave_plane_any(o, s, plane)
     }
 
     #[inline(always)]
-    fn scatter_plane_any(&self, o: &[f32], s: usize, plane: &mut [MaybeUninit<f32>]) {
+    fn interleave_plane_any(&self, o: &[f32], s: usize, plane: &mut [MaybeUninit<f32>]) {
         let n = self.batch * self.tiles;
         let (w, tw, full) = (self.w, self.tw, self.w / 4);
         for (oy, row) in plane.chunks_exact_mut(w).enumerate() {
