@@ -53,8 +53,8 @@ pub fn conv_add_act(
 }
 
 /// What a layer keeps between calls: its kernels transformed for the Winograd path (made on
-/// first use; 4 x the weights' size in each direction). Layers that never take that path
-/// keep nothing.
+/// first use; 4 x the weights' size for each direction, forward and input gradient). Layers
+/// that never take that path keep nothing.
 #[derive(Default)]
 pub struct ConvCache {
     /// The weight tensor this cache holds forms of: one cache serves one layer.
@@ -389,26 +389,19 @@ impl Applied {
         g.k == 3 && g.stride == 1 && g.pad == Padding::symmetric(1)
     }
 
-    /// The forward Winograd weights, transformed on first use.
-    fn winograd_forward(&self) -> Result<&WinogradWeights> {
-        let g = self.geo;
-        if let Some(w) = self.cache.forward.get() {
+    /// The layer's Winograd weights kept in `slot`, made by `make(weights, cout, cin)` on
+    /// first use.
+    fn winograd_weights<'a>(
+        &self,
+        slot: &'a OnceLock<WinogradWeights>,
+        make: fn(&[f32], usize, usize) -> WinogradWeights,
+    ) -> Result<&'a WinogradWeights> {
+        if let Some(w) = slot.get() {
             return Ok(w);
         }
-        let w = super::with_cpu_f32(&self.weight, |w| WinogradWeights::forward(w, g.cout, g.cin))?;
-        Ok(self.cache.forward.get_or_init(|| w))
-    }
-
-    /// The input-gradient Winograd weights, transformed on first use.
-    fn winograd_input_gradient(&self) -> Result<&WinogradWeights> {
-        let g = self.geo;
-        if let Some(w) = self.cache.input_gradient.get() {
-            return Ok(w);
-        }
-        let w = super::with_cpu_f32(&self.weight, |w| {
-            WinogradWeights::input_gradient(w, g.cout, g.cin)
-        })?;
-        Ok(self.cache.input_gradient.get_or_init(|| w))
+        let (cout, cin) = (self.geo.cout, self.geo.cin);
+        let w = super::with_cpu_f32(&self.weight, |w| make(w, cout, cin))?;
+        Ok(slot.get_or_init(|| w))
     }
 
     pub(crate) fn out_dims(&self) -> (usize, usize, usize, usize) {
@@ -509,7 +502,7 @@ impl Applied {
         let chunk = g.cout * g.out_plane();
         let live = live_channels(x, self.batch, g.cin, g.h * g.w);
         if self.winograd() {
-            let weights = self.winograd_forward()?;
+            let weights = self.winograd_weights(&self.cache.forward, WinogradWeights::forward)?;
             let dims = (self.batch, g.cin, g.h, g.w);
             let plane = g.out_plane();
             let y = super::with_cpu_f32(&self.bias, |b| {
@@ -585,10 +578,11 @@ impl Applied {
             // SAFETY: `grad_from_outputs` writes all of `d`.
             unsafe { vec_written_by(gy.len(), fill) }
         });
+        let gy = gated.as_deref().unwrap_or(gy);
+        let live = live_channels(gy, self.batch, g.cout, plane);
         if self.winograd() {
-            let gy = gated.as_deref().unwrap_or(gy);
-            let live = live_channels(gy, self.batch, g.cout, plane);
-            let weights = self.winograd_input_gradient()?;
+            let slot = &self.cache.input_gradient;
+            let weights = self.winograd_weights(slot, WinogradWeights::input_gradient)?;
             let dims = (self.batch, g.cout, g.h, g.w);
             let fill = |gx: &mut [MaybeUninit<f32>]| {
                 winograd::conv3x3(weights, gy, dims, live.as_deref(), gx, |_, _, _| {})
@@ -598,8 +592,6 @@ impl Applied {
             return Ok((gated, gx));
         }
         let gx = super::with_cpu_f32(&self.weight, |w| {
-            let gy = gated.as_deref().unwrap_or(gy);
-            let live = live_channels(gy, self.batch, g.cout, plane);
             // The weights of the output channels with a gradient, [live, cin * k * k].
             let wl = live.as_ref().map(|live| {
                 let mut wl = vec![0f32; live.len() * g.patch()];
