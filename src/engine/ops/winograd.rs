@@ -116,7 +116,8 @@ impl WinogradWeights {
     }
 }
 
-/// A pointer the parallel input transform writes through; each task writes its own indices.
+/// A pointer that parallel tasks write through (the packed transformed inputs, the output
+/// planes), each task to indices no other task touches.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
 // SAFETY: only used for writes to disjoint indices from parallel tasks (see `conv3x3`).
@@ -205,9 +206,9 @@ pub(crate) fn conv3x3(
                 for (e, vals) in vt.chunks_exact(n).enumerate() {
                     for (p, run) in vals.chunks(NR).enumerate() {
                         let i = e * per_e + packed_gemm::rhs_index(k, kk, p * NR);
-                        // SAFETY: `i + NR <= per_e * 36` (one panel row); tasks differ in `kk`, and
-                        // `rhs_index` maps distinct `(kk, column)` pairs to distinct indices, so no
-                        // two tasks write one index. The last panel's lanes past `n` get zeros.
+                        // SAFETY: `i + NR <= 36 * per_e` (one panel row). Tasks differ in
+                        // `kk`, and `rhs_index` maps distinct `(kk, column)` pairs to distinct
+                        // indices: no two tasks write one index. Lanes past `n` get zeros.
                         unsafe {
                             out.write(i, run);
                             out.write(i + run.len(), &[0.0; NR][run.len()..]);
