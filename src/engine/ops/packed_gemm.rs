@@ -19,17 +19,18 @@ pub(crate) struct PackedLhs {
 }
 
 impl PackedLhs {
-    /// Packs the `[m, k]` matrix whose element `(i, kk)` is `at(i, kk)`.
-    pub(crate) fn new(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Self {
-        let mut data = vec![0f32; m.div_ceil(MR) * MR * k];
-        for (p, panel) in data.chunks_exact_mut(MR * k.max(1)).enumerate() {
-            for (kk, col) in panel.chunks_exact_mut(MR).enumerate().take(k) {
-                for (i, v) in col.iter_mut().enumerate().take(m - p * MR) {
-                    *v = at(p * MR + i, kk);
-                }
-            }
+    /// An all-zero `[m, k]` matrix, to be filled through [`Self::panels_mut`].
+    pub(crate) fn zeroed(m: usize, k: usize) -> Self {
+        PackedLhs {
+            data: vec![0f32; m.div_ceil(MR) * MR * k],
+            m,
+            k,
         }
-        PackedLhs { data, m, k }
+    }
+
+    /// The panels, each `[k][MR]`: rows `p * MR..` of the matrix (rows past `m` must stay 0).
+    pub(crate) fn panels_mut(&mut self) -> std::slice::ChunksExactMut<'_, f32> {
+        self.data.chunks_exact_mut(MR * self.k.max(1))
     }
 
     pub(crate) fn k(&self) -> usize {
@@ -151,6 +152,20 @@ fn kernel_any(a: &[f32], ks: Option<&[usize]>, b: &[f32], tile: &mut [[f32; NR];
 mod tests {
     use super::*;
 
+    /// The `[m, k]` matrix whose element `(i, kk)` is `at(i, kk)`, filled as the Winograd
+    /// weights are: panel by panel.
+    fn pack_lhs(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> PackedLhs {
+        let mut a = PackedLhs::zeroed(m, k);
+        for (p, panel) in a.panels_mut().enumerate() {
+            for (kk, col) in panel.chunks_exact_mut(MR).enumerate().take(k) {
+                for (i, v) in col.iter_mut().enumerate().take(m - p * MR) {
+                    *v = at(p * MR + i, kk);
+                }
+            }
+        }
+        a
+    }
+
     fn pack_rhs(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
         let mut b = vec![0f32; rhs_len(k, n)];
         for kk in 0..k {
@@ -175,7 +190,7 @@ mod tests {
             (100, 0, 4),
         ];
         for (m, k, n) in sizes {
-            let a = PackedLhs::new(m, k, a_at);
+            let a = pack_lhs(m, k, a_at);
             let every_third: Vec<usize> = (0..k).rev().step_by(3).collect();
             for ks in [None, Some(every_third.as_slice())] {
                 let depth = ks.map_or(k, <[usize]>::len);

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::packed_gemm::{self, NR, PackedLhs};
+use super::packed_gemm::{self, MR, NR, PackedLhs};
 
 /// Values per transformed tile (6 x 6).
 const E: usize = 36;
@@ -99,14 +99,28 @@ impl WinogradWeights {
     }
 
     fn transform(rows: usize, k: usize, kernel: impl Fn(usize, usize) -> [f32; 9] + Sync) -> Self {
-        let mut t = vec![0f32; rows * k * E];
-        t.par_chunks_mut(E).enumerate().for_each(|(rk, u)| {
-            u.copy_from_slice(&transform_kernel(&kernel(rk / k, rk % k)));
+        // Each transformed kernel is written straight into its place in the 36 packed
+        // matrices, in parallel over row panels (which no two tasks share).
+        let mut u: Vec<PackedLhs> = (0..E).map(|_| PackedLhs::zeroed(rows, k)).collect();
+        let mut by_panel: Vec<Vec<&mut [f32]>> = Vec::new();
+        for m in &mut u {
+            for (p, panel) in m.panels_mut().enumerate() {
+                if by_panel.len() <= p {
+                    by_panel.push(Vec::with_capacity(E));
+                }
+                by_panel[p].push(panel);
+            }
+        }
+        by_panel.par_iter_mut().enumerate().for_each(|(p, panels)| {
+            for i in 0..MR.min(rows - p * MR) {
+                for kk in 0..k {
+                    let t = transform_kernel(&kernel(p * MR + i, kk));
+                    for (panel, v) in panels.iter_mut().zip(t) {
+                        panel[kk * MR + i] = v;
+                    }
+                }
+            }
         });
-        let u = (0..E)
-            .into_par_iter()
-            .map(|e| PackedLhs::new(rows, k, |r, kk| t[(r * k + kk) * E + e]))
-            .collect();
         WinogradWeights { u, rows }
     }
 
