@@ -110,25 +110,36 @@ fn kernel(a: &[f32], ks: Option<&[usize]>, b: &[f32], tile: &mut [[f32; NR]; MR]
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { kernel_avx2(a, ks, b, tile) };
     }
-    kernel_any(a, ks, b, tile)
+    // Fused multiply-add only where the CPU surely has it: on an x86-64 without FMA,
+    // `mul_add` is a libm call per element.
+    kernel_any::<{ !cfg!(target_arch = "x86_64") }>(a, ks, b, tile)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn kernel_avx2(a: &[f32], ks: Option<&[usize]>, b: &[f32], tile: &mut [[f32; NR]; MR]) {
-    kernel_any(a, ks, b, tile)
+    kernel_any::<true>(a, ks, b, tile)
 }
 
 /// Written so that the accumulators (`MR x NR` = 12 AVX registers) stay in registers.
 #[inline(always)]
-fn kernel_any(a: &[f32], ks: Option<&[usize]>, b: &[f32], tile: &mut [[f32; NR]; MR]) {
+fn kernel_any<const FMA: bool>(
+    a: &[f32],
+    ks: Option<&[usize]>,
+    b: &[f32],
+    tile: &mut [[f32; NR]; MR],
+) {
     #[inline(always)]
-    fn step(acc: &mut [[f32; NR]; MR], a: &[f32], b: &[f32]) {
+    fn step<const FMA: bool>(acc: &mut [[f32; NR]; MR], a: &[f32], b: &[f32]) {
         let a: &[f32; MR] = a.try_into().unwrap();
         let b: &[f32; NR] = b.try_into().unwrap();
         for (acc, &a) in acc.iter_mut().zip(a) {
             for (acc, &b) in acc.iter_mut().zip(b) {
-                *acc = a.mul_add(b, *acc);
+                *acc = if FMA {
+                    a.mul_add(b, *acc)
+                } else {
+                    *acc + a * b
+                };
             }
         }
     }
@@ -136,12 +147,12 @@ fn kernel_any(a: &[f32], ks: Option<&[usize]>, b: &[f32], tile: &mut [[f32; NR];
     match ks {
         None => {
             for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
-                step(&mut acc, a, b);
+                step::<FMA>(&mut acc, a, b);
             }
         }
         Some(ks) => {
             for (&kk, b) in ks.iter().zip(b.chunks_exact(NR)) {
-                step(&mut acc, &a[kk * MR..(kk + 1) * MR], b);
+                step::<FMA>(&mut acc, &a[kk * MR..(kk + 1) * MR], b);
             }
         }
     }
