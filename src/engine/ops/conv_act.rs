@@ -5,22 +5,22 @@
 //! backward, a zero-filled gradient buffer plus an add. A convolution layer as separate ops
 //! (pad, conv, bias, residual add, activation) is up to six graph nodes; fused it is one, the
 //! padding is folded into im2col, and bias, residual and activation are applied while the GEMM
-//! output is still in cache. The activation's backward gates on the op's *output*
+//! output is still in cache. 3 x 3 stride-1 layers run as Winograd convolutions
+//! ([`super::winograd`]), the others as one [`super::batch_gemm`] product per batch. The activation's backward gates on the op's *output*
 //! (`0 < y < cap` exactly when `0 < x < cap`), so nothing beyond the output is kept.
 
-use std::borrow::Cow;
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, TensorId};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::activation::ReluOp;
+use super::batch_gemm;
 use super::depthwise::Padding;
+use super::packed_gemm::PackedLhs;
 use super::winograd::{self, WinogradWeights};
-use super::{as_uninit, assume_init, vec_written_by, zeroed};
+use super::{vec_written_by, zeroed};
 
 /// `act(conv(pad(x), weight) + bias)` for `x` `[n, cin, h, w]` and `weight` `[cout, cin, k, k]`
 /// on the CPU, f32. Gradients flow to `x` only: the weights are constants.
@@ -52,15 +52,17 @@ pub fn conv_add_act(
     op.apply(x, Some(skip))
 }
 
-/// What a layer keeps between calls: its kernels transformed for the Winograd path (made on
-/// first use; 4 x the weights' size for each direction, forward and input gradient). Layers
-/// that never take that path keep nothing.
+/// What a layer keeps between calls, made on first use for each direction (forward, input
+/// gradient): its kernels transformed for the Winograd path (4 x the weights' size each), or
+/// its weights packed for the batch GEMM (1 x the size each, the input gradient's transposed).
 #[derive(Default)]
 pub struct ConvCache {
     /// The weight tensor this cache holds forms of: one cache serves one layer.
     owner: OnceLock<TensorId>,
     forward: OnceLock<WinogradWeights>,
     input_gradient: OnceLock<WinogradWeights>,
+    packed: OnceLock<PackedLhs>,
+    packed_t: OnceLock<PackedLhs>,
 }
 
 /// Valid output columns `[lo, hi)` for kernel column `kx` of a convolution with this stride and
@@ -142,84 +144,14 @@ pub(crate) struct Applied {
     cache: Arc<ConvCache>,
 }
 
-/// `dst [m x n] = lhs [m x k] * rhs [k x n]`, `dst` and `rhs` row-major and contiguous, `lhs`
-/// read through the given row and column strides (a transposed weight needs no copy). `dst`
-/// may be uninitialised (GEMM never reads it); the written `m * n` values are returned.
-#[allow(clippy::too_many_arguments)]
-fn matmul<'a>(
-    (m, n, k): (usize, usize, usize),
-    dst: &'a mut [MaybeUninit<f32>],
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    par: Parallelism,
-) -> &'a mut [f32] {
-    let dst = &mut dst[..m * n];
-    if k == 0 {
-        dst.fill(MaybeUninit::new(0.0));
-    } else if m > 0 && n > 0 {
-        assert!(rhs.len() >= k * n);
-        assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-        // SAFETY: the asserts above (and `dst`'s length, m * n) bound every index gemm reads
-        // (`i * lhs_rs + j * lhs_cs`, `j * n + c`) and writes (`i * n + c`) for i < m, j < k,
-        // c < n. With `read_dst` false gemm writes `dst` before it reads it.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr().cast::<f32>(),
-                1,
-                n as isize,
-                false,
-                lhs.as_ptr(),
-                lhs_cs as isize,
-                lhs_rs as isize,
-                rhs.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            )
-        }
-    }
-    // SAFETY: every one of the m * n values was written above.
-    unsafe { assume_init(dst) }
-}
-
-thread_local! {
-    /// Per-thread buffers (patch matrices, gathered weights and rows), kept between calls:
-    /// each use rewrites what it reads, so reusing them saves an allocation and its page
-    /// faults per convolution and sample.
-    static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with a scratch buffer of `len` values (contents unspecified). The buffer is taken
-/// out of the thread's pool while in use, so nested calls (several buffers at once, or rayon
-/// running another sample's job on this thread while a parallel GEMM waits) each get their own.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buf = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    let r = f(&mut buf[..len]);
-    SCRATCH.with(|s| s.borrow_mut().push(buf));
-    r
-}
-
-/// A GEMM over the live channels only when at most this fraction of them is live.
+/// Winograd's GEMMs run over the live channels only when at most this fraction is live.
 const COMPACT_AT_MOST: f32 = 0.875;
 
 /// The channels of a batch `m` (`batch` x `channels` rows of `len` values) that hold a
 /// non-zero value (NaN counts) in some sample, or `None` when too many do for skipping the
 /// others to pay. A dead channel (a ReLU that never fired, or a guided gradient gated off
-/// everywhere) only adds exact zeros to a GEMM, so leaving it out changes no value. Guided
-/// backpropagation makes many: in EfficientNet-Lite0's expansion layers 10-75 % of the gated
-/// gradient channels are zero in every sample of a SmoothGrad chunk.
+/// everywhere) only adds exact zeros to a GEMM, so leaving it out changes no value. (The batch
+/// GEMM needs no such list: it skips zero runs as it packs.)
 fn live_channels(m: &[f32], batch: usize, channels: usize, len: usize) -> Option<Vec<usize>> {
     let nonzero = |row: &[f32]| {
         // Bits without the sign: -0.0 is as dead as 0.0. Blocks of 64 vectorise.
@@ -232,61 +164,35 @@ fn live_channels(m: &[f32], batch: usize, channels: usize, len: usize) -> Option
     (live.len() as f32 <= COMPACT_AT_MOST * channels as f32).then_some(live)
 }
 
-/// Copies the `len`-long rows `rows` of `src` into `dst`, one after another.
-fn gather_rows(src: &[f32], len: usize, rows: &[usize], dst: &mut [f32]) {
-    if len == 1 {
-        dst.iter_mut().zip(rows).for_each(|(d, &r)| *d = src[r]);
-        return;
-    }
-    for (d, &r) in dst.chunks_exact_mut(len).zip(rows) {
-        d.copy_from_slice(&src[r * len..(r + 1) * len]);
-    }
-}
-
-/// Runs `f(sample, out_chunk)` for every sample: in parallel over samples when there are
-/// enough of them to keep every thread busy, else one by one with a parallel GEMM.
-fn for_each_sample(
-    out: &mut [MaybeUninit<f32>],
-    chunk: usize,
-    f: impl Fn(usize, &mut [MaybeUninit<f32>], Parallelism) + Sync,
-) {
-    let threads = rayon::current_num_threads();
-    let samples = out.len() / chunk.max(1);
-    if samples >= threads {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, o)| f(i, o, Parallelism::None));
-    } else {
-        for (i, o) in out.chunks_mut(chunk).enumerate() {
-            f(i, o, Parallelism::Rayon(threads));
-        }
-    }
-}
-
-/// The `[channels * k * k, oh * ow]` patch matrix of one sample's `channels`, zeros where
-/// windows read padding.
-fn im2col(x: &[f32], g: &Geometry, channels: &[usize], cols: &mut [f32]) {
+/// The `[cin * k * k, oh * ow]` patch matrix of one sample, zeros where windows read
+/// padding; every value written.
+fn im2col(x: &[f32], g: &Geometry, cols: &mut [MaybeUninit<f32>]) {
     let (k, s, plane) = (g.k, g.stride, g.out_plane());
-    for (i, &c) in channels.iter().enumerate() {
+    let zero = MaybeUninit::new(0.0);
+    for c in 0..g.cin {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut cols[((i * k + ky) * k + kx) * plane..][..plane];
+                let row = &mut cols[((c * k + ky) * k + kx) * plane..][..plane];
                 let (lo, hi, off) = g.columns(kx);
                 for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
                     let Some(iy) = g.input_row(oy, ky) else {
-                        dst.fill(0.0);
+                        dst.fill(zero);
                         continue;
                     };
                     let src = &xc[iy * g.w..(iy + 1) * g.w];
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
+                    dst[..lo].fill(zero);
+                    dst[hi..].fill(zero);
                     if s == 1 {
                         let start = (lo as isize + off) as usize;
-                        dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                        let src = &src[start..start + hi - lo];
+                        dst[lo..hi]
+                            .iter_mut()
+                            .zip(src)
+                            .for_each(|(d, &v)| _ = d.write(v));
                     } else {
                         for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
-                            *d = src[((ox * s) as isize + off) as usize];
+                            d.write(src[((ox * s) as isize + off) as usize]);
                         }
                     }
                 }
@@ -404,6 +310,24 @@ impl Applied {
         Ok(slot.get_or_init(|| w))
     }
 
+    /// The weights as a `[cout, cin * k * k]` matrix (or its transpose) packed in `slot` on
+    /// first use.
+    fn packed_weights<'a>(
+        &self,
+        slot: &'a OnceLock<PackedLhs>,
+        transposed: bool,
+    ) -> Result<&'a PackedLhs> {
+        if let Some(w) = slot.get() {
+            return Ok(w);
+        }
+        let (cout, patch) = (self.geo.cout, self.geo.patch());
+        let w = super::with_cpu_f32(&self.weight, |w| match transposed {
+            false => PackedLhs::from_rows(w, cout, patch, (patch, 1)),
+            true => PackedLhs::from_rows(w, patch, cout, (1, patch)),
+        })?;
+        Ok(slot.get_or_init(|| w))
+    }
+
     pub(crate) fn out_dims(&self) -> (usize, usize, usize, usize) {
         let g = &self.geo;
         (self.batch, g.cout, g.oh, g.ow)
@@ -411,37 +335,6 @@ impl Applied {
 
     fn out_shape(&self) -> Shape {
         Shape::from(self.out_dims())
-    }
-
-    /// One sample: GEMM over the input `channels` (`w` holds exactly their weights), then
-    /// bias, residual and activation in one pass over the output, which is written whole.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_sample(
-        &self,
-        (w, b): (&[f32], &[f32]),
-        channels: &[usize],
-        x: &[f32],
-        skip: Option<&[f32]>,
-        y: &mut [MaybeUninit<f32>],
-        par: Parallelism,
-    ) {
-        let g = &self.geo;
-        let plane = g.out_plane();
-        let patch = channels.len() * g.k * g.k;
-        let shape = (g.cout, plane, patch);
-        let y = if g.direct() && channels.len() == g.cin {
-            matmul(shape, y, w, (patch, 1), x, par)
-        } else {
-            with_scratch(patch * plane, |cols| {
-                if g.direct() {
-                    gather_rows(x, plane, channels, cols);
-                } else {
-                    im2col(x, g, channels, cols);
-                }
-                matmul(shape, y, w, (patch, 1), cols, par)
-            })
-        };
-        self.finish(y, b, skip);
     }
 
     /// Bias, residual and activation on the GEMM's result `y` for one channel: one pass.
@@ -457,38 +350,6 @@ impl Applied {
         }
     }
 
-    /// [`Self::finish_row`] for every channel of one sample's output.
-    fn finish(&self, y: &mut [f32], b: &[f32], skip: Option<&[f32]>) {
-        let plane = self.geo.out_plane();
-        for (c, (row, &bias)) in y.chunks_exact_mut(plane).zip(b).enumerate() {
-            self.finish_row(row, bias, skip.map(|s| &s[c * plane..(c + 1) * plane]));
-        }
-    }
-
-    /// One sample's input gradient (written whole) from its gated output gradient `gy`
-    /// (`rows` channels; `w` holds exactly their weights, `[rows, cin * k * k]`).
-    fn backward_sample(
-        &self,
-        (w, rows): (&[f32], usize),
-        gy: &[f32],
-        gx: &mut [MaybeUninit<f32>],
-        par: Parallelism,
-    ) {
-        let g = &self.geo;
-        let plane = g.out_plane();
-        // W^T [cin * k * k, rows] read from W with swapped strides.
-        let wt_strides = (1, g.patch());
-        if g.direct() {
-            matmul((g.cin, plane, rows), gx, w, wt_strides, gy, par);
-        } else {
-            with_scratch(g.patch() * plane, |cols| {
-                let cols = as_uninit(cols);
-                let cols = matmul((g.patch(), plane, rows), cols, w, wt_strides, gy, par);
-                col2im(cols, g, gx);
-            });
-        }
-    }
-
     fn forward(&self, x: &[f32], skip: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         Ok((
             CpuStorage::F32(self.forward_vec(x, skip)?),
@@ -500,8 +361,8 @@ impl Applied {
     pub(crate) fn forward_vec(&self, x: &[f32], skip: Option<&[f32]>) -> Result<Vec<f32>> {
         let g = self.geo;
         let chunk = g.cout * g.out_plane();
-        let live = live_channels(x, self.batch, g.cin, g.h * g.w);
         if self.winograd() {
+            let live = live_channels(x, self.batch, g.cin, g.h * g.w);
             let weights = self.winograd_weights(&self.cache.forward, WinogradWeights::forward)?;
             let dims = (self.batch, g.cin, g.h, g.w);
             let plane = g.out_plane();
@@ -518,33 +379,37 @@ impl Applied {
             })?;
             return Ok(y);
         }
-        let out = super::with_cpu_f32(&self.weight, |w| {
-            // The weights of the live input channels, [cout, live * k * k], gathered once.
-            let (w, channels): (Cow<[f32]>, Cow<[usize]>) = match live {
-                None => (w.into(), (0..g.cin).collect()),
-                Some(live) => {
-                    let (kk, patch) = (g.k * g.k, live.len() * g.k * g.k);
-                    let mut wl = vec![0f32; g.cout * patch];
-                    if patch > 0 {
-                        let rows = wl.chunks_exact_mut(patch).zip(w.chunks_exact(g.patch()));
-                        rows.for_each(|(dst, src)| gather_rows(src, kk, &live, dst));
-                    }
-                    (wl.into(), live.into())
-                }
-            };
+        // W [cout, cin * k * k] times the input (1 x 1) or its patch matrices, all samples in
+        // one product; bias, residual and activation applied as rows finish.
+        let a = self.packed_weights(&self.cache.packed, false)?;
+        let plane = g.out_plane();
+        let product = |rhs: &[f32], dims| {
             super::with_cpu_f32(&self.bias, |b| {
-                let fill = |out: &mut [MaybeUninit<f32>]| {
-                    for_each_sample(out, chunk, |i, y, par| {
-                        let xi = &x[i * g.in_plane()..(i + 1) * g.in_plane()];
-                        let si = skip.map(|s| &s[i * chunk..(i + 1) * chunk]);
-                        self.forward_sample((&w, b), &channels, xi, si, y, par)
-                    })
+                let finish = |s: usize, c: usize, p: usize, vals: &mut [f32]| {
+                    let at = (s * g.cout + c) * plane + p;
+                    let skip = skip.map(|skip| &skip[at..at + vals.len()]);
+                    self.finish_row(vals, b[c], skip)
                 };
-                // SAFETY: `forward_sample` writes each sample's output whole.
+                let fill =
+                    |y: &mut [MaybeUninit<f32>]| batch_gemm::product(a, rhs, dims, y, finish);
+                // SAFETY: `conv1x1` writes every value.
                 unsafe { vec_written_by(self.batch * chunk, fill) }
             })
-        })??;
-        Ok(out)
+        };
+        if g.direct() {
+            return product(x, (self.batch, g.cin, plane));
+        }
+        // Patch matrices of all samples (dead channels give zero rows, which the product
+        // skips), then one product over them.
+        let patches = |cols: &mut [MaybeUninit<f32>]| {
+            let per = g.patch() * plane;
+            cols.par_chunks_mut(per)
+                .zip(x.par_chunks(g.in_plane()))
+                .for_each(|(cols, x)| im2col(x, &g, cols))
+        };
+        // SAFETY: `im2col` writes every value.
+        let cols = unsafe { vec_written_by(self.batch * g.patch() * plane, patches) };
+        product(&cols, (self.batch, g.patch(), plane))
     }
 
     /// The gradient at the activation's input (= the residual's gradient), and `x`'s.
@@ -579,8 +444,8 @@ impl Applied {
             unsafe { vec_written_by(gy.len(), fill) }
         });
         let gy = gated.as_deref().unwrap_or(gy);
-        let live = live_channels(gy, self.batch, g.cout, plane);
         if self.winograd() {
+            let live = live_channels(gy, self.batch, g.cout, plane);
             let slot = &self.cache.input_gradient;
             let weights = self.winograd_weights(slot, WinogradWeights::input_gradient)?;
             let dims = (self.batch, g.cout, g.h, g.w);
@@ -591,28 +456,27 @@ impl Applied {
             let gx = unsafe { vec_written_by(self.batch * g.in_plane(), fill) };
             return Ok((gated, gx));
         }
-        let gx = super::with_cpu_f32(&self.weight, |w| {
-            // The weights of the output channels with a gradient, [live, cin * k * k].
-            let wl = live.as_ref().map(|live| {
-                let mut wl = vec![0f32; live.len() * g.patch()];
-                gather_rows(w, g.patch(), live, &mut wl);
-                wl
-            });
-            let fill = |gx: &mut [MaybeUninit<f32>]| {
-                for_each_sample(gx, g.in_plane(), |i, gxi, par| {
-                    let gyi = &gy[i * chunk..(i + 1) * chunk];
-                    match (&live, &wl) {
-                        (Some(live), Some(wl)) => with_scratch(live.len() * plane, |gl| {
-                            gather_rows(gyi, plane, live, gl);
-                            self.backward_sample((wl, live.len()), gl, gxi, par)
-                        }),
-                        _ => self.backward_sample((w, g.cout), gyi, gxi, par),
-                    }
-                })
-            };
-            // SAFETY: `backward_sample` writes each sample's gradient whole.
-            unsafe { vec_written_by(self.batch * g.in_plane(), fill) }
-        })?;
+        // W^T [cin * k * k, cout] times the gradient, all samples in one product (its zero
+        // runs skipped); then, unless the layer is a plain 1 x 1, the patch gradients are
+        // added back into the image (col2im).
+        let a = self.packed_weights(&self.cache.packed_t, true)?;
+        let dims = (self.batch, g.cout, plane);
+        let product =
+            |out: &mut [MaybeUninit<f32>]| batch_gemm::product(a, gy, dims, out, |_, _, _, _| {});
+        if g.direct() {
+            // SAFETY: `conv1x1` writes every value.
+            let gx = unsafe { vec_written_by(self.batch * g.in_plane(), product) };
+            return Ok((gated, gx));
+        }
+        // SAFETY: `conv1x1` writes every value.
+        let cols = unsafe { vec_written_by(self.batch * g.patch() * plane, product) };
+        let fill = |gx: &mut [MaybeUninit<f32>]| {
+            gx.par_chunks_mut(g.in_plane())
+                .zip(cols.par_chunks(g.patch() * plane))
+                .for_each(|(gx, cols)| col2im(cols, &g, gx))
+        };
+        // SAFETY: `col2im` writes each sample's gradient whole.
+        let gx = unsafe { vec_written_by(self.batch * g.in_plane(), fill) };
         Ok((gated, gx))
     }
 }

@@ -9,6 +9,7 @@
 //! (see [`Backend`]), so a missing GPU kernel costs speed, never correctness.
 
 pub mod activation;
+pub(crate) mod batch_gemm;
 pub mod chain;
 pub mod conv;
 pub mod conv_act;

@@ -28,6 +28,27 @@ impl PackedLhs {
         }
     }
 
+    /// The `[m, k]` matrix whose element `(i, kk)` is `src[i * rs + kk * cs]` (a transpose
+    /// is a swap of strides).
+    pub(crate) fn from_rows(src: &[f32], m: usize, k: usize, (rs, cs): (usize, usize)) -> Self {
+        use rayon::prelude::*;
+        assert!(m == 0 || k == 0 || src.len() > (m - 1) * rs + (k - 1) * cs);
+        let mut a = Self::zeroed(m, k);
+        if k > 0 {
+            a.data
+                .par_chunks_exact_mut(MR * k)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    for (kk, col) in panel.chunks_exact_mut(MR).enumerate() {
+                        for (i, v) in col.iter_mut().enumerate().take(m - p * MR) {
+                            *v = src[(p * MR + i) * rs + kk * cs];
+                        }
+                    }
+                });
+        }
+        a
+    }
+
     /// The panels, each `[k][MR]`: rows `p * MR..` of the matrix (rows past `m` must stay 0).
     pub(crate) fn panels_mut(&mut self) -> std::slice::ChunksExactMut<'_, f32> {
         self.data.chunks_exact_mut(MR * self.k.max(1))
@@ -35,6 +56,10 @@ impl PackedLhs {
 
     pub(crate) fn k(&self) -> usize {
         self.k
+    }
+
+    pub(crate) fn m(&self) -> usize {
+        self.m
     }
 }
 
@@ -65,7 +90,7 @@ pub(crate) fn gemm(
     let m = a.m;
     let k = ks.map_or(a.k, <[usize]>::len);
     assert_eq!(b.len(), rhs_len(k, n));
-    assert!(m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n);
+    assert!(m == 0 || n == 0 || (ldc >= n && c.len() >= (m - 1) * ldc + n));
     assert!(ks.is_none_or(|ks| ks.iter().all(|&kk| kk < a.k)));
     if k == 0 {
         for row in c.chunks_mut(ldc).take(m) {
@@ -73,9 +98,36 @@ pub(crate) fn gemm(
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { gemm_avx2(a, ks, b, n, c, ldc) };
+    }
+    // Fused multiply-add only where the CPU surely has it: on an x86-64 without FMA,
+    // `mul_add` is a libm call per element.
+    gemm_any::<{ !cfg!(target_arch = "x86_64") }>(a, ks, b, n, c, ldc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn gemm_avx2(a: &PackedLhs, ks: Option<&[usize]>, b: &[f32], n: usize, c: &mut [f32], ldc: usize) {
+    gemm_any::<true>(a, ks, b, n, c, ldc)
+}
+
+/// The blocked loops; the micro-kernel and its stores inline into the caller's features.
+#[inline(always)]
+fn gemm_any<const FMA: bool>(
+    a: &PackedLhs,
+    ks: Option<&[usize]>,
+    b: &[f32],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let m = a.m;
+    let k = ks.map_or(a.k, <[usize]>::len);
     let blocks = k.div_ceil(KC);
     let kc_len = k.div_ceil(blocks);
-    let mut tile = [[0f32; NR]; MR];
     for kb in 0..blocks {
         let k0 = kb * kc_len;
         let kc = kc_len.min(k - k0);
@@ -85,78 +137,144 @@ pub(crate) fn gemm(
                 let bp = &b[(j0 / NR) * k * NR + k0 * NR..][..kc * NR];
                 for ir in (ic..(ic + MC).min(m)).step_by(MR) {
                     let panel = &a.data[(ir / MR) * a.k * MR..][..a.k * MR];
-                    match ks {
-                        None => kernel(&panel[k0 * MR..][..kc * MR], None, bp, &mut tile),
-                        Some(ks) => kernel(panel, Some(&ks[k0..k0 + kc]), bp, &mut tile),
-                    }
-                    for (i, t) in tile.iter().enumerate().take(m - ir) {
-                        let d = &mut c[(ir + i) * ldc + j0..][..cols];
-                        if kb == 0 {
-                            d.copy_from_slice(&t[..cols]);
-                        } else {
-                            d.iter_mut().zip(t).for_each(|(d, t)| *d += t);
-                        }
-                    }
+                    let acc = match ks {
+                        None => product::<FMA>(&panel[k0 * MR..][..kc * MR], bp),
+                        // SAFETY: `gemm` checked `ks` against `a.k`.
+                        Some(ks) => unsafe { product_of::<FMA>(panel, &ks[k0..k0 + kc], bp) },
+                    };
+                    let at = &mut c[ir * ldc + j0..];
+                    store(&acc, at, ldc, (MR.min(m - ir), cols), kb > 0);
                 }
             }
         }
     }
 }
 
-/// `tile = a_panel * b_panel` over the depth of `b`: `a`'s columns in order, or those in `ks`.
-fn kernel(a: &[f32], ks: Option<&[usize]>, b: &[f32], tile: &mut [[f32; NR]; MR]) {
+/// Every `MR x NR` tile of `a * b` over one depth block of `panels` right panels of `NR`
+/// columns: `panel(jp)` gives the columns of `a` that panel `jp` multiplies and its packed
+/// values (`[depth][NR]`, depth = the number of those columns), so each panel may leave out
+/// its own zero rows. `sink(row, panel, tile)` gets each tile; `done(rows)` follows each block
+/// of rows, once all of their tiles have been sunk.
+pub(crate) fn tiles<'p>(
+    a: &PackedLhs,
+    panels: usize,
+    panel: impl Fn(usize) -> (&'p [usize], &'p [f32]),
+    sink: impl FnMut(usize, usize, &Tile),
+    done: impl FnMut(std::ops::Range<usize>),
+) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { kernel_avx2(a, ks, b, tile) };
+        return unsafe { tiles_avx2(a, panels, panel, sink, done) };
     }
-    // Fused multiply-add only where the CPU surely has it: on an x86-64 without FMA,
-    // `mul_add` is a libm call per element.
-    kernel_any::<{ !cfg!(target_arch = "x86_64") }>(a, ks, b, tile)
+    tiles_any::<{ !cfg!(target_arch = "x86_64") }>(a, panels, panel, sink, done)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn kernel_avx2(a: &[f32], ks: Option<&[usize]>, b: &[f32], tile: &mut [[f32; NR]; MR]) {
-    kernel_any::<true>(a, ks, b, tile)
+fn tiles_avx2<'p>(
+    a: &PackedLhs,
+    panels: usize,
+    panel: impl Fn(usize) -> (&'p [usize], &'p [f32]),
+    sink: impl FnMut(usize, usize, &Tile),
+    done: impl FnMut(std::ops::Range<usize>),
+) {
+    tiles_any::<true>(a, panels, panel, sink, done)
 }
 
-/// Written so that the accumulators (`MR x NR` = 12 AVX registers) stay in registers.
 #[inline(always)]
-fn kernel_any<const FMA: bool>(
-    a: &[f32],
-    ks: Option<&[usize]>,
-    b: &[f32],
-    tile: &mut [[f32; NR]; MR],
+fn tiles_any<'p, const FMA: bool>(
+    a: &PackedLhs,
+    panels: usize,
+    panel: impl Fn(usize) -> (&'p [usize], &'p [f32]),
+    mut sink: impl FnMut(usize, usize, &Tile),
+    mut done: impl FnMut(std::ops::Range<usize>),
 ) {
-    #[inline(always)]
-    fn step<const FMA: bool>(acc: &mut [[f32; NR]; MR], a: &[f32], b: &[f32]) {
-        let a: &[f32; MR] = a.try_into().unwrap();
-        let b: &[f32; NR] = b.try_into().unwrap();
-        for (acc, &a) in acc.iter_mut().zip(a) {
-            for (acc, &b) in acc.iter_mut().zip(b) {
-                *acc = if FMA {
-                    a.mul_add(b, *acc)
-                } else {
-                    *acc + a * b
-                };
+    let m = a.m;
+    for ic in (0..m).step_by(MC) {
+        for jp in 0..panels {
+            let (ks, bp) = panel(jp);
+            assert!(ks.len() * NR == bp.len() && ks.iter().all(|&kk| kk < a.k));
+            for ir in (ic..(ic + MC).min(m)).step_by(MR) {
+                let a_panel = &a.data[(ir / MR) * a.k * MR..][..a.k * MR];
+                // SAFETY: `ks` was checked against `a.k` above.
+                let acc = unsafe { product_of::<FMA>(a_panel, ks, bp) };
+                sink(ir, jp, &acc);
             }
         }
+        done(ic..(ic + MC).min(m));
     }
+}
+
+/// Writes (or with `add`, adds) the `rows x cols` corner of a tile into `c` (row stride
+/// `ldc`); a whole tile goes straight from the registers.
+#[inline(always)]
+fn store(acc: &Tile, c: &mut [f32], ldc: usize, (rows, cols): (usize, usize), add: bool) {
+    if rows == MR && cols == NR {
+        for (i, acc) in acc.iter().enumerate() {
+            let d: &mut [f32; NR] = (&mut c[i * ldc..i * ldc + NR]).try_into().unwrap();
+            if add {
+                d.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
+            } else {
+                *d = *acc;
+            }
+        }
+        return;
+    }
+    for (i, acc) in acc.iter().enumerate().take(rows) {
+        let d = &mut c[i * ldc..i * ldc + cols];
+        if add {
+            d.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
+        } else {
+            d.copy_from_slice(&acc[..cols]);
+        }
+    }
+}
+
+pub(crate) type Tile = [[f32; NR]; MR];
+
+/// One multiply-add step of the micro-kernel: the accumulators (`MR x NR` = 12 AVX
+/// registers) stay in registers.
+#[inline(always)]
+fn step<const FMA: bool>(acc: &mut Tile, a: &[f32], b: &[f32]) {
+    let a: &[f32; MR] = a.try_into().unwrap();
+    let b: &[f32; NR] = b.try_into().unwrap();
+    for (acc, &a) in acc.iter_mut().zip(a) {
+        for (acc, &b) in acc.iter_mut().zip(b) {
+            *acc = if FMA {
+                a.mul_add(b, *acc)
+            } else {
+                *acc + a * b
+            };
+        }
+    }
+}
+
+/// `a_panel * b_panel` over the depth of `b`, `a`'s columns in order.
+#[inline(always)]
+fn product<const FMA: bool>(a: &[f32], b: &[f32]) -> Tile {
     let mut acc = [[0f32; NR]; MR];
-    match ks {
-        None => {
-            for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
-                step::<FMA>(&mut acc, a, b);
-            }
-        }
-        Some(ks) => {
-            for (&kk, b) in ks.iter().zip(b.chunks_exact(NR)) {
-                step::<FMA>(&mut acc, &a[kk * MR..(kk + 1) * MR], b);
-            }
-        }
+    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        step::<FMA>(&mut acc, a, b);
     }
-    *tile = acc;
+    acc
+}
+
+/// `a_panel * b_panel` over `a`'s columns `ks`.
+///
+/// # Safety
+/// Every `kk` in `ks` is below `a.len() / MR` (callers check the whole list once, not once
+/// per tile: the check per step was a tenth of the kernel's time).
+#[inline(always)]
+unsafe fn product_of<const FMA: bool>(a: &[f32], ks: &[usize], b: &[f32]) -> Tile {
+    let mut acc = [[0f32; NR]; MR];
+    for (&kk, b) in ks.iter().zip(b.chunks_exact(NR)) {
+        debug_assert!(kk < a.len() / MR);
+        // SAFETY: in bounds by the caller's promise.
+        let a = unsafe { a.get_unchecked(kk * MR..(kk + 1) * MR) };
+        step::<FMA>(&mut acc, a, b);
+    }
+    acc
 }
 
 #[cfg(test)]

@@ -1,0 +1,333 @@
+//! The GEMM behind every convolution that is not Winograd's: weights (packed once per layer)
+//! times each sample's input (1 x 1) or patch matrix, all samples side by side in one product
+//! whose columns are split across threads.
+//!
+//! Why side by side: per sample, the late layers' products are narrow (49 columns at 7 x 7)
+//! and re-read their whole weight matrix for a few columns each. Why its own packing: the
+//! right operand is packed in runs of 16 columns, and a run whose row is zero is left out of
+//! the product. Guided backpropagation's gradients are zero in 30-55 % of such runs (they are
+//! spatially clustered) and ReLU outputs in many; a dense GEMM multiplies them all.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::packed_gemm::{self, NR, PackedLhs};
+
+/// Columns per task: a packed right block (`KC x NC`, 192 KiB) stays in L2 while the weight
+/// panels stream past it.
+const NC: usize = 192;
+/// Depth per pass.
+const KC: usize = 256;
+
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used for writes to disjoint indices from parallel tasks (see `product`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// A method, so that closures capture the whole (`Sync`) struct, not its pointer field.
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// `y [batch, m, n] = a [m, k] * x [batch, k, n]`. Every value of `y` is written, then
+/// `finish(sample, row, pixel, values)` runs on each run of a row's finished values while
+/// they are in cache (bias, residual, activation).
+pub(crate) fn product(
+    a: &PackedLhs,
+    x: &[f32],
+    (batch, channels, n): (usize, usize, usize),
+    y: &mut [MaybeUninit<f32>],
+    finish: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) {
+    let (m, depth) = (a.m(), a.k());
+    assert_eq!(channels, depth);
+    assert_eq!(x.len(), batch * channels * n);
+    assert_eq!(y.len(), batch * m * n);
+    let total = batch * n;
+    if total == 0 || m == 0 {
+        return;
+    }
+    let out = SharedOut(y.as_mut_ptr().cast::<f32>());
+    if depth == 0 {
+        y.fill(MaybeUninit::new(0.0));
+        // SAFETY: every value was written just above.
+        let y = unsafe { std::slice::from_raw_parts_mut(out.at(0), batch * m * n) };
+        for (sr, row) in y.chunks_exact_mut(n).enumerate() {
+            finish(sr / m, sr % m, 0, row);
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let blocks = total.div_ceil(NC).max(threads.min(total.div_ceil(NR)));
+    let nc = total.div_ceil(blocks).next_multiple_of(NR);
+    let kblocks = depth.div_ceil(KC);
+    let kc_len = depth.div_ceil(kblocks);
+    (0..total.div_ceil(nc)).into_par_iter().for_each_init(
+        || {
+            (
+                vec![0f32; kc_len * nc],
+                vec![0usize; kc_len * nc / NR],
+                vec![0usize; nc / NR],
+            )
+        },
+        |(packed, idx, counts), blk| {
+            let j0 = blk * nc;
+            let ncols = nc.min(total - j0);
+            let panels = ncols.div_ceil(NR);
+            for kb in 0..kblocks {
+                let k0 = kb * kc_len;
+                let kc = kc_len.min(depth - k0);
+                let depth = (k0, kc);
+                pack(x, (channels, n), depth, (j0, ncols), (packed, idx, counts));
+                let (packed, idx, counts) = (&*packed, &*idx, &*counts);
+                let panel = |jp: usize| {
+                    let c = counts[jp];
+                    (
+                        &idx[jp * kc..jp * kc + c],
+                        &packed[jp * kc * NR..][..c * NR],
+                    )
+                };
+                let last = kb + 1 == kblocks;
+                let sink = |ir: usize, jp: usize, tile: &packed_gemm::Tile| {
+                    let jt = j0 + jp * NR;
+                    let width = NR.min(j0 + ncols - jt);
+                    let mut t = 0;
+                    while t < width {
+                        let (s, p) = ((jt + t) / n, (jt + t) % n);
+                        let run = (width - t).min(n - p);
+                        for (i, vals) in tile.iter().enumerate().take(m - ir) {
+                            let at = out.at((s * m + ir + i) * n + p);
+                            let vals = &vals[t..t + run];
+                            // SAFETY: in bounds (`p + run <= n`), and the values belong to
+                            // columns `j0..j0 + ncols`, this task's only.
+                            unsafe {
+                                if kb == 0 {
+                                    write(at, vals);
+                                } else {
+                                    add(at, vals);
+                                }
+                            }
+                        }
+                        t += run;
+                    }
+                };
+                // The block's rows are complete and still in cache: finish them.
+                let done = |rows: std::ops::Range<usize>| {
+                    if !last {
+                        return;
+                    }
+                    let mut j = j0;
+                    while j < j0 + ncols {
+                        let (s, p) = (j / n, j % n);
+                        let run = (j0 + ncols - j).min(n - p);
+                        for r in rows.clone() {
+                            // SAFETY: written above; this task's columns only.
+                            let vals = unsafe {
+                                std::slice::from_raw_parts_mut(out.at((s * m + r) * n + p), run)
+                            };
+                            finish(s, r, p, vals);
+                        }
+                        j += run;
+                    }
+                };
+                packed_gemm::tiles(a, panels, panel, sink, done);
+            }
+        },
+    );
+}
+
+/// # Safety
+/// `dst..dst + vals.len()` is valid for reads and writes and holds initialised values.
+#[inline(always)]
+unsafe fn add(dst: *mut f32, vals: &[f32]) {
+    for (o, &v) in vals.iter().enumerate() {
+        unsafe { *dst.add(o) += v }
+    }
+}
+
+/// # Safety
+/// `dst..dst + vals.len()` is valid for writes.
+#[inline(always)]
+unsafe fn write(dst: *mut f32, vals: &[f32]) {
+    if let Ok(v) = <&[f32; NR]>::try_from(vals) {
+        unsafe { dst.cast::<[f32; NR]>().write_unaligned(*v) };
+        return;
+    }
+    for (o, &v) in vals.iter().enumerate() {
+        unsafe { dst.add(o).write(v) }
+    }
+}
+
+/// Packs columns `j0..j0 + ncols` (sample-major: column `j` is pixel `j % n` of sample
+/// `j / n`) of rows `k0..k0 + kc` of `x` into panels of `NR` columns (zeros past the end),
+/// each panel leaving out the rows that are zero across its columns: panel `jp` holds
+/// `counts[jp]` rows at `packed[jp * kc * NR..]`, whose row numbers are `idx[jp * kc..]`.
+fn pack(
+    x: &[f32],
+    dims: (usize, usize),
+    depth: (usize, usize),
+    cols: (usize, usize),
+    out: (&mut [f32], &mut [usize], &mut [usize]),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { pack_avx2(x, dims, depth, cols, out) };
+    }
+    pack_any(x, dims, depth, cols, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn pack_avx2(
+    x: &[f32],
+    dims: (usize, usize),
+    depth: (usize, usize),
+    cols: (usize, usize),
+    out: (&mut [f32], &mut [usize], &mut [usize]),
+) {
+    pack_any(x, dims, depth, cols, out)
+}
+
+#[inline(always)]
+fn pack_any(
+    x: &[f32],
+    (channels, n): (usize, usize),
+    (k0, kc): (usize, usize),
+    (j0, ncols): (usize, usize),
+    (packed, idx, counts): (&mut [f32], &mut [usize], &mut [usize]),
+) {
+    let panels = ncols.div_ceil(NR);
+    for jp in 0..panels {
+        let jt = j0 + jp * NR;
+        let width = NR.min(j0 + ncols - jt);
+        let (s, p) = (jt / n, jt % n);
+        let dst = &mut packed[jp * kc * NR..][..kc * NR];
+        let idx = &mut idx[jp * kc..][..kc];
+        let mut count = 0;
+        let mut keep = |c: usize, vals: &[f32; NR]| {
+            // Bits without the sign: -0.0 is as zero as 0.0; NaN is kept.
+            if vals.iter().fold(0u32, |acc, v| acc | (v.to_bits() << 1)) != 0 {
+                let d: &mut [f32; NR] = (&mut dst[count * NR..][..NR]).try_into().unwrap();
+                *d = *vals;
+                idx[count] = c;
+                count += 1;
+            }
+        };
+        if width == NR && p + NR <= n {
+            let base = s * channels * n + p;
+            for c in k0..k0 + kc {
+                keep(c, x[base + c * n..][..NR].try_into().unwrap());
+            }
+        } else {
+            for c in k0..k0 + kc {
+                let mut vals = [0f32; NR];
+                for (t, v) in vals.iter_mut().enumerate().take(width) {
+                    let j = jt + t;
+                    *v = x[((j / n) * channels + c) * n + j % n];
+                }
+                keep(c, &vals);
+            }
+        }
+        counts[jp] = count;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `y` from [`product`], with `finish` adding `1000 * sample + row + pixel / 1000` to each
+    /// value (so a value finished twice, or never, shows).
+    fn run(a: &[f32], (m, k): (usize, usize), x: &[f32], (batch, n): (usize, usize)) -> Vec<f32> {
+        let packed = PackedLhs::from_rows(a, m, k, (k, 1));
+        let mut y = vec![MaybeUninit::new(f32::NAN); batch * m * n];
+        let mark = |s: usize, r: usize, p: usize| (1000 * s + r) as f32 + p as f32 / 1000.0;
+        product(&packed, x, (batch, k, n), &mut y, |s, r, p, vals| {
+            for (t, v) in vals.iter_mut().enumerate() {
+                *v += mark(s, r, p + t);
+            }
+        });
+        let y: Vec<f32> = y.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+        y.iter()
+            .enumerate()
+            .map(|(i, v)| v - mark(i / (m * n), (i / n) % m, i % n))
+            .collect()
+    }
+
+    /// Against a plain triple loop in f64, on inputs full of the zero runs the packing leaves
+    /// out (whole rows, aligned and unaligned runs of 16, -0.0): sizes off every block edge,
+    /// samples that share a 16-column panel, depths over one pass, more columns than one task.
+    #[test]
+    fn batch_product_matches_naive_product() {
+        let sizes = [
+            (1, 1, 1, 1),
+            (7, 3, 17, 3),
+            (13, 300, 33, 2),
+            (64, 600, 5, 4),
+            (6, 40, 200, 3),
+            (20, 0, 9, 2),
+        ];
+        for (m, k, n, batch) in sizes {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7) % 17) as f32 / 8.0 - 1.0)
+                .collect();
+            let mut x: Vec<f32> = (0..batch * k * n)
+                .map(|i| ((i * 5) % 19) as f32 / 9.0 - 1.0)
+                .collect();
+            for (r, row) in x.chunks_mut(n).enumerate() {
+                match r % 4 {
+                    0 => row.fill(0.0),
+                    1 => row.iter_mut().take(16).for_each(|v| *v = -0.0),
+                    2 => row.iter_mut().skip(3).take(20).for_each(|v| *v = 0.0),
+                    _ => {}
+                }
+            }
+            let y = run(&a, (m, k), &x, (batch, n));
+            for s in 0..batch {
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|kk| a[i * k + kk] as f64 * x[(s * k + kk) * n + j] as f64)
+                            .sum();
+                        let got = y[(s * m + i) * n + j] as f64;
+                        let at = format!("{m}x{k}x{n} x {batch}: ({s}, {i}, {j})");
+                        assert!((got - want).abs() < 1e-3, "{at}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The zero runs are really left out: a NaN weight meets only zeros (its input row is zero
+    /// in every run), so the output stays finite, while the same NaN against one non-zero
+    /// value reaches exactly that value's column.
+    #[test]
+    fn zero_runs_are_skipped_and_nan_inputs_are_not() {
+        let (m, k, n) = (6, 3, 40);
+        let mut a = vec![1f32; m * k];
+        a[k + 1] = f32::NAN; // row 1, column 1
+        let mut x = vec![0.5f32; k * n];
+        x[n..2 * n].fill(0.0); // input row 1: all zero
+        let y = run(&a, (m, k), &x, (1, n));
+        assert!(y.iter().all(|v| v.is_finite()), "a zero run was multiplied");
+        x[n + 37] = 2.0;
+        let y = run(&a, (m, k), &x, (1, n));
+        for (i, v) in y.iter().enumerate() {
+            // Row 1's columns 32..40 share the panel with the non-zero value; the zero lanes
+            // of that panel still meet the NaN (0 x NaN), the other panels do not.
+            let hit = i / n == 1 && i % n >= 32;
+            assert_eq!(v.is_nan(), hit, "value {i}: {v}");
+        }
+        x[2 * n + 5] = f32::NAN;
+        let y = run(&[1f32; 18], (m, k), &x, (1, n));
+        assert!(
+            y[5].is_nan() && y[4].is_finite(),
+            "a NaN input must reach its column"
+        );
+    }
+}
