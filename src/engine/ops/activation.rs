@@ -67,6 +67,15 @@ impl ReluOp {
     /// The backward over a buffer, from the activation's *output* `y`: `0 < y < cap` exactly
     /// when `0 < x < cap`, so fused ops need not keep their pre-activation values. (Given the
     /// input instead, it is the backward from the input.)
+    /// One value of [`Self::grad_from_outputs`]: `g` where `0 < y < cap` (and, guided,
+    /// `g > 0`), else 0.
+    #[inline(always)]
+    pub(crate) fn grad_at(&self, y: f32, g: f32) -> f32 {
+        let cap = self.cap.unwrap_or(f32::INFINITY);
+        let floor = if self.mode == ReluMode::Guided { 0.0 } else { f32::NEG_INFINITY };
+        if y > 0.0 && y < cap { g.max(floor) } else { 0.0 }
+    }
+
     pub(crate) fn grad_from_outputs(&self, dst: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32]) {
         let cap = self.cap.unwrap_or(f32::INFINITY);
         super::simd::relu_grad(dst, y, g, cap, self.mode == ReluMode::Guided)

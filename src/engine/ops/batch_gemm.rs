@@ -12,7 +12,58 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::activation::ReluOp;
 use super::packed_gemm::{self, NR, PackedLhs};
+
+/// Where the right operand's values come from: a matrix, or one made on the fly while packing.
+pub(crate) trait Rows: Sync {
+    fn len(&self) -> usize;
+    /// Values `at..at + NR`.
+    fn run(&self, at: usize) -> [f32; NR];
+    fn at(&self, at: usize) -> f32;
+}
+
+impl Rows for [f32] {
+    fn len(&self) -> usize {
+        self.len()
+    }
+
+    #[inline(always)]
+    fn run(&self, at: usize) -> [f32; NR] {
+        self[at..at + NR].try_into().unwrap()
+    }
+
+    #[inline(always)]
+    fn at(&self, at: usize) -> f32 {
+        self[at]
+    }
+}
+
+/// A ReLU's gradient `g` gated on its output `y`, computed as it is packed: a layer whose
+/// gated gradient feeds nothing else never writes it out.
+pub(crate) struct Gated<'a> {
+    pub y: &'a [f32],
+    pub g: &'a [f32],
+    pub act: ReluOp,
+}
+
+impl Rows for Gated<'_> {
+    fn len(&self) -> usize {
+        self.g.len().min(self.y.len())
+    }
+
+    #[inline(always)]
+    fn run(&self, at: usize) -> [f32; NR] {
+        let y: &[f32; NR] = self.y[at..at + NR].try_into().unwrap();
+        let g: &[f32; NR] = self.g[at..at + NR].try_into().unwrap();
+        std::array::from_fn(|t| self.act.grad_at(y[t], g[t]))
+    }
+
+    #[inline(always)]
+    fn at(&self, at: usize) -> f32 {
+        self.act.grad_at(self.y[at], self.g[at])
+    }
+}
 
 /// Columns per task: a packed right block (`KC x NC`, 192 KiB) stays in L2 while the weight
 /// panels stream past it.
@@ -36,9 +87,9 @@ impl SharedOut {
 /// `y [batch, m, n] = a [m, k] * x [batch, k, n]`. Every value of `y` is written, then
 /// `finish(sample, row, pixel, values)` runs on each run of a row's finished values while
 /// they are in cache (bias, residual, activation).
-pub(crate) fn product(
+pub(crate) fn product<X: Rows + ?Sized>(
     a: &PackedLhs,
-    x: &[f32],
+    x: &X,
     (batch, channels, n): (usize, usize, usize),
     y: &mut [MaybeUninit<f32>],
     finish: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
@@ -166,8 +217,8 @@ unsafe fn write(dst: *mut f32, vals: &[f32]) {
 /// `j / n`) of rows `k0..k0 + kc` of `x` into panels of `NR` columns (zeros past the end),
 /// each panel leaving out the rows that are zero across its columns: panel `jp` holds
 /// `counts[jp]` rows at `packed[jp * kc * NR..]`, whose row numbers are `idx[jp * kc..]`.
-fn pack(
-    x: &[f32],
+fn pack<X: Rows + ?Sized>(
+    x: &X,
     dims: (usize, usize),
     depth: (usize, usize),
     cols: (usize, usize),
@@ -183,8 +234,8 @@ fn pack(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn pack_avx2(
-    x: &[f32],
+fn pack_avx2<X: Rows + ?Sized>(
+    x: &X,
     dims: (usize, usize),
     depth: (usize, usize),
     cols: (usize, usize),
@@ -194,8 +245,8 @@ fn pack_avx2(
 }
 
 #[inline(always)]
-fn pack_any(
-    x: &[f32],
+fn pack_any<X: Rows + ?Sized>(
+    x: &X,
     (channels, n): (usize, usize),
     (k0, kc): (usize, usize),
     (j0, ncols): (usize, usize),
@@ -221,14 +272,14 @@ fn pack_any(
         if width == NR && p + NR <= n {
             let base = s * channels * n + p;
             for c in k0..k0 + kc {
-                keep(c, x[base + c * n..][..NR].try_into().unwrap());
+                keep(c, &x.run(base + c * n));
             }
         } else {
             for c in k0..k0 + kc {
                 let mut vals = [0f32; NR];
                 for (t, v) in vals.iter_mut().enumerate().take(width) {
                     let j = jt + t;
-                    *v = x[((j / n) * channels + c) * n + j % n];
+                    *v = x.at(((j / n) * channels + c) * n + j % n);
                 }
                 keep(c, &vals);
             }

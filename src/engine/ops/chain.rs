@@ -237,7 +237,7 @@ impl Chain {
             let y = value(Value(i + 1));
             match &step.kernel {
                 Kernel::Conv(op) => {
-                    let (gated, gx) = op.backward_vec(y, &gy)?;
+                    let (gated, gx) = op.backward_vec(y, &gy, step.skip.is_some())?;
                     Self::accumulate(&mut grads[step.input.0], gx);
                     if let Some(s) = step.skip {
                         Self::accumulate(&mut grads[s.0], gated.unwrap_or(gy));

@@ -392,7 +392,7 @@ impl Applied {
                 };
                 let fill =
                     |y: &mut [MaybeUninit<f32>]| batch_gemm::product(a, rhs, dims, y, finish);
-                // SAFETY: `conv1x1` writes every value.
+                // SAFETY: `product` writes every value.
                 unsafe { vec_written_by(self.batch * chunk, fill) }
             })
         };
@@ -415,7 +415,7 @@ impl Applied {
     /// The gradient at the activation's input (= the residual's gradient), and `x`'s.
     fn backward(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
         let (gated, gx) = super::with_cpu_f32(res, |y| {
-            super::with_cpu_f32(grad, |gy| self.backward_vec(y, gy))
+            super::with_cpu_f32(grad, |gy| self.backward_vec(y, gy, true))
         })???;
         let gated = match gated {
             Some(gated) => Tensor::from_vec(gated, self.out_shape(), arg.device())?,
@@ -425,15 +425,19 @@ impl Applied {
     }
 
     /// From the output `y` and its gradient `gy`: the gradient at the activation's input
-    /// (`None`: no activation, it is `gy`) and the input's gradient.
+    /// (`None`: no activation, it is `gy`; or not `keep_gated`, then it may not be made) and
+    /// the input's gradient.
     pub(crate) fn backward_vec(
         &self,
         y: &[f32],
         gy: &[f32],
+        keep_gated: bool,
     ) -> Result<(Option<Vec<f32>>, Vec<f32>)> {
         let g = self.geo;
         let (plane, chunk) = (g.out_plane(), g.cout * g.out_plane());
-        let gated = self.act.map(|act| {
+        // Only the batch GEMM can gate while it packs.
+        let gate_in_gemm = self.act.filter(|_| !keep_gated && !self.winograd());
+        let gated = self.act.filter(|_| gate_in_gemm.is_none()).map(|act| {
             let fill = |gated: &mut [MaybeUninit<f32>]| {
                 gated
                     .par_chunks_mut(chunk)
@@ -461,14 +465,19 @@ impl Applied {
         // added back into the image (col2im).
         let a = self.packed_weights(&self.cache.packed_t, true)?;
         let dims = (self.batch, g.cout, plane);
-        let product =
-            |out: &mut [MaybeUninit<f32>]| batch_gemm::product(a, gy, dims, out, |_, _, _, _| {});
+        let product = |out: &mut [MaybeUninit<f32>]| match gate_in_gemm {
+            Some(act) => {
+                let gated = batch_gemm::Gated { y, g: gy, act };
+                batch_gemm::product(a, &gated, dims, out, |_, _, _, _| {})
+            }
+            None => batch_gemm::product(a, gy, dims, out, |_, _, _, _| {}),
+        };
         if g.direct() {
-            // SAFETY: `conv1x1` writes every value.
+            // SAFETY: `product` writes every value.
             let gx = unsafe { vec_written_by(self.batch * g.in_plane(), product) };
             return Ok((gated, gx));
         }
-        // SAFETY: `conv1x1` writes every value.
+        // SAFETY: `product` writes every value.
         let cols = unsafe { vec_written_by(self.batch * g.patch() * plane, product) };
         let fill = |gx: &mut [MaybeUninit<f32>]| {
             gx.par_chunks_mut(g.in_plane())
