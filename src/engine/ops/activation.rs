@@ -72,8 +72,16 @@ impl ReluOp {
     #[inline(always)]
     pub(crate) fn grad_at(&self, y: f32, g: f32) -> f32 {
         let cap = self.cap.unwrap_or(f32::INFINITY);
-        let floor = if self.mode == ReluMode::Guided { 0.0 } else { f32::NEG_INFINITY };
-        if y > 0.0 && y < cap { g.max(floor) } else { 0.0 }
+        let floor = if self.mode == ReluMode::Guided {
+            0.0
+        } else {
+            f32::NEG_INFINITY
+        };
+        if y > 0.0 && y < cap {
+            g.max(floor)
+        } else {
+            0.0
+        }
     }
 
     pub(crate) fn grad_from_outputs(&self, dst: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32]) {
