@@ -60,6 +60,7 @@ impl ReluOp {
     }
 
     /// The activation of one value, for ops that fuse it.
+    #[inline(always)]
     pub(crate) fn apply(&self, v: f32) -> f32 {
         v.max(0.0).min(self.cap.unwrap_or(f32::INFINITY))
     }

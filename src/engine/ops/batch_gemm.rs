@@ -118,77 +118,139 @@ pub(crate) fn product<X: Rows + ?Sized>(
     let kblocks = depth.div_ceil(KC);
     let kc_len = depth.div_ceil(kblocks);
     (0..total.div_ceil(nc)).into_par_iter().for_each_init(
-        || {
+        || -> Scratch {
             (
                 vec![0f32; kc_len * nc],
                 vec![0usize; kc_len * nc / NR],
                 vec![0usize; nc / NR],
             )
         },
-        |(packed, idx, counts), blk| {
+        |scratch, blk| {
             let j0 = blk * nc;
-            let ncols = nc.min(total - j0);
-            let panels = ncols.div_ceil(NR);
-            for kb in 0..kblocks {
-                let k0 = kb * kc_len;
-                let kc = kc_len.min(depth - k0);
-                let depth = (k0, kc);
-                pack(x, (channels, n), depth, (j0, ncols), (packed, idx, counts));
-                let (packed, idx, counts) = (&*packed, &*idx, &*counts);
-                let panel = |jp: usize| {
-                    let c = counts[jp];
-                    (
-                        &idx[jp * kc..jp * kc + c],
-                        &packed[jp * kc * NR..][..c * NR],
-                    )
-                };
-                let last = kb + 1 == kblocks;
-                let sink = |ir: usize, jp: usize, tile: &packed_gemm::Tile| {
-                    let jt = j0 + jp * NR;
-                    let width = NR.min(j0 + ncols - jt);
-                    let mut t = 0;
-                    while t < width {
-                        let (s, p) = ((jt + t) / n, (jt + t) % n);
-                        let run = (width - t).min(n - p);
-                        for (i, vals) in tile.iter().enumerate().take(m - ir) {
-                            let at = out.at((s * m + ir + i) * n + p);
-                            let vals = &vals[t..t + run];
-                            // SAFETY: in bounds (`p + run <= n`), and the values belong to
-                            // columns `j0..j0 + ncols`, this task's only.
-                            unsafe {
-                                if kb == 0 {
-                                    write(at, vals);
-                                } else {
-                                    add(at, vals);
-                                }
-                            }
-                        }
-                        t += run;
-                    }
-                };
-                // The block's rows are complete and still in cache: finish them.
-                let done = |rows: std::ops::Range<usize>| {
-                    if !last {
-                        return;
-                    }
-                    let mut j = j0;
-                    while j < j0 + ncols {
-                        let (s, p) = (j / n, j % n);
-                        let run = (j0 + ncols - j).min(n - p);
-                        for r in rows.clone() {
-                            // SAFETY: written above; this task's columns only.
-                            let vals = unsafe {
-                                std::slice::from_raw_parts_mut(out.at((s * m + r) * n + p), run)
-                            };
-                            finish(s, r, p, vals);
-                        }
-                        j += run;
-                    }
-                };
-                packed_gemm::tiles(a, panels, panel, sink, done);
-            }
+            let block = Block {
+                x,
+                dims: (m, channels, n),
+                cols: (j0, nc.min(total - j0)),
+                depth: (kblocks, kc_len),
+                out,
+            };
+            block.run(a, scratch, &finish)
         },
     );
+}
+
+/// One task of [`product`]: all rows of columns `cols.0..cols.0 + cols.1`.
+struct Block<'a, X: ?Sized> {
+    x: &'a X,
+    /// Rows of the product, input rows per sample, columns per sample.
+    dims: (usize, usize, usize),
+    cols: (usize, usize),
+    /// Passes over the depth, and the depth of each but the last.
+    depth: (usize, usize),
+    out: SharedOut,
+}
+
+type Scratch = (Vec<f32>, Vec<usize>, Vec<usize>);
+
+impl<X: Rows + ?Sized> Block<'_, X> {
+    fn run(
+        &self,
+        a: &PackedLhs,
+        scratch: &mut Scratch,
+        finish: &impl Fn(usize, usize, usize, &mut [f32]),
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2_fma() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { self.run_avx2(a, scratch, finish) };
+        }
+        self.run_any::<{ !cfg!(target_arch = "x86_64") }>(a, scratch, finish)
+    }
+
+    /// Compiled with AVX2 so that the tile stores and the finishing pass (closures defined
+    /// here, and `finish` if inlined) are too.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2(
+        &self,
+        a: &PackedLhs,
+        scratch: &mut Scratch,
+        finish: &impl Fn(usize, usize, usize, &mut [f32]),
+    ) {
+        self.run_any::<true>(a, scratch, finish)
+    }
+
+    #[inline(always)]
+    fn run_any<const FMA: bool>(
+        &self,
+        a: &PackedLhs,
+        (packed, idx, counts): &mut Scratch,
+        finish: &impl Fn(usize, usize, usize, &mut [f32]),
+    ) {
+        let (x, out) = (self.x, self.out);
+        let (m, channels, n) = self.dims;
+        let (j0, ncols) = self.cols;
+        let (kblocks, kc_len) = self.depth;
+        let panels = ncols.div_ceil(NR);
+        for kb in 0..kblocks {
+            let k0 = kb * kc_len;
+            let kc = kc_len.min(a.k() - k0);
+            let depth = (k0, kc);
+            pack(x, (channels, n), depth, (j0, ncols), (packed, idx, counts));
+            let (packed, idx, counts) = (&*packed, &*idx, &*counts);
+            let panel = |jp: usize| {
+                let c = counts[jp];
+                (
+                    &idx[jp * kc..jp * kc + c],
+                    &packed[jp * kc * NR..][..c * NR],
+                )
+            };
+            let last = kb + 1 == kblocks;
+            let sink = |ir: usize, jp: usize, tile: &packed_gemm::Tile| {
+                let jt = j0 + jp * NR;
+                let width = NR.min(j0 + ncols - jt);
+                let mut t = 0;
+                while t < width {
+                    let (s, p) = ((jt + t) / n, (jt + t) % n);
+                    let run = (width - t).min(n - p);
+                    for (i, vals) in tile.iter().enumerate().take(m - ir) {
+                        let at = out.at((s * m + ir + i) * n + p);
+                        let vals = &vals[t..t + run];
+                        // SAFETY: in bounds (`p + run <= n`), and the values belong to
+                        // columns `j0..j0 + ncols`, this task's only.
+                        unsafe {
+                            if kb == 0 {
+                                write(at, vals);
+                            } else {
+                                add(at, vals);
+                            }
+                        }
+                    }
+                    t += run;
+                }
+            };
+            // The block's rows are complete and still in cache: finish them.
+            let done = |rows: std::ops::Range<usize>| {
+                if !last {
+                    return;
+                }
+                let mut j = j0;
+                while j < j0 + ncols {
+                    let (s, p) = (j / n, j % n);
+                    let run = (j0 + ncols - j).min(n - p);
+                    for r in rows.clone() {
+                        // SAFETY: written above; this task's columns only.
+                        let vals = unsafe {
+                            std::slice::from_raw_parts_mut(out.at((s * m + r) * n + p), run)
+                        };
+                        finish(s, r, p, vals);
+                    }
+                    j += run;
+                }
+            };
+            packed_gemm::tiles::<FMA>(a, panels, panel, sink, done);
+        }
+    }
 }
 
 /// # Safety
@@ -253,38 +315,42 @@ fn pack_any<X: Rows + ?Sized>(
     (packed, idx, counts): (&mut [f32], &mut [usize], &mut [usize]),
 ) {
     let panels = ncols.div_ceil(NR);
-    for jp in 0..panels {
-        let jt = j0 + jp * NR;
-        let width = NR.min(j0 + ncols - jt);
-        let (s, p) = (jt / n, jt % n);
-        let dst = &mut packed[jp * kc * NR..][..kc * NR];
-        let idx = &mut idx[jp * kc..][..kc];
-        let mut count = 0;
-        let mut keep = |c: usize, vals: &[f32; NR]| {
+    let counts = &mut counts[..panels];
+    counts.fill(0);
+    // Where each panel's columns start in sample `s`'s rows, when they are 16 consecutive
+    // pixels of one sample (most panels); else `None`, read value by value.
+    let starts: Vec<Option<usize>> = (0..panels)
+        .map(|jp| {
+            let jt = j0 + jp * NR;
+            let (s, p) = (jt / n, jt % n);
+            (jt + NR <= j0 + ncols && p + NR <= n).then_some(s * channels * n + p)
+        })
+        .collect();
+    // Row by row, so that the reads run along the rows.
+    for c in k0..k0 + kc {
+        for (jp, (start, count)) in starts.iter().zip(counts.iter_mut()).enumerate() {
+            let vals = match start {
+                Some(start) => x.run(start + c * n),
+                None => {
+                    let jt = j0 + jp * NR;
+                    let width = NR.min(j0 + ncols - jt);
+                    let mut vals = [0f32; NR];
+                    for (t, v) in vals.iter_mut().enumerate().take(width) {
+                        let j = jt + t;
+                        *v = x.at(((j / n) * channels + c) * n + j % n);
+                    }
+                    vals
+                }
+            };
             // Bits without the sign: -0.0 is as zero as 0.0; NaN is kept.
             if vals.iter().fold(0u32, |acc, v| acc | (v.to_bits() << 1)) != 0 {
-                let d: &mut [f32; NR] = (&mut dst[count * NR..][..NR]).try_into().unwrap();
-                *d = *vals;
-                idx[count] = c;
-                count += 1;
-            }
-        };
-        if width == NR && p + NR <= n {
-            let base = s * channels * n + p;
-            for c in k0..k0 + kc {
-                keep(c, &x.run(base + c * n));
-            }
-        } else {
-            for c in k0..k0 + kc {
-                let mut vals = [0f32; NR];
-                for (t, v) in vals.iter_mut().enumerate().take(width) {
-                    let j = jt + t;
-                    *v = x.at(((j / n) * channels + c) * n + j % n);
-                }
-                keep(c, &vals);
+                let at = jp * kc + *count;
+                let d: &mut [f32; NR] = (&mut packed[at * NR..][..NR]).try_into().unwrap();
+                *d = vals;
+                idx[at] = c;
+                *count += 1;
             }
         }
-        counts[jp] = count;
     }
 }
 

@@ -338,6 +338,7 @@ impl Applied {
     }
 
     /// Bias, residual and activation on the GEMM's result `y` for one channel: one pass.
+    #[inline(always)]
     fn finish_row(&self, row: &mut [f32], bias: f32, skip: Option<&[f32]>) {
         match (skip, self.act) {
             (None, None) => row.iter_mut().for_each(|v| *v += bias),

@@ -1,6 +1,6 @@
 //! A small f32 GEMM whose operands are packed before the call: the left one once per model
 //! (a layer's transformed weights), the right one by its producer (the Winograd input
-//! transform writes straight into the packed layout). The `gemm` crate packs both operands on
+//! transform writes straight into the packed layout). A general GEMM packs both operands on
 //! every call, which for weights that never change is a full copy of them per sample.
 
 pub(crate) const MR: usize = 6;
@@ -155,35 +155,11 @@ fn gemm_any<const FMA: bool>(
 /// values (`[depth][NR]`, depth = the number of those columns), so each panel may leave out
 /// its own zero rows. `sink(row, panel, tile)` gets each tile; `done(rows)` follows each block
 /// of rows, once all of their tiles have been sunk.
-pub(crate) fn tiles<'p>(
-    a: &PackedLhs,
-    panels: usize,
-    panel: impl Fn(usize) -> (&'p [usize], &'p [f32]),
-    sink: impl FnMut(usize, usize, &Tile),
-    done: impl FnMut(std::ops::Range<usize>),
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { tiles_avx2(a, panels, panel, sink, done) };
-    }
-    tiles_any::<{ !cfg!(target_arch = "x86_64") }>(a, panels, panel, sink, done)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn tiles_avx2<'p>(
-    a: &PackedLhs,
-    panels: usize,
-    panel: impl Fn(usize) -> (&'p [usize], &'p [f32]),
-    sink: impl FnMut(usize, usize, &Tile),
-    done: impl FnMut(std::ops::Range<usize>),
-) {
-    tiles_any::<true>(a, panels, panel, sink, done)
-}
-
+///
+/// Inlined into the caller, whose target features it then uses, with the closures: `FMA`
+/// (fused multiply-adds) only where the caller's features include them.
 #[inline(always)]
-fn tiles_any<'p, const FMA: bool>(
+pub(crate) fn tiles<'p, const FMA: bool>(
     a: &PackedLhs,
     panels: usize,
     panel: impl Fn(usize) -> (&'p [usize], &'p [f32]),
