@@ -6,8 +6,9 @@
 //! (pad, conv, bias, residual add, activation) is up to six graph nodes; fused it is one, the
 //! padding is folded into im2col, and bias, residual and activation are applied while the GEMM
 //! output is still in cache. 3 x 3 stride-1 layers run as Winograd convolutions
-//! ([`super::winograd`]), the others as one [`super::batch_gemm`] product per batch. The activation's backward gates on the op's *output*
-//! (`0 < y < cap` exactly when `0 < x < cap`), so nothing beyond the output is kept.
+//! ([`super::winograd`]), the others as one [`super::batch_gemm`] product per batch. The
+//! activation's backward gates on the op's *output* (`0 < y < cap` exactly when
+//! `0 < x < cap`), so nothing beyond the output is kept.
 
 use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
