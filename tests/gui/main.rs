@@ -284,11 +284,17 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
         std::fs::write(&desc, json.to_string()).unwrap();
         *dialogs.next_model.lock().unwrap() = Some(desc);
         h.get_by_label("Open model…").click();
+        // This file's own notice, as for the images: its dialog answered and its load done
+        // before the newest notice counts. Two files fail with the same words ("refused"), so
+        // an older notice would let the next case rewrite model.json and the dialog's answer
+        // while this one is still loading (seen as a 300 s time-out about one run in three).
         step_until(&mut h, 300, msg, |a| {
-            a.notices
-                .items()
-                .iter()
-                .any(|n| n.text.contains("Cannot load model") && n.text.contains(msg))
+            dialogs.next_model.lock().unwrap().is_none()
+                && !a.is_busy()
+                && a.notices
+                    .items()
+                    .last()
+                    .is_some_and(|n| n.text.contains("Cannot load model") && n.text.contains(msg))
         });
     }
     let _ = std::fs::remove_dir_all(&dir);
