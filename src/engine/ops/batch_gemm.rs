@@ -102,16 +102,13 @@ pub(crate) fn product<X: Rows + ?Sized>(
     if total == 0 || m == 0 {
         return;
     }
-    let out = SharedOut(y.as_mut_ptr().cast::<f32>());
     if depth == 0 {
-        y.fill(MaybeUninit::new(0.0));
-        // SAFETY: every value was written just above.
-        let y = unsafe { std::slice::from_raw_parts_mut(out.at(0), batch * m * n) };
-        for (sr, row) in y.chunks_exact_mut(n).enumerate() {
+        for (sr, row) in super::zeroed(y).chunks_exact_mut(n).enumerate() {
             finish(sr / m, sr % m, 0, row);
         }
         return;
     }
+    let out = SharedOut(y.as_mut_ptr().cast::<f32>());
     let threads = rayon::current_num_threads();
     let blocks = total.div_ceil(NC).max(threads.min(total.div_ceil(NR)));
     let nc = total.div_ceil(blocks).next_multiple_of(NR);
