@@ -11,13 +11,15 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde_json::json;
+use unveil::engine::explainer::Explainer;
 use unveil::engine::image;
-use unveil::engine::mask::{Mask, smooth};
+use unveil::engine::maps::Mask;
+use unveil::engine::mask::smooth;
 use unveil::engine::models::{self, Arch, Classifier, DEFAULT_MODEL, ModelDescription};
 use unveil::engine::ops::Backend;
 use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
+use unveil::engine::predict::{classify, top_k};
 use unveil::engine::saliency::input_gradient;
-use unveil::engine::unveil::{classify, run, top_k};
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -173,7 +175,9 @@ fn main() {
     let mut e2e_json = serde_json::Value::Null;
     if wanted("e2e") {
         let t = Instant::now();
-        let out = run(lite.as_ref(), &x, &params, None, &mut |_| {}, &never).unwrap();
+        let out = Explainer::uncached(lite.clone())
+            .explain_input(&x, &params, &mut |_| {}, &never)
+            .unwrap();
         let e2e_s = t.elapsed().as_secs_f64();
         let peak = peak_rss_mib();
         println!(

@@ -5,25 +5,25 @@
 //! Errors come back as values; `main` turns them into one line and an exit code.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::engine::batch;
-use crate::engine::device::{self, DeviceChoice};
-use crate::engine::export::{self, RunInfo};
-use crate::engine::image::{self, Window};
-use crate::engine::models::Classifier;
-use crate::engine::models::{self, DEFAULT_MODEL, ModelDescription};
-use crate::engine::ops::Backend;
-use crate::engine::params::{
+use unveil::Error;
+use unveil::Result;
+use unveil::engine::batch;
+use unveil::engine::device::{self, DeviceChoice};
+use unveil::engine::explainer::Explainer;
+use unveil::engine::export;
+use unveil::engine::image;
+use unveil::engine::models::{self, DEFAULT_MODEL, ModelDescription, ModelSource};
+use unveil::engine::outcome::{Event, Outcome};
+use unveil::engine::params::{
     FillMode, MaskParams, Method, SaliencyParams, StopParams, UnveilParams,
 };
-use crate::engine::unveil::{self, Event, Outcome};
-use crate::error::Result;
-use candle_core::Device;
+use unveil::engine::source_image::Window;
+use unveil::engine::summary::RunInfo;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -269,29 +269,29 @@ impl Options {
 }
 
 impl Options {
-    /// Opens the device and loads the model (registered, described, or ad hoc).
-    pub fn load_model(&self) -> Result<(Arc<dyn Classifier>, Device)> {
-        let device = device::open(self.device_choice())?;
-        let model = match (&self.weights, &self.arch) {
-            (Some(w), Some(arch)) => {
-                let d = ModelDescription::ad_hoc(
-                    w.clone(),
-                    arch.parse()?,
-                    self.labels.clone(),
-                    self.multi_label,
-                );
-                models::load_custom(&d, &device, Backend::Fast)?
-            }
-            _ => models::load(&self.model, &device, Backend::Fast)?,
-        };
-        Ok((model, device))
+    /// The model named by `--model`, or the ad hoc one of `--weights --arch`.
+    fn model_source(&self) -> Result<ModelSource> {
+        Ok(match (&self.weights, &self.arch) {
+            (Some(w), Some(arch)) => ModelSource::Described(ModelDescription::ad_hoc(
+                w.clone(),
+                arch.parse()?,
+                self.labels.clone(),
+                self.multi_label,
+            )),
+            _ => ModelSource::Named(self.model.clone()),
+        })
+    }
+
+    /// Opens the device and loads the model. Runs from the command line share no inputs, so
+    /// nothing is cached between them.
+    fn explainer(&self) -> Result<Explainer> {
+        Ok(Explainer::load(&self.model_source()?, self.device_choice())?.without_cache())
     }
 }
 
 /// Explains one image and writes its files into `out`.
 fn explain(
-    model: &dyn Classifier,
-    device: &Device,
+    explainer: &Explainer,
     path: &Path,
     opts: &Options,
     params: &UnveilParams,
@@ -299,16 +299,7 @@ fn explain(
     overwrite: bool,
 ) -> Result<(Outcome, f64)> {
     let start = Instant::now();
-    let mut img = image::load(path)?;
-    if let Some(w) = opts.window {
-        if img.gray.is_none() {
-            return Err(crate::Error::InvalidParam(
-                "--window applies to grayscale images only".into(),
-            ));
-        }
-        img = img.windowed(w);
-    }
-    let x = image::to_model_input(&img, model.info(), device)?;
+    let img = image::load(path)?;
     let quiet = opts.quiet;
     let mut on_event = |e: Event| {
         if let Event::Step(s) = e
@@ -327,22 +318,21 @@ fn explain(
             );
         }
     };
-    let outcome = unveil::run(
-        model,
-        &x,
+    let outcome = explainer.explain(
+        &img,
+        opts.window,
         params,
-        None,
         &mut on_event,
         &AtomicBool::new(false),
     )?;
     let total_ms = start.elapsed().as_secs_f64() * 1e3;
     let image_name = path.display().to_string();
-    let dev = device::describe(device);
+    let dev = device::describe(explainer.device());
     let run_info = RunInfo {
         image: &image_name,
         device: &dev,
         params,
-        model: model.info(),
+        model: explainer.info(),
         total_ms,
     };
     export::write_run(out, &outcome, &run_info, opts.export_raw, overwrite)?;
@@ -352,10 +342,9 @@ fn explain(
 /// Runs `unveil run`.
 pub fn run(args: &RunArgs) -> Result<()> {
     let params = args.opts.params()?;
-    let (model, device) = args.opts.load_model()?;
+    let explainer = args.opts.explainer()?;
     let (outcome, total_ms) = explain(
-        model.as_ref(),
-        &device,
+        &explainer,
         &args.image,
         &args.opts,
         &params,
@@ -370,7 +359,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         eprintln!(
             "target {} ({}): {} iterations, stopped because {}{}; {:.1} s; wrote {}",
             outcome.target,
-            model.info().label(outcome.target),
+            explainer.info().label(outcome.target),
             outcome.steps.len(),
             outcome.stop.describe(),
             after.unwrap_or_default(),
@@ -390,7 +379,7 @@ pub fn batch(args: &BatchArgs) -> Result<()> {
         .iter()
         .filter(|p| args.shard.is_none_or(|(i, n)| batch::shard_of(p, n) == i))
         .collect();
-    std::fs::create_dir_all(&args.out).map_err(|e| crate::Error::io(&args.out, e))?;
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let todo: Vec<&PathBuf> = mine
         .iter()
         .copied()
@@ -403,7 +392,7 @@ pub fn batch(args: &BatchArgs) -> Result<()> {
         mine.len() - todo.len(),
         todo.len()
     );
-    let (model, device) = args.opts.load_model()?;
+    let explainer = args.opts.explainer()?;
     let quiet_opts = Options {
         quiet: true,
         ..args.opts.clone()
@@ -412,15 +401,7 @@ pub fn batch(args: &BatchArgs) -> Result<()> {
     let mut failed = 0;
     for (k, path) in todo.iter().enumerate() {
         let out = args.out.join(batch::id(path));
-        match explain(
-            model.as_ref(),
-            &device,
-            path,
-            &quiet_opts,
-            &params,
-            &out,
-            false,
-        ) {
+        match explain(&explainer, path, &quiet_opts, &params, &out, false) {
             Ok((o, ms)) => eprintln!(
                 "[{}/{}] {}: {} iterations, {:.1} s",
                 k + 1,
@@ -447,10 +428,10 @@ pub fn batch(args: &BatchArgs) -> Result<()> {
         );
     }
     if failed > 0 {
-        return Err(crate::Error::InvalidParam(format!(
-            "{failed} images failed (see {})",
-            args.out.join("failed.csv").display()
-        )));
+        return Err(Error::BatchFailed {
+            failed,
+            list: args.out.join("failed.csv"),
+        });
     }
     Ok(())
 }

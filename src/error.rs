@@ -26,6 +26,21 @@ pub enum Error {
     #[error("invalid parameter: {0}")]
     InvalidParam(String),
 
+    #[error("{0}")]
+    Device(String),
+
+    #[error("output folder {} is not empty; choose another or allow overwriting", .0.display())]
+    OutputExists(PathBuf),
+
+    #[error("cannot read the run summary {path}: {reason}")]
+    Summary { path: PathBuf, reason: String },
+
+    #[error("{failed} images failed (see {})", .list.display())]
+    BatchFailed { failed: usize, list: PathBuf },
+
+    #[error("cannot open a window: {0}")]
+    Window(String),
+
     #[error("class {class} is out of range: the model has {num_classes} classes")]
     ClassOutOfRange { class: usize, num_classes: usize },
 

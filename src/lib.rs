@@ -5,10 +5,11 @@
 //! into a mask, the mask filled in, and the loop repeated on the masked image until the class
 //! probability falls below a threshold.
 //!
-//! Layers: [`engine`] computes (no GUI code); [`cli`] and the desktop app (`gui` feature) are
-//! thin front ends over the same engine calls.
+//! The library is the engine ([`engine`], no GUI code; its entry point is
+//! [`engine::explainer::Explainer`]) and the desktop app ([`gui`], feature `gui`). The command
+//! line is the binary's own module, a front end over the same public API as the app.
+//! ARCHITECTURE.md maps the modules and the data flow.
 
-pub mod cli;
 pub mod engine;
 pub mod error;
 #[cfg(feature = "gui")]

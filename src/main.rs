@@ -1,7 +1,12 @@
+//! The `unveil` binary: the desktop app by default, `unveil run | batch | models` on the
+//! command line. `main` only maps errors to one line and an exit code.
+
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::Parser;
-use unveil::cli::{self, Cli, Command};
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     unveil::engine::memory::tune_allocator();
@@ -23,7 +28,7 @@ fn main() -> ExitCode {
 
 #[cfg(feature = "gui")]
 fn launch_app(args: &Cli) -> unveil::Result<()> {
-    use unveil::cli::ViewArg;
+    use cli::ViewArg;
     use unveil::gui::settings::View;
     unveil::gui::run_native(unveil::gui::AppOptions {
         image: args.image.clone(),

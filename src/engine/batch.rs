@@ -10,6 +10,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::engine::outcome::StopReason;
+use crate::engine::summary::Summary;
 use crate::error::{Error, Result};
 
 const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom"];
@@ -132,6 +134,14 @@ pub fn record_failure(out: &Path, path: &Path, error: &str) -> Result<()> {
     .map_err(|e| Error::io(&file, e))
 }
 
+/// A stop reason as summary.json spells it.
+fn stop_name(r: StopReason) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// Rebuilds `results.csv` from every finished run in `out`; returns the number of rows.
 pub fn write_results(out: &Path) -> Result<usize> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)
@@ -144,27 +154,29 @@ pub fn write_results(out: &Path) -> Result<usize> {
         "image,id,target,label,p_initial,iterations,stop,p_after_masking,cumulative_coverage,total_ms\n",
     );
     for d in &dirs {
-        let path = d.join("summary.json");
-        let s: serde_json::Value = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| Error::InvalidParam(format!("unreadable {}", path.display())))?;
-        let iters = s["iterations"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        let f = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.6}")).unwrap_or_default();
+        let s = Summary::read(&d.join("summary.json"))?;
+        let f = |v: f32| format!("{:.6}", v as f64);
         let row = [
-            csv_field(s["image"].as_str().unwrap_or("")),
+            csv_field(&s.image),
             csv_field(&d.file_name().unwrap_or_default().to_string_lossy()),
-            s["target"].to_string(),
-            csv_field(s["target_label"].as_str().unwrap_or("")),
-            iters.first().map(|i| f(&i["p_target"])).unwrap_or_default(),
-            iters.len().to_string(),
-            s["stop"]["reason"].as_str().unwrap_or("").to_string(),
-            f(&s["stop"]["after"]["p_target"]),
-            iters
-                .last()
-                .map(|i| f(&i["cumulative_coverage"]))
+            s.target.to_string(),
+            csv_field(&s.target_label),
+            s.iterations
+                .first()
+                .map(|i| f(i.p_target))
                 .unwrap_or_default(),
-            format!("{:.0}", s["total_ms"].as_f64().unwrap_or(0.0)),
+            s.iterations.len().to_string(),
+            stop_name(s.stop.reason),
+            s.stop
+                .after
+                .as_ref()
+                .map(|a| f(a.p_target))
+                .unwrap_or_default(),
+            s.iterations
+                .last()
+                .map(|i| f(i.cumulative_coverage))
+                .unwrap_or_default(),
+            format!("{:.0}", s.total_ms),
         ];
         csv.push_str(&row.join(","));
         csv.push('\n');

@@ -32,38 +32,93 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
-/// The devices this build can use on this machine, CPU last.
-pub fn available() -> Vec<DeviceChoice> {
-    let mut v = Vec::new();
-    if candle_core::utils::cuda_is_available() && Device::new_cuda(0).is_ok() {
-        v.push(DeviceChoice::Cuda);
+/// A GPU backend candle may have been built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gpu {
+    Cuda,
+    Metal,
+}
+
+impl Gpu {
+    fn name(self) -> &'static str {
+        match self {
+            Gpu::Cuda => "cuda",
+            Gpu::Metal => "metal",
+        }
     }
-    if candle_core::utils::metal_is_available() && Device::new_metal(0).is_ok() {
-        v.push(DeviceChoice::Metal);
+
+    /// Opens device 0 of this kind: `None` when this build has no support for it (nothing is
+    /// tried), else the result of one attempt.
+    fn open(self) -> Option<candle_core::Result<Device>> {
+        match self {
+            Gpu::Cuda => candle_core::utils::cuda_is_available().then(|| Device::new_cuda(0)),
+            Gpu::Metal => candle_core::utils::metal_is_available().then(|| Device::new_metal(0)),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// How the app's device menu names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceChoice::Auto => "Auto (GPU if present)",
+            DeviceChoice::Cpu => "CPU",
+            DeviceChoice::Cuda => "CUDA GPU",
+            DeviceChoice::Metal => "Metal GPU",
+        }
+    }
+}
+
+/// The choices worth offering on this machine: `Auto`, each GPU that opens, and the CPU.
+/// Probing opens each GPU once: call it once (at start), not per frame.
+pub fn options() -> Vec<DeviceChoice> {
+    let mut v = vec![DeviceChoice::Auto];
+    for (gpu, choice) in [
+        (Gpu::Cuda, DeviceChoice::Cuda),
+        (Gpu::Metal, DeviceChoice::Metal),
+    ] {
+        if matches!(gpu.open(), Some(Ok(_))) {
+            v.push(choice);
+        }
     }
     v.push(DeviceChoice::Cpu);
     v
 }
 
-/// Opens the chosen device; `Auto` falls back to the CPU.
+/// Opens the chosen device; `Auto` tries each GPU once and falls back to the CPU.
 pub fn open(choice: DeviceChoice) -> Result<Device> {
-    let unavailable = |what: &str| {
-        Error::InvalidParam(format!(
-            "{what} is not available (build with --features {what} on a machine that has one)"
-        ))
+    open_with(choice, &mut Gpu::open)
+}
+
+/// [`open`] with the GPU opener given (tests count and fake the attempts).
+fn open_with(
+    choice: DeviceChoice,
+    open_gpu: &mut dyn FnMut(Gpu) -> Option<candle_core::Result<Device>>,
+) -> Result<Device> {
+    let gpu = match choice {
+        DeviceChoice::Cpu => return Ok(Device::Cpu),
+        DeviceChoice::Auto => {
+            for gpu in [Gpu::Cuda, Gpu::Metal] {
+                if let Some(Ok(device)) = open_gpu(gpu) {
+                    return Ok(device);
+                }
+            }
+            return Ok(Device::Cpu);
+        }
+        DeviceChoice::Cuda => Gpu::Cuda,
+        DeviceChoice::Metal => Gpu::Metal,
     };
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda => Device::new_cuda(0).map_err(|_| unavailable("cuda")),
-        DeviceChoice::Metal => Device::new_metal(0).map_err(|_| unavailable("metal")),
-        DeviceChoice::Auto => Ok(available()
-            .into_iter()
-            .find_map(|c| match c {
-                DeviceChoice::Cuda => Device::new_cuda(0).ok(),
-                DeviceChoice::Metal => Device::new_metal(0).ok(),
-                _ => None,
-            })
-            .unwrap_or(Device::Cpu)),
+    match open_gpu(gpu) {
+        Some(Ok(device)) => Ok(device),
+        // The real reason (no driver, no device, out of memory...), not a guess.
+        Some(Err(e)) => Err(Error::Device(format!(
+            "cannot open {} device 0: {e}",
+            gpu.name()
+        ))),
+        None => Err(Error::Device(format!(
+            "{0} is not available: this build has no {0} support (build with --features {0})",
+            gpu.name()
+        ))),
     }
 }
 
@@ -73,5 +128,65 @@ pub fn describe(device: &Device) -> String {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A machine whose CUDA opens (as the CPU, standing in) or fails with `err`.
+    fn fake<'a>(
+        cuda: Option<&'static str>,
+        calls: &'a mut Vec<Gpu>,
+    ) -> impl FnMut(Gpu) -> Option<candle_core::Result<Device>> + 'a {
+        move |gpu| {
+            calls.push(gpu);
+            match (gpu, cuda) {
+                (Gpu::Cuda, None) => Some(Ok(Device::Cpu)),
+                (Gpu::Cuda, Some(err)) => Some(Err(candle_core::Error::Msg(err.into()))),
+                (Gpu::Metal, _) => None,
+            }
+        }
+    }
+
+    #[test]
+    fn auto_opens_a_present_gpu_exactly_once() {
+        let mut calls = Vec::new();
+        open_with(DeviceChoice::Auto, &mut fake(None, &mut calls)).unwrap();
+        assert_eq!(calls, [Gpu::Cuda], "one attempt, no probe before it");
+    }
+
+    #[test]
+    fn a_failing_cuda_device_reports_the_driver_error() {
+        let mut calls = Vec::new();
+        let err = open_with(
+            DeviceChoice::Cuda,
+            &mut fake(Some("CUDA_ERROR_NO_DEVICE"), &mut calls),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cannot open cuda device 0") && err.contains("CUDA_ERROR_NO_DEVICE"),
+            "{err}"
+        );
+        assert_eq!(calls, [Gpu::Cuda]);
+        // Auto falls back to the CPU, trying each GPU once.
+        let mut calls = Vec::new();
+        let d = open_with(
+            DeviceChoice::Auto,
+            &mut fake(Some("CUDA_ERROR_NO_DEVICE"), &mut calls),
+        )
+        .unwrap();
+        assert!(d.is_cpu());
+        assert_eq!(calls, [Gpu::Cuda, Gpu::Metal]);
+    }
+
+    #[test]
+    fn a_gpu_this_build_lacks_is_named_with_the_feature_to_build() {
+        let err = open_with(DeviceChoice::Metal, &mut |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--features metal"), "{err}");
     }
 }

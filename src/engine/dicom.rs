@@ -10,10 +10,11 @@
 use std::path::Path;
 
 use dicom_dictionary_std::tags;
+use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder};
 
-use crate::engine::image::{Grayscale, SourceImage, Window, WindowFn};
+use crate::engine::source_image::{Grayscale, SourceImage, Window, WindowFn, check_pixel_count};
 use crate::error::{Error, Result};
 
 /// True when `bytes` look like a DICOM Part 10 file ("DICM" after the 128-byte preamble).
@@ -21,17 +22,19 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
     bytes.len() >= 132 && &bytes[128..132] == b"DICM"
 }
 
-pub fn load(path: &Path) -> Result<SourceImage> {
+/// Decodes a DICOM Part 10 file already read into `bytes` (`path` names it in errors). The
+/// length check and the parser read the same bytes: the file is never read a second time.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<SourceImage> {
     let fail = |reason: String| Error::ImageDecode {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    check_lengths(&bytes).map_err(fail)?;
+    check_lengths(bytes).map_err(fail)?;
     let obj = OpenFileOptions::new()
-        .open_file(path)
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(bytes)
         .map_err(|e| fail(format!("not a readable DICOM file ({e})")))?;
-    decode(&obj).map_err(|e| match e {
+    decode_object(&obj).map_err(|e| match e {
         Error::ImageDecode { reason, .. } => fail(reason),
         other => other,
     })
@@ -52,7 +55,7 @@ fn floats(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-fn decode(obj: &DefaultDicomObject) -> Result<SourceImage> {
+fn decode_object(obj: &DefaultDicomObject) -> Result<SourceImage> {
     let fail = |reason: String| Error::ImageDecode {
         path: "<dicom>".into(),
         reason,
@@ -67,7 +70,7 @@ fn decode(obj: &DefaultDicomObject) -> Result<SourceImage> {
             "the DICOM file has no image size (Rows / Columns)".into(),
         ));
     }
-    crate::engine::image::check_pixel_count(cols, rows)?;
+    check_pixel_count(cols, rows)?;
     let ts = obj
         .meta()
         .transfer_syntax()
@@ -87,9 +90,9 @@ fn decode(obj: &DefaultDicomObject) -> Result<SourceImage> {
             .map_err(|e| fail(format!("cannot convert the colour pixel data ({e})")))?;
         let img = image::RgbImage::from_raw(w, h, rgb)
             .ok_or_else(|| fail("inconsistent colour pixel data".into()))?;
-        return Ok(crate::engine::image::from_dynamic(
-            image::DynamicImage::ImageRgb8(img),
-        ));
+        return Ok(SourceImage::from_dynamic(image::DynamicImage::ImageRgb8(
+            img,
+        )));
     }
     let values: Vec<f32> = decoded
         .to_vec_frame(0)

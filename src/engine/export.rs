@@ -13,76 +13,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use serde_json::{Value, json};
 
-use crate::engine::models::ModelInfo;
-use crate::engine::params::UnveilParams;
+use crate::engine::outcome::Outcome;
 use crate::engine::render;
-use crate::engine::unveil::{Outcome, Step};
+use crate::engine::summary::{RunInfo, Summary};
 use crate::error::{Error, Result};
-
-/// Everything written next to the pictures.
-pub struct RunInfo<'a> {
-    pub image: &'a str,
-    pub device: &'a str,
-    pub params: &'a UnveilParams,
-    pub model: &'a ModelInfo,
-    pub total_ms: f64,
-}
-
-/// The machine-readable summary of a run.
-pub fn summary(outcome: &Outcome, info: &RunInfo) -> Value {
-    let iterations: Vec<Value> = outcome
-        .steps
-        .iter()
-        .map(|s| {
-            json!({
-                "index": s.index,
-                "top5": s.top5,
-                "p_target": s.p_target,
-                "mask_coverage": s.mask.coverage(),
-                "cumulative_coverage": s.cumulative.coverage(),
-                "gradient_cached": s.cached,
-                "timings": s.timings,
-            })
-        })
-        .collect();
-    json!({
-        "unveil_version": env!("CARGO_PKG_VERSION"),
-        "image": info.image,
-        "device": info.device,
-        "model": {
-            "name": info.model.name,
-            "description": info.model.description,
-            "input_size": [info.model.input_size.0, info.model.input_size.1],
-        },
-        "params": info.params,
-        "target": outcome.target,
-        "target_label": info.model.label(outcome.target),
-        "iterations": iterations,
-        "stop": { "reason": outcome.stop, "after": outcome.after },
-        "total_ms": info.total_ms,
-    })
-}
-
-/// One row of the montage: input, saliency, mask, masked image.
-pub fn step_images(step: &Step, model: &ModelInfo) -> Result<[image::RgbImage; 4]> {
-    Ok([
-        render::input_rgb(&step.input, model)?,
-        render::saliency_rgb(&step.saliency),
-        render::mask_rgb(&step.mask),
-        render::input_rgb(&step.masked, model)?,
-    ])
-}
-
-pub fn montage(outcome: &Outcome, model: &ModelInfo) -> Result<image::RgbImage> {
-    let rows = outcome
-        .steps
-        .iter()
-        .map(|s| step_images(s, model).map(Vec::from))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(render::montage(&rows, 4))
-}
 
 /// Writes the run into `out`. Refuses a folder that already holds files unless `overwrite`.
 pub fn write_run(
@@ -98,30 +33,42 @@ pub fn write_run(
             .next()
             .is_some();
         if occupied && !overwrite {
-            return Err(Error::InvalidParam(format!(
-                "output folder {} is not empty; choose another or allow overwriting",
-                out.display()
-            )));
+            return Err(Error::OutputExists(out.to_path_buf()));
         }
     }
-    let tmp = temp_sibling(out);
-    let result = write_into(&tmp, outcome, info, raw);
-    if let Err(e) = result {
+    let tmp = sibling(out, "partial");
+    let result = write_into(&tmp, outcome, info, raw).and_then(|()| replace_dir(&tmp, out));
+    if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
     }
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    result
 }
 
-fn temp_sibling(out: &Path) -> PathBuf {
+/// A hidden sibling of `out` for this process: `.NAME.KIND-PID`.
+fn sibling(out: &Path, kind: &str) -> PathBuf {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "run".into());
-    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    out.with_file_name(format!(".{name}.{kind}-{}", std::process::id()))
+}
+
+/// Puts the folder `new` in place of `dest`. An existing `dest` is renamed aside first and
+/// removed only once `new` is in place; if that fails, it is renamed back, so at every moment
+/// one complete run sits under its name or next to it, never none.
+pub fn replace_dir(new: &Path, dest: &Path) -> Result<()> {
+    if !dest.exists() {
+        return std::fs::rename(new, dest).map_err(|e| Error::io(dest, e));
+    }
+    let aside = sibling(dest, "old");
+    std::fs::rename(dest, &aside).map_err(|e| Error::io(dest, e))?;
+    if let Err(e) = std::fs::rename(new, dest) {
+        let _ = std::fs::rename(&aside, dest);
+        return Err(Error::io(dest, e));
+    }
+    // The new run is in place; failing to delete the old copy loses nothing.
+    let _ = std::fs::remove_dir_all(&aside);
+    Ok(())
 }
 
 fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Result<()> {
@@ -130,7 +77,7 @@ fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Resul
     for step in &outcome.steps {
         let sub = dir.join(format!("iter_{:02}", step.index));
         mkdir(&sub)?;
-        let [input, saliency, mask, masked] = step_images(step, info.model)?;
+        let [input, saliency, mask, masked] = render::step_images(step, info.model)?;
         for (name, img) in [
             ("input", input),
             ("saliency", saliency),
@@ -148,11 +95,12 @@ fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Resul
             write_npy_data(&sub.join("mask.npy"), &[h, w], &m)?;
         }
     }
-    save_png(&montage(outcome, info.model)?, &dir.join("montage.png"))?;
-    let text =
-        serde_json::to_string_pretty(&summary(outcome, info)).expect("summary is valid JSON");
+    save_png(
+        &render::run_montage(outcome, info.model)?,
+        &dir.join("montage.png"),
+    )?;
     let path = dir.join("summary.json");
-    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+    std::fs::write(&path, Summary::new(outcome, info).to_json()).map_err(|e| Error::io(&path, e))
 }
 
 pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<()> {
@@ -161,6 +109,17 @@ pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<()> {
             path: path.to_path_buf(),
             source: std::io::Error::other(e),
         })
+}
+
+/// Writes `img` to a temporary file next to `path`, then renames it into place: never a
+/// half-written file under the name.
+pub fn save_png_atomically(img: &image::RgbImage, path: &Path) -> Result<()> {
+    let tmp = path.with_extension(format!("partial-{}.png", std::process::id()));
+    save_png(img, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
 }
 
 fn write_npy(path: &Path, t: &Tensor) -> Result<()> {

@@ -17,65 +17,8 @@
 
 use rayon::prelude::*;
 
-use crate::engine::params::MaskParams;
-use crate::engine::saliency::SaliencyMap;
-
-/// A binary mask, row-major, `true` = masked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mask {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<bool>,
-}
-
-impl Mask {
-    pub fn empty(width: usize, height: usize) -> Self {
-        Mask {
-            width,
-            height,
-            data: vec![false; width * height],
-        }
-    }
-
-    pub fn count(&self) -> usize {
-        self.data.iter().filter(|&&b| b).count()
-    }
-
-    /// Fraction of the image covered, in [0, 1].
-    pub fn coverage(&self) -> f32 {
-        self.count() as f32 / self.data.len().max(1) as f32
-    }
-
-    /// Combines two masks of the same size pixel by pixel.
-    fn zip_with(&self, other: &Mask, f: impl Fn(bool, bool) -> bool) -> Mask {
-        assert_eq!((self.width, self.height), (other.width, other.height));
-        Mask {
-            width: self.width,
-            height: self.height,
-            data: self
-                .data
-                .iter()
-                .zip(&other.data)
-                .map(|(a, b)| f(*a, *b))
-                .collect(),
-        }
-    }
-
-    /// Pixel-wise OR.
-    pub fn union(&self, other: &Mask) -> Mask {
-        self.zip_with(other, |a, b| a || b)
-    }
-
-    /// Pixels set in `self` but not in `other`.
-    pub fn minus(&self, other: &Mask) -> Mask {
-        self.zip_with(other, |a, b| a && !b)
-    }
-
-    /// True where `self` has a pixel that `other` lacks.
-    pub fn adds_to(&self, other: &Mask) -> bool {
-        self.data.iter().zip(&other.data).any(|(a, b)| *a && !*b)
-    }
-}
+use crate::engine::maps::{Mask, SaliencyMap};
+use crate::engine::params::{MAX_KERNEL, MaskParams};
 
 /// Keeps the `keep` fraction of pixels with the highest saliency (ties included), never a
 /// pixel whose saliency is zero.
@@ -142,9 +85,6 @@ pub fn smooth(mask: &Mask, kernel: usize, passes: usize, threshold: f32) -> Mask
 
 /// Images from this size up are smoothed by all threads, in horizontal bands.
 const PARALLEL_PIXELS: usize = 512 * 512;
-
-/// The largest window side [`smooth`] supports (its sums are u16).
-pub const MAX_KERNEL: usize = 255;
 
 /// Running sums of one row over a window of radius `r`, clipped to the row.
 fn row_sums(src: &[u8], dst: &mut [u16], r: usize) {
@@ -265,79 +205,4 @@ pub fn make_mask(s: &SaliencyMap, params: &MaskParams) -> Mask {
         params.passes,
         params.threshold,
     )
-}
-
-/// Sums of `v` over the (2r+1) x (2r+1) window around each pixel, clipped to the image.
-/// Running sums along rows, then down the columns a whole row at a time (contiguous memory,
-/// vectorisable): O(1) work per pixel for any r.
-fn box_sum<T>(v: &[T], w: usize, h: usize, r: usize, out: &mut [T])
-where
-    T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign,
-{
-    let mut rows = vec![T::default(); v.len()];
-    for (src, dst) in v.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
-        running_window(src, 1, w, r, dst, 1);
-    }
-    let mut acc = vec![T::default(); w];
-    for row in rows.chunks_exact(w).take(r.min(h)) {
-        acc.iter_mut().zip(row).for_each(|(a, &b)| *a += b);
-    }
-    for y in 0..h {
-        if y + r < h {
-            acc.iter_mut()
-                .zip(&rows[(y + r) * w..(y + r + 1) * w])
-                .for_each(|(a, &b)| *a += b);
-        }
-        if y > r {
-            acc.iter_mut()
-                .zip(&rows[(y - r - 1) * w..(y - r) * w])
-                .for_each(|(a, &b)| *a -= b);
-        }
-        out[y * w..(y + 1) * w].copy_from_slice(&acc);
-    }
-}
-
-/// Sliding-window sum along one line of `n` elements spaced `stride` apart.
-fn running_window<T>(src: &[T], stride: usize, n: usize, r: usize, dst: &mut [T], dst_stride: usize)
-where
-    T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign,
-{
-    let mut acc = T::default();
-    for i in 0..r.min(n) {
-        acc += src[i * stride];
-    }
-    for i in 0..n {
-        if i + r < n {
-            acc += src[(i + r) * stride];
-        }
-        if i > r {
-            acc -= src[(i - r - 1) * stride];
-        }
-        dst[i * dst_stride] = acc;
-    }
-}
-
-/// Number of in-image pixels in each pixel's window.
-fn window_areas(w: usize, h: usize, r: usize, out: &mut [u32]) {
-    let span = |i: usize, n: usize| (i + r).min(n - 1) + 1 - i.saturating_sub(r);
-    for y in 0..h {
-        for x in 0..w {
-            out[y * w + x] = (span(x, w) * span(y, h)) as u32;
-        }
-    }
-}
-
-/// Box blur of one f32 plane (window 2r+1, repeated `passes` times: close to a Gaussian).
-pub fn blur_plane(v: &[f32], w: usize, h: usize, r: usize, passes: usize) -> Vec<f32> {
-    let mut areas = vec![0u32; v.len()];
-    window_areas(w, h, r, &mut areas);
-    let mut cur: Vec<f64> = v.iter().map(|&x| x as f64).collect();
-    let mut sums = vec![0f64; v.len()];
-    for _ in 0..passes {
-        box_sum(&cur, w, h, r, &mut sums);
-        for ((c, s), a) in cur.iter_mut().zip(&sums).zip(&areas) {
-            *c = s / *a as f64;
-        }
-    }
-    cur.into_iter().map(|x| x as f32).collect()
 }

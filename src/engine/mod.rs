@@ -1,16 +1,26 @@
 //! The engine: everything that computes, with no GUI dependency. Synchronous and
 //! device-agnostic; long calls take a progress callback and a cancel flag.
+//!
+//! Front ends start at [`explainer::Explainer`]; ARCHITECTURE.md maps the modules.
 
 pub mod batch;
 pub mod device;
 pub mod dicom;
+pub mod explainer;
 pub mod export;
+pub mod fill;
+mod gradient_cache;
 pub mod image;
+mod iterate;
+pub mod maps;
 pub mod mask;
 pub mod memory;
 pub mod models;
 pub mod ops;
+pub mod outcome;
 pub mod params;
+pub mod predict;
 pub mod render;
 pub mod saliency;
-pub mod unveil;
+pub mod source_image;
+pub mod summary;

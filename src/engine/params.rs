@@ -131,10 +131,39 @@ fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
-/// Largest accepted smoothing window.
-pub const MAX_KERNEL: usize = crate::engine::mask::MAX_KERNEL;
+/// Largest accepted smoothing window: mask smoothing counts a window's set pixels in u16
+/// (255 x 255 = 65,025 fits).
+pub const MAX_KERNEL: usize = 255;
+
+/// What a change of parameters requires of a finished run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing changed.
+    None,
+    /// Only mask smoothing changed: iteration 0's gradient and saliency stay valid, so its
+    /// mask can be redrawn at once; later iterations see other inputs and rerun.
+    MaskOnly,
+    /// Anything else: the whole loop reruns.
+    Rerun,
+}
 
 impl UnveilParams {
+    /// What changing from `before` to `self` requires.
+    pub fn change_from(&self, before: &UnveilParams) -> Change {
+        if self == before {
+            Change::None
+        } else if self.mask != before.mask
+            && self.saliency == before.saliency
+            && self.stop == before.stop
+            && self.fill == before.fill
+            && self.target == before.target
+        {
+            Change::MaskOnly
+        } else {
+            Change::Rerun
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let (s, m, st) = (&self.saliency, &self.mask, &self.stop);
         check((1..=4096).contains(&s.samples), || {

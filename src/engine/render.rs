@@ -4,10 +4,9 @@
 use candle_core::Tensor;
 use image::{Rgb, RgbImage};
 
-use crate::engine::mask::Mask;
+use crate::engine::maps::{Mask, SaliencyMap};
 use crate::engine::models::ModelInfo;
-use crate::engine::saliency::SaliencyMap;
-use crate::engine::unveil::Step;
+use crate::engine::outcome::{Outcome, Step};
 use crate::error::Result;
 
 /// Inferno (matplotlib), sampled at 9 points: perceptually uniform and readable in grayscale.
@@ -127,4 +126,25 @@ pub fn montage(rows: &[Vec<RgbImage>], gap: u32) -> RgbImage {
         }
     }
     out
+}
+
+/// One iteration's pictures, as the app's row and the montage's row show them: what the model
+/// saw, the saliency map, the mask, and the image with every mask so far filled.
+pub fn step_images(step: &Step, model: &ModelInfo) -> Result<[RgbImage; 4]> {
+    Ok([
+        input_rgb(&step.input, model)?,
+        saliency_rgb(&step.saliency),
+        mask_rgb(&step.mask),
+        input_rgb(&step.masked, model)?,
+    ])
+}
+
+/// Every iteration of a run, one row each ([`step_images`]).
+pub fn run_montage(outcome: &Outcome, model: &ModelInfo) -> Result<RgbImage> {
+    let rows = outcome
+        .steps
+        .iter()
+        .map(|s| step_images(s, model).map(Vec::from))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(montage(&rows, 4))
 }

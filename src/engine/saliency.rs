@@ -11,17 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
 
+use crate::engine::maps::SaliencyMap;
 use crate::engine::models::Classifier;
 use crate::engine::params::SaliencyParams;
 use crate::error::{Error, Result};
-
-/// A saliency map in [0, 1], row-major.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SaliencyMap {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<f32>,
-}
 
 /// The SmoothGrad-averaged input gradient `[3, h, w]` (on the CPU) for `target`.
 ///

@@ -4,13 +4,16 @@
 //! worker threads whose results arrive over a channel (runs) or as promises (dialogs, images),
 //! and the latest run wins: starting one cancels the one before.
 
+pub mod action;
 pub mod app;
 pub mod dialogs;
+pub mod jobs;
 pub mod notices;
 pub mod panels;
 pub mod settings;
 pub mod textures;
 pub mod worker;
+pub mod workspace;
 
 pub use app::{App, AppOptions};
 
@@ -29,5 +32,5 @@ pub fn run_native(options: AppOptions) -> crate::Result<()> {
         native,
         Box::new(|cc| Ok(Box::new(App::new(cc, options)))),
     )
-    .map_err(|e| crate::Error::InvalidParam(format!("cannot open a window: {e}")))
+    .map_err(|e| crate::Error::Window(e.to_string()))
 }

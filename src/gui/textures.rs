@@ -26,7 +26,10 @@ pub fn fit(img: &RgbImage, max: u32) -> RgbImage {
 }
 
 /// Nearest-neighbour shrink of grayscale intensities to at most `max` pixels on the long side.
-pub fn fit_gray(g: &crate::engine::image::Grayscale, max: u32) -> crate::engine::image::Grayscale {
+pub fn fit_gray(
+    g: &crate::engine::source_image::Grayscale,
+    max: u32,
+) -> crate::engine::source_image::Grayscale {
     let (w, h) = (g.width, g.height);
     let s = (max as f32 / w.max(h) as f32).min(1.0);
     let (nw, nh) = (
@@ -42,7 +45,7 @@ pub fn fit_gray(g: &crate::engine::image::Grayscale, max: u32) -> crate::engine:
             })
         })
         .collect();
-    crate::engine::image::Grayscale {
+    crate::engine::source_image::Grayscale {
         width: nw,
         height: nh,
         values,

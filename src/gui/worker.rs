@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::thread::JoinHandle;
 
-use crate::engine::image::{self, SourceImage, Window};
-use crate::engine::models::Classifier;
+use crate::engine::explainer::Explainer;
+use crate::engine::outcome::{Event, Outcome, Progress, Step};
 use crate::engine::params::UnveilParams;
-use crate::engine::unveil::{self, Event, GradientCache, Outcome, Progress, Step};
+use crate::engine::source_image::{SourceImage, Window};
 use crate::error::Result;
 
 /// What a run thread reports.
@@ -38,11 +38,10 @@ impl Worker {
     pub fn start(
         &mut self,
         ctx: &egui::Context,
-        model: Arc<dyn Classifier>,
+        explainer: Arc<Explainer>,
         img: Arc<SourceImage>,
         window: Option<Window>,
         params: UnveilParams,
-        cache: Arc<GradientCache>,
     ) {
         self.cancel();
         let (tx, rx) = channel();
@@ -58,22 +57,16 @@ impl Worker {
                     ctx.request_repaint();
                 };
                 // The model sees the image under the window the user chose.
-                let windowed = window.map(|w| img.windowed(w));
-                let img = windowed.as_ref().unwrap_or(&img);
-                let result =
-                    image::to_model_input(img, model.info(), model.device()).and_then(|x| {
-                        unveil::run(
-                            model.as_ref(),
-                            &x,
-                            &params,
-                            Some(&cache),
-                            &mut |e| match e {
-                                Event::Progress(p) => send(Msg::Progress(p)),
-                                Event::Step(s) => send(Msg::Step(Box::new(s.clone()))),
-                            },
-                            &flag,
-                        )
-                    });
+                let result = explainer.explain(
+                    &img,
+                    window,
+                    &params,
+                    &mut |e| match e {
+                        Event::Progress(p) => send(Msg::Progress(p)),
+                        Event::Step(s) => send(Msg::Step(Box::new(s.clone()))),
+                    },
+                    &flag,
+                );
                 send(Msg::Done(result));
             })
             .expect("spawning a thread");

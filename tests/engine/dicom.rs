@@ -3,7 +3,8 @@
 
 use candle_core::Device;
 use unveil::Error;
-use unveil::engine::image::{self, Window};
+use unveil::engine::image;
+use unveil::engine::source_image::{SourceImage, Window};
 
 use crate::common::{fixture, lite0, max_abs_diff, repo, to_vec};
 
@@ -11,7 +12,7 @@ fn dcm(name: &str) -> std::path::PathBuf {
     repo(&format!("tests/fixtures/dicom/{name}.dcm"))
 }
 
-fn first_channel(img: &image::SourceImage) -> Vec<f32> {
+fn first_channel(img: &SourceImage) -> Vec<f32> {
     img.rgb.pixels().map(|p| p.0[0]).collect()
 }
 

@@ -3,10 +3,11 @@
 use std::sync::atomic::AtomicBool;
 
 use unveil::engine::image;
-use unveil::engine::mask::{Mask, binarize, make_mask, smooth};
+use unveil::engine::maps::{Mask, SaliencyMap};
+use unveil::engine::mask::{binarize, make_mask, smooth};
 use unveil::engine::params::{MaskParams, SaliencyParams};
-use unveil::engine::saliency::{SaliencyMap, input_gradient, saliency_map};
-use unveil::engine::unveil::{classify, top_k};
+use unveil::engine::predict::{classify, top_k};
+use unveil::engine::saliency::{input_gradient, saliency_map};
 
 use crate::common::{lite0, pseudo_random, repo};
 

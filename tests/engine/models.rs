@@ -5,7 +5,7 @@ use unveil::engine::image;
 use unveil::engine::models::{Classifier, Lite0};
 use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::ReluMode;
-use unveil::engine::unveil::{classify, top_k};
+use unveil::engine::predict::{classify, top_k};
 
 use crate::common::{cosine, fixture, lite0, logit_gradient, max_abs_diff, repo, to_vec};
 
@@ -94,7 +94,6 @@ fn sample_photos_are_recognised() {
 #[test]
 fn corrupt_weights_give_an_error_not_a_panic() {
     let err = Lite0::from_safetensors(b"not a safetensors file", &Device::Cpu, Backend::Fast)
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     assert!(err.to_string().contains("safetensors"), "{err}");
 }

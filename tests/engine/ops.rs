@@ -4,7 +4,8 @@ use candle_core::{Device, Tensor, Var};
 use unveil::engine::ops::activation::{ReluMode, ReluOp, relu, relu6};
 use unveil::engine::ops::conv::conv2d_const;
 use unveil::engine::ops::conv_act::{ConvCache, conv_act, conv_add_act};
-use unveil::engine::ops::depthwise::{DepthwiseConv2d, Padding};
+use unveil::engine::ops::depthwise::DepthwiseConv2d;
+use unveil::engine::ops::geometry::Padding;
 
 use crate::common::{fixture, max_abs_diff, pseudo_random, to_vec};
 

@@ -134,10 +134,11 @@ mod numeric_faults {
 
     use candle_core::{Device, Tensor};
     use unveil::Error;
+    use unveil::engine::explainer::Explainer;
     use unveil::engine::models::{Classifier, ModelInfo};
     use unveil::engine::ops::activation::ReluMode;
+    use unveil::engine::outcome::{Outcome, StopReason};
     use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
-    use unveil::engine::unveil::{Outcome, StopReason, run};
 
     use crate::common::{lite0, to_vec};
 
@@ -203,7 +204,7 @@ mod numeric_faults {
 
     /// A run with `model` must fail with a numerical fault whose message contains `text`.
     fn assert_numeric_fault(model: Broken, text: &str) {
-        let r = run_on_gray(&model);
+        let r = run_on_gray(std::sync::Arc::new(model));
         assert!(
             matches!(&r, Err(Error::Numeric(m)) if m.contains(text)),
             "{:?}",
@@ -212,12 +213,10 @@ mod numeric_faults {
     }
 
     /// A quick run of `model` on a uniform gray image.
-    fn run_on_gray(model: &dyn Classifier) -> unveil::Result<Outcome> {
-        run(
-            model,
+    fn run_on_gray(model: std::sync::Arc<dyn Classifier>) -> unveil::Result<Outcome> {
+        Explainer::uncached(model).explain_input(
             &gray(),
             &quick(),
-            None,
             &mut |_| {},
             &AtomicBool::new(false),
         )
@@ -242,7 +241,7 @@ mod numeric_faults {
     /// reason that says so (shown in the app's status line and printed by the CLI).
     #[test]
     fn an_all_zero_gradient_stops_with_its_own_reason() {
-        let out = run_on_gray(&Broken::Flat).unwrap();
+        let out = run_on_gray(std::sync::Arc::new(Broken::Flat)).unwrap();
         assert_eq!(out.stop, StopReason::ZeroGradient);
         assert!(out.stop.describe().contains("gradient is zero everywhere"));
         assert_eq!(out.steps.len(), 1);
@@ -254,7 +253,7 @@ mod numeric_faults {
 
     #[test]
     fn a_constant_image_runs_without_nan_anywhere() {
-        let out = run_on_gray(lite0().as_ref()).unwrap();
+        let out = run_on_gray(lite0()).unwrap();
         for s in &out.steps {
             assert!(
                 s.saliency

@@ -203,8 +203,10 @@ fn a_checkpoint_of_another_architecture_names_the_first_mismatch() {
 
 #[test]
 fn a_json_description_gives_labels_size_and_multi_label_sigmoid() {
+    use unveil::engine::explainer::Explainer;
+    use unveil::engine::outcome::StopReason;
     use unveil::engine::params::{MaskParams, SaliencyParams, StopParams, UnveilParams};
-    use unveil::engine::unveil::{StopReason, classify, run};
+    use unveil::engine::predict::classify;
     let dir = scratch("description");
     write_generated("densenet121", &dir);
     let labels: Vec<String> = (0..14).map(|i| format!("finding {i}")).collect();
@@ -254,15 +256,14 @@ fn a_json_description_gives_labels_size_and_multi_label_sigmoid() {
         target: Some(target),
         ..Default::default()
     };
-    let out = run(
-        m.as_ref(),
-        &x,
-        &params,
-        None,
-        &mut |_| {},
-        &std::sync::atomic::AtomicBool::new(false),
-    )
-    .unwrap();
+    let out = Explainer::uncached(m.clone())
+        .explain_input(
+            &x,
+            &params,
+            &mut |_| {},
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
     assert_eq!(out.steps[0].p_target, p[target]);
     assert_eq!(out.stop, StopReason::BelowThreshold);
     let _ = std::fs::remove_dir_all(&dir);

@@ -4,15 +4,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
 use unveil::Error;
+use unveil::engine::explainer::Explainer;
 use unveil::engine::image;
+use unveil::engine::outcome::{Event, Outcome, StopReason};
 use unveil::engine::params::{FillMode, MaskParams, SaliencyParams, StopParams, UnveilParams};
-use unveil::engine::unveil::{Event, GradientCache, StopReason, classify, run};
+use unveil::engine::predict::classify;
 
 use crate::common::{lite0, repo, to_vec};
 
 fn chelsea() -> Tensor {
     let img = image::load(&repo("assets/chelsea.png")).unwrap();
     image::to_model_input(&img, lite0().info(), &Device::Cpu).unwrap()
+}
+
+/// One run of the bundled model with nothing cached.
+fn run(
+    x: &Tensor,
+    params: &UnveilParams,
+    on_event: &mut dyn FnMut(Event),
+    cancel: &AtomicBool,
+) -> unveil::Result<Outcome> {
+    Explainer::uncached(lite0()).explain_input(x, params, on_event, cancel)
 }
 
 fn quick() -> UnveilParams {
@@ -36,10 +48,8 @@ fn masks_accumulate_and_each_input_hides_all_earlier_masks() {
     let never = AtomicBool::new(false);
     let mut seen = Vec::new();
     let out = run(
-        model.as_ref(),
         &x,
         &quick(),
-        None,
         &mut |e| {
             if let Event::Step(s) = e {
                 seen.push(s.index)
@@ -109,7 +119,7 @@ fn masking_the_salient_region_lowers_the_class_probability() {
         },
         ..Default::default()
     };
-    let out = run(lite0().as_ref(), &x, &p, None, &mut |_| {}, &never).unwrap();
+    let out = run(&x, &p, &mut |_| {}, &never).unwrap();
     let after = out.after.unwrap().p_target;
     assert!(
         after < out.steps[0].p_target - 0.05,
@@ -129,7 +139,7 @@ fn stop_threshold_ends_the_loop_once_p_target_falls_below_it() {
         },
         ..quick()
     };
-    let out = run(lite0().as_ref(), &x, &p, None, &mut |_| {}, &never).unwrap();
+    let out = run(&x, &p, &mut |_| {}, &never).unwrap();
     assert_eq!(out.stop, StopReason::BelowThreshold);
     assert_eq!(
         out.steps.len(),
@@ -143,16 +153,10 @@ fn stop_threshold_ends_the_loop_once_p_target_falls_below_it() {
 fn changing_only_mask_parameters_reuses_the_first_gradient() {
     let x = chelsea();
     let never = AtomicBool::new(false);
-    let cache = GradientCache::default();
-    let a = run(
-        lite0().as_ref(),
-        &x,
-        &quick(),
-        Some(&cache),
-        &mut |_| {},
-        &never,
-    )
-    .unwrap();
+    let explainer = Explainer::new(lite0());
+    let a = explainer
+        .explain_input(&x, &quick(), &mut |_| {}, &never)
+        .unwrap();
     assert!(a.steps.iter().all(|s| !s.cached));
     let wider = UnveilParams {
         mask: MaskParams {
@@ -162,19 +166,18 @@ fn changing_only_mask_parameters_reuses_the_first_gradient() {
         ..quick()
     };
     let mut progress_in_step0 = false;
-    let b = run(
-        lite0().as_ref(),
-        &x,
-        &wider,
-        Some(&cache),
-        &mut |e| {
-            if let Event::Progress(p) = e {
-                progress_in_step0 |= p.iteration == 0;
-            }
-        },
-        &never,
-    )
-    .unwrap();
+    let b = explainer
+        .explain_input(
+            &x,
+            &wider,
+            &mut |e| {
+                if let Event::Progress(p) = e {
+                    progress_in_step0 |= p.iteration == 0;
+                }
+            },
+            &never,
+        )
+        .unwrap();
     assert!(
         b.steps[0].cached && !progress_in_step0,
         "no gradient work for iteration 0"
@@ -200,10 +203,8 @@ fn cancel_keeps_the_steps_already_reported() {
         ..quick()
     };
     let r = run(
-        lite0().as_ref(),
         &x,
         &p,
-        None,
         &mut |e| match e {
             Event::Step(_) => steps += 1,
             Event::Progress(p) if p.iteration == 1 => cancel.store(true, Ordering::Relaxed),
@@ -227,28 +228,12 @@ fn black_and_blur_fills_replace_masked_pixels() {
         },
         ..quick()
     };
-    let black = run(
-        lite0().as_ref(),
-        &x,
-        &one(FillMode::Black),
-        None,
-        &mut |_| {},
-        &never,
-    )
-    .unwrap();
+    let black = run(&x, &one(FillMode::Black), &mut |_| {}, &never).unwrap();
     let s = &black.steps[0];
     let (m, v) = (&s.cumulative, to_vec(&s.masked));
     let p = m.data.iter().position(|&b| b).unwrap();
     assert_eq!(v[p], -1.0, "black is (0 - 0.5) / 0.5 after normalisation");
-    let blur = run(
-        lite0().as_ref(),
-        &x,
-        &one(FillMode::Blur),
-        None,
-        &mut |_| {},
-        &never,
-    )
-    .unwrap();
+    let blur = run(&x, &one(FillMode::Blur), &mut |_| {}, &never).unwrap();
     let (orig, vb) = (to_vec(&x), to_vec(&blur.steps[0].masked));
     let changed = m
         .data
@@ -285,7 +270,7 @@ fn invalid_parameters_are_refused() {
             ..quick()
         },
     ] {
-        let r = run(lite0().as_ref(), &x, &bad, None, &mut |_| {}, &never);
+        let r = run(&x, &bad, &mut |_| {}, &never);
         assert!(
             matches!(
                 r,
@@ -301,7 +286,7 @@ fn all_regions_picture_paints_each_new_region_in_its_iteration_colour() {
     use unveil::engine::render;
     let x = chelsea();
     let never = AtomicBool::new(false);
-    let out = run(lite0().as_ref(), &x, &quick(), None, &mut |_| {}, &never).unwrap();
+    let out = run(&x, &quick(), &mut |_| {}, &never).unwrap();
     let mut pic = ::image::RgbImage::new(224, 224);
     let steps: Vec<_> = out.steps.iter().collect();
     render::regions_overlay(&mut pic, &steps, 1.0);

@@ -12,7 +12,7 @@ use unveil::engine::image;
 use unveil::engine::models::{self, Classifier, PNEUMONIA_MODEL};
 use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::ReluMode;
-use unveil::engine::unveil::classify;
+use unveil::engine::predict::classify;
 
 use crate::common::{cosine, fixture, logit_gradient, max_abs_diff, repo, to_vec};
 

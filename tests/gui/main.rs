@@ -84,7 +84,7 @@ fn step_until(h: &mut Harness<'static, App>, secs: u64, what: &str, done: impl F
 }
 
 fn idle(a: &App) -> bool {
-    !a.is_busy() && a.outcome.is_some()
+    !a.is_busy() && a.workspace.outcome.is_some()
 }
 
 #[test]
@@ -92,27 +92,27 @@ fn first_start_loads_the_sample_and_runs_to_completion() {
     let mut h = app(settings(2, 8, 2), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
     let a = h.state();
-    assert_eq!(a.steps.len(), 2);
-    assert!(a.image.as_ref().unwrap().name.contains("chelsea"));
+    assert_eq!(a.workspace.steps.len(), 2);
+    assert!(a.workspace.image.as_ref().unwrap().name.contains("chelsea"));
     assert!((281..=285).contains(&a.target().unwrap()), "a cat class");
     h.get_by_label_contains("Iteration 0 · p(target)");
     h.get_by_label_contains("Iteration 1 · p(target)");
     h.get_by_label_contains("Research use only");
     h.get_by_label_contains("Done: 2 iterations");
-    assert_eq!(h.state().live_worker_threads(), 0);
+    assert_eq!(h.state().workspace.live_worker_threads(), 0);
 }
 
 #[test]
 fn moving_the_kernel_slider_updates_the_first_mask_at_once_without_a_new_gradient() {
     let mut h = app(settings(2, 8, 2), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
-    let before = h.state().steps[0].step.mask.clone();
+    let before = h.state().workspace.steps[0].step.mask.clone();
     h.get_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
         .set_value_accesskit(31.0);
     h.step();
     let a = h.state();
     assert_eq!(a.settings.params.mask.kernel, 31);
-    let now = &a.steps[0].step.mask;
+    let now = &a.workspace.steps[0].step.mask;
     assert_ne!(*now, before, "iteration 0's mask changes in the same frame");
     assert!(
         now.count() > before.count(),
@@ -120,34 +120,38 @@ fn moving_the_kernel_slider_updates_the_first_mask_at_once_without_a_new_gradien
     );
     step_until(&mut h, 180, "the rerun", idle);
     let a = h.state();
-    assert!(a.steps[0].step.cached, "iteration 0 reused its gradient");
-    assert_eq!(a.steps[0].step.mask.count(), now_count(a));
-    assert!(a.steps.iter().all(|s| !s.stale));
+    assert!(
+        a.workspace.steps[0].step.cached,
+        "iteration 0 reused its gradient"
+    );
+    assert_eq!(a.workspace.steps[0].step.mask.count(), now_count(a));
+    assert!(a.workspace.steps.iter().all(|s| !s.stale));
 }
 
 fn now_count(a: &App) -> usize {
-    unveil::engine::mask::make_mask(&a.steps[0].step.saliency, &a.settings.params.mask).count()
+    unveil::engine::mask::make_mask(&a.workspace.steps[0].step.saliency, &a.settings.params.mask)
+        .count()
 }
 
 #[test]
 fn cancel_stops_a_run_and_keeps_finished_iterations() {
     let mut h = app(settings(16, 2, 5), Arc::default());
     step_until(&mut h, 180, "iteration 1 to start", |a| {
-        a.progress.is_some_and(|p| p.iteration >= 1)
+        a.workspace.progress.is_some_and(|p| p.iteration >= 1)
     });
     h.get_by_label("Cancel").click();
     h.step();
-    assert!(!h.state().is_running());
+    assert!(!h.state().workspace.is_running());
     step_until(&mut h, 300, "worker threads to finish", |a| {
-        a.live_worker_threads() == 0
+        a.workspace.live_worker_threads() == 0
     });
     let a = h.state();
     assert!(
-        !a.steps.is_empty() && a.steps.len() < 5,
+        !a.workspace.steps.is_empty() && a.workspace.steps.len() < 5,
         "kept {} iterations",
-        a.steps.len()
+        a.workspace.steps.len()
     );
-    assert!(a.steps.iter().all(|s| !s.stale));
+    assert!(a.workspace.steps.iter().all(|s| !s.stale));
     h.get_by_label_contains("Run cancelled");
 }
 
@@ -168,10 +172,10 @@ fn a_corrupt_file_shows_an_error_notice_and_keeps_the_current_image() {
     h.get_by_label_contains("not a PNG, JPEG, TIFF or DICOM image");
     let a = h.state();
     assert!(
-        a.image.as_ref().unwrap().name.contains("chelsea"),
+        a.workspace.image.as_ref().unwrap().name.contains("chelsea"),
         "the sample stays open"
     );
-    assert_eq!(a.steps.len(), 1, "results stay visible");
+    assert_eq!(a.workspace.steps.len(), 1, "results stay visible");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -179,15 +183,15 @@ fn a_corrupt_file_shows_an_error_notice_and_keeps_the_current_image() {
 fn arrow_keys_step_through_iterations() {
     let mut h = app(settings(1, 8, 3), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
-    assert_eq!(h.state().selected, 0);
+    assert_eq!(h.state().iterations.selected, 0);
     h.key_press(egui::Key::ArrowRight);
     h.step();
     h.key_press(egui::Key::ArrowRight);
     h.step();
-    assert_eq!(h.state().selected, 2);
+    assert_eq!(h.state().iterations.selected, 2);
     h.key_press(egui::Key::ArrowLeft);
     h.step();
-    assert_eq!(h.state().selected, 1);
+    assert_eq!(h.state().iterations.selected, 1);
 }
 
 #[test]
@@ -200,31 +204,35 @@ fn a_dicom_xray_opens_with_its_window_and_the_window_sliders_rerun() {
     *dialogs.next_image.lock().unwrap() = Some(dcm);
     h.get_by_label("Open image…").click();
     step_until(&mut h, 180, "the DICOM run", |a| {
-        idle(a) && a.image.as_ref().is_some_and(|i| i.name.ends_with(".dcm"))
+        idle(a)
+            && a.workspace
+                .image
+                .as_ref()
+                .is_some_and(|i| i.name.ends_with(".dcm"))
     });
     let a = h.state();
     assert_eq!(
-        a.window,
-        Some(unveil::engine::image::Window {
+        a.workspace.window,
+        Some(unveil::engine::source_image::Window {
             center: 2126.5,
             width: 6001.0
         }),
         "the file's window"
     );
     h.get_by_label_contains("Window / level");
-    let runs = h.state().runs_started();
+    let runs = h.state().workspace.runs_started();
     h.get_by_role_and_label(egui::accesskit::Role::Slider, "Window (width)")
         .set_value_accesskit(1000.0);
     h.step();
-    assert_eq!(h.state().window.unwrap().width, 1000.0);
+    assert_eq!(h.state().workspace.window.unwrap().width, 1000.0);
     step_until(&mut h, 180, "the rerun", idle);
     assert!(
-        h.state().runs_started() > runs,
+        h.state().workspace.runs_started() > runs,
         "the model sees the new window"
     );
     h.get_by_label("Reset window").click();
     h.step();
-    assert_eq!(h.state().window.unwrap().width, 6001.0);
+    assert_eq!(h.state().workspace.window.unwrap().width, 6001.0);
 }
 
 #[test]
@@ -248,9 +256,9 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
                 step_until(&mut h, 300, &name, |a| {
                     dialogs.next_image.lock().unwrap().is_none()
                         && idle(a)
-                        && a.image.as_ref().is_some_and(|i| i.name == name)
+                        && a.workspace.image.as_ref().is_some_and(|i| i.name == name)
                 });
-                assert!(!h.state().steps.is_empty(), "{name} runs");
+                assert!(!h.state().workspace.steps.is_empty(), "{name} runs");
             }
             corpus::Expect::Fails(msg) => {
                 // This file's own notice: its dialog answered, nothing in flight, and the newest
@@ -269,7 +277,7 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
                     "{name}: the notice is on screen"
                 );
                 assert!(
-                    h.state().image.is_some(),
+                    h.state().workspace.image.is_some(),
                     "{name}: the previous image stays open"
                 );
             }
@@ -302,7 +310,7 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
 
 #[test]
 fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left() {
-    use unveil::engine::unveil::run;
+    use unveil::engine::explainer::Explainer;
     let mut h = app(settings(1, 8, 3), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
     let slider = |h: &mut Harness<'static, App>, k: f64| {
@@ -315,32 +323,31 @@ fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left
     }
     slider(&mut h, 37.0);
     step_until(&mut h, 300, "the last run", |a| {
-        idle(a) && a.live_worker_threads() == 0
+        idle(a) && a.workspace.live_worker_threads() == 0
     });
     let a = h.state();
     assert_eq!(a.settings.params.mask.kernel, 37);
     assert!(
-        a.runs_started() > 10,
+        a.workspace.runs_started() > 10,
         "runs were started and cancelled: {}",
-        a.runs_started()
+        a.workspace.runs_started()
     );
-    assert!(a.steps.iter().all(|s| !s.stale));
+    assert!(a.workspace.steps.iter().all(|s| !s.stale));
     // The same settings computed directly, from scratch.
-    let model = a.model.clone().unwrap();
-    let img = a.image.as_ref().unwrap().source.clone();
+    let model = a.workspace.explainer.as_ref().unwrap().model().clone();
+    let img = a.workspace.image.as_ref().unwrap().source.clone();
     let x = unveil::engine::image::to_model_input(&img, model.info(), &candle_core::Device::Cpu)
         .unwrap();
-    let want = run(
-        model.as_ref(),
-        &x,
-        &a.settings.params,
-        None,
-        &mut |_| {},
-        &std::sync::atomic::AtomicBool::new(false),
-    )
-    .unwrap();
-    assert_eq!(a.steps.len(), want.steps.len());
-    for (got, want) in a.steps.iter().zip(&want.steps) {
+    let want = Explainer::uncached(model)
+        .explain_input(
+            &x,
+            &a.settings.params,
+            &mut |_| {},
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+    assert_eq!(a.workspace.steps.len(), want.steps.len());
+    for (got, want) in a.workspace.steps.iter().zip(&want.steps) {
         assert_eq!(
             got.step.cumulative, want.cumulative,
             "iteration {}",
@@ -353,6 +360,7 @@ fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left
 /// error instead of leaving the app busy forever.
 #[test]
 fn a_run_thread_that_panics_ends_the_run_with_an_error() {
+    use unveil::engine::explainer::Explainer;
     use unveil::engine::models::{Classifier, ModelInfo};
     use unveil::engine::ops::activation::ReluMode;
     use unveil::gui::worker::{Msg, Worker};
@@ -387,11 +395,10 @@ fn a_run_thread_that_panics_ends_the_run_with_an_error() {
     let mut worker = Worker::default();
     worker.start(
         &egui::Context::default(),
-        Arc::new(Panics(lite)),
+        Arc::new(Explainer::new(Arc::new(Panics(lite)))),
         Arc::new(img),
         None,
         UnveilParams::default(),
-        Arc::default(),
     );
     let start = Instant::now();
     let done = loop {

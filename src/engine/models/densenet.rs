@@ -9,10 +9,11 @@
 
 use candle_core::{Device, Tensor};
 
+use super::Network;
 use super::layers::{Conv, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, relu};
-use crate::engine::ops::depthwise::Padding;
+use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
 
@@ -23,6 +24,7 @@ const BLOCKS: [usize; 4] = [6, 12, 24, 16];
 const INIT: usize = 64;
 
 /// Eval-mode BatchNorm as `x * scale + shift`.
+#[derive(Debug)]
 struct Norm {
     scale: Tensor,
     shift: Tensor,
@@ -60,6 +62,7 @@ fn conv(
     Conv::new(weight, zeros, stride, 1, PadMode::Fixed(pad), device)
 }
 
+#[derive(Debug)]
 struct DenseLayer {
     norm1: Norm,
     conv1: Conv,
@@ -67,11 +70,13 @@ struct DenseLayer {
     conv2: Conv,
 }
 
+#[derive(Debug)]
 struct Transition {
     norm: Norm,
     conv: Conv,
 }
 
+#[derive(Debug)]
 pub struct DenseNet121 {
     conv0: Conv,
     norm0: Norm,
@@ -143,12 +148,11 @@ impl DenseNet121 {
             backend,
         })
     }
+}
 
-    pub fn num_classes(&self) -> usize {
-        self.classifier.out_features()
-    }
-
-    pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+impl Network for DenseNet121 {
+    /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
         let h = relu(&self.norm0.forward(&self.conv0.forward(x, b)?)?, mode)?;
         let mut h = MaxPool2d {
@@ -176,6 +180,10 @@ impl DenseNet121 {
         // torchvision: `F.relu(features)` in forward, the ReLU hooks never see.
         let h = relu(&self.norm5.forward(&h)?, mode)?;
         self.classifier.forward(&h.mean((2, 3))?)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.classifier.out_features()
     }
 }
 

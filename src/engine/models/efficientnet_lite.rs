@@ -8,6 +8,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::Network;
 use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
@@ -16,6 +17,7 @@ use crate::error::Result;
 const BN_EPS: f64 = 1e-3;
 
 /// One stage of the network: `repeats` MBConv blocks (stride applies to the first).
+#[derive(Debug)]
 struct Stage {
     repeats: usize,
     kernel: usize,
@@ -80,6 +82,7 @@ const STEM: usize = 32;
 const HEAD: usize = 1280;
 
 /// Mobile inverted bottleneck: [expand 1x1] -> depthwise kxk -> project 1x1 (+ identity skip).
+#[derive(Debug)]
 struct MbConv {
     expand: Option<Conv>,
     depthwise: Conv,
@@ -99,6 +102,7 @@ impl MbConv {
     }
 }
 
+#[derive(Debug)]
 pub struct EfficientNetLite {
     stem: Conv,
     blocks: Vec<MbConv>,
@@ -183,11 +187,17 @@ impl EfficientNetLite {
             backend,
         })
     }
+}
 
+impl Network for EfficientNetLite {
     /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
-    pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let h = self.run_body(x, mode, self.backend)?;
         self.fc.forward(&h.mean((2, 3))?)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.fc.out_features()
     }
 }
 

@@ -11,11 +11,13 @@ use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::chain::{Chain, Value};
 use crate::engine::ops::conv::conv2d_const;
 use crate::engine::ops::conv_act::{Applied, ConvCache};
-use crate::engine::ops::depthwise::{DepthwiseConv2d, Padding};
+use crate::engine::ops::depthwise::DepthwiseConv2d;
+use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
 
 /// Named tensors from a weights file, checked on lookup.
+#[derive(Debug)]
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
 }
@@ -23,6 +25,17 @@ pub struct Weights {
 impl Weights {
     pub fn new(tensors: HashMap<String, Tensor>) -> Self {
         Weights { tensors }
+    }
+
+    /// The same tensors under names rewritten by `rename` (an architecture's legacy names).
+    pub fn map_keys(self, rename: impl Fn(&str) -> String) -> Self {
+        Weights {
+            tensors: self
+                .tensors
+                .into_iter()
+                .map(|(k, t)| (rename(&k), t))
+                .collect(),
+        }
     }
 
     /// Reads a safetensors file already in memory. Parsing never executes code.
@@ -85,6 +98,7 @@ pub enum PadMode {
 }
 
 /// A convolution with BatchNorm folded into its weight and bias.
+#[derive(Debug)]
 pub struct Conv {
     weight: Tensor,
     bias: Tensor,
@@ -341,6 +355,7 @@ fn pad_zeros(x: &Tensor, p: Padding) -> candle_core::Result<Tensor> {
 }
 
 /// A fully connected layer: `x [n, in] -> [n, out]`.
+#[derive(Debug)]
 pub struct Linear {
     weight_t: Tensor,
     bias: Tensor,

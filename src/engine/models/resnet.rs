@@ -5,10 +5,11 @@
 
 use candle_core::{Device, Tensor};
 
+use super::Network;
 use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
-use crate::engine::ops::depthwise::Padding;
+use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
 
@@ -37,6 +38,7 @@ impl Depth {
     }
 }
 
+#[derive(Debug)]
 enum Block {
     Basic {
         conv1: Conv,
@@ -74,6 +76,7 @@ impl Block {
     }
 }
 
+#[derive(Debug)]
 pub struct ResNet {
     stem: Conv,
     blocks: Vec<Block>,
@@ -152,14 +155,17 @@ impl ResNet {
             backend,
         })
     }
+}
 
-    pub fn num_classes(&self) -> usize {
-        self.fc.out_features()
-    }
-
-    pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+impl Network for ResNet {
+    /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let h = self.run_body(x, mode, self.backend)?;
         self.fc.forward(&h.mean((2, 3))?)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.fc.out_features()
     }
 }
 

@@ -10,16 +10,18 @@
 
 use candle_core::{Device, Tensor};
 
+use super::Network;
 use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights, fold_bn};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp, relu};
-use crate::engine::ops::depthwise::Padding;
+use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
 
 const BN_EPS: f64 = 1e-3;
 
 /// Depthwise 3 x 3 ("same") then pointwise 1 x 1, BatchNorm folded into the pointwise part.
+#[derive(Debug)]
 struct SepConv {
     depthwise: Conv,
     pointwise: Conv,
@@ -45,6 +47,7 @@ impl SepConv {
     }
 }
 
+#[derive(Debug)]
 struct DownBlock {
     relu_first: bool,
     sep1: SepConv,
@@ -52,6 +55,7 @@ struct DownBlock {
     residual: Conv,
 }
 
+#[derive(Debug)]
 pub struct Xception {
     conv1: Conv,
     conv2: Conv,
@@ -164,13 +168,19 @@ impl Xception {
             backend,
         })
     }
+}
 
+impl Network for Xception {
     /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
-    pub fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let h = self.run_body(x, mode, self.backend)?;
         let pooled = h.mean((2, 3))?;
         let f = relu(&self.fc1.forward(&pooled)?, mode)?;
         self.fc2.forward(&f)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.fc2.out_features()
     }
 }
 

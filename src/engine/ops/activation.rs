@@ -85,7 +85,15 @@ impl ReluOp {
         }
     }
 
+    /// The input gradient from the outputs `y` and their gradient `g`, written into every
+    /// element of `dst` (callers rely on that to treat `dst` as initialised afterwards).
     pub(crate) fn grad_from_outputs(&self, dst: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32]) {
+        assert!(
+            y.len() >= dst.len() && g.len() >= dst.len(),
+            "relu gradient: {} outputs for {} values",
+            y.len().min(g.len()),
+            dst.len()
+        );
         let cap = self.cap.unwrap_or(f32::INFINITY);
         super::simd::relu_grad(dst, y, g, cap, self.mode == ReluMode::Guided)
     }

@@ -75,6 +75,7 @@ const KC: usize = 256;
 struct SharedOut(*mut f32);
 // SAFETY: only used for writes to disjoint indices from parallel tasks (see `product`).
 unsafe impl Send for SharedOut {}
+// SAFETY: as for `Send`: tasks sharing it write disjoint indices and never read each other's.
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
@@ -255,6 +256,7 @@ impl<X: Rows + ?Sized> Block<'_, X> {
 #[inline(always)]
 unsafe fn add(dst: *mut f32, vals: &[f32]) {
     for (o, &v) in vals.iter().enumerate() {
+        // SAFETY: `o < vals.len()`: inside the range the caller vouches for.
         unsafe { *dst.add(o) += v }
     }
 }
@@ -264,10 +266,13 @@ unsafe fn add(dst: *mut f32, vals: &[f32]) {
 #[inline(always)]
 unsafe fn write(dst: *mut f32, vals: &[f32]) {
     if let Ok(v) = <&[f32; NR]>::try_from(vals) {
+        // SAFETY: `vals` is exactly NR long, so the NR values written are the caller's range;
+        // unaligned, as `dst` need not be aligned for `[f32; NR]`.
         unsafe { dst.cast::<[f32; NR]>().write_unaligned(*v) };
         return;
     }
     for (o, &v) in vals.iter().enumerate() {
+        // SAFETY: `o < vals.len()`: inside the range the caller vouches for.
         unsafe { dst.add(o).write(v) }
     }
 }
@@ -366,6 +371,7 @@ mod tests {
                 *v += mark(s, r, p + t);
             }
         });
+        // SAFETY: filled with NaN above; `product` only overwrites values.
         let y: Vec<f32> = y.into_iter().map(|v| unsafe { v.assume_init() }).collect();
         y.iter()
             .enumerate()

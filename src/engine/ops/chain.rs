@@ -19,7 +19,8 @@ use rayon::prelude::*;
 
 use super::activation::ReluOp;
 use super::conv_act::ConvCache;
-use super::depthwise::{DepthwiseConv2d, Padding};
+use super::depthwise::DepthwiseConv2d;
+use super::geometry::Padding;
 use super::pool::MaxPool2d;
 use super::{conv_act, depthwise};
 

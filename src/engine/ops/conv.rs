@@ -4,13 +4,17 @@
 //! computes the kernel gradient too, even for weights that are plain constants. Saliency needs
 //! neither: here the forward runs through candle's own (im2col + GEMM) convolution on a detached
 //! input, and a pass-through op carries a backward that is one GEMM (`W^T x grad`) plus, for
-//! kernels larger than 1 x 1, a col2im scatter.
+//! kernels larger than 1 x 1, the same col2im scatter as the fused ops ([`super::geometry`]).
+
+use std::mem::MaybeUninit;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
+
+use super::geometry::{ConvGeometry, Padding, col2im};
 
 /// Convolution of an already padded input `x` (`[n, cin, h, w]`) with `weight`
 /// (`[cout, cin, k, k]`), plus `bias` (`[cout]`). Gradients flow to `x` only.
@@ -106,7 +110,26 @@ impl CustomOp2 for InputGrad {
                 .t()?
                 .contiguous()?;
             let cols = wt.broadcast_matmul(&grad.contiguous()?.reshape((n, cout, oh * ow))?)?;
-            let gx = super::with_cpu_f32(&cols, |cols| col2im(cols, n, cin, h, w, k, s, oh, ow))?;
+            let geo = ConvGeometry {
+                cin,
+                cout,
+                k,
+                stride: s,
+                h,
+                w,
+                oh,
+                ow,
+                pad: Padding::default(),
+            };
+            let gx = super::with_cpu_f32(&cols, |cols| {
+                let fill = |gx: &mut [MaybeUninit<f32>]| {
+                    gx.par_chunks_mut(geo.in_plane())
+                        .zip(cols.par_chunks(geo.patch() * geo.out_plane()))
+                        .for_each(|(gx, cols)| col2im(cols, &geo, gx))
+                };
+                // SAFETY: `col2im` writes each sample's gradient whole.
+                unsafe { super::vec_written_by(n * geo.in_plane(), fill) }
+            })?;
             Tensor::from_vec(gx, (n, cin, h, w), x.device())?
         } else {
             // Rows and columns past the last window get no gradient. (candle's own conv backward
@@ -117,38 +140,4 @@ impl CustomOp2 for InputGrad {
         };
         Ok((Some(grad_x), None))
     }
-}
-
-/// Scatter-adds im2col columns `[n, cin*k*k, oh*ow]` back into an image `[n, cin, h, w]`.
-#[allow(clippy::too_many_arguments)]
-fn col2im(
-    cols: &[f32],
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    oh: usize,
-    ow: usize,
-) -> Vec<f32> {
-    let mut out = vec![0f32; n * cin * h * w];
-    out.par_chunks_mut(h * w)
-        .enumerate()
-        .for_each(|(plane, img)| {
-            let (b, c) = (plane / cin, plane % cin);
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = (c * k + ky) * k + kx;
-                    let src = &cols[(b * cin * k * k + row) * oh * ow..][..oh * ow];
-                    for oy in 0..oh {
-                        let dst = &mut img[(oy * s + ky) * w..];
-                        for ox in 0..ow {
-                            dst[ox * s + kx] += src[oy * ow + ox];
-                        }
-                    }
-                }
-            }
-        });
-    out
 }

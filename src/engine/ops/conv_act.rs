@@ -18,10 +18,10 @@ use rayon::prelude::*;
 
 use super::activation::ReluOp;
 use super::batch_gemm;
-use super::depthwise::Padding;
+use super::geometry::{ConvGeometry, Padding, col2im, im2col};
 use super::packed_gemm::PackedLhs;
+use super::vec_written_by;
 use super::winograd::{self, WinogradWeights};
-use super::{vec_written_by, zeroed};
 
 /// `act(conv(pad(x), weight) + bias)` for `x` `[n, cin, h, w]` and `weight` `[cout, cin, k, k]`
 /// on the CPU, f32. Gradients flow to `x` only: the weights are constants.
@@ -66,72 +66,18 @@ pub struct ConvCache {
     packed_t: OnceLock<PackedLhs>,
 }
 
-/// Valid output columns `[lo, hi)` for kernel column `kx` of a convolution with this stride and
-/// left padding: those whose input column `ox * stride + off` (`off = kx - pad_left`) falls
-/// inside an image `w` wide. Lets the inner loops run unchecked.
-fn valid_columns(
-    kx: usize,
-    stride: usize,
-    pad_left: usize,
-    w: usize,
-    ow: usize,
-) -> (usize, usize, isize) {
-    let off = kx as isize - pad_left as isize;
-    let s = stride as isize;
-    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
-    let last = w as isize - 1 - off;
-    let hi = if last < 0 {
-        0
-    } else {
-        (last / s + 1).min(ow as isize)
-    };
-    (lo as usize, hi.max(lo) as usize, off)
-}
-
-/// Sizes of one call.
-#[derive(Clone, Copy, Debug)]
-struct Geometry {
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    pad: Padding,
-}
-
-impl Geometry {
-    /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
-    fn patch(&self) -> usize {
-        self.cin * self.k * self.k
-    }
-
-    fn in_plane(&self) -> usize {
-        self.cin * self.h * self.w
-    }
-
-    fn out_plane(&self) -> usize {
-        self.oh * self.ow
-    }
-
-    /// A 1 x 1, stride 1, unpadded convolution reads the input as the GEMM operand directly.
-    fn direct(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == Padding::default()
-    }
-
-    /// Output columns `[lo, hi)` that read input column `ox * stride + off` for kernel column
-    /// `kx`; the others read padding.
-    fn columns(&self, kx: usize) -> (usize, usize, isize) {
-        valid_columns(kx, self.stride, self.pad.left, self.w, self.ow)
-    }
-
-    /// The input row read by output row `oy` at kernel row `ky`, if it is inside the image.
-    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
-        (oy * self.stride + ky)
-            .checked_sub(self.pad.top)
-            .filter(|&iy| iy < self.h)
+impl std::fmt::Debug for ConvCache {
+    /// Which forms are built (their contents are large and opaque).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvCache")
+            .field("winograd_forward", &self.forward.get().is_some())
+            .field(
+                "winograd_input_gradient",
+                &self.input_gradient.get().is_some(),
+            )
+            .field("packed", &self.packed.get().is_some())
+            .field("packed_transposed", &self.packed_t.get().is_some())
+            .finish()
     }
 }
 
@@ -139,7 +85,7 @@ impl Geometry {
 pub(crate) struct Applied {
     weight: Tensor,
     bias: Tensor,
-    geo: Geometry,
+    geo: ConvGeometry,
     batch: usize,
     act: Option<ReluOp>,
     cache: Arc<ConvCache>,
@@ -165,74 +111,6 @@ fn live_channels(m: &[f32], batch: usize, channels: usize, len: usize) -> Option
     (live.len() as f32 <= COMPACT_AT_MOST * channels as f32).then_some(live)
 }
 
-/// The `[cin * k * k, oh * ow]` patch matrix of one sample, zeros where windows read
-/// padding; every value written.
-fn im2col(x: &[f32], g: &Geometry, cols: &mut [MaybeUninit<f32>]) {
-    let (k, s, plane) = (g.k, g.stride, g.out_plane());
-    let zero = MaybeUninit::new(0.0);
-    for c in 0..g.cin {
-        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut cols[((c * k + ky) * k + kx) * plane..][..plane];
-                let (lo, hi, off) = g.columns(kx);
-                for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
-                    let Some(iy) = g.input_row(oy, ky) else {
-                        dst.fill(zero);
-                        continue;
-                    };
-                    let src = &xc[iy * g.w..(iy + 1) * g.w];
-                    dst[..lo].fill(zero);
-                    dst[hi..].fill(zero);
-                    if s == 1 {
-                        let start = (lo as isize + off) as usize;
-                        let src = &src[start..start + hi - lo];
-                        dst[lo..hi]
-                            .iter_mut()
-                            .zip(src)
-                            .for_each(|(d, &v)| _ = d.write(v));
-                    } else {
-                        for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
-                            d.write(src[((ox * s) as isize + off) as usize]);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Adds the patch matrix back into the image it was gathered from (the adjoint of `im2col`).
-fn col2im(cols: &[f32], g: &Geometry, x: &mut [MaybeUninit<f32>]) {
-    let (k, s, plane) = (g.k, g.stride, g.out_plane());
-    let x = zeroed(x);
-    for c in 0..g.cin {
-        let xc = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &cols[((c * k + ky) * k + kx) * plane..][..plane];
-                let (lo, hi, off) = g.columns(kx);
-                for (oy, src) in row.chunks_exact(g.ow).enumerate() {
-                    let Some(iy) = g.input_row(oy, ky) else {
-                        continue;
-                    };
-                    let dst = &mut xc[iy * g.w..(iy + 1) * g.w];
-                    if s == 1 {
-                        // Contiguous: one vectorised add.
-                        let start = (lo as isize + off) as usize;
-                        let dst = &mut dst[start..start + hi - lo];
-                        dst.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
-                    } else {
-                        for (ox, v) in (lo..hi).zip(&src[lo..hi]) {
-                            dst[((ox * s) as isize + off) as usize] += v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 impl Applied {
     /// For inputs `[n, cin, h, w]`.
     pub(crate) fn for_input(
@@ -252,7 +130,7 @@ impl Applied {
         if ph < k || pw < k {
             candle_core::bail!("conv: input {h}x{w} is smaller than the {k}x{k} kernel")
         }
-        let geo = Geometry {
+        let geo = ConvGeometry {
             cin,
             cout,
             k,

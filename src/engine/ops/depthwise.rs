@@ -13,40 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::ReluOp;
-
-/// Zero padding on each side, in pixels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Padding {
-    pub top: usize,
-    pub bottom: usize,
-    pub left: usize,
-    pub right: usize,
-}
-
-impl Padding {
-    pub fn symmetric(p: usize) -> Self {
-        Padding {
-            top: p,
-            bottom: p,
-            left: p,
-            right: p,
-        }
-    }
-
-    /// TensorFlow "SAME" padding for one input size: output = ceil(input / stride), with the
-    /// odd pixel of padding going after (bottom/right).
-    pub fn tf_same(h: usize, w: usize, k: usize, stride: usize) -> Self {
-        let total =
-            |n: usize| (n.div_ceil(stride).saturating_sub(1) * stride + k).saturating_sub(n);
-        let (th, tw) = (total(h), total(w));
-        Padding {
-            top: th / 2,
-            bottom: th - th / 2,
-            left: tw / 2,
-            right: tw - tw / 2,
-        }
-    }
-}
+use super::geometry::Padding;
 
 /// Depthwise convolution with bias. `weight` is `[channels, k, k]` row-major.
 #[derive(Clone, Debug)]
@@ -322,14 +289,13 @@ impl Applied {
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
         let mut gx = vec![0f32; self.batch * c * in_plane];
         gx.par_chunks_mut(in_plane).enumerate().for_each_init(
-            || (vec![0f32; out_plane], Vec::new()),
+            || (vec![MaybeUninit::uninit(); out_plane], Vec::new()),
             |(gated, scratch), (i, gxp)| {
                 let span = i * out_plane..(i + 1) * out_plane;
                 let gyp = match self.act {
                     Some(act) => {
-                        let gated = super::as_uninit(gated);
                         act.grad_from_outputs(gated, &y[span.clone()], &gy[span]);
-                        // SAFETY: just written whole (`gated` is `out_plane` long).
+                        // SAFETY: `grad_from_outputs` writes all of `gated` (`out_plane` long).
                         &*unsafe { super::assume_init(gated) }
                     }
                     None => &gy[span],

@@ -14,6 +14,7 @@ pub mod chain;
 pub mod conv;
 pub mod conv_act;
 pub mod depthwise;
+pub mod geometry;
 pub(crate) mod packed_gemm;
 pub mod pool;
 pub(crate) mod simd;
@@ -77,12 +78,6 @@ pub(crate) fn cpu_f32_slice<'a>(
 pub(crate) unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: MaybeUninit<f32> has f32's layout, and the caller vouches for the values.
     unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
-/// Initialised values seen as a buffer to overwrite.
-pub(crate) fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: same layout; the callers only ever write initialised f32 values through it.
-    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// Zeroes `s` and returns it as initialised values.

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::depthwise::Padding;
+use super::geometry::Padding;
 
 #[derive(Clone, Copy, Debug)]
 pub struct MaxPool2d {

@@ -136,6 +136,7 @@ impl WinogradWeights {
 struct SharedOut(*mut f32);
 // SAFETY: only used for writes to disjoint indices from parallel tasks (see `conv3x3`).
 unsafe impl Send for SharedOut {}
+// SAFETY: as for `Send`: tasks sharing it write disjoint indices and never read each other's.
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
@@ -143,6 +144,8 @@ impl SharedOut {
     /// The `len` values from `start` are in bounds and no other task uses them.
     #[allow(clippy::mut_from_ref)]
     unsafe fn plane<'a>(self, (start, len): (usize, usize)) -> &'a mut [MaybeUninit<f32>] {
+        // SAFETY: in bounds and unshared, as the caller vouches; `MaybeUninit<f32>` has the
+        // layout of `f32`.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start).cast(), len) }
     }
 
@@ -153,6 +156,7 @@ impl SharedOut {
         // A loop, not `copy_nonoverlapping`: runs are at most 16 values, too short for a
         // `memcpy` call to pay.
         for (o, &v) in vals.iter().enumerate() {
+            // SAFETY: `o < vals.len()`: inside the range the caller vouches for.
             unsafe { self.0.add(i + o).write(v) }
         }
     }
@@ -509,6 +513,7 @@ mod tests {
         let (b, _, h, w) = dims;
         let mut y = vec![MaybeUninit::new(f32::NAN); b * rows * h * w];
         conv3x3(weights, x, dims, ch, &mut y, |_, _, _| {});
+        // SAFETY: filled with NaN above; `conv3x3` only overwrites values.
         y.into_iter().map(|v| unsafe { v.assume_init() }).collect()
     }
 

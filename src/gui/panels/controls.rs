@@ -1,14 +1,15 @@
-//! The parameter sliders. Mask-only changes take the fast path (no gradient recompute for
-//! iteration 0); anything else reruns the whole loop in the background.
+//! The parameter sliders. They edit a copy of the parameters and ask for it as a whole; the
+//! app decides what the change requires (mask-only changes redraw iteration 0 at once).
 
-use crate::engine::image::Window;
-use crate::engine::params::{FillMode, MAX_KERNEL, Method};
-use crate::gui::app::{App, only_mask_changed};
+use crate::engine::params::{FillMode, MAX_KERNEL, Method, UnveilParams};
+use crate::engine::source_image::Window;
+use crate::gui::action::Action;
+use crate::gui::workspace::Workspace;
 
-pub fn ui(app: &mut App, ui: &mut egui::Ui) {
-    let before = app.settings.params.clone();
-    window_level(app, ui);
-    let p = &mut app.settings.params;
+pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mut Vec<Action>) {
+    window_level(ui, ws, actions);
+    let mut edited = params.clone();
+    let p = &mut edited;
 
     ui.heading("Mask smoothing");
     ui.add(egui::Slider::new(&mut p.mask.kernel, 1..=MAX_KERNEL.min(101)).step_by(2.0).text("Kernel size"))
@@ -64,19 +65,14 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
         }
     });
 
-    let after = app.settings.params.clone();
-    if after != before {
-        if only_mask_changed(&before, &after) {
-            app.mask_params_changed(ui.ctx());
-        } else {
-            app.request_run();
-        }
+    if edited != *params {
+        actions.push(Action::SetParams(edited));
     }
 
-    if let Some(model) = &app.model {
+    if let Some(explainer) = &ws.explainer {
         ui.separator();
         ui.label(
-            egui::RichText::new(&model.info().description)
+            egui::RichText::new(&explainer.info().description)
                 .small()
                 .weak(),
         );
@@ -84,9 +80,9 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
 }
 
 /// Window / level for grayscale images (X-rays): what the model sees follows the display.
-fn window_level(app: &mut App, ui: &mut egui::Ui) {
-    let Some(w) = app.window else { return };
-    let Some(g) = app.image.as_ref().and_then(|i| i.source.gray.as_ref()) else {
+fn window_level(ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
+    let Some(w) = ws.window else { return };
+    let Some(g) = ws.image.as_ref().and_then(|i| i.source.gray.as_ref()) else {
         return;
     };
     let (lo, hi) = g.range;
@@ -122,6 +118,6 @@ fn window_level(app: &mut App, ui: &mut egui::Ui) {
     ui.separator();
     let new = Window { center: c, width };
     if new != w {
-        app.set_window(ui.ctx(), new);
+        actions.push(Action::SetWindow(new));
     }
 }

@@ -1,4 +1,5 @@
-//! One file per part of the window, each a `ui(app, ui)` function.
+//! One file per part of the window. Each reads the workspace and the settings, owns its own
+//! view state, and returns [`crate::gui::action::Action`]s instead of changing anything else.
 
 pub mod controls;
 pub mod iterations;

@@ -1,60 +1,100 @@
 //! All regions in one picture: every iteration's mask over the image in its own colour.
 
-use crate::engine::image::Window;
-use crate::engine::render;
-use crate::gui::app::App;
+use egui::TextureHandle;
 
-pub fn ui(app: &mut App, ui: &mut egui::Ui) {
-    let ctx = ui.ctx().clone();
-    ui.horizontal(|ui| {
-        ui.add(egui::Slider::new(&mut app.settings.overlay_opacity, 0.0..=1.0).text("Opacity"))
-            .on_hover_text("Opacity of the coloured regions over the image");
-    });
-    ui.horizontal_top(|ui| {
-        if let Some(tex) = app.regions_texture(&ctx) {
-            let size = tex.size_vec2();
-            let avail = ui.available_size() - egui::vec2(240.0, 0.0);
-            let scale = (avail.x / size.x).min(avail.y / size.y).clamp(0.1, 4.0);
-            let r = ui
-                .add(egui::Image::new(&tex).fit_to_exact_size(size * scale).sense(egui::Sense::drag()))
-                .on_hover_text("Each colour is the region unveiled at one iteration. On grayscale images, drag to change the window: left/right = width, up/down = level.");
-            drag_window(app, &ctx, r.drag_delta());
-        }
-        ui.vertical(|ui| {
-            ui.heading("Legend");
-            for view in &app.steps {
-                let s = &view.step;
-                ui.horizontal(|ui| {
-                    let [r, g, b] = render::iteration_color(s.index);
-                    let (rect, _) =
-                        ui.allocate_exact_size(egui::vec2(14.0, 14.0), egui::Sense::hover());
-                    ui.painter()
-                        .rect_filled(rect, 2.0, egui::Color32::from_rgb(r, g, b));
-                    ui.label(format!("iteration {} · p = {:.3}", s.index, s.p_target));
-                });
-            }
-            if let Some(after) = app.outcome.as_ref().and_then(|o| o.after.as_ref()) {
-                ui.label(format!("all masked · p = {:.3}", after.p_target));
-            }
+use crate::engine::render;
+use crate::engine::source_image::Window;
+use crate::gui::action::Action;
+use crate::gui::textures;
+use crate::gui::workspace::Workspace;
+
+/// The view's own state: the composed picture, kept until the results or the opacity change.
+#[derive(Default)]
+pub struct RegionsView {
+    picture: Option<((u64, u32), TextureHandle)>,
+}
+
+impl RegionsView {
+    pub fn ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        ws: &Workspace,
+        opacity: f32,
+        actions: &mut Vec<Action>,
+    ) {
+        let mut new_opacity = opacity;
+        ui.horizontal(|ui| {
+            ui.add(egui::Slider::new(&mut new_opacity, 0.0..=1.0).text("Opacity"))
+                .on_hover_text("Opacity of the coloured regions over the image");
         });
-    });
+        if new_opacity != opacity {
+            actions.push(Action::SetOverlayOpacity(new_opacity));
+        }
+        ui.horizontal_top(|ui| {
+            if let Some(tex) = self.picture(ui.ctx(), ws, opacity) {
+                let size = tex.size_vec2();
+                let avail = ui.available_size() - egui::vec2(240.0, 0.0);
+                let scale = (avail.x / size.x).min(avail.y / size.y).clamp(0.1, 4.0);
+                let r = ui
+                    .add(egui::Image::new(&tex).fit_to_exact_size(size * scale).sense(egui::Sense::drag()))
+                    .on_hover_text("Each colour is the region unveiled at one iteration. On grayscale images, drag to change the window: left/right = width, up/down = level.");
+                if let Some(w) = dragged_window(ws, r.drag_delta()) {
+                    actions.push(Action::SetWindow(w));
+                }
+            }
+            ui.vertical(|ui| {
+                ui.heading("Legend");
+                for view in &ws.steps {
+                    let s = &view.step;
+                    ui.horizontal(|ui| {
+                        let [r, g, b] = render::iteration_color(s.index);
+                        let (rect, _) =
+                            ui.allocate_exact_size(egui::vec2(14.0, 14.0), egui::Sense::hover());
+                        ui.painter()
+                            .rect_filled(rect, 2.0, egui::Color32::from_rgb(r, g, b));
+                        ui.label(format!("iteration {} · p = {:.3}", s.index, s.p_target));
+                    });
+                }
+                if let Some(after) = ws.outcome.as_ref().and_then(|o| o.after.as_ref()) {
+                    ui.label(format!("all masked · p = {:.3}", after.p_target));
+                }
+            });
+        });
+    }
+
+    /// The all-regions picture for the current results and opacity (made once per change).
+    fn picture(
+        &mut self,
+        ctx: &egui::Context,
+        ws: &Workspace,
+        opacity: f32,
+    ) -> Option<TextureHandle> {
+        let img = ws.image.as_ref()?;
+        let key = (ws.generation, opacity.to_bits());
+        if let Some((k, t)) = &self.picture
+            && *k == key
+        {
+            return Some(t.clone());
+        }
+        let mut pic = img.preview.clone();
+        let steps: Vec<_> = ws.steps.iter().map(|s| &s.step).collect();
+        render::regions_overlay(&mut pic, &steps, opacity);
+        let t = textures::upload(ctx, "regions", &pic);
+        self.picture = Some((key, t.clone()));
+        Some(t)
+    }
 }
 
 /// Radiology-viewer style window/level by dragging: x changes the width, y the centre.
-fn drag_window(app: &mut App, ctx: &egui::Context, delta: egui::Vec2) {
+fn dragged_window(ws: &Workspace, delta: egui::Vec2) -> Option<Window> {
     if delta == egui::Vec2::ZERO {
-        return;
+        return None;
     }
-    let (Some(w), Some(g)) = (
-        app.window,
-        app.image.as_ref().and_then(|i| i.source.gray.as_ref()),
-    ) else {
-        return;
-    };
+    let w = ws.window?;
+    let g = ws.image.as_ref()?.source.gray.as_ref()?;
     let span = (g.range.1 - g.range.0).max(1e-3);
-    let new = Window {
+    Some(Window {
         center: w.center - delta.y * span * 0.002,
         width: (w.width * (delta.x * 0.005).exp()).max(span / 500.0),
-    };
-    app.set_window(ctx, new);
+    })
 }

@@ -1,12 +1,15 @@
 //! Bottom bar: progress with Cancel, why the run stopped, and notices.
 
-use crate::gui::app::App;
+use crate::gui::action::Action;
+use crate::gui::notices::Notices;
+use crate::gui::workspace::Workspace;
 
-pub fn ui(app: &mut App, ui: &mut egui::Ui) {
+/// The notices are the panel's own to dismiss; everything else it only reads.
+pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mut Vec<Action>) {
     egui::Panel::bottom("status").show(ui, |ui| {
         ui.horizontal(|ui| {
-            if app.is_running() {
-                let (fraction, text) = match app.progress {
+            if ws.is_running() {
+                let (fraction, text) = match ws.progress {
                     Some(p) => {
                         let done = p.iteration as f32 + p.chunk as f32 / p.chunks.max(1) as f32;
                         (
@@ -33,9 +36,9 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
                     .on_hover_text("Stop the run; iterations computed so far stay visible")
                     .clicked()
                 {
-                    app.cancel_run();
+                    actions.push(Action::CancelRun);
                 }
-            } else if let Some(o) = &app.outcome {
+            } else if let Some(o) = &ws.outcome {
                 let why = o.stop.describe();
                 let after = o.after.as_ref().map_or(String::new(), |a| {
                     format!("; p(target) with every mask applied: {:.3}", a.p_target)
@@ -44,14 +47,14 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
                     "Done: {} iterations, stopped because {why}{after}.",
                     o.steps.len()
                 ));
-            } else if app.model.is_none() {
+            } else if ws.explainer.is_none() {
                 ui.spinner();
                 ui.label("Loading the model…");
-            } else if app.image.is_none() {
+            } else if ws.image.is_none() {
                 ui.label("Open an image (button above, or drop a file on the window).");
             }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                if let Some(img) = &app.image {
+                if let Some(img) = &ws.image {
                     ui.label(format!(
                         "{} · {} x {}{}",
                         img.name,
@@ -66,6 +69,6 @@ pub fn ui(app: &mut App, ui: &mut egui::Ui) {
                 }
             });
         });
-        app.notices.ui(ui);
+        notices.ui(ui);
     });
 }

@@ -1,0 +1,111 @@
+//! `summary.json`: the machine-readable record of a run, one typed struct that the CLI and the
+//! app write and that batch mode reads back (so the two can never disagree on a field).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::models::ModelInfo;
+use crate::engine::outcome::{Outcome, Probe, StopReason, Timings};
+use crate::engine::params::UnveilParams;
+use crate::engine::predict::Prediction;
+use crate::error::{Error, Result};
+
+/// What a run's summary records besides its outcome.
+pub struct RunInfo<'a> {
+    pub image: &'a str,
+    pub device: &'a str,
+    pub params: &'a UnveilParams,
+    pub model: &'a ModelInfo,
+    pub total_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub unveil_version: String,
+    pub image: String,
+    pub device: String,
+    pub model: ModelSummary,
+    pub params: UnveilParams,
+    pub target: usize,
+    pub target_label: String,
+    pub iterations: Vec<IterationSummary>,
+    pub stop: StopSummary,
+    pub total_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub description: String,
+    /// Height and width.
+    pub input_size: [usize; 2],
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IterationSummary {
+    pub index: usize,
+    pub top5: Vec<Prediction>,
+    pub p_target: f32,
+    pub mask_coverage: f32,
+    pub cumulative_coverage: f32,
+    pub gradient_cached: bool,
+    pub timings: Timings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StopSummary {
+    pub reason: StopReason,
+    /// The model's view with every mask applied (absent when the last mask added nothing).
+    pub after: Option<Probe>,
+}
+
+impl Summary {
+    pub fn new(outcome: &Outcome, run: &RunInfo) -> Self {
+        Summary {
+            unveil_version: env!("CARGO_PKG_VERSION").to_string(),
+            image: run.image.to_string(),
+            device: run.device.to_string(),
+            model: ModelSummary {
+                name: run.model.name.clone(),
+                description: run.model.description.clone(),
+                input_size: [run.model.input_size.0, run.model.input_size.1],
+            },
+            params: run.params.clone(),
+            target: outcome.target,
+            target_label: run.model.label(outcome.target),
+            iterations: outcome
+                .steps
+                .iter()
+                .map(|s| IterationSummary {
+                    index: s.index,
+                    top5: s.top5.clone(),
+                    p_target: s.p_target,
+                    mask_coverage: s.mask.coverage(),
+                    cumulative_coverage: s.cumulative.coverage(),
+                    gradient_cached: s.cached,
+                    timings: s.timings.clone(),
+                })
+                .collect(),
+            stop: StopSummary {
+                reason: outcome.stop,
+                after: outcome.after.clone(),
+            },
+            total_ms: run.total_ms,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a summary always serialises")
+    }
+
+    /// Reads a `summary.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let fail = |reason: String| Error::Summary {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))
+    }
+}

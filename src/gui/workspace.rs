@@ -1,0 +1,347 @@
+//! What the app is working on: the loaded model, the open image, the run's results and the
+//! background work producing them. Panels read it; only the app changes it, by applying
+//! actions, and results arrive here from worker threads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use egui::TextureHandle;
+use poll_promise::Promise;
+
+use crate::engine::device::DeviceChoice;
+use crate::engine::explainer::Explainer;
+use crate::engine::image;
+use crate::engine::models::ModelSource;
+use crate::engine::outcome::{Outcome, Progress, Step};
+use crate::engine::params::UnveilParams;
+use crate::engine::render;
+use crate::engine::source_image::{Grayscale, SourceImage, Window};
+use crate::error::{Error, Result};
+use crate::gui::notices::Notices;
+use crate::gui::textures;
+use crate::gui::worker::{Msg, Worker};
+
+/// The sample shown on first start, compiled in so the app works from any folder.
+const SAMPLE_NAME: &str = "chelsea.png (sample)";
+static SAMPLE_PNG: &[u8] = include_bytes!("../../assets/chelsea.png");
+
+/// One iteration on screen: the engine's step and its pictures.
+pub struct StepView {
+    pub step: Step,
+    /// Input, saliency, mask, masked: as in the CLI's montage.
+    pub textures: [TextureHandle; 4],
+    /// From an earlier run; replaced as the current run produces its own.
+    pub stale: bool,
+}
+
+/// The opened image.
+pub struct Loaded {
+    pub name: String,
+    pub path: Option<PathBuf>,
+    pub source: Arc<SourceImage>,
+    pub texture: TextureHandle,
+    pub preview: ::image::RgbImage,
+    /// Display-size intensities of a grayscale image, re-windowed as the window changes.
+    pub preview_gray: Option<Grayscale>,
+}
+
+/// A decoded image with its display copy, both made off the UI thread.
+struct Decoded {
+    name: String,
+    path: Option<PathBuf>,
+    source: SourceImage,
+    preview: ::image::RgbImage,
+    preview_gray: Option<Grayscale>,
+}
+
+/// Decodes and makes the (at most 1024 px) display copy: both can take a while on big files.
+fn decode(
+    name: String,
+    path: Option<PathBuf>,
+    load: impl FnOnce() -> Result<SourceImage>,
+) -> Result<Decoded> {
+    let source = load()?;
+    let rgb = ::image::DynamicImage::ImageRgb32F(source.rgb.clone()).to_rgb8();
+    Ok(Decoded {
+        name,
+        path,
+        preview: textures::fit(&rgb, 1024),
+        preview_gray: source.gray.as_ref().map(|g| textures::fit_gray(g, 1024)),
+        source,
+    })
+}
+
+/// What happened in the background that the app (not the workspace) must act on.
+pub enum Happened {
+    /// A new image is open (`path`: None for the built-in sample).
+    ImageOpened(Option<PathBuf>),
+}
+
+#[derive(Default)]
+pub struct Workspace {
+    /// The model, with its gradient cache; `None` while (re)loading.
+    pub explainer: Option<Arc<Explainer>>,
+    pub image: Option<Loaded>,
+    /// The grayscale window in use (None for colour images).
+    pub window: Option<Window>,
+    pub steps: Vec<StepView>,
+    pub outcome: Option<Outcome>,
+    pub progress: Option<Progress>,
+    /// Changes whenever what the results look like changes; keys the views' caches.
+    pub generation: u64,
+    worker: Worker,
+    /// The model being loaded: its name (for messages) and the loading thread.
+    model_job: Option<(String, Promise<Result<Explainer>>)>,
+    image_job: Option<Promise<Result<Decoded>>>,
+    /// A run should start once the model and an image are there.
+    rerun: bool,
+}
+
+impl Workspace {
+    /// (Re)loads a model on a device, off the UI thread; the current run stops.
+    pub fn load_model(&mut self, source: ModelSource, device: DeviceChoice) {
+        self.worker.cancel();
+        self.explainer = None;
+        let name = source.name();
+        self.model_job = Some((
+            name,
+            Promise::spawn_thread("load-model", move || Explainer::load(&source, device)),
+        ));
+    }
+
+    /// Opens an image file, off the UI thread.
+    pub fn open_path(&mut self, path: PathBuf) {
+        self.image_job = Some(Promise::spawn_thread("decode-image", move || {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            decode(name, Some(path.clone()), || image::load(&path))
+        }));
+    }
+
+    /// Opens the bundled sample photo, off the UI thread.
+    pub fn open_sample(&mut self) {
+        self.image_job = Some(Promise::spawn_thread("decode-sample", || {
+            decode(SAMPLE_NAME.to_string(), None, || image::decode(SAMPLE_PNG))
+        }));
+    }
+
+    /// Marks the results out of date: a run starts once the model and an image are there.
+    pub fn request_run(&mut self) {
+        self.rerun = true;
+    }
+
+    /// Redraws iteration 0 under new mask parameters at once, from its kept saliency map (no
+    /// gradient work); the later iterations need a rerun.
+    pub fn remask_first(&mut self, ctx: &egui::Context, params: &UnveilParams) -> Result<()> {
+        let (Some(explainer), Some(first)) = (&self.explainer, self.steps.first_mut()) else {
+            return Ok(());
+        };
+        let step = explainer.remask_first(&first.step, params)?;
+        let pictures = render::step_images(&step, explainer.info())?;
+        first.textures = upload_step(ctx, step.index, &pictures);
+        first.step = step;
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Sets the grayscale window: the display updates now, the model sees it in the next run.
+    pub fn set_window(&mut self, ctx: &egui::Context, w: Window) {
+        let Some(img) = self.image.as_mut() else {
+            return;
+        };
+        let Some(g) = &img.preview_gray else { return };
+        let w = Window {
+            center: w.center,
+            width: w.width.max(1e-6),
+        };
+        if self.window == Some(w) {
+            return;
+        }
+        self.window = Some(w);
+        let rgb = ::image::DynamicImage::ImageRgb32F(g.render(w)).to_rgb8();
+        img.texture = textures::upload(ctx, "original", &rgb);
+        img.preview = rgb;
+        self.generation += 1;
+        self.request_run();
+    }
+
+    /// Stops the run; the iterations it finished stay.
+    pub fn cancel_run(&mut self, notices: &mut Notices) {
+        if self.worker.is_running() {
+            self.worker.cancel();
+            self.progress = None;
+            self.steps.retain(|s| !s.stale);
+            notices.info("Run cancelled; iterations computed so far are kept.");
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.worker.is_running()
+    }
+
+    /// Busy with anything in the background (a run, or loading a model or an image).
+    pub fn is_busy(&self) -> bool {
+        self.worker.is_running()
+            || self.rerun
+            || self.model_job.is_some()
+            || self.image_job.is_some()
+    }
+
+    pub fn live_worker_threads(&self) -> usize {
+        self.worker.live_threads()
+    }
+
+    pub fn runs_started(&self) -> u64 {
+        self.worker.runs_started()
+    }
+
+    /// The class being explained: the finished run's, else the chosen one, else the top-1
+    /// of the results on screen.
+    pub fn target(&self, chosen: Option<usize>) -> Option<usize> {
+        self.outcome
+            .as_ref()
+            .map(|o| o.target)
+            .or(chosen)
+            .or_else(|| self.steps.first().map(|s| s.step.top5[0].class))
+    }
+
+    /// Starts the requested run when the model and an image are there (the previous run is
+    /// cancelled: the latest settings win).
+    pub fn start_requested_run(
+        &mut self,
+        ctx: &egui::Context,
+        params: &UnveilParams,
+        notices: &mut Notices,
+    ) {
+        if !self.rerun {
+            return;
+        }
+        let (Some(explainer), Some(img)) = (self.explainer.clone(), self.image.as_ref()) else {
+            return;
+        };
+        self.rerun = false;
+        if let Err(e) = params.validate() {
+            notices.error(e.to_string());
+            return;
+        }
+        for s in &mut self.steps {
+            s.stale = true;
+        }
+        self.outcome = None;
+        self.progress = None;
+        self.worker.start(
+            ctx,
+            explainer,
+            img.source.clone(),
+            self.window,
+            params.clone(),
+        );
+    }
+
+    /// Takes in what background work finished since the last frame.
+    pub fn poll(&mut self, ctx: &egui::Context, notices: &mut Notices) -> Vec<Happened> {
+        let mut happened = Vec::new();
+        if let Some((name, p)) = self.model_job.take() {
+            match p.try_take() {
+                Ok(Ok(explainer)) => {
+                    self.explainer = Some(Arc::new(explainer));
+                    self.request_run();
+                }
+                Ok(Err(e)) => notices.error(format!("Cannot load model '{name}': {e}")),
+                Err(p) => self.model_job = Some((name, p)),
+            }
+        }
+        if let Some(p) = self.image_job.take() {
+            match p.try_take() {
+                Ok(Ok(decoded)) => {
+                    happened.push(Happened::ImageOpened(decoded.path.clone()));
+                    self.set_image(ctx, decoded);
+                }
+                Ok(Err(e)) => notices.error(e.to_string()),
+                Err(p) => self.image_job = Some(p),
+            }
+        }
+        for msg in self.worker.poll() {
+            match msg {
+                Msg::Progress(p) => self.progress = Some(p),
+                Msg::Step(step) => self.add_step(ctx, *step, notices),
+                Msg::Done(result) => {
+                    self.progress = None;
+                    match result {
+                        Ok(outcome) => {
+                            self.steps.truncate(outcome.steps.len());
+                            self.outcome = Some(outcome);
+                        }
+                        Err(e) => {
+                            self.steps.retain(|s| !s.stale);
+                            if !matches!(e, Error::Cancelled) {
+                                notices.error(format!("Run failed: {e}"));
+                            }
+                        }
+                    }
+                    self.generation += 1;
+                }
+            }
+        }
+        happened
+    }
+
+    fn set_image(&mut self, ctx: &egui::Context, d: Decoded) {
+        let Decoded {
+            name,
+            path,
+            source,
+            preview,
+            preview_gray,
+        } = d;
+        self.window = source.gray.as_ref().map(|g| g.default_window);
+        let texture = textures::upload(ctx, "original", &preview);
+        self.image = Some(Loaded {
+            name,
+            path,
+            source: Arc::new(source),
+            texture,
+            preview,
+            preview_gray,
+        });
+        self.steps.clear();
+        self.outcome = None;
+        self.generation += 1;
+        self.request_run();
+    }
+
+    fn add_step(&mut self, ctx: &egui::Context, step: Step, notices: &mut Notices) {
+        let Some(explainer) = &self.explainer else {
+            return;
+        };
+        let pictures = match render::step_images(&step, explainer.info()) {
+            Ok(p) => p,
+            Err(e) => {
+                notices.error(e.to_string());
+                return;
+            }
+        };
+        let view = StepView {
+            textures: upload_step(ctx, step.index, &pictures),
+            step,
+            stale: false,
+        };
+        let i = view.step.index;
+        if i < self.steps.len() {
+            self.steps[i] = view;
+        } else {
+            self.steps.push(view);
+        }
+        self.generation += 1;
+    }
+}
+
+fn upload_step(
+    ctx: &egui::Context,
+    index: usize,
+    pictures: &[::image::RgbImage; 4],
+) -> [TextureHandle; 4] {
+    std::array::from_fn(|c| textures::upload(ctx, &format!("step{index}-{c}"), &pictures[c]))
+}
