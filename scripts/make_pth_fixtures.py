@@ -15,6 +15,9 @@
                          (os.system, ("echo PWNED > /tmp/unveil-pwned",))
   evil_eval.pth          same with (builtins.eval, ("'unveil: harmless string'",))
   truncated.pth          the first half of plain.pth's bytes
+  huge_view.pth          {"weight": torch.zeros(1).expand(200000, 100000)}: a real torch.save of a
+                         zero-stride view claiming 2e10 elements over a 1-element storage (1.5 KB;
+                         materialising it would take 80 GB)
   expected.safetensors   every tensor of plain.pth / varied.pth: "plain/<key>", "varied/<key>"
                          (floating -> float32, int64 -> int64); "varied_native/<key>" keeps
                          varied's own dtype (f16/bf16/f64/f32/i64), contiguous
@@ -315,6 +318,7 @@ def main() -> None:
     torch.save({"weight": w, "payload": EvilEval()}, OUT / "evil_eval.pth")
     pb = (OUT / "plain.pth").read_bytes()
     (OUT / "truncated.pth").write_bytes(pb[: len(pb) // 2])
+    torch.save({"weight": torch.zeros(1).expand(200000, 100000)}, OUT / "huge_view.pth")
 
     # --- checks: the good files load with weights_only=True and match
     assert same_tensors(torch.load(OUT / "plain.pth", weights_only=True), plain)
@@ -329,6 +333,9 @@ def main() -> None:
     m2 = nn.DataParallel(make_plain()[0])  # the prefix is exactly what DataParallel produces
     assert list(m2.state_dict().keys()) == list(mp.keys())
     assert dict(m2.state_dict()._metadata) == dict(mp._metadata)
+    hv = torch.load(OUT / "huge_view.pth", weights_only=True)["weight"]
+    assert hv.shape == (200000, 100000) and hv.stride() == (0, 0)
+    assert hv.untyped_storage().nbytes() == 4
     nc = torch.load(OUT / "nested_checkpoint.pth", weights_only=True)
     assert nc["epoch"] == 7 and nc["best_auc"] == 0.81 and nc["arch"] == "densenet121"
     assert same_tensors(nc["state_dict"], prefixed(plain, "densenet121."))
@@ -356,7 +363,7 @@ def main() -> None:
 
     files = ["plain.pth", "varied.pth", "module_prefix.pth", "nested_checkpoint.pth",
              "legacy_format.pth", "evil_os_system.pth", "evil_eval.pth", "truncated.pth",
-             "expected.safetensors"]
+             "huge_view.pth", "expected.safetensors"]
     for name in files:
         p = OUT / name
         assert p.stat().st_size < MAX_BYTES, (name, p.stat().st_size)
@@ -367,7 +374,7 @@ def main() -> None:
               f"torch weights_only -> {r['torch_weights_only']}")
 
     if args.describe:
-        for name in files[:-2]:
+        for name in [n for n in files if n not in ("truncated.pth", "expected.safetensors")]:
             p = OUT / name
             print(f"\n## {name}")
             for e in zip_entries(p):

@@ -87,3 +87,22 @@ fn legacy_and_truncated_files_give_clear_errors() {
         .to_string();
     assert!(err.contains("truncated.pth"), "{err}");
 }
+
+/// A 1.5 KB `torch.save` of `torch.zeros(1).expand(200000, 100000)`: the view claims 2e10
+/// elements over a 1-element storage. Materialising it used to abort the process with
+/// "memory allocation of 80000000000 bytes failed"; now it is one clear error, before any
+/// allocation of that size (this test would abort the whole test binary otherwise).
+#[test]
+fn a_zero_stride_view_claiming_80_gb_is_refused_without_allocating() {
+    let err = read_weights(&pth("huge_view"))
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("huge_view.pth")
+            && err.contains("tensor 'weight'")
+            && err.contains("20000000000 elements")
+            && !err.contains('\n'),
+        "{err}"
+    );
+}

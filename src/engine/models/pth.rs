@@ -120,10 +120,16 @@ pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
     if infos.is_empty() {
         return Err(fail("no tensors found".into()));
     }
+    // A view may repeat its storage's values (zero strides, as `expand` makes), but it may not
+    // materialise more elements than the file has bytes: a 1.5 KB file cannot claim 80 GB.
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let limit = usize::try_from(file_len).unwrap_or(usize::MAX);
     infos
         .into_iter()
         .map(|info| {
-            let t = read_tensor(&mut zip, &info)
+            let t = read_tensor(&mut zip, &info, limit)
                 .map_err(|e| fail(format!("tensor '{}': {e}", info.name)))?;
             Ok((info.name, t))
         })
@@ -131,35 +137,53 @@ pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Reads one tensor's storage and applies its view (shape, strides, offset): views of a larger
-/// storage, transposes and slices are common in real checkpoints.
+/// storage, transposes and slices are common in real checkpoints. Every size is checked before
+/// anything is allocated: the view may hold at most as many elements as its storage, or as
+/// the file has bytes (`limit`) where it repeats values.
 fn read_tensor<R: std::io::Read + std::io::Seek>(
     zip: &mut zip::ZipArchive<R>,
     info: &candle_core::pickle::TensorInfo,
+    limit: usize,
 ) -> std::result::Result<Tensor, String> {
+    let (dims, strides) = (info.layout.dims(), info.layout.stride());
+    let n = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("its shape {dims:?} overflows"))?;
     let mut bytes = Vec::new();
     zip.by_name(&info.path)
         .map_err(|e| e.to_string())?
         .read_to_end(&mut bytes)
         .map_err(|e| e.to_string())?;
     let elems = bytes.len() / info.dtype.size_in_bytes();
+    if n > elems.max(limit) {
+        return Err(format!(
+            "a view of {n} elements (shape {dims:?}) over a storage of {elems}; refused: \
+             it holds more elements than the file has bytes"
+        ));
+    }
+    if u32::try_from(elems).is_err() {
+        return Err(format!("a storage of {elems} elements is too large"));
+    }
     let storage = Tensor::from_raw_buffer(&bytes, info.dtype, &[elems], &candle_core::Device::Cpu)
         .map_err(|e| e.to_string())?;
     // candle's pickle reader records the view's offset in bytes.
     let start = info.layout.start_offset() / info.dtype.size_in_bytes();
-    let (dims, strides) = (info.layout.dims(), info.layout.stride());
-    let n: usize = dims.iter().product();
+    let outside = || format!("the view reaches outside its {elems}-element storage");
     let mut index = Vec::with_capacity(n);
     for i in 0..n {
         let (mut rem, mut off) = (i, start);
         for (d, s) in dims.iter().zip(strides).rev() {
-            off += (rem % d) * s;
+            off = (rem % d)
+                .checked_mul(*s)
+                .and_then(|step| off.checked_add(step))
+                .ok_or_else(outside)?;
             rem /= d;
         }
         if off >= elems {
-            return Err(format!(
-                "view reaches element {off} of a {elems}-element storage"
-            ));
+            return Err(outside());
         }
+        // Fits: `off < elems`, which fits in u32 (checked above).
         index.push(off as u32);
     }
     let index = Tensor::from_vec(index, n, &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
