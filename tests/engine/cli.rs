@@ -370,6 +370,10 @@ fn batch_runs_folders_and_lists_resumes_and_shards() {
         err.contains("4 images") && err.contains("1 images failed"),
         "{err}"
     );
+    assert!(
+        !err.contains("invalid parameter"),
+        "a failed image is not a parameter error: {err}"
+    );
     assert_eq!(ids_in(&out).len(), 3, "the three good images are done");
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");

@@ -183,3 +183,31 @@ fn sixteen_bit_grayscale_png_keeps_its_precision() {
     assert_ne!(s.rgb.get_pixel(1, 1).0[0], s.rgb.get_pixel(1, 0).0[0]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A DICOM file is read once: the length check and the parser see the same bytes, so the file
+/// decodes from memory exactly as from disk, and a damaged one is refused from memory too.
+#[test]
+fn dicom_bytes_in_memory_decode_exactly_like_the_file() {
+    for name in [
+        "mono2_16bit",
+        "mono1_16bit",
+        "mono2_16bit_be",
+        "mono2_16bit_rle",
+    ] {
+        let bytes = std::fs::read(dcm(name)).unwrap();
+        let (mem, file) = (
+            image::decode(&bytes).unwrap(),
+            image::load(&dcm(name)).unwrap(),
+        );
+        assert_eq!(mem.rgb, file.rgb, "{name}");
+        let (gm, gf) = (mem.gray.unwrap(), file.gray.unwrap());
+        assert_eq!(
+            (gm.values, gm.default_window, gm.invert),
+            (gf.values, gf.default_window, gf.invert),
+            "{name}"
+        );
+    }
+    let crash = std::fs::read(repo("tests/fixtures/fuzz/dicom-huge-fragment.dcm")).unwrap();
+    let err = image::decode(&crash).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("the file is damaged"), "{err}");
+}

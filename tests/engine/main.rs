@@ -5,6 +5,8 @@ mod common;
 #[path = "../support/corpus.rs"]
 mod corpus;
 mod dicom;
+mod export;
+mod fetch;
 mod mask;
 mod models;
 mod ops;

@@ -268,3 +268,68 @@ fn a_json_description_gives_labels_size_and_multi_label_sigmoid() {
     assert_eq!(out.stop, StopReason::BelowThreshold);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A checkpoint whose classifier has no outputs used to load, then panic inside candle-nn's
+/// softmax ("chunk_size must not be zero") on the first run: it is refused at load time.
+#[test]
+fn a_classifier_with_zero_outputs_is_refused_at_load_time() {
+    let dir = scratch("zero-outputs");
+    let path = write_generated("resnet18", &dir);
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors.insert(
+        "fc.weight".into(),
+        Tensor::zeros((0, 512), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.insert(
+        "fc.bias".into(),
+        Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let d = ModelDescription::ad_hoc(path, Arch::Resnet18, None, false);
+    let err = models::load_custom(&d, &Device::Cpu, Backend::Fast)
+        .map(|_| ())
+        .expect_err("no class to explain")
+        .to_string();
+    assert!(err.contains("0 outputs"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// torchvision's published DenseNet checkpoints (and CheXNet's) use the legacy layer names
+/// (`denselayer1.norm.1.weight`); DenseNet's loader renames them, and gives the same model.
+#[test]
+fn a_densenet_checkpoint_with_legacy_layer_names_loads_the_same_model() {
+    let dir = scratch("legacy-names");
+    let modern = write_generated("densenet121", &dir);
+    let tensors = candle_core::safetensors::load(&modern, &Device::Cpu).unwrap();
+    let legacy: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            let mut k = k;
+            for (new, old) in [
+                (".norm1.", ".norm.1."),
+                (".conv1.", ".conv.1."),
+                (".norm2.", ".norm.2."),
+                (".conv2.", ".conv.2."),
+            ] {
+                if k.contains("denselayer") {
+                    k = k.replace(new, old);
+                }
+            }
+            (k, t)
+        })
+        .collect();
+    assert!(legacy.keys().any(|k| k.contains(".norm.1.")));
+    let legacy_path = dir.join("legacy.safetensors");
+    candle_core::safetensors::save(&legacy, &legacy_path).unwrap();
+    let load = |p: std::path::PathBuf| {
+        let mut d = ModelDescription::ad_hoc(p, Arch::Densenet121, None, true);
+        d.input_size = [64, 64];
+        models::load_custom(&d, &Device::Cpu, Backend::Fast).unwrap()
+    };
+    let f = fixture("torchvision/densenet121.safetensors");
+    let (a, b) = (load(modern), load(legacy_path));
+    let la = a.forward(&f["input"], ReluMode::Plain).unwrap();
+    let lb = b.forward(&f["input"], ReluMode::Plain).unwrap();
+    assert_eq!(to_vec(&la), to_vec(&lb));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -319,3 +319,60 @@ fn all_regions_picture_paints_each_new_region_in_its_iteration_colour() {
         [0, 0, 0]
     );
 }
+
+/// The app redraws iteration 0 at once when only mask parameters change: the engine decides
+/// which changes qualify, and the redrawn step is exactly what a rerun computes.
+#[test]
+fn remasking_iteration_0_gives_exactly_what_a_rerun_computes() {
+    use unveil::engine::params::Change;
+    let x = chelsea();
+    let never = AtomicBool::new(false);
+    let explainer = Explainer::new(lite0());
+    let first = explainer
+        .explain_input(&x, &quick(), &mut |_| {}, &never)
+        .unwrap();
+    let wider = UnveilParams {
+        mask: MaskParams {
+            kernel: 31,
+            passes: 4,
+            ..Default::default()
+        },
+        ..quick()
+    };
+    assert_eq!(wider.change_from(&quick()), Change::MaskOnly);
+    assert_eq!(quick().change_from(&quick()), Change::None);
+    for other in [
+        UnveilParams {
+            fill: FillMode::Blur,
+            ..wider.clone()
+        },
+        UnveilParams {
+            target: Some(3),
+            ..wider.clone()
+        },
+        UnveilParams {
+            stop: StopParams {
+                threshold: 0.5,
+                max_iter: 3,
+            },
+            ..wider.clone()
+        },
+    ] {
+        assert_eq!(other.change_from(&quick()), Change::Rerun, "{other:?}");
+    }
+    let redrawn = explainer.remask_first(&first.steps[0], &wider).unwrap();
+    let rerun = explainer
+        .explain_input(&x, &wider, &mut |_| {}, &never)
+        .unwrap();
+    let want = &rerun.steps[0];
+    assert!(want.cached, "the rerun reused iteration 0's gradient");
+    assert_ne!(redrawn.mask, first.steps[0].mask, "k = 31 changes the mask");
+    assert_eq!(redrawn.mask, want.mask);
+    assert_eq!(redrawn.cumulative, want.cumulative);
+    assert_eq!(to_vec(&redrawn.masked), to_vec(&want.masked));
+    assert_eq!(
+        explainer.cached_gradients(),
+        first.steps.len() + rerun.steps.len() - 1,
+        "one gradient per distinct input: only iteration 0's is shared"
+    );
+}

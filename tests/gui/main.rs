@@ -419,3 +419,35 @@ fn a_run_thread_that_panics_ends_the_run_with_an_error() {
     assert!(err.to_string().contains("internal error"), "{err}");
     assert!(!worker.is_running());
 }
+
+/// With no display the app cannot open its window: one line saying so and exit status 1
+/// (it used to be reported as "invalid parameter").
+#[test]
+fn without_a_display_the_app_says_it_cannot_open_a_window() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_unveil"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("WAYLAND_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("the app neither opened a window nor gave up");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("unveil: cannot open a window:") && !err.contains("invalid parameter"),
+        "{err}"
+    );
+}

