@@ -8,7 +8,7 @@ pub mod device;
 pub mod dicom;
 pub mod explainer;
 pub mod export;
-pub mod fill;
+mod fill;
 mod gradient_cache;
 pub mod image;
 mod iterate;

@@ -1,8 +1,10 @@
 //! The desktop app (eframe/egui): a thin front end over the engine.
 //!
-//! The UI thread never waits on the model: decoding, model loading, runs and exports happen in
-//! worker threads whose results arrive over a channel (runs) or as promises (dialogs, images),
-//! and the latest run wins: starting one cancels the one before.
+//! Data flows one way: panels read the [`workspace::Workspace`] and the persisted
+//! [`settings::Settings`] and return [`action::Action`]s, which [`app::App`] applies. The UI
+//! thread never waits on the model: decoding, model loading, runs and exports happen in worker
+//! threads whose results arrive over a channel (runs) or as promises (dialogs, images), and the
+//! latest run wins: starting one cancels the one before.
 
 pub mod action;
 pub mod app;
