@@ -20,7 +20,7 @@ use unveil::engine::image;
 use unveil::engine::models::{self, DEFAULT_MODEL, ModelDescription, ModelSource};
 use unveil::engine::outcome::{Event, Outcome};
 use unveil::engine::params::{
-    FillMode, MaskParams, Method, SaliencyParams, StopParams, UnveilParams,
+    FillMode, MaskParams, Method, Reduction, SaliencyParams, StopParams, UnveilParams,
 };
 use unveil::engine::source_image::Window;
 use unveil::engine::summary::RunInfo;
@@ -81,6 +81,14 @@ pub enum ModelsAction {
 pub enum MethodArg {
     Guided,
     Vanilla,
+    IntegratedGradients,
+    GradCam,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ReductionArg {
+    Mean,
+    Squared,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -149,12 +157,20 @@ pub struct Options {
     /// Class id to explain (default: the top-1 class of the image).
     #[arg(long = "class")]
     pub class: Option<usize>,
-    /// Gradient: guided backpropagation or the plain (vanilla) gradient.
+    /// Saliency method: guided backpropagation (the paper), the plain (vanilla) gradient,
+    /// integrated gradients from the fill image, or Grad-CAM on the last feature map.
     #[arg(long, value_enum, default_value = "guided")]
     pub method: MethodArg,
-    /// SmoothGrad samples (1 with --noise 0: the plain, deterministic gradient).
+    /// SmoothGrad samples (1 with --noise 0: the plain, deterministic gradient). Integrated
+    /// gradients costs samples x --ig-steps passes; Grad-CAM uses no noise.
     #[arg(long, default_value_t = SaliencyParams::default().samples)]
     pub samples: usize,
+    /// How SmoothGrad combines the noisy copies: their mean, or the mean of their squares.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub smoothgrad: ReductionArg,
+    /// Integrated gradients: points on the path from the fill image (midpoint rule).
+    #[arg(long = "ig-steps", default_value_t = SaliencyParams::default().ig_steps)]
+    pub ig_steps: usize,
     /// SmoothGrad noise sigma, as a fraction of the input's max - min range.
     #[arg(long, default_value_t = SaliencyParams::default().noise)]
     pub noise: f32,
@@ -231,10 +247,17 @@ impl Options {
                 method: match self.method {
                     MethodArg::Guided => Method::Guided,
                     MethodArg::Vanilla => Method::Vanilla,
+                    MethodArg::IntegratedGradients => Method::IntegratedGradients,
+                    MethodArg::GradCam => Method::GradCam,
                 },
                 samples: self.samples,
                 noise: self.noise,
                 seed: self.seed,
+                reduction: match self.smoothgrad {
+                    ReductionArg::Mean => Reduction::Mean,
+                    ReductionArg::Squared => Reduction::Squared,
+                },
+                ig_steps: self.ig_steps,
                 ..SaliencyParams::default()
             },
             mask: MaskParams {

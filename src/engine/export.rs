@@ -3,7 +3,8 @@
 //! Layout: `summary.json`, `montage.png`, and per iteration `iter_NN/` with `input.png` (what
 //! the model saw), `saliency.png`, `mask.png` (this iteration's mask) and `masked.png` (the
 //! image with every mask so far filled: the next iteration's input); with `raw`, also float32
-//! `.npy` arrays `input`, `gradient`, `saliency`, `mask`.
+//! `.npy` arrays `input`, `attribution` (what the map is made of; also as `gradient` when it is
+//! the SmoothGrad-averaged gradient), `saliency`, `mask`.
 //!
 //! Files go to a temporary sibling folder which is renamed into place at the end, so a failed
 //! export never leaves a half-written folder under the requested name, and an existing run is
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 
 use crate::engine::outcome::Outcome;
+use crate::engine::params::{Method, Reduction, SaliencyParams};
 use crate::engine::render;
 use crate::engine::summary::{RunInfo, Summary};
 use crate::error::{Error, Result};
@@ -42,6 +44,11 @@ pub fn write_run(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// True when the attribution is the SmoothGrad-averaged input gradient itself.
+fn is_gradient(p: &SaliencyParams) -> bool {
+    matches!(p.method, Method::Guided | Method::Vanilla) && p.reduction == Reduction::Mean
 }
 
 /// A hidden sibling of `out` for this process: `.NAME.KIND-PID`.
@@ -88,7 +95,10 @@ fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Resul
         }
         if raw {
             write_npy(&sub.join("input.npy"), &step.input)?;
-            write_npy(&sub.join("gradient.npy"), &step.gradient)?;
+            write_npy(&sub.join("attribution.npy"), &step.attribution)?;
+            if is_gradient(&info.params.saliency) {
+                write_npy(&sub.join("gradient.npy"), &step.attribution)?;
+            }
             let (h, w) = (step.saliency.height, step.saliency.width);
             write_npy_data(&sub.join("saliency.npy"), &[h, w], &step.saliency.data)?;
             let m: Vec<f32> = step.mask.data.iter().map(|&b| b as u8 as f32).collect();

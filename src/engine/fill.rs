@@ -49,6 +49,13 @@ impl Filler {
         })
     }
 
+    /// The fill itself: the image with every pixel hidden, `[c, h, w]` on `device` (integrated
+    /// gradients' baseline).
+    pub fn baseline(&self, device: &Device) -> Result<Tensor> {
+        let (c, h, w) = self.shape;
+        Ok(Tensor::from_vec(self.fill.clone(), (c, h, w), device)?)
+    }
+
     /// The image with `m` filled, `[c, h, w]` on `device`.
     pub fn apply(&self, m: &Mask, device: &Device) -> Result<Tensor> {
         let (c, h, w) = self.shape;

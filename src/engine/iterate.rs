@@ -48,6 +48,8 @@ pub(crate) fn iterate(
     let device = model.device().clone();
     let (_, h, w) = x.dims3()?;
     let filler = Filler::new(model.info(), x, params.fill)?;
+    // Integrated gradients start from the image with everything hidden.
+    let baseline = filler.baseline(&device)?;
     let mut cumulative = Mask::empty(w, h);
     let mut input = x.to_device(&device)?;
 
@@ -73,12 +75,12 @@ pub(crate) fn iterate(
         }
         let t = Instant::now();
         let key = cache
-            .map(|_| GradientCache::key(&input, target, &params.saliency))
+            .map(|_| GradientCache::key(&input, target, &params.saliency, &baseline))
             .transpose()?;
         let hit = cache.zip(key).and_then(|(c, k)| c.get(k));
         let cached = hit.is_some();
-        let gradient = match hit {
-            Some(g) => (*g).clone(),
+        let attribution = match hit {
+            Some(a) => (*a).clone(),
             None => {
                 let mut report = |chunk, chunks| {
                     on_event(Event::Progress(Progress {
@@ -88,23 +90,24 @@ pub(crate) fn iterate(
                         chunks,
                     }))
                 };
-                let g = saliency::input_gradient(
+                let a = saliency::attribution(
                     model,
                     &input,
                     target,
                     &params.saliency,
+                    &baseline,
                     &mut report,
                     cancel,
                 )?;
                 if let (Some(c), Some(k)) = (cache, key) {
-                    c.put(k, Arc::new(g.clone()));
+                    c.put(k, Arc::new(a.clone()));
                 }
-                g
+                a
             }
         };
         let gradient_ms = ms(t);
         let t = Instant::now();
-        let saliency = saliency::saliency_map(&gradient)?;
+        let saliency = saliency::saliency_map(&attribution.values)?;
         let masks = Masks::new(&saliency, &params.mask, &cumulative, &filler)?;
         let grows = masks.mask.adds_to(&cumulative);
         cumulative = masks.cumulative.clone();
@@ -114,7 +117,8 @@ pub(crate) fn iterate(
             input: input.to_device(&Device::Cpu)?,
             top5: top_k(model, &probs, 5),
             p_target: probs[target],
-            gradient,
+            attribution: attribution.values,
+            completeness: attribution.completeness,
             saliency,
             mask: masks.mask,
             cumulative: masks.cumulative,

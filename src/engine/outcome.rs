@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::maps::{Mask, SaliencyMap};
 use crate::engine::predict::Prediction;
+use crate::engine::saliency::Completeness;
 
 /// Wall-clock time spent in each part of an iteration, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -23,8 +24,11 @@ pub struct Step {
     pub input: Tensor,
     pub top5: Vec<Prediction>,
     pub p_target: f32,
-    /// SmoothGrad-averaged input gradient `[3, h, w]`.
-    pub gradient: Tensor,
+    /// What the map is made of, `[c, h, w]` (see [`crate::engine::saliency`]): for guided and
+    /// vanilla with the mean reduction, the SmoothGrad-averaged input gradient.
+    pub attribution: Tensor,
+    /// Integrated gradients' completeness check (mean reduction only).
+    pub completeness: Option<Completeness>,
     pub saliency: SaliencyMap,
     /// This iteration's smoothed mask.
     pub mask: Mask,
@@ -32,7 +36,7 @@ pub struct Step {
     pub cumulative: Mask,
     /// The image with `cumulative` filled, `[3, h, w]`: the next iteration's input.
     pub masked: Tensor,
-    /// True when the gradient came from the cache (no gradient was computed).
+    /// True when the attribution came from the cache (no gradient was computed).
     pub cached: bool,
     pub timings: Timings,
 }
@@ -48,7 +52,7 @@ pub enum StopReason {
     NoNewRegion,
     /// The whole image is masked.
     AllMasked,
-    /// The gradient is exactly zero at every pixel: there is no salient region to mask.
+    /// The attribution is exactly zero at every pixel: there is no salient region to mask.
     ZeroGradient,
 }
 

@@ -6,27 +6,81 @@ use serde::{Deserialize, Serialize};
 use crate::engine::ops::activation::ReluMode;
 use crate::error::{Error, Result};
 
-/// Which gradient the saliency map is made of.
+/// What the saliency map is made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Plain input gradient (Simonyan et al., 2014).
     Vanilla,
     /// Guided backpropagation (Springenberg et al., 2015), as in the paper.
     #[default]
     Guided,
+    /// Integrated gradients (Sundararajan et al., 2017) from the run's fill image: the
+    /// attribution is (input - baseline) x the mean gradient along the straight path.
+    IntegratedGradients,
+    /// Grad-CAM (Selvaraju et al., 2017) on the last convolutional feature map: its channels
+    /// weighted by their mean gradient, summed, rectified and upsampled to the input.
+    GradCam,
 }
 
 impl Method {
+    pub const ALL: [Method; 4] = [
+        Method::Guided,
+        Method::Vanilla,
+        Method::IntegratedGradients,
+        Method::GradCam,
+    ];
+
+    /// How every ReLU back-propagates: guided for guided backpropagation, else as derived.
     pub fn relu_mode(self) -> ReluMode {
         match self {
-            Method::Vanilla => ReluMode::Plain,
             Method::Guided => ReluMode::Guided,
+            Method::Vanilla | Method::IntegratedGradients | Method::GradCam => ReluMode::Plain,
         }
+    }
+
+    /// The name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Vanilla => "vanilla",
+            Method::Guided => "guided",
+            Method::IntegratedGradients => "integrated-gradients",
+            Method::GradCam => "grad-cam",
+        }
+    }
+
+    /// Whether SmoothGrad's noisy copies apply (Grad-CAM is one exact pass on the image).
+    pub fn uses_smoothgrad(self) -> bool {
+        self != Method::GradCam
     }
 }
 
-/// Gradient and SmoothGrad settings.
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                Error::InvalidParam(format!(
+                    "unknown method '{s}' (guided, vanilla, integrated-gradients, grad-cam)"
+                ))
+            })
+    }
+}
+
+/// How SmoothGrad combines the noisy copies' attributions, per input value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reduction {
+    /// Their mean (Smilkov et al., 2017); the map is max over channels of |mean|.
+    #[default]
+    Mean,
+    /// The mean of their squares ("SmoothGrad-squared", Hooker et al., 2019).
+    Squared,
+}
+
+/// Saliency and SmoothGrad settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SaliencyParams {
@@ -37,8 +91,14 @@ pub struct SaliencyParams {
     pub noise: f32,
     /// Seed of the noise: the same settings and seed give the same map.
     pub seed: u64,
-    /// Noisy copies per forward/backward pass; bounds memory, and cancel is checked between.
+    /// Inputs per forward/backward pass; bounds memory, and cancel is checked between.
     pub chunk: usize,
+    /// How the noisy copies' attributions are combined (a copy's gradient, or for integrated
+    /// gradients its whole path attribution).
+    pub reduction: Reduction,
+    /// Integrated gradients: points on the path (midpoint Riemann sum); each noisy copy costs
+    /// this many passes.
+    pub ig_steps: usize,
 }
 
 impl Default for SaliencyParams {
@@ -49,6 +109,8 @@ impl Default for SaliencyParams {
             noise: 0.15,
             seed: 0,
             chunk: 4,
+            reduction: Reduction::Mean,
+            ig_steps: 32,
         }
     }
 }
@@ -173,6 +235,9 @@ impl UnveilParams {
             format!("noise must be in [0, 1], got {}", s.noise)
         })?;
         check(s.chunk >= 1, || "chunk must be at least 1".into())?;
+        check((1..=1024).contains(&s.ig_steps), || {
+            format!("ig-steps must be 1..=1024, got {}", s.ig_steps)
+        })?;
         check(m.kernel % 2 == 1 && m.kernel <= MAX_KERNEL, || {
             format!(
                 "kernel must be odd and at most {MAX_KERNEL}, got {}",

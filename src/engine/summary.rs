@@ -9,6 +9,7 @@ use crate::engine::models::ModelInfo;
 use crate::engine::outcome::{Outcome, Probe, StopReason, Timings};
 use crate::engine::params::UnveilParams;
 use crate::engine::predict::Prediction;
+use crate::engine::saliency::Completeness;
 use crate::error::{Error, Result};
 
 /// What a run's summary records besides its outcome.
@@ -51,6 +52,9 @@ pub struct IterationSummary {
     pub cumulative_coverage: f32,
     pub gradient_cached: bool,
     pub timings: Timings,
+    /// Integrated gradients' completeness check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completeness: Option<Completeness>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,6 +89,7 @@ impl Summary {
                     cumulative_coverage: s.cumulative.coverage(),
                     gradient_cached: s.cached,
                     timings: s.timings.clone(),
+                    completeness: s.completeness,
                 })
                 .collect(),
             stop: StopSummary {

@@ -8,6 +8,7 @@ mod dicom;
 mod export;
 mod fetch;
 mod mask;
+mod methods;
 mod models;
 mod ops;
 mod pth;

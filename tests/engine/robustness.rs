@@ -246,7 +246,7 @@ mod numeric_faults {
         assert!(out.stop.describe().contains("gradient is zero everywhere"));
         assert_eq!(out.steps.len(), 1);
         let s = &out.steps[0];
-        assert!(to_vec(&s.gradient).iter().all(|&v| v == 0.0));
+        assert!(to_vec(&s.attribution).iter().all(|&v| v == 0.0));
         assert!(s.saliency.data.iter().all(|&v| v == 0.0));
         assert_eq!(s.mask.count(), 0);
     }

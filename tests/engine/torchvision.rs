@@ -81,7 +81,7 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("unveil-tv-{}-{name}", std::process::id()))
 }
 
-fn load(arch_name: &str, arch: Arch, backend: Backend) -> std::sync::Arc<dyn Classifier> {
+pub fn load(arch_name: &str, arch: Arch, backend: Backend) -> std::sync::Arc<dyn Classifier> {
     let dir = scratch(arch_name);
     let mut d = ModelDescription::ad_hoc(
         write_generated(arch_name, &dir),

@@ -16,7 +16,7 @@ use unveil::engine::predict::classify;
 
 use crate::common::{cosine, fixture, logit_gradient, max_abs_diff, repo, to_vec};
 
-fn model() -> Arc<dyn Classifier> {
+pub fn model() -> Arc<dyn Classifier> {
     static MODEL: OnceLock<Arc<dyn Classifier>> = OnceLock::new();
     static FETCH: Mutex<()> = Mutex::new(());
     MODEL

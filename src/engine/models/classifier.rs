@@ -10,9 +10,19 @@ use crate::error::{Error, Result};
 
 /// A network: logits for a normalised batch, with every ReLU back-propagating per `mode`.
 pub trait Network: Send + Sync + std::fmt::Debug {
-    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor>;
+    /// The last convolutional feature map after its activation, `[n, c, h', w']`: where the
+    /// image part of the network ends (Grad-CAM's layer).
+    fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor>;
+    /// Logits `[n, classes]` from [`Network::features`]' output.
+    fn head(&self, features: &Tensor, mode: ReluMode) -> Result<Tensor>;
+    /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        self.head(&self.features(x, mode)?, mode)
+    }
     /// Number of outputs (classes).
     fn num_classes(&self) -> usize;
+    /// Which layer [`Network::features`] returns, for people.
+    fn feature_layer(&self) -> &'static str;
 }
 
 /// A network with what the engine needs to feed it: the one [`Classifier`] implementation.
@@ -60,6 +70,18 @@ impl<N: Network> Classifier for Model<N> {
     fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         self.net.forward(x, mode)
     }
+
+    fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        self.net.features(x, mode)
+    }
+
+    fn head(&self, features: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        self.net.head(features, mode)
+    }
+
+    fn feature_layer(&self) -> Option<&'static str> {
+        Some(self.net.feature_layer())
+    }
 }
 
 /// An image classifier whose input gradient we can take.
@@ -69,6 +91,29 @@ pub trait Classifier: Send + Sync {
     /// Logits (pre-softmax scores) `[n, classes]` for a normalised batch `[n, 3, h, w]`.
     /// `mode` chooses how every ReLU back-propagates.
     fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor>;
+
+    /// The last convolutional feature map after its activation (Grad-CAM's layer), when the
+    /// model exposes it; `forward` is `head(features)`.
+    fn features(&self, _x: &Tensor, _mode: ReluMode) -> Result<Tensor> {
+        Err(no_feature_map(self.info()))
+    }
+
+    /// Logits from [`Classifier::features`]' output.
+    fn head(&self, _features: &Tensor, _mode: ReluMode) -> Result<Tensor> {
+        Err(no_feature_map(self.info()))
+    }
+
+    /// Which layer [`Classifier::features`] returns, for people.
+    fn feature_layer(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+fn no_feature_map(info: &ModelInfo) -> Error {
+    Error::InvalidParam(format!(
+        "model '{}' does not expose its last convolutional feature map (needed by Grad-CAM)",
+        info.name
+    ))
 }
 
 impl std::fmt::Debug for dyn Classifier {

@@ -151,8 +151,7 @@ impl DenseNet121 {
 }
 
 impl Network for DenseNet121 {
-    /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
-    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+    fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
         let h = relu(&self.norm0.forward(&self.conv0.forward(x, b)?)?, mode)?;
         let mut h = MaxPool2d {
@@ -178,12 +177,20 @@ impl Network for DenseNet121 {
             }
         }
         // torchvision: `F.relu(features)` in forward, the ReLU hooks never see.
-        let h = relu(&self.norm5.forward(&h)?, mode)?;
-        self.classifier.forward(&h.mean((2, 3))?)
+        Ok(relu(&self.norm5.forward(&h)?, mode)?)
+    }
+
+    fn head(&self, features: &Tensor, _mode: ReluMode) -> Result<Tensor> {
+        self.classifier.forward(&features.mean((2, 3))?)
     }
 
     fn num_classes(&self) -> usize {
         self.classifier.out_features()
+    }
+
+    fn feature_layer(&self) -> &'static str {
+        "the ReLU of norm5 (torchvision applies it functionally in forward), 1024 channels at \
+         1/32 of the input size"
     }
 }
 

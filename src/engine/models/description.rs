@@ -206,10 +206,24 @@ pub fn load_custom(
 }
 
 impl Network for Net {
-    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+    fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         match self {
-            Net::ResNet(r) => r.forward(x, mode),
-            Net::DenseNet(d) => d.forward(x, mode),
+            Net::ResNet(r) => r.features(x, mode),
+            Net::DenseNet(d) => d.features(x, mode),
+        }
+    }
+
+    fn head(&self, features: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        match self {
+            Net::ResNet(r) => r.head(features, mode),
+            Net::DenseNet(d) => d.head(features, mode),
+        }
+    }
+
+    fn feature_layer(&self) -> &'static str {
+        match self {
+            Net::ResNet(r) => r.feature_layer(),
+            Net::DenseNet(d) => d.feature_layer(),
         }
     }
 

@@ -190,14 +190,21 @@ impl EfficientNetLite {
 }
 
 impl Network for EfficientNetLite {
-    /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
-    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        let h = self.run_body(x, mode, self.backend)?;
-        self.fc.forward(&h.mean((2, 3))?)
+    fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        self.run_body(x, mode, self.backend)
+    }
+
+    fn head(&self, features: &Tensor, _mode: ReluMode) -> Result<Tensor> {
+        self.fc.forward(&features.mean((2, 3))?)
     }
 
     fn num_classes(&self) -> usize {
         self.fc.out_features()
+    }
+
+    fn feature_layer(&self) -> &'static str {
+        "the ReLU6 output of the head convolution (_conv_head + _bn1), 1280 channels at 1/32 of \
+         the input size (7 x 7 for 224 x 224)"
     }
 }
 

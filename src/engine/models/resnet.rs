@@ -158,14 +158,21 @@ impl ResNet {
 }
 
 impl Network for ResNet {
-    /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
-    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        let h = self.run_body(x, mode, self.backend)?;
-        self.fc.forward(&h.mean((2, 3))?)
+    fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        self.run_body(x, mode, self.backend)
+    }
+
+    fn head(&self, features: &Tensor, _mode: ReluMode) -> Result<Tensor> {
+        self.fc.forward(&features.mean((2, 3))?)
     }
 
     fn num_classes(&self) -> usize {
         self.fc.out_features()
+    }
+
+    fn feature_layer(&self) -> &'static str {
+        "layer4's output (after the last block's ReLU), 2048 (ResNet-50/101) or 512 (18/34) \
+         channels at 1/32 of the input size"
     }
 }
 

@@ -171,16 +171,23 @@ impl Xception {
 }
 
 impl Network for Xception {
-    /// Logits `[n, classes]` for a normalised batch `[n, 3, h, w]`.
-    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        let h = self.run_body(x, mode, self.backend)?;
-        let pooled = h.mean((2, 3))?;
+    fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        self.run_body(x, mode, self.backend)
+    }
+
+    fn head(&self, features: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        let pooled = features.mean((2, 3))?;
         let f = relu(&self.fc1.forward(&pooled)?, mode)?;
         self.fc2.forward(&f)
     }
 
     fn num_classes(&self) -> usize {
         self.fc2.out_features()
+    }
+
+    fn feature_layer(&self) -> &'static str {
+        "the ReLU output of the exit flow's last separable convolution (block14_sepconv2_act), \
+         2048 channels at 1/32 of the input size (5 x 5 for 150 x 150)"
     }
 }
 

@@ -1,7 +1,7 @@
 //! The parameter sliders. They edit a copy of the parameters and ask for it as a whole; the
 //! app decides what the change requires (mask-only changes redraw iteration 0 at once).
 
-use crate::engine::params::{FillMode, MAX_KERNEL, Method, UnveilParams};
+use crate::engine::params::{FillMode, MAX_KERNEL, Method, Reduction, UnveilParams};
 use crate::engine::source_image::Window;
 use crate::gui::action::Action;
 use crate::gui::workspace::Workspace;
@@ -11,6 +11,22 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
     let mut edited = params.clone();
     let p = &mut edited;
 
+    ui.heading("Saliency");
+    egui::ComboBox::from_label("Method")
+        .selected_text(method_label(p.saliency.method))
+        .show_ui(ui, |ui| {
+            for m in Method::ALL {
+                ui.selectable_value(&mut p.saliency.method, m, method_label(m))
+                    .on_hover_text(method_help(m));
+            }
+        })
+        .response
+        .on_hover_text(method_help(p.saliency.method));
+    if p.saliency.method == Method::IntegratedGradients {
+        ui.add(egui::Slider::new(&mut p.saliency.ig_steps, 4..=256).logarithmic(true).text("Path steps"))
+            .on_hover_text("Points on the path from the fill image to the image (midpoint rule). More is more exact: the run's summary reports how far the attributions are from summing to the score difference.");
+    }
+    ui.separator();
     ui.heading("Mask smoothing");
     ui.add(egui::Slider::new(&mut p.mask.kernel, 1..=MAX_KERNEL.min(101)).step_by(2.0).text("Kernel size"))
         .on_hover_text("Side of the square window (pixels at the model's input size) averaged in each pass. Larger gives larger, smoother masks; smaller gives tight masks for small regions. Paper: 11.");
@@ -35,15 +51,15 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
 
     ui.separator();
     egui::CollapsingHeader::new("Advanced").default_open(false).show(ui, |ui| {
-        ui.horizontal(|ui| {
-            ui.label("Method").on_hover_text("Guided backprop (the paper) or the plain input gradient");
-            ui.selectable_value(&mut p.saliency.method, Method::Guided, "Guided")
-                .on_hover_text("Guided backpropagation: every ReLU passes only positive gradients for positive inputs");
-            ui.selectable_value(&mut p.saliency.method, Method::Vanilla, "Vanilla")
-                .on_hover_text("The plain gradient of the class score with respect to the input");
-        });
         ui.add(egui::Slider::new(&mut p.saliency.samples, 1..=64).text("SmoothGrad samples"))
-            .on_hover_text("Noisy copies averaged per saliency map. More is smoother and slower; 1 with noise 0 is the plain map.");
+            .on_hover_text("Noisy copies averaged per saliency map. More is smoother and slower; 1 with noise 0 is the plain map. Integrated gradients costs samples x path steps passes; Grad-CAM uses no noise.");
+        ui.horizontal(|ui| {
+            ui.label("Combine").on_hover_text("How SmoothGrad combines the noisy copies");
+            ui.selectable_value(&mut p.saliency.reduction, Reduction::Mean, "Mean")
+                .on_hover_text("The mean of the copies' gradients (SmoothGrad)");
+            ui.selectable_value(&mut p.saliency.reduction, Reduction::Squared, "Squared")
+                .on_hover_text("The mean of their squares (SmoothGrad-squared): only magnitudes, so opposite signs do not cancel");
+        });
         ui.add(egui::Slider::new(&mut p.saliency.noise, 0.0..=0.5).text("Noise (sigma / range)"))
             .on_hover_text("SmoothGrad noise standard deviation as a fraction of the input's value range.");
         ui.horizontal(|ui| {
@@ -119,5 +135,31 @@ fn window_level(ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
     let new = Window { center: c, width };
     if new != w {
         actions.push(Action::SetWindow(new));
+    }
+}
+
+fn method_label(m: Method) -> &'static str {
+    match m {
+        Method::Guided => "Guided backprop (paper)",
+        Method::Vanilla => "Vanilla gradient",
+        Method::IntegratedGradients => "Integrated gradients",
+        Method::GradCam => "Grad-CAM",
+    }
+}
+
+fn method_help(m: Method) -> &'static str {
+    match m {
+        Method::Guided => {
+            "Guided backpropagation (the paper's method): every ReLU passes only positive gradients for positive inputs. Sharp maps, but they can show image edges more than the model's decision: run the sanity check."
+        }
+        Method::Vanilla => {
+            "The plain gradient of the class score with respect to each pixel, averaged over noisy copies (SmoothGrad)."
+        }
+        Method::IntegratedGradients => {
+            "Integrated gradients: the gradient averaged along the path from the fill image to the image, times their difference. The attributions add up to the score difference."
+        }
+        Method::GradCam => {
+            "Grad-CAM: where the last convolutional feature map supports the class, upsampled. Coarse (1/32 of the input) but tied to the model's decision."
+        }
     }
 }
