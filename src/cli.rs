@@ -59,6 +59,9 @@ pub enum Command {
     Run(RunArgs),
     /// Run every image of files, folders or list files; resumable and shardable.
     Batch(BatchArgs),
+    /// Sanity-check the saliency map of one image: does it change when the model's last layers
+    /// are randomised, or for another class? Writes check.json and check.png.
+    Check(RunArgs),
     /// List the models this build knows, or fetch one (`unveil models fetch NAME`).
     Models {
         #[command(subcommand)]
@@ -311,6 +314,71 @@ impl Options {
         Ok(Explainer::load(&self.model_source()?, self.device_choice())?.without_cache())
     }
 }
+
+/// Runs `unveil check`.
+pub fn check(args: &CheckArgs) -> Result<()> {
+    let params = args.opts.params()?;
+    let explainer = args.opts.explainer()?;
+    let img = image::load(&args.image)?;
+    let quiet = args.opts.quiet;
+    let start = Instant::now();
+    let mut stage = usize::MAX;
+    let check = explainer.check(
+        &img,
+        args.opts.window,
+        &params,
+        &mut |p| {
+            if !quiet && p.stage != stage && p.stage < p.stages {
+                stage = p.stage;
+                eprintln!("map {} of {}", p.stage + 1, p.stages);
+            }
+        },
+        &AtomicBool::new(false),
+    )?;
+    let image_name = args.image.display().to_string();
+    let dev = device::describe(explainer.device());
+    let info = RunInfo {
+        image: &image_name,
+        device: &dev,
+        params: &params,
+        model: explainer.info(),
+        total_ms: start.elapsed().as_secs_f64() * 1e3,
+    };
+    export::write_check(&args.out, &check, &info, args.overwrite)?;
+    if !quiet {
+        let r = &check.report;
+        let num = |v: Option<f64>| v.map_or("undefined".to_string(), |v| format!("{v:.3}"));
+        eprintln!(
+            "{} map of {} ({}):",
+            r.method.name(),
+            r.target_label,
+            r.target
+        );
+        for row in &r.randomisation {
+            eprintln!(
+                "  {:<16} re-initialised ({} tensors): Spearman {}, SSIM {:.3}",
+                row.reinitialised.name(),
+                row.tensors,
+                num(row.spearman),
+                row.ssim
+            );
+        }
+        eprintln!(
+            "  runner-up class {} ({}): Spearman {}",
+            r.other_class.class,
+            r.other_class.label,
+            num(r.other_class.spearman)
+        );
+        eprintln!("{}", r.verdict);
+        eprintln!("wrote {}", args.out.display());
+    }
+    Ok(())
+}
+
+/// `unveil check` takes what `unveil run` takes.
+pub type CheckArgs = RunArgs;
+
+impl Options {}
 
 /// Explains one image and writes its files into `out`.
 fn explain(

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     let result = match &args.command {
         Some(Command::Run(run)) => cli::run(run),
         Some(Command::Batch(b)) => cli::batch(b),
+        Some(Command::Check(c)) => cli::check(c),
         Some(Command::Models { action }) => cli::models_command(action.as_ref()),
         None => launch_app(&args),
     };

@@ -12,13 +12,16 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{Device, Tensor};
 
 use crate::engine::device::{self, DeviceChoice};
+use crate::engine::fill::Filler;
 use crate::engine::gradient_cache::GradientCache;
 use crate::engine::image;
 use crate::engine::iterate;
+use crate::engine::models::reinit::{self, Cascade};
 use crate::engine::models::{Classifier, ModelInfo, ModelSource};
 use crate::engine::ops::Backend;
 use crate::engine::outcome::{Event, Outcome, Step};
 use crate::engine::params::UnveilParams;
+use crate::engine::sanity::{self, Check, CheckProgress};
 use crate::engine::source_image::{SourceImage, Window};
 use crate::error::{Error, Result};
 
@@ -28,6 +31,8 @@ pub struct Explainer {
     model: Arc<dyn Classifier>,
     /// `None` for one-shot use (the CLI), where no two runs share an input.
     cache: Option<GradientCache>,
+    /// Where the model came from: the sanity check rebuilds it with layers re-initialised.
+    source: Option<ModelSource>,
 }
 
 impl Explainer {
@@ -37,23 +42,93 @@ impl Explainer {
         Explainer {
             model,
             cache: Some(GradientCache::default()),
+            source: None,
         }
     }
 
     /// For one-shot runs (a CLI run, a batch): nothing is kept between runs.
     pub fn uncached(model: Arc<dyn Classifier>) -> Self {
-        Explainer { model, cache: None }
+        Explainer {
+            model,
+            cache: None,
+            source: None,
+        }
     }
 
     /// The same model without a cache.
     pub fn without_cache(self) -> Self {
-        Explainer::uncached(self.model)
+        Explainer {
+            cache: None,
+            ..self
+        }
     }
 
-    /// Opens the chosen device and loads the model there with the fast ops; cached.
+    /// Opens the chosen device and loads the model there with the fast ops; cached. The model
+    /// can be rebuilt from `source` (the sanity check's randomised copies).
     pub fn load(source: &ModelSource, choice: DeviceChoice) -> Result<Self> {
         let device = device::open(choice)?;
-        Ok(Explainer::new(source.load(&device, Backend::Fast)?))
+        Ok(Explainer {
+            source: Some(source.clone()),
+            ..Explainer::new(source.load(&device, Backend::Fast)?)
+        })
+    }
+
+    /// The model with the layers of `cascade` re-initialised (seeded by `seed`), on the same
+    /// device.
+    pub fn randomised(&self, cascade: Cascade, seed: u64) -> Result<Arc<dyn Classifier>> {
+        let source = self.source.as_ref().ok_or_else(|| {
+            Error::InvalidParam(
+                "the sanity check rebuilds the model, so it needs one loaded by name or \
+                 description"
+                    .into(),
+            )
+        })?;
+        let scope = self.model.reinit_scope(cascade).ok_or_else(|| {
+            Error::InvalidParam(format!(
+                "model '{}' does not know its layers' order, so it cannot be randomised",
+                self.info().name
+            ))
+        })?;
+        source.load_edited(self.device(), Backend::Fast, &|w| {
+            reinit::reinitialise(w, &scope, seed)
+        })
+    }
+
+    /// The sanity checks (model randomisation, class sensitivity) for `img` seen through
+    /// `window`, with `params`' method and settings (see [`crate::engine::sanity`]).
+    pub fn check(
+        &self,
+        img: &SourceImage,
+        window: Option<Window>,
+        params: &UnveilParams,
+        progress: &mut dyn FnMut(CheckProgress),
+        cancel: &AtomicBool,
+    ) -> Result<Check> {
+        params.validate()?;
+        let x = self.input(img, window)?;
+        self.check_input(&x, params, progress, cancel)
+    }
+
+    /// [`Explainer::check`] on an input already made for this model.
+    pub fn check_input(
+        &self,
+        x: &Tensor,
+        params: &UnveilParams,
+        progress: &mut dyn FnMut(CheckProgress),
+        cancel: &AtomicBool,
+    ) -> Result<Check> {
+        let baseline = Filler::new(self.info(), x, params.fill)?.baseline(self.device())?;
+        let seed = params.saliency.seed;
+        sanity::check(
+            self.model.as_ref(),
+            &|cascade| self.randomised(cascade, seed),
+            x,
+            &baseline,
+            params.target,
+            &params.saliency,
+            progress,
+            cancel,
+        )
     }
 
     pub fn model(&self) -> &Arc<dyn Classifier> {

@@ -29,21 +29,69 @@ pub fn write_run(
     raw: bool,
     overwrite: bool,
 ) -> Result<()> {
-    if out.exists() {
-        let occupied = std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_some();
-        if occupied && !overwrite {
-            return Err(Error::OutputExists(out.to_path_buf()));
-        }
-    }
+    refuse_occupied(out, overwrite)?;
     let tmp = sibling(out, "partial");
     let result = write_into(&tmp, outcome, info, raw).and_then(|()| replace_dir(&tmp, out));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// `check.json`: what was checked, and the check's report.
+#[derive(serde::Serialize)]
+struct CheckFile<'a> {
+    unveil_version: &'static str,
+    image: &'a str,
+    model: &'a str,
+    params: &'a crate::engine::params::UnveilParams,
+    #[serde(flatten)]
+    report: &'a crate::engine::sanity::CheckReport,
+}
+
+/// Writes a sanity check into `out`: `check.json` and `check.png`. Refuses a folder that
+/// already holds files unless `overwrite`; written aside and renamed into place, like a run.
+pub fn write_check(
+    out: &Path,
+    check: &crate::engine::sanity::Check,
+    info: &RunInfo,
+    overwrite: bool,
+) -> Result<()> {
+    refuse_occupied(out, overwrite)?;
+    let tmp = sibling(out, "partial");
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        save_png(&render::check_picture(check), &tmp.join("check.png"))?;
+        let file = CheckFile {
+            unveil_version: env!("CARGO_PKG_VERSION"),
+            image: info.image,
+            model: &info.model.name,
+            params: info.params,
+            report: &check.report,
+        };
+        let text = serde_json::to_string_pretty(&file).expect("a check always serialises");
+        let path = tmp.join("check.json");
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        replace_dir(&tmp, out)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// An error when `out` holds files and `overwrite` is not given.
+fn refuse_occupied(out: &Path, overwrite: bool) -> Result<()> {
+    if out.exists() && !overwrite {
+        let occupied = std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some();
+        if occupied {
+            return Err(Error::OutputExists(out.to_path_buf()));
+        }
+    }
+    Ok(())
 }
 
 /// True when the attribution is the SmoothGrad-averaged input gradient itself.

@@ -4,9 +4,11 @@
 use candle_core::Tensor;
 use image::{Rgb, RgbImage};
 
+use crate::engine::font;
 use crate::engine::maps::{Mask, SaliencyMap};
 use crate::engine::models::ModelInfo;
 use crate::engine::outcome::{Outcome, Step};
+use crate::engine::sanity::Check;
 use crate::error::Result;
 
 /// Inferno (matplotlib), sampled at 9 points: perceptually uniform and readable in grayscale.
@@ -147,4 +149,72 @@ pub fn run_montage(outcome: &Outcome, model: &ModelInfo) -> Result<RgbImage> {
         .map(|s| step_images(s, model).map(Vec::from))
         .collect::<Result<Vec<_>>>()?;
     Ok(montage(&rows, 4))
+}
+
+/// The sanity check as one picture: the original map, each randomisation's map and the
+/// runner-up class's map side by side, each captioned with its correlation to the original.
+pub fn check_picture(check: &Check) -> RgbImage {
+    let r = &check.report;
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let mut cells: Vec<(RgbImage, [String; 3])> = vec![(
+        saliency_rgb(&check.original),
+        [
+            "ORIGINAL".into(),
+            format!("CLASS {}", r.target),
+            String::new(),
+        ],
+    )];
+    for (row, map) in r.randomisation.iter().zip(&check.randomised) {
+        cells.push((
+            saliency_rgb(map),
+            [
+                "RANDOM".into(),
+                row.reinitialised.name().into(),
+                format!("RHO {} SSIM {:.2}", num(row.spearman), row.ssim),
+            ],
+        ));
+    }
+    cells.push((
+        saliency_rgb(&check.other),
+        [
+            "RUNNER-UP".into(),
+            format!("CLASS {}", r.other_class.class),
+            format!("RHO {}", num(r.other_class.spearman)),
+        ],
+    ));
+    let (scale, gap) = (2, 12);
+    let widest = cells
+        .iter()
+        .flat_map(|(_, lines)| lines.iter().map(|l| font::text_width(l, scale)))
+        .max()
+        .unwrap_or(0);
+    let cell_w = cells
+        .iter()
+        .map(|(i, _)| i.width())
+        .max()
+        .unwrap_or(1)
+        .max(widest);
+    let cell_h = cells.iter().map(|(i, _)| i.height()).max().unwrap_or(1);
+    let title = format!(
+        "{} MAPS OF {} ({})",
+        r.method.name(),
+        r.target_label,
+        r.target
+    );
+    let line = font::line_height(scale);
+    let top = gap + line + gap;
+    let w = cells.len() as u32 * (cell_w + gap) + gap;
+    let h = top + cell_h + gap + 3 * line + gap;
+    let mut out = RgbImage::from_pixel(w, h, Rgb([32, 32, 32]));
+    let white = [230, 230, 230];
+    font::draw(&mut out, gap, gap, &title, scale, white);
+    for (k, (img, lines)) in cells.iter().enumerate() {
+        let x0 = gap + k as u32 * (cell_w + gap);
+        image::imageops::overlay(&mut out, img, x0 as i64, top as i64);
+        for (j, text) in lines.iter().enumerate() {
+            let y = top + cell_h + gap + j as u32 * line;
+            font::draw(&mut out, x0, y, text, scale, white);
+        }
+    }
+    out
 }

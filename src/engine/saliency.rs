@@ -27,6 +27,7 @@ use crate::engine::maps::SaliencyMap;
 use crate::engine::models::Classifier;
 use crate::engine::ops::activation::ReluMode;
 use crate::engine::params::{Method, Reduction, SaliencyParams};
+use crate::engine::rng::Normal;
 use crate::error::{Error, Result};
 
 /// What a map is made of, `[c, h, w]` on the CPU (`c` = 1 for Grad-CAM).
@@ -375,6 +376,21 @@ fn on_worker_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// Reduces an attribution `[c, h, w]` to a map in [0, 1]: max over channels of |a|, divided
 /// by the 99th percentile, clipped. An all-zero attribution gives an all-zero map.
 pub fn saliency_map(attribution: &Tensor) -> Result<SaliencyMap> {
+    let mut map = magnitude(attribution)?;
+    let mut sorted = map.data.clone();
+    sorted.sort_unstable_by(f32::total_cmp);
+    let last = sorted.len() - 1;
+    let p99 = sorted[(last as f32 * 0.99).round() as usize];
+    let scale = if p99 > 0.0 { p99 } else { sorted[last] };
+    if scale > 0.0 {
+        map.data.iter_mut().for_each(|v| *v = (*v / scale).min(1.0));
+    }
+    Ok(map)
+}
+
+/// Max over channels of |a| per pixel, unscaled: the map before [`saliency_map`]'s
+/// normalisation (rank statistics use it: clipping would tie the top pixels).
+pub fn magnitude(attribution: &Tensor) -> Result<SaliencyMap> {
     let (c, h, w) = attribution.dims3()?;
     let g: Vec<f32> = attribution.flatten_all()?.to_vec1()?;
     if g.iter().any(|v| !v.is_finite()) {
@@ -383,59 +399,12 @@ pub fn saliency_map(attribution: &Tensor) -> Result<SaliencyMap> {
         ));
     }
     let plane = h * w;
-    let mut data: Vec<f32> = (0..plane)
+    let data: Vec<f32> = (0..plane)
         .map(|i| (0..c).map(|ch| g[ch * plane + i].abs()).fold(0.0, f32::max))
         .collect();
-    let mut sorted = data.clone();
-    sorted.sort_unstable_by(f32::total_cmp);
-    let p99 = sorted[((plane - 1) as f32 * 0.99).round() as usize];
-    let scale = if p99 > 0.0 { p99 } else { sorted[plane - 1] };
-    if scale > 0.0 {
-        data.iter_mut().for_each(|v| *v = (*v / scale).min(1.0));
-    }
     Ok(SaliencyMap {
         width: w,
         height: h,
         data,
     })
-}
-
-/// Standard normal samples from SplitMix64 + Box-Muller: tiny, seeded and identical on every
-/// platform (the noise must not depend on a crate's version).
-pub(crate) struct Normal {
-    state: u64,
-    spare: Option<f32>,
-}
-
-impl Normal {
-    pub(crate) fn new(seed: u64, stream: u64) -> Self {
-        Normal {
-            state: seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17),
-            spare: None,
-        }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    pub(crate) fn sample(&mut self) -> f32 {
-        if let Some(s) = self.spare.take() {
-            return s;
-        }
-        let (u1, u2) = (self.uniform(), self.uniform());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        self.spare = Some((r * t.sin()) as f32);
-        (r * t.cos()) as f32
-    }
 }

@@ -25,6 +25,9 @@ pub enum Action {
     SetView(View),
     SetOverlayOpacity(f32),
     CancelRun,
+    /// Run the sanity checks on iteration 0's map with the current settings.
+    CheckMap,
+    CancelCheck,
     /// Ask where to save the montage, then save it.
     PickMontageFile,
     /// Ask for a folder, then export the run's files into it.

@@ -140,6 +140,11 @@ impl App {
             Action::SetView(v) => self.settings.view = v,
             Action::SetOverlayOpacity(o) => self.settings.overlay_opacity = o,
             Action::CancelRun => self.workspace.cancel_run(&mut self.notices),
+            Action::CheckMap => {
+                self.workspace
+                    .start_check(ctx, &self.settings.params, &mut self.notices)
+            }
+            Action::CancelCheck => self.workspace.cancel_check(),
             Action::PickMontageFile => {
                 let name = self.workspace.image.as_ref().map(|i| i.name.as_str());
                 self.jobs.pick_montage_file(name.unwrap_or_default());
@@ -217,9 +222,7 @@ impl eframe::App for App {
 
         let ws = &self.workspace;
         egui::CentralPanel::default().show(ui, |ui| match self.settings.view {
-            View::Iterations => self
-                .iterations
-                .ui(ui, ws, self.settings.params.stop.threshold),
+            View::Iterations => self.iterations.ui(ui, ws, &self.settings.params),
             View::AllRegions => {
                 self.regions
                     .ui(ui, ws, self.settings.overlay_opacity, &mut actions)

@@ -1,4 +1,5 @@
-//! Background runs: one thread per run, results streamed over a channel, latest run wins.
+//! Background jobs (runs, sanity checks): one thread per job, results streamed over a
+//! channel, latest job wins: starting one cancels the one before.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +9,16 @@ use std::thread::JoinHandle;
 use crate::engine::explainer::Explainer;
 use crate::engine::outcome::{Event, Outcome, Progress, Step};
 use crate::engine::params::UnveilParams;
+use crate::engine::sanity::{Check, CheckProgress};
 use crate::engine::source_image::{SourceImage, Window};
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// What a job thread reports; the last message of a job is its `done` one.
+pub trait Message: Send + 'static {
+    fn is_done(&self) -> bool;
+    /// The message that ends a job whose thread died without reporting (a panic of ours).
+    fn died() -> Self;
+}
 
 /// What a run thread reports.
 pub enum Msg {
@@ -18,62 +27,89 @@ pub enum Msg {
     Done(Result<Outcome>),
 }
 
-struct Job {
+impl Message for Msg {
+    fn is_done(&self) -> bool {
+        matches!(self, Msg::Done(_))
+    }
+
+    fn died() -> Self {
+        Msg::Done(Err(died()))
+    }
+}
+
+/// What a sanity-check thread reports.
+pub enum CheckMsg {
+    Progress(CheckProgress),
+    Done(Result<Box<Check>>),
+}
+
+impl Message for CheckMsg {
+    fn is_done(&self) -> bool {
+        matches!(self, CheckMsg::Done(_))
+    }
+
+    fn died() -> Self {
+        CheckMsg::Done(Err(died()))
+    }
+}
+
+fn died() -> Error {
+    Error::Internal("the run stopped unexpectedly".into())
+}
+
+struct Job<M> {
     cancel: Arc<AtomicBool>,
-    rx: Receiver<Msg>,
+    rx: Receiver<M>,
     handle: JoinHandle<()>,
 }
 
-/// Owns the run threads. Only the newest run's messages are ever read.
-#[derive(Default)]
-pub struct Worker {
-    current: Option<Job>,
-    /// Cancelled runs that may still be finishing their last SmoothGrad chunk.
+/// Owns one kind of job's threads. Only the newest job's messages are ever read.
+pub struct Worker<M> {
+    current: Option<Job<M>>,
+    /// Cancelled jobs that may still be finishing their last SmoothGrad chunk.
     retired: Vec<JoinHandle<()>>,
-    runs_started: u64,
+    started: u64,
 }
 
-impl Worker {
-    /// Cancels any run in flight and starts a new one.
+impl<M> Default for Worker<M> {
+    fn default() -> Self {
+        Worker {
+            current: None,
+            retired: Vec::new(),
+            started: 0,
+        }
+    }
+}
+
+impl<M: Message> Worker<M> {
+    /// Cancels any job in flight and starts `work(send, cancel)` on a new thread; every message
+    /// sent asks for a repaint.
     pub fn start(
         &mut self,
         ctx: &egui::Context,
-        explainer: Arc<Explainer>,
-        img: Arc<SourceImage>,
-        window: Option<Window>,
-        params: UnveilParams,
+        name: &str,
+        work: impl FnOnce(&dyn Fn(M), &AtomicBool) + Send + 'static,
     ) {
         self.cancel();
         let (tx, rx) = channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
         let ctx = ctx.clone();
-        self.runs_started += 1;
+        self.started += 1;
         let handle = std::thread::Builder::new()
-            .name(format!("unveil-run-{}", self.runs_started))
+            .name(format!("unveil-{name}-{}", self.started))
             .spawn(move || {
-                let send = |m: Msg| {
+                let send = |m: M| {
                     let _ = tx.send(m);
                     ctx.request_repaint();
                 };
-                // The model sees the image under the window the user chose.
-                let result = explainer.explain(
-                    &img,
-                    window,
-                    &params,
-                    &mut |e| match e {
-                        Event::Progress(p) => send(Msg::Progress(p)),
-                        Event::Step(s) => send(Msg::Step(Box::new(s.clone()))),
-                    },
-                    &flag,
-                );
-                send(Msg::Done(result));
+                work(&send, &flag);
             })
             .expect("spawning a thread");
         self.current = Some(Job { cancel, rx, handle });
     }
 
-    /// Asks the current run to stop (within one SmoothGrad chunk).
+    /// Asks the current job to stop (within one SmoothGrad chunk).
     pub fn cancel(&mut self) {
         if let Some(job) = self.current.take() {
             job.cancel.store(true, Ordering::Relaxed);
@@ -81,22 +117,20 @@ impl Worker {
         }
     }
 
-    /// Drains the current run's messages. Once it reports `Done`, the run is over.
-    pub fn poll(&mut self) -> Vec<Msg> {
+    /// Drains the current job's messages. Once it reports done, the job is over.
+    pub fn poll(&mut self) -> Vec<M> {
         self.retired.retain(|h| !h.is_finished());
         let Some(job) = &self.current else {
             return Vec::new();
         };
         // Checked before draining, so every message a finished thread sent is read.
         let ended = job.handle.is_finished();
-        let mut msgs: Vec<Msg> = job.rx.try_iter().collect();
-        if ended && !msgs.iter().any(|m| matches!(m, Msg::Done(_))) {
+        let mut msgs: Vec<M> = job.rx.try_iter().collect();
+        if ended && !msgs.iter().any(M::is_done) {
             // The thread ended without reporting (it panicked): say so rather than stay busy.
-            msgs.push(Msg::Done(Err(crate::Error::Internal(
-                "the run stopped unexpectedly".into(),
-            ))));
+            msgs.push(M::died());
         }
-        if msgs.iter().any(|m| matches!(m, Msg::Done(_)))
+        if msgs.iter().any(M::is_done)
             && let Some(job) = self.current.take()
         {
             self.retired.push(job.handle);
@@ -108,7 +142,7 @@ impl Worker {
         self.current.is_some()
     }
 
-    /// Run threads still alive (current and cancelled ones still finishing).
+    /// Job threads still alive (current and cancelled ones still finishing).
     pub fn live_threads(&self) -> usize {
         self.retired.iter().filter(|h| !h.is_finished()).count()
             + self
@@ -117,13 +151,65 @@ impl Worker {
                 .is_some_and(|j| !j.handle.is_finished()) as usize
     }
 
-    pub fn runs_started(&self) -> u64 {
-        self.runs_started
+    /// Jobs started so far.
+    pub fn started(&self) -> u64 {
+        self.started
     }
 }
 
-impl Drop for Worker {
+impl Worker<Msg> {
+    /// Cancels any run in flight and starts a new one: `img` under `window`, explained.
+    pub fn start_run(
+        &mut self,
+        ctx: &egui::Context,
+        explainer: Arc<Explainer>,
+        img: Arc<SourceImage>,
+        window: Option<Window>,
+        params: UnveilParams,
+    ) {
+        self.start(ctx, "run", move |send, cancel| {
+            let result = explainer.explain(
+                &img,
+                window,
+                &params,
+                &mut |e| match e {
+                    Event::Progress(p) => send(Msg::Progress(p)),
+                    Event::Step(s) => send(Msg::Step(Box::new(s.clone()))),
+                },
+                cancel,
+            );
+            send(Msg::Done(result));
+        });
+    }
+}
+
+impl Worker<CheckMsg> {
+    /// Cancels any check in flight and starts a new one.
+    pub fn start_check(
+        &mut self,
+        ctx: &egui::Context,
+        explainer: Arc<Explainer>,
+        img: Arc<SourceImage>,
+        window: Option<Window>,
+        params: UnveilParams,
+    ) {
+        self.start(ctx, "check", move |send, cancel| {
+            let result = explainer.check(
+                &img,
+                window,
+                &params,
+                &mut |p| send(CheckMsg::Progress(p)),
+                cancel,
+            );
+            send(CheckMsg::Done(result.map(Box::new)));
+        });
+    }
+}
+
+impl<M> Drop for Worker<M> {
     fn drop(&mut self) {
-        self.cancel();
+        if let Some(job) = self.current.take() {
+            job.cancel.store(true, Ordering::Relaxed);
+        }
     }
 }

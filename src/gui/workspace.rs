@@ -13,13 +13,14 @@ use crate::engine::explainer::Explainer;
 use crate::engine::image;
 use crate::engine::models::ModelSource;
 use crate::engine::outcome::{Outcome, Progress, Step};
-use crate::engine::params::UnveilParams;
+use crate::engine::params::{FillMode, SaliencyParams, UnveilParams};
 use crate::engine::render;
+use crate::engine::sanity::{Check, CheckProgress};
 use crate::engine::source_image::{Grayscale, SourceImage, Window};
 use crate::error::{Error, Result};
 use crate::gui::notices::Notices;
 use crate::gui::textures;
-use crate::gui::worker::{Msg, Worker};
+use crate::gui::worker::{CheckMsg, Msg, Worker};
 
 /// The sample shown on first start, compiled in so the app works from any folder.
 const SAMPLE_NAME: &str = "chelsea.png (sample)";
@@ -71,6 +72,39 @@ fn decode(
     })
 }
 
+/// A finished sanity check and what it was computed for.
+pub struct CheckView {
+    pub check: Box<Check>,
+    /// The maps side by side, as check.png draws them.
+    pub picture: TextureHandle,
+    for_what: CheckedFor,
+}
+
+/// What a sanity check depends on: the model, the image and its window, and the saliency
+/// settings, fill and class (not the mask or stop settings).
+#[derive(Clone, PartialEq)]
+struct CheckedFor {
+    model: u64,
+    image: u64,
+    window: Option<Window>,
+    saliency: SaliencyParams,
+    fill: FillMode,
+    target: Option<usize>,
+}
+
+impl CheckedFor {
+    fn new(ws: &Workspace, params: &UnveilParams) -> Self {
+        CheckedFor {
+            model: ws.loads.0,
+            image: ws.loads.1,
+            window: ws.window,
+            saliency: params.saliency.clone(),
+            fill: params.fill,
+            target: params.target,
+        }
+    }
+}
+
 /// What happened in the background that the app (not the workspace) must act on.
 pub enum Happened {
     /// A new image is open (`path`: None for the built-in sample).
@@ -89,7 +123,15 @@ pub struct Workspace {
     pub progress: Option<Progress>,
     /// Changes whenever what the results look like changes; keys the views' caches.
     pub generation: u64,
-    worker: Worker,
+    /// The latest sanity check, and the progress of one in flight.
+    pub check: Option<CheckView>,
+    pub check_progress: Option<CheckProgress>,
+    /// Models and images loaded so far: what a check was computed for.
+    loads: (u64, u64),
+    worker: Worker<Msg>,
+    checker: Worker<CheckMsg>,
+    /// What the check in flight is for.
+    checking: Option<CheckedFor>,
     /// The model being loaded: its name (for messages) and the loading thread.
     model_job: Option<(String, Promise<Result<Explainer>>)>,
     image_job: Option<Promise<Result<Decoded>>>,
@@ -101,6 +143,7 @@ impl Workspace {
     /// (Re)loads a model on a device, off the UI thread; the current run stops.
     pub fn load_model(&mut self, source: ModelSource, device: DeviceChoice) {
         self.worker.cancel();
+        self.cancel_check();
         self.explainer = None;
         let name = source.name();
         self.model_job = Some((
@@ -181,20 +224,62 @@ impl Workspace {
         self.worker.is_running()
     }
 
-    /// Busy with anything in the background (a run, or loading a model or an image).
+    /// Starts the sanity check of iteration 0's map with `params` (a check in flight stops).
+    pub fn start_check(
+        &mut self,
+        ctx: &egui::Context,
+        params: &UnveilParams,
+        notices: &mut Notices,
+    ) {
+        let (Some(explainer), Some(img)) = (self.explainer.clone(), self.image.as_ref()) else {
+            notices.error("Nothing to check yet: wait for the model and the image.");
+            return;
+        };
+        if let Err(e) = params.validate() {
+            notices.error(e.to_string());
+            return;
+        }
+        self.checking = Some(CheckedFor::new(self, params));
+        self.check_progress = None;
+        let window = self.window;
+        self.checker
+            .start_check(ctx, explainer, img.source.clone(), window, params.clone());
+    }
+
+    pub fn cancel_check(&mut self) {
+        if self.checker.is_running() {
+            self.checker.cancel();
+        }
+        self.checking = None;
+        self.check_progress = None;
+    }
+
+    pub fn is_checking(&self) -> bool {
+        self.checker.is_running()
+    }
+
+    /// True when the shown check was computed for this model, image, window and settings.
+    pub fn check_is_current(&self, params: &UnveilParams) -> bool {
+        self.check
+            .as_ref()
+            .is_some_and(|c| c.for_what == CheckedFor::new(self, params))
+    }
+
+    /// Busy with anything in the background (a run, a check, or loading a model or an image).
     pub fn is_busy(&self) -> bool {
         self.worker.is_running()
+            || self.checker.is_running()
             || self.rerun
             || self.model_job.is_some()
             || self.image_job.is_some()
     }
 
     pub fn live_worker_threads(&self) -> usize {
-        self.worker.live_threads()
+        self.worker.live_threads() + self.checker.live_threads()
     }
 
     pub fn runs_started(&self) -> u64 {
-        self.worker.runs_started()
+        self.worker.started()
     }
 
     /// The class being explained: the finished run's, else the chosen one, else the top-1
@@ -231,7 +316,7 @@ impl Workspace {
         }
         self.outcome = None;
         self.progress = None;
-        self.worker.start(
+        self.worker.start_run(
             ctx,
             explainer,
             img.source.clone(),
@@ -247,6 +332,7 @@ impl Workspace {
             match p.try_take() {
                 Ok(Ok(explainer)) => {
                     self.explainer = Some(Arc::new(explainer));
+                    self.loads.0 += 1;
                     self.request_run();
                 }
                 Ok(Err(e)) => notices.error(format!("Cannot load model '{name}': {e}")),
@@ -285,6 +371,31 @@ impl Workspace {
                 }
             }
         }
+        for msg in self.checker.poll() {
+            match msg {
+                CheckMsg::Progress(p) => self.check_progress = Some(p),
+                CheckMsg::Done(result) => {
+                    self.check_progress = None;
+                    let for_what = self.checking.take();
+                    match (result, for_what) {
+                        (Ok(check), Some(for_what)) => {
+                            let picture = textures::upload(
+                                ctx,
+                                "sanity-check",
+                                &render::check_picture(&check),
+                            );
+                            self.check = Some(CheckView {
+                                check,
+                                picture,
+                                for_what,
+                            });
+                        }
+                        (Err(Error::Cancelled), _) | (Ok(_), None) => {}
+                        (Err(e), _) => notices.error(format!("Sanity check failed: {e}")),
+                    }
+                }
+            }
+        }
         happened
     }
 
@@ -309,6 +420,8 @@ impl Workspace {
         self.steps.clear();
         self.outcome = None;
         self.generation += 1;
+        self.loads.1 += 1;
+        self.cancel_check();
         self.request_run();
     }
 

@@ -413,3 +413,58 @@ fn batch_runs_folders_and_lists_resumes_and_shards() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_writes_the_sanity_report_and_picture() {
+    let out = tmp("check");
+    let o = unveil(&[
+        "check",
+        repo("assets/chelsea.png").to_str().unwrap(),
+        "--method",
+        "grad-cam",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("head+last-stage") && err.contains("Spearman"),
+        "{err}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("check.json")).unwrap()).unwrap();
+    assert_eq!(j["method"], "grad-cam");
+    assert_eq!(j["target"], 285);
+    let names: Vec<&str> = j["randomisation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reinitialised"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["head", "head+last-stage", "last-quarter"]);
+    for r in j["randomisation"].as_array().unwrap() {
+        let (rho, ssim) = (r["spearman"].as_f64().unwrap(), r["ssim"].as_f64().unwrap());
+        assert!(
+            (-1.0..=1.0).contains(&rho) && (-1.0..=1.0).contains(&ssim),
+            "{r}"
+        );
+    }
+    assert_eq!(j["other_class"]["class"], 282);
+    assert!(j["verdict"].as_str().unwrap().contains("runner-up"));
+    let png = ::image::open(out.join("check.png")).unwrap();
+    assert!(png.width() > 5 * 224, "five maps side by side");
+    // Bad values are clear errors.
+    let o = unveil(&[
+        "check",
+        repo("assets/chelsea.png").to_str().unwrap(),
+        "--method",
+        "integrated-gradients",
+        "--ig-steps",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    assert_clean_failure(&o, "ig-steps must be 1..=1024");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -14,6 +14,7 @@ mod ops;
 mod pth;
 mod robustness;
 mod saliency;
+mod sanity;
 mod torchvision;
 mod unveil_loop;
 mod xception;

@@ -393,7 +393,7 @@ fn a_run_thread_that_panics_ends_the_run_with_an_error() {
     )))
     .unwrap();
     let mut worker = Worker::default();
-    worker.start(
+    worker.start_run(
         &egui::Context::default(),
         Arc::new(Explainer::new(Arc::new(Panics(lite)))),
         Arc::new(img),
@@ -450,4 +450,28 @@ fn without_a_display_the_app_says_it_cannot_open_a_window() {
         err.starts_with("unveil: cannot open a window:") && !err.contains("invalid parameter"),
         "{err}"
     );
+}
+
+/// One click runs the sanity checks in the background; the verdict says in words what the
+/// numbers show (the paper's guided maps barely change with a random classifier head).
+#[test]
+fn the_sanity_check_runs_from_one_click_and_shows_its_verdict() {
+    let mut h = app(settings(2, 8, 1), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    h.get_by_label("Sanity check").click();
+    step_until(&mut h, 300, "the sanity check", |a| {
+        !a.workspace.is_checking() && a.workspace.check.is_some()
+    });
+    let a = h.state();
+    let report = &a.workspace.check.as_ref().unwrap().check.report;
+    assert_eq!(report.randomisation.len(), 3);
+    assert!(
+        report.randomisation[0].spearman.unwrap() > 0.9,
+        "guided: {report:?}"
+    );
+    assert!(a.workspace.check_is_current(&a.settings.params));
+    h.get_by_label_contains("Sanity check (guided)");
+    h.get_by_label_contains("barely changes when the classifier head is randomised");
+    // Iteration 0's saliency column carries the number.
+    h.get_by_label_contains("random-head ρ");
 }

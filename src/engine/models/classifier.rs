@@ -1,8 +1,12 @@
 //! The classifier interface the engine explains, and the one implementation: a network plus
 //! what is needed to feed it.
 
+use std::collections::HashSet;
+
 use candle_core::{Device, Tensor};
 
+use super::layers::Weights;
+use super::reinit::{self, Cascade};
 use crate::engine::device;
 use crate::engine::models::info::ModelInfo;
 use crate::engine::ops::activation::ReluMode;
@@ -23,6 +27,9 @@ pub trait Network: Send + Sync + std::fmt::Debug {
     fn num_classes(&self) -> usize;
     /// Which layer [`Network::features`] returns, for people.
     fn feature_layer(&self) -> &'static str;
+    /// Name prefixes of the weights of the last block or stage before the head (the sanity
+    /// check's second re-initialisation).
+    fn last_stage(&self) -> &'static [&'static str];
 }
 
 /// A network with what the engine needs to feed it: the one [`Classifier`] implementation.
@@ -31,13 +38,16 @@ pub struct Model<N> {
     net: N,
     info: ModelInfo,
     device: Device,
+    /// The weights the network read, in order, with their number of dimensions.
+    read_order: Vec<(String, usize)>,
 }
 
 impl<N: Network> Model<N> {
     /// Checks that the network's outputs and the labels agree, and that there is at least one
     /// class: a classifier with no outputs has no probability to explain (and candle's softmax
-    /// would panic on it), so it is refused here, at load time.
-    pub fn new(net: N, info: ModelInfo, device: &Device) -> Result<Self> {
+    /// would panic on it), so it is refused here, at load time. `weights` are the ones `net`
+    /// was built from (their read order locates its layers).
+    pub fn new(net: N, info: ModelInfo, device: &Device, weights: &Weights) -> Result<Self> {
         let outputs = net.num_classes();
         if outputs == 0 {
             return Err(Error::Weights(
@@ -54,6 +64,7 @@ impl<N: Network> Model<N> {
             net,
             info,
             device: device.clone(),
+            read_order: weights.read_order(),
         })
     }
 }
@@ -82,6 +93,14 @@ impl<N: Network> Classifier for Model<N> {
     fn feature_layer(&self) -> Option<&'static str> {
         Some(self.net.feature_layer())
     }
+
+    fn reinit_scope(&self, cascade: Cascade) -> Option<HashSet<String>> {
+        Some(reinit::scope(
+            &self.read_order,
+            self.net.last_stage(),
+            cascade,
+        ))
+    }
 }
 
 /// An image classifier whose input gradient we can take.
@@ -105,6 +124,12 @@ pub trait Classifier: Send + Sync {
 
     /// Which layer [`Classifier::features`] returns, for people.
     fn feature_layer(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The weight tensors a re-initialisation at `cascade` replaces, when the model knows its
+    /// layers' order (see [`super::reinit`]).
+    fn reinit_scope(&self, _cascade: Cascade) -> Option<HashSet<String>> {
         None
     }
 }

@@ -192,6 +192,10 @@ impl Network for DenseNet121 {
         "the ReLU of norm5 (torchvision applies it functionally in forward), 1024 channels at \
          1/32 of the input size"
     }
+
+    fn last_stage(&self) -> &'static [&'static str] {
+        &["features.denseblock4.", "features.norm5."]
+    }
 }
 
 /// Renames legacy DenseNet keys (`denselayer1.norm.1.weight` -> `denselayer1.norm1.weight`).

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use super::checkpoint::read_weights;
 use super::classifier::{Classifier, Model, Network};
 use super::info::{IMAGENET_LABELS, ModelInfo, Resize};
+use super::layers::WeightEdit;
 use super::{densenet, resnet};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::ReluMode;
@@ -141,7 +142,24 @@ pub fn load_custom(
     device: &Device,
     backend: Backend,
 ) -> Result<Arc<dyn Classifier>> {
+    load_described(d, device, backend, &|_| Ok(()))
+}
+
+/// Loads a described model, its weights changed by `edit` first.
+pub(super) fn load_described(
+    d: &ModelDescription,
+    device: &Device,
+    backend: Backend,
+    edit: WeightEdit,
+) -> Result<Arc<dyn Classifier>> {
     let w = read_weights(&d.weights)?;
+    // torchvision renamed DenseNet's layers (`norm.1` -> `norm1`); only DenseNet
+    // checkpoints carry the old names.
+    let mut w = match d.arch {
+        Arch::Densenet121 => w.map_keys(densenet::modernise_key),
+        _ => w,
+    };
+    edit(&mut w)?;
     let resnet = |depth| -> Result<Net> {
         Ok(Net::ResNet(resnet::ResNet::load(
             &w, depth, device, backend,
@@ -152,13 +170,7 @@ pub fn load_custom(
         Arch::Resnet34 => resnet(resnet::Depth::R34)?,
         Arch::Resnet50 => resnet(resnet::Depth::R50)?,
         Arch::Resnet101 => resnet(resnet::Depth::R101)?,
-        // torchvision renamed DenseNet's layers (`norm.1` -> `norm1`); only DenseNet
-        // checkpoints carry the old names.
-        Arch::Densenet121 => Net::DenseNet(densenet::DenseNet121::load(
-            &w.map_keys(densenet::modernise_key),
-            device,
-            backend,
-        )?),
+        Arch::Densenet121 => Net::DenseNet(densenet::DenseNet121::load(&w, device, backend)?),
     };
     let classes = net.num_classes();
     let labels: Vec<String> = match &d.labels {
@@ -202,7 +214,7 @@ pub fn load_custom(
         multi_label: d.multi_label,
         bgr,
     };
-    Ok(Arc::new(Model::new(net, info, device)?))
+    Ok(Arc::new(Model::new(net, info, device, &w)?))
 }
 
 impl Network for Net {
@@ -224,6 +236,13 @@ impl Network for Net {
         match self {
             Net::ResNet(r) => r.feature_layer(),
             Net::DenseNet(d) => d.feature_layer(),
+        }
+    }
+
+    fn last_stage(&self) -> &'static [&'static str] {
+        match self {
+            Net::ResNet(r) => r.last_stage(),
+            Net::DenseNet(d) => d.last_stage(),
         }
     }
 

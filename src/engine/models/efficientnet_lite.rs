@@ -206,6 +206,10 @@ impl Network for EfficientNetLite {
         "the ReLU6 output of the head convolution (_conv_head + _bn1), 1280 channels at 1/32 of \
          the input size (7 x 7 for 224 x 224)"
     }
+
+    fn last_stage(&self) -> &'static [&'static str] {
+        &["_blocks.15.", "_conv_head.", "_bn1."]
+    }
 }
 
 impl Body for EfficientNetLite {

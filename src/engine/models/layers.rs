@@ -2,7 +2,7 @@
 //! folding, and a convolution layer that picks the fast or stock implementation.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -16,33 +16,41 @@ use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
 
+/// A change to a model's weights before it is built (the sanity check's re-initialisations).
+pub type WeightEdit<'a> = &'a dyn Fn(&mut Weights) -> Result<()>;
+
 /// Named tensors from a weights file, checked on lookup.
 #[derive(Debug)]
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
+    /// The tensors a model read, in the order it read them, with their number of dimensions:
+    /// the layers' forward order (the sanity check re-initialises the last ones).
+    read: Mutex<Vec<(String, usize)>>,
 }
 
 impl Weights {
     pub fn new(tensors: HashMap<String, Tensor>) -> Self {
-        Weights { tensors }
+        Weights {
+            tensors,
+            read: Mutex::default(),
+        }
     }
 
     /// The same tensors under names rewritten by `rename` (an architecture's legacy names).
     pub fn map_keys(self, rename: impl Fn(&str) -> String) -> Self {
-        Weights {
-            tensors: self
-                .tensors
+        Weights::new(
+            self.tensors
                 .into_iter()
                 .map(|(k, t)| (rename(&k), t))
                 .collect(),
-        }
+        )
     }
 
     /// Reads a safetensors file already in memory. Parsing never executes code.
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
             .map_err(|e| Error::Weights(format!("not a valid safetensors file ({e})")))?;
-        Ok(Weights { tensors })
+        Ok(Weights::new(tensors))
     }
 
     /// The f32 tensor `name`, which must have exactly `shape`.
@@ -57,7 +65,35 @@ impl Weights {
                 t.dims()
             )));
         }
+        if let Ok(mut read) = self.read.lock()
+            && !read.iter().any(|(n, _)| n == name)
+        {
+            read.push((name.to_string(), shape.len()));
+        }
         Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// What [`Weights::get`] has handed out so far, in order: `(name, number of dimensions)`.
+    pub fn read_order(&self) -> Vec<(String, usize)> {
+        self.read.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Replaces tensor `name` (which must exist) by `t` of the same shape.
+    pub fn replace(&mut self, name: &str, t: Tensor) -> Result<()> {
+        match self.tensors.get_mut(name) {
+            Some(old) if old.dims() == t.dims() => {
+                *old = t;
+                Ok(())
+            }
+            Some(old) => Err(Error::Internal(format!(
+                "replacing '{name}' of shape {:?} by one of {:?}",
+                old.dims(),
+                t.dims()
+            ))),
+            None => Err(Error::Internal(format!(
+                "replacing '{name}', which is missing"
+            ))),
+        }
     }
 
     /// All tensor names and shapes, for architectures that find layers by shape.

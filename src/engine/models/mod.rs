@@ -18,6 +18,7 @@ mod info;
 pub mod layers;
 pub mod pth;
 mod registry;
+pub mod reinit;
 pub mod resnet;
 pub mod xception;
 

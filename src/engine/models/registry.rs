@@ -7,9 +7,9 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use super::classifier::{Classifier, Model};
-use super::description::{ModelDescription, load_custom};
+use super::description::{ModelDescription, load_described};
 use super::info::{IMAGENET_LABELS, ModelInfo, Resize};
-use super::layers::Weights;
+use super::layers::{WeightEdit, Weights};
 use super::{efficientnet_lite, xception};
 use crate::engine::ops::Backend;
 use crate::error::{Error, Result};
@@ -89,17 +89,41 @@ impl ModelSource {
     }
 
     pub fn load(&self, device: &Device, backend: Backend) -> Result<Arc<dyn Classifier>> {
+        self.load_edited(device, backend, &|_| Ok(()))
+    }
+
+    /// Loads the model with its weights changed by `edit` first (the sanity check's
+    /// re-initialised copies).
+    pub fn load_edited(
+        &self,
+        device: &Device,
+        backend: Backend,
+        edit: WeightEdit,
+    ) -> Result<Arc<dyn Classifier>> {
         match self {
-            ModelSource::Named(name) => load(name, device, backend),
-            ModelSource::Described(d) => load_custom(d, device, backend),
+            ModelSource::Named(name) => load_edited(name, device, backend, edit),
+            ModelSource::Described(d) => load_described(d, device, backend, edit),
         }
     }
 }
 
 /// Loads a registered model, or a model description (a path ending in `.json`), onto `device`.
 pub fn load(name: &str, device: &Device, backend: Backend) -> Result<Arc<dyn Classifier>> {
+    load_edited(name, device, backend, &|_| Ok(()))
+}
+
+fn load_edited(
+    name: &str,
+    device: &Device,
+    backend: Backend,
+    edit: WeightEdit,
+) -> Result<Arc<dyn Classifier>> {
     match name {
-        DEFAULT_MODEL => Ok(Arc::new(Lite0::bundled(device, backend)?)),
+        DEFAULT_MODEL => {
+            let mut w = Weights::from_safetensors(LITE0_WEIGHTS)?;
+            edit(&mut w)?;
+            Ok(Arc::new(Lite0::from_weights(&w, device, backend)?))
+        }
         PNEUMONIA_MODEL => {
             let path = weights_path(name);
             if !path.is_file() {
@@ -109,14 +133,15 @@ pub fn load(name: &str, device: &Device, backend: Backend) -> Result<Arc<dyn Cla
                 });
             }
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            Ok(Arc::new(ChestXception::from_safetensors(
-                &bytes, device, backend,
-            )?))
+            let mut w = Weights::from_safetensors(&bytes)?;
+            edit(&mut w)?;
+            Ok(Arc::new(ChestXception::from_weights(&w, device, backend)?))
         }
-        path if path.ends_with(".json") => load_custom(
+        path if path.ends_with(".json") => load_described(
             &ModelDescription::read(std::path::Path::new(path))?,
             device,
             backend,
+            edit,
         ),
         _ => Err(Error::UnknownModel {
             name: name.to_string(),
@@ -130,9 +155,12 @@ pub type ChestXception = Model<xception::Xception>;
 
 impl ChestXception {
     pub fn from_safetensors(bytes: &[u8], device: &Device, backend: Backend) -> Result<Self> {
-        let weights = Weights::from_safetensors(bytes)?;
+        Self::from_weights(&Weights::from_safetensors(bytes)?, device, backend)
+    }
+
+    pub fn from_weights(weights: &Weights, device: &Device, backend: Backend) -> Result<Self> {
         let labels = vec!["NORMAL".to_string(), "PNEUMONIA".to_string()];
-        let net = xception::Xception::load(&weights, labels.len(), device, backend)?;
+        let net = xception::Xception::load(weights, labels.len(), device, backend)?;
         Model::new(
             net,
             ModelInfo {
@@ -152,6 +180,7 @@ impl ChestXception {
                 bgr: false,
             },
             device,
+            weights,
         )
     }
 }
@@ -167,10 +196,13 @@ impl Lite0 {
     }
 
     pub fn from_safetensors(bytes: &[u8], device: &Device, backend: Backend) -> Result<Self> {
+        Self::from_weights(&Weights::from_safetensors(bytes)?, device, backend)
+    }
+
+    pub fn from_weights(weights: &Weights, device: &Device, backend: Backend) -> Result<Self> {
         let labels: Vec<String> = IMAGENET_LABELS.lines().map(str::to_string).collect();
-        let weights = Weights::from_safetensors(bytes)?;
         let net =
-            efficientnet_lite::EfficientNetLite::lite0(&weights, labels.len(), device, backend)?;
+            efficientnet_lite::EfficientNetLite::lite0(weights, labels.len(), device, backend)?;
         Model::new(
             net,
             ModelInfo {
@@ -189,6 +221,7 @@ impl Lite0 {
                 bgr: false,
             },
             device,
+            weights,
         )
     }
 }

@@ -174,6 +174,10 @@ impl Network for ResNet {
         "layer4's output (after the last block's ReLU), 2048 (ResNet-50/101) or 512 (18/34) \
          channels at 1/32 of the input size"
     }
+
+    fn last_stage(&self) -> &'static [&'static str] {
+        &["layer4."]
+    }
 }
 
 impl Body for ResNet {

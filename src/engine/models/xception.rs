@@ -189,6 +189,15 @@ impl Network for Xception {
         "the ReLU output of the exit flow's last separable convolution (block14_sepconv2_act), \
          2048 channels at 1/32 of the input size (5 x 5 for 150 x 150)"
     }
+
+    fn last_stage(&self) -> &'static [&'static str] {
+        &[
+            "block13_",
+            "block14_",
+            "conv2d_3.",
+            "batch_normalization_3.",
+        ]
+    }
 }
 
 impl Body for Xception {

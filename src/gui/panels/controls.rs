@@ -22,6 +22,19 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
         })
         .response
         .on_hover_text(method_help(p.saliency.method));
+    ui.horizontal(|ui| {
+        let checking = ws.is_checking();
+        if ui
+            .add_enabled(!checking, egui::Button::new("Sanity check"))
+            .on_hover_text("Does this map show the model's reasons? Recomputes iteration 0's map with the model's last layers randomised (head, last stage, last quarter) and for the runner-up class, and compares (Adebayo et al., 2018). Takes about five maps' time.")
+            .clicked()
+        {
+            actions.push(Action::CheckMap);
+        }
+        if checking {
+            ui.spinner();
+        }
+    });
     if p.saliency.method == Method::IntegratedGradients {
         ui.add(egui::Slider::new(&mut p.saliency.ig_steps, 4..=256).logarithmic(true).text("Path steps"))
             .on_hover_text("Points on the path from the fill image to the image (midpoint rule). More is more exact: the run's summary reports how far the attributions are from summing to the score difference.");

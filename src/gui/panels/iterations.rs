@@ -3,6 +3,8 @@
 
 use egui_plot::{HLine, Line, Plot, PlotPoints, Points};
 
+use crate::engine::models::reinit::Cascade;
+use crate::engine::params::UnveilParams;
 use crate::gui::workspace::Workspace;
 
 const COLUMNS: [&str; 4] = ["Model input", "Saliency", "Mask", "Masked"];
@@ -46,7 +48,8 @@ impl IterationsView {
         }
     }
 
-    pub fn ui(&mut self, ui: &mut egui::Ui, ws: &Workspace, stop_threshold: f32) {
+    pub fn ui(&mut self, ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams) {
+        let stop_threshold = params.stop.threshold;
         if ws.steps.is_empty() {
             ui.centered_and_justified(|ui| {
                 if ws.is_running() {
@@ -58,6 +61,7 @@ impl IterationsView {
             return;
         }
         plot(ws, stop_threshold, ui);
+        check_box(ui, ws, params);
         ui.separator();
         let width = ui.available_width();
         let cell = ((width - 40.0) / 4.0).clamp(64.0, 320.0);
@@ -93,7 +97,19 @@ impl IterationsView {
                     ui.horizontal(|ui| {
                         for (c, tex) in view.textures.iter().enumerate() {
                             ui.vertical(|ui| {
-                                ui.label(egui::RichText::new(COLUMNS[c]).small());
+                                let mut label = egui::RichText::new(COLUMNS[c]).small();
+                                if c == 1
+                                    && i == 0
+                                    && let Some(rho) = head_rho(ws, params)
+                                {
+                                    label = egui::RichText::new(format!(
+                                        "{} · random-head ρ {rho:.2}",
+                                        COLUMNS[c]
+                                    ))
+                                    .small()
+                                    .color(verdict_colour(ui, rho));
+                                }
+                                ui.label(label);
                                 let r = ui
                                     .add(
                                         egui::Image::new(tex)
@@ -172,4 +188,72 @@ fn plot(ws: &Workspace, stop_threshold: f32, ui: &mut egui::Ui) {
             p.points(Points::new("iterations", PlotPoints::from(pts)).radius(3.0));
             p.hline(HLine::new("stop threshold", stop).color(egui::Color32::from_rgb(220, 80, 60)));
         });
+}
+
+/// Spearman's ρ between iteration 0's map and the map with a random classifier head, when a
+/// current sanity check has it.
+fn head_rho(ws: &Workspace, params: &UnveilParams) -> Option<f64> {
+    let view = ws.check.as_ref().filter(|_| ws.check_is_current(params))?;
+    view.check
+        .report
+        .randomisation
+        .iter()
+        .find(|r| r.reinitialised == Cascade::Head)
+        .and_then(|r| r.spearman)
+}
+
+/// Warning colour for a map that does not depend on the model (ρ >= 0.9), plain for one
+/// that partly does, green for one that changes (ρ < 0.5).
+fn verdict_colour(ui: &egui::Ui, rho: f64) -> egui::Color32 {
+    if rho >= 0.9 {
+        ui.visuals().warn_fg_color
+    } else if rho >= 0.5 {
+        ui.visuals().text_color()
+    } else {
+        egui::Color32::from_rgb(90, 190, 110)
+    }
+}
+
+/// The sanity check's verdict in plain words, with its numbers and maps on request.
+fn check_box(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams) {
+    let Some(view) = &ws.check else { return };
+    let report = &view.check.report;
+    let current = ws.check_is_current(params);
+    egui::Frame::group(ui.style()).show(ui, |ui| {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(egui::RichText::new(format!("Sanity check ({}):", report.method.name())).strong());
+            let colour = head_rho(ws, params).map_or(ui.visuals().text_color(), |r| verdict_colour(ui, r));
+            ui.label(egui::RichText::new(&report.verdict).color(colour));
+        });
+        if !current {
+            ui.label(
+                egui::RichText::new("The image, model or saliency settings changed since: run the check again.")
+                    .weak(),
+            );
+        }
+        egui::CollapsingHeader::new("Check details").default_open(false).show(ui, |ui| {
+            let num = |v: Option<f64>| v.map_or("undefined".to_string(), |v| format!("{v:.3}"));
+            egui::Grid::new("check-grid").striped(true).show(ui, |ui| {
+                ui.label("re-initialised");
+                ui.label("Spearman ρ");
+                ui.label("SSIM");
+                ui.end_row();
+                for row in &report.randomisation {
+                    ui.label(row.reinitialised.describe());
+                    ui.label(num(row.spearman));
+                    ui.label(format!("{:.3}", row.ssim));
+                    ui.end_row();
+                }
+                ui.label(format!("runner-up class: {}", report.other_class.label));
+                ui.label(num(report.other_class.spearman));
+                ui.label("");
+                ui.end_row();
+            });
+            let tex = &view.picture;
+            let size = tex.size_vec2();
+            let scale = (ui.available_width() / size.x).min(1.0);
+            ui.add(egui::Image::new(tex).fit_to_exact_size(size * scale))
+                .on_hover_text("The map of iteration 0, then with the head, the last stage and the last quarter of the model randomised, then for the runner-up class");
+        });
+    });
 }

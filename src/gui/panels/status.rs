@@ -8,6 +8,26 @@ use crate::gui::workspace::Workspace;
 pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mut Vec<Action>) {
     egui::Panel::bottom("status").show(ui, |ui| {
         ui.horizontal(|ui| {
+            if let Some(p) = ws.check_progress.filter(|_| ws.is_checking()) {
+                ui.add(
+                    egui::ProgressBar::new(p.fraction())
+                        .text(format!(
+                            "sanity check · map {} of {}",
+                            (p.stage + 1).min(p.stages),
+                            p.stages
+                        ))
+                        .desired_width(260.0)
+                        .animate(true),
+                );
+                if ui
+                    .button("Cancel check")
+                    .on_hover_text("Stop the sanity check")
+                    .clicked()
+                {
+                    actions.push(Action::CancelCheck);
+                }
+                ui.separator();
+            }
             if ws.is_running() {
                 let (fraction, text) = match ws.progress {
                     Some(p) => {

@@ -1,0 +1,225 @@
+//! Sanity checks for saliency maps (Adebayo et al., 2018): does a map show the model's reasons,
+//! or image structure that any network would highlight?
+//!
+//! - *Model randomisation* (cascading): the same map is computed with the classifier head
+//!   re-initialised, then also the last stage, then the last quarter of the network
+//!   ([`crate::engine::models::reinit`]). A map that stays the same (high Spearman rank
+//!   correlation and SSIM with the original) does not depend on what the model learned there.
+//! - *Class sensitivity*: the map for the runner-up class. A map that is the same for both
+//!   classes does not tell them apart.
+//!
+//! Spearman's correlation compares the unscaled maps (max over channels of |attribution|);
+//! SSIM compares the maps as shown, in [0, 1].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::maps::SaliencyMap;
+use crate::engine::models::Classifier;
+use crate::engine::models::reinit::Cascade;
+use crate::engine::params::{Method, SaliencyParams};
+use crate::engine::predict::{classify, top_k};
+use crate::engine::saliency;
+use crate::engine::similarity::{spearman, ssim};
+use crate::error::{Error, Result};
+
+/// One randomisation of the cascade and how alike its map is to the original.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Randomised {
+    pub reinitialised: Cascade,
+    /// Weight tensors re-initialised.
+    pub tensors: usize,
+    /// `None` where a map is constant (the correlation is undefined).
+    pub spearman: Option<f64>,
+    pub ssim: f64,
+}
+
+/// The map for the runner-up class, against the target's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OtherClass {
+    pub class: usize,
+    pub label: String,
+    pub spearman: Option<f64>,
+}
+
+/// `check.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub method: Method,
+    pub target: usize,
+    pub target_label: String,
+    pub randomisation: Vec<Randomised>,
+    pub other_class: OtherClass,
+    /// The numbers in plain words.
+    pub verdict: String,
+}
+
+/// A finished check: the report and the maps it compared (original, each randomisation,
+/// the runner-up class), as shown.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub report: CheckReport,
+    pub original: SaliencyMap,
+    pub randomised: Vec<SaliencyMap>,
+    pub other: SaliencyMap,
+}
+
+/// Where a check is: map `stage` of `stages`, chunk `chunk` of `chunks` within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckProgress {
+    pub stage: usize,
+    pub stages: usize,
+    pub chunk: usize,
+    pub chunks: usize,
+}
+
+impl CheckProgress {
+    /// Done so far, in [0, 1].
+    pub fn fraction(&self) -> f32 {
+        (self.stage as f32 + self.chunk as f32 / self.chunks.max(1) as f32)
+            / self.stages.max(1) as f32
+    }
+}
+
+/// Runs both checks on one normalised image `x` (`[3, h, w]`) with `params`' method and
+/// settings; `target` `None` is the top-1 class. `randomised(cascade)` builds the model with
+/// those layers re-initialised. `baseline` is integrated gradients' starting point.
+#[allow(clippy::too_many_arguments)]
+pub fn check(
+    model: &dyn Classifier,
+    randomised: &dyn Fn(Cascade) -> Result<Arc<dyn Classifier>>,
+    x: &Tensor,
+    baseline: &Tensor,
+    target: Option<usize>,
+    params: &SaliencyParams,
+    progress: &mut dyn FnMut(CheckProgress),
+    cancel: &AtomicBool,
+) -> Result<Check> {
+    let probs = classify(model, x)?;
+    let target = target.unwrap_or_else(|| top_k(model, &probs, 1)[0].class);
+    if target >= probs.len() {
+        return Err(Error::ClassOutOfRange {
+            class: target,
+            num_classes: probs.len(),
+        });
+    }
+    let runner_up = top_k(model, &probs, 2)
+        .into_iter()
+        .find(|p| p.class != target)
+        .ok_or_else(|| Error::InvalidParam("the class check needs a second class".into()))?;
+    let stages = Cascade::ALL.len() + 2;
+    let mut map =
+        |stage: usize, m: &dyn Classifier, class: usize| -> Result<(SaliencyMap, SaliencyMap)> {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let mut report = |chunk, chunks| {
+                progress(CheckProgress {
+                    stage,
+                    stages,
+                    chunk,
+                    chunks,
+                })
+            };
+            let x = x.to_device(m.device())?;
+            let b = baseline.to_device(m.device())?;
+            let a = saliency::attribution(m, &x, class, params, &b, &mut report, cancel)?;
+            Ok((
+                saliency::magnitude(&a.values)?,
+                saliency::saliency_map(&a.values)?,
+            ))
+        };
+    let (raw, original) = map(0, model, target)?;
+    let mut rows = Vec::new();
+    let mut maps = Vec::new();
+    for (i, cascade) in Cascade::ALL.into_iter().enumerate() {
+        let m = randomised(cascade)?;
+        let (r, shown) = map(1 + i, m.as_ref(), target)?;
+        rows.push(Randomised {
+            reinitialised: cascade,
+            tensors: model.reinit_scope(cascade).map_or(0, |s| s.len()),
+            spearman: spearman(&raw.data, &r.data),
+            ssim: ssim(&original.data, &shown.data, original.width, original.height),
+        });
+        maps.push(shown);
+    }
+    let (other_raw, other) = map(stages - 1, model, runner_up.class)?;
+    let other_class = OtherClass {
+        class: runner_up.class,
+        label: runner_up.label,
+        spearman: spearman(&raw.data, &other_raw.data),
+    };
+    progress(CheckProgress {
+        stage: stages,
+        stages,
+        chunk: 0,
+        chunks: 1,
+    });
+    let verdict = verdict(&rows, &other_class);
+    Ok(Check {
+        report: CheckReport {
+            method: params.method,
+            target,
+            target_label: model.info().label(target),
+            randomisation: rows,
+            other_class,
+            verdict,
+        },
+        original,
+        randomised: maps,
+        other,
+    })
+}
+
+fn rho(r: Option<f64>) -> String {
+    r.map_or("undefined".to_string(), |r| format!("{r:.2}"))
+}
+
+/// The check's numbers in plain words. Thresholds: a rank correlation of 0.9 or more with a
+/// randomised head is "barely changes"; below 0.5 the map "changes" (Adebayo et al. report
+/// trained-vs-random correlations well under 0.5 for methods that pass).
+pub fn verdict(rows: &[Randomised], other: &OtherClass) -> String {
+    let head = rows
+        .iter()
+        .find(|r| r.reinitialised == Cascade::Head)
+        .and_then(|r| r.spearman);
+    let deepest = rows.last();
+    let mut text = match head {
+        None => "The map is constant, so the check cannot compare it.".to_string(),
+        Some(r) if r >= 0.9 => format!(
+            "This map barely changes when the classifier head is randomised (ρ = {r:.2}): it \
+             shows image structure more than the model's decision."
+        ),
+        Some(r) if r >= 0.5 => format!(
+            "This map changes only partly when the classifier head is randomised (ρ = {r:.2}): \
+             part of it is image structure, not the model's decision."
+        ),
+        Some(r) => format!(
+            "This map changes when the classifier head is randomised (ρ = {r:.2}): it depends \
+             on what the model learned."
+        ),
+    };
+    if let Some(d) = deepest.filter(|d| d.reinitialised != Cascade::Head) {
+        text.push_str(&format!(
+            " With {} randomised, ρ = {}.",
+            d.reinitialised.describe(),
+            rho(d.spearman)
+        ));
+    }
+    text.push_str(&match other.spearman {
+        Some(r) if r >= 0.9 => format!(
+            " It is nearly the same for the runner-up class, {} (ρ = {r:.2}): it does not tell \
+             the classes apart.",
+            other.label
+        ),
+        r => format!(
+            " For the runner-up class, {}, it differs (ρ = {}).",
+            other.label,
+            rho(r)
+        ),
+    });
+    text
+}
