@@ -201,6 +201,10 @@ pub struct Options {
     /// Also write float32 .npy arrays (input, gradient, saliency, mask) per iteration.
     #[arg(long)]
     pub export_raw: bool,
+    /// Skip the faithfulness measures (deletion / insertion curves, unveiling against one
+    /// map): about 70 forward passes per iteration.
+    #[arg(long)]
+    pub no_faithfulness: bool,
     /// Grayscale / DICOM window as CENTER,WIDTH in the file's units (default: the file's own).
     #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
     pub window: Option<Window>,
@@ -279,6 +283,7 @@ impl Options {
                 FillArg::Blur => FillMode::Blur,
             },
             target: self.class,
+            faithfulness: !self.no_faithfulness,
         };
         p.validate()?;
         Ok(p)
@@ -406,6 +411,14 @@ fn explain(
                 100.0 * s.mask.coverage(),
                 100.0 * s.cumulative.coverage(),
                 s.timings.classify_ms + s.timings.gradient_ms + s.timings.mask_ms,
+            );
+        }
+        if let Event::Curves { index, curves } = e
+            && !quiet
+        {
+            eprintln!(
+                "iteration {index}: deletion AUC {:.3}, insertion AUC {:.3}",
+                curves.deletion_auc, curves.insertion_auc
             );
         }
     };

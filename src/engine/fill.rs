@@ -56,6 +56,11 @@ impl Filler {
         Ok(Tensor::from_vec(self.fill.clone(), (c, h, w), device)?)
     }
 
+    /// The fill's values, `[c, h, w]` flattened.
+    pub fn fill_values(&self) -> &[f32] {
+        &self.fill
+    }
+
     /// The image with `m` filled, `[c, h, w]` on `device`.
     pub fn apply(&self, m: &Mask, device: &Device) -> Result<Tensor> {
         let (c, h, w) = self.shape;

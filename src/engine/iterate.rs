@@ -13,13 +13,14 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
+use crate::engine::faithfulness;
 use crate::engine::fill::Filler;
 use crate::engine::gradient_cache::GradientCache;
 use crate::engine::maps::{Mask, SaliencyMap};
 use crate::engine::mask;
 use crate::engine::models::Classifier;
 use crate::engine::outcome::{Event, Outcome, Probe, Progress, Step, StopReason, Timings};
-use crate::engine::params::{MaskParams, UnveilParams};
+use crate::engine::params::{FillMode, MaskParams, UnveilParams};
 use crate::engine::predict::{classify, top_k};
 use crate::engine::saliency;
 use crate::error::{Error, Result};
@@ -112,7 +113,7 @@ pub(crate) fn iterate(
         let grows = masks.mask.adds_to(&cumulative);
         cumulative = masks.cumulative.clone();
         let mask_ms = ms(t);
-        let step = Step {
+        let mut step = Step {
             index,
             input: input.to_device(&Device::Cpu)?,
             top5: top_k(model, &probs, 5),
@@ -124,6 +125,7 @@ pub(crate) fn iterate(
             cumulative: masks.cumulative,
             masked: masks.masked.clone(),
             cached,
+            faithfulness: None,
             timings: Timings {
                 classify_ms,
                 gradient_ms,
@@ -131,22 +133,36 @@ pub(crate) fn iterate(
             },
         };
         on_event(Event::Step(&step));
+        if params.faithfulness {
+            // After the step is reported: the app shows it while the curves are traced.
+            let blurred = Filler::new(model.info(), &step.input, FillMode::Blur)?;
+            let curves = faithfulness::curves(
+                model,
+                &step.input,
+                &step.saliency,
+                filler.fill_values(),
+                blurred.fill_values(),
+                target,
+                cancel,
+            )?;
+            on_event(Event::Curves {
+                index,
+                curves: &curves,
+            });
+            step.faithfulness = Some(curves);
+        }
         steps.push(step);
 
         if !grows {
             let flat = steps
                 .last()
                 .is_some_and(|s| s.saliency.data.iter().all(|&v| v == 0.0));
-            return Ok(Outcome {
-                target,
-                steps,
-                stop: if flat {
-                    StopReason::ZeroGradient
-                } else {
-                    StopReason::NoNewRegion
-                },
-                after: None,
-            });
+            let stop = if flat {
+                StopReason::ZeroGradient
+            } else {
+                StopReason::NoNewRegion
+            };
+            return finish(model, x, &filler, params, target, steps, stop, None, cancel);
         }
         input = masks.masked.to_device(&device)?;
         let t = Instant::now();
@@ -166,14 +182,48 @@ pub(crate) fn iterate(
             None
         };
         if let Some(stop) = stop {
-            return Ok(Outcome {
-                target,
-                steps,
-                stop,
-                after,
-            });
+            return finish(
+                model, x, &filler, params, target, steps, stop, after, cancel,
+            );
         }
     }
+}
+
+/// The outcome of a run that stopped, with its unveiling measured against a single map.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    model: &dyn Classifier,
+    x: &Tensor,
+    filler: &Filler,
+    params: &UnveilParams,
+    target: usize,
+    steps: Vec<Step>,
+    stop: StopReason,
+    after: Option<Probe>,
+    cancel: &AtomicBool,
+) -> Result<Outcome> {
+    let union = &steps.last().expect("iteration 0 always runs").cumulative;
+    let unveiling = (params.faithfulness && union.count() > 0)
+        .then(|| {
+            faithfulness::unveiling(
+                model,
+                x,
+                filler.fill_values(),
+                &steps[0].saliency,
+                union,
+                &params.mask,
+                target,
+                cancel,
+            )
+        })
+        .transpose()?;
+    Ok(Outcome {
+        target,
+        steps,
+        stop,
+        after,
+        unveiling,
+    })
 }
 
 /// One iteration's masks: its own smoothed mask, the union with every earlier mask, and the

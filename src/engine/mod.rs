@@ -8,6 +8,7 @@ pub mod device;
 pub mod dicom;
 pub mod explainer;
 pub mod export;
+pub mod faithfulness;
 mod fill;
 pub mod font;
 mod gradient_cache;

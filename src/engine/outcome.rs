@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::faithfulness::{Curves, Unveiling};
 use crate::engine::maps::{Mask, SaliencyMap};
 use crate::engine::predict::Prediction;
 use crate::engine::saliency::Completeness;
@@ -36,6 +37,8 @@ pub struct Step {
     pub cumulative: Mask,
     /// The image with `cumulative` filled, `[3, h, w]`: the next iteration's input.
     pub masked: Tensor,
+    /// Deletion and insertion curves (when the run measures faithfulness).
+    pub faithfulness: Option<Curves>,
     /// True when the attribution came from the cache (no gradient was computed).
     pub cached: bool,
     pub timings: Timings,
@@ -87,6 +90,9 @@ pub struct Outcome {
     pub stop: StopReason,
     /// Classification of the input with every mask applied (absent when nothing new was masked).
     pub after: Option<Probe>,
+    /// The unveiled union against a region of the same area from iteration 0's map (when
+    /// the run measures faithfulness and masked anything).
+    pub unveiling: Option<Unveiling>,
 }
 
 /// Where a run is, for progress bars.
@@ -102,4 +108,9 @@ pub struct Progress {
 pub enum Event<'a> {
     Progress(Progress),
     Step(&'a Step),
+    /// Iteration `index`'s faithfulness curves, measured after its step was reported.
+    Curves {
+        index: usize,
+        curves: &'a Curves,
+    },
 }

@@ -174,7 +174,7 @@ pub enum FillMode {
 }
 
 /// A whole run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UnveilParams {
     pub saliency: SaliencyParams,
@@ -183,6 +183,22 @@ pub struct UnveilParams {
     pub fill: FillMode,
     /// Class to explain; `None` is the top-1 class of the original image.
     pub target: Option<usize>,
+    /// Measure faithfulness (deletion / insertion curves per iteration, unveiling against a
+    /// single map per run): forward passes only, about 70 per iteration.
+    pub faithfulness: bool,
+}
+
+impl Default for UnveilParams {
+    fn default() -> Self {
+        UnveilParams {
+            saliency: SaliencyParams::default(),
+            mask: MaskParams::default(),
+            stop: StopParams::default(),
+            fill: FillMode::default(),
+            target: None,
+            faithfulness: true,
+        }
+    }
 }
 
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
@@ -219,6 +235,7 @@ impl UnveilParams {
             && self.stop == before.stop
             && self.fill == before.fill
             && self.target == before.target
+            && self.faithfulness == before.faithfulness
         {
             Change::MaskOnly
         } else {

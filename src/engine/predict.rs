@@ -18,14 +18,20 @@ pub struct Prediction {
 /// Class probabilities of one normalised image `[3, h, w]`: a softmax, or for multi-label
 /// models one sigmoid per label (each label scored on its own).
 pub fn classify(model: &dyn Classifier, x: &Tensor) -> Result<Vec<f32>> {
-    let logits = model.forward(&x.to_device(model.device())?.unsqueeze(0)?, ReluMode::Plain)?;
+    let mut probs = classify_batch(model, &x.unsqueeze(0)?)?;
+    Ok(probs.remove(0))
+}
+
+/// Class probabilities of each image of a normalised batch `[n, 3, h, w]`, as [`classify`].
+pub fn classify_batch(model: &dyn Classifier, x: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let logits = model.forward(&x.to_device(model.device())?, ReluMode::Plain)?;
     let p = if model.info().multi_label {
         candle_nn::ops::sigmoid(&logits)?
     } else {
         candle_nn::ops::softmax_last_dim(&logits)?
     };
-    let probs: Vec<f32> = p.squeeze(0)?.to_vec1()?;
-    if probs.iter().any(|p| !p.is_finite()) {
+    let probs: Vec<Vec<f32>> = p.to_vec2()?;
+    if probs.iter().flatten().any(|p| !p.is_finite()) {
         return Err(Error::Numeric(
             "the model produced NaN or infinite scores".into(),
         ));

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::faithfulness::{Curves, Unveiling};
 use crate::engine::models::ModelInfo;
 use crate::engine::outcome::{Outcome, Probe, StopReason, Timings};
 use crate::engine::params::UnveilParams;
@@ -32,6 +33,9 @@ pub struct Summary {
     pub target_label: String,
     pub iterations: Vec<IterationSummary>,
     pub stop: StopSummary,
+    /// The unveiled union against a region of the same area from iteration 0's map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unveiling: Option<Unveiling>,
     pub total_ms: f64,
 }
 
@@ -55,6 +59,9 @@ pub struct IterationSummary {
     /// Integrated gradients' completeness check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completeness: Option<Completeness>,
+    /// Deletion and insertion AUCs and curves (33 points each).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<Curves>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,12 +97,14 @@ impl Summary {
                     gradient_cached: s.cached,
                     timings: s.timings.clone(),
                     completeness: s.completeness,
+                    faithfulness: s.faithfulness.clone(),
                 })
                 .collect(),
             stop: StopSummary {
                 reason: outcome.stop,
                 after: outcome.after.clone(),
             },
+            unveiling: outcome.unveiling,
             total_ms: run.total_ms,
         }
     }

@@ -7,6 +7,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::thread::JoinHandle;
 
 use crate::engine::explainer::Explainer;
+use crate::engine::faithfulness::Curves;
 use crate::engine::outcome::{Event, Outcome, Progress, Step};
 use crate::engine::params::UnveilParams;
 use crate::engine::sanity::{Check, CheckProgress};
@@ -24,6 +25,8 @@ pub trait Message: Send + 'static {
 pub enum Msg {
     Progress(Progress),
     Step(Box<Step>),
+    /// An iteration's faithfulness curves, after its step.
+    Curves(usize, Box<Curves>),
     Done(Result<Outcome>),
 }
 
@@ -175,6 +178,9 @@ impl Worker<Msg> {
                 &mut |e| match e {
                     Event::Progress(p) => send(Msg::Progress(p)),
                     Event::Step(s) => send(Msg::Step(Box::new(s.clone()))),
+                    Event::Curves { index, curves } => {
+                        send(Msg::Curves(index, Box::new(curves.clone())))
+                    }
                 },
                 cancel,
             );

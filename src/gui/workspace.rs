@@ -353,6 +353,11 @@ impl Workspace {
             match msg {
                 Msg::Progress(p) => self.progress = Some(p),
                 Msg::Step(step) => self.add_step(ctx, *step, notices),
+                Msg::Curves(index, curves) => {
+                    if let Some(view) = self.steps.get_mut(index).filter(|v| !v.stale) {
+                        view.step.faithfulness = Some(*curves);
+                    }
+                }
                 Msg::Done(result) => {
                     self.progress = None;
                     match result {

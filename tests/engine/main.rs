@@ -6,6 +6,7 @@ mod common;
 mod corpus;
 mod dicom;
 mod export;
+mod faithfulness;
 mod fetch;
 mod mask;
 mod methods;

@@ -77,8 +77,11 @@ pub fn write_generated(arch_name: &str, dir: &std::path::Path) -> std::path::Pat
     path
 }
 
+/// A folder of its own for each call: tests run in parallel and several load one model.
 pub fn scratch(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("unveil-tv-{}-{name}", std::process::id()))
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("unveil-tv-{}-{name}-{n}", std::process::id()))
 }
 
 pub fn load(arch_name: &str, arch: Arch, backend: Backend) -> std::sync::Arc<dyn Classifier> {

@@ -60,7 +60,10 @@ impl IterationsView {
             });
             return;
         }
-        plot(ws, stop_threshold, ui);
+        ui.columns(2, |cols| {
+            plot(ws, stop_threshold, &mut cols[0]);
+            curves_plot(ws, self.selected, &mut cols[1]);
+        });
         check_box(ui, ws, params);
         ui.separator();
         let width = ui.available_width();
@@ -90,6 +93,12 @@ impl IterationsView {
                         100.0 * s.mask.coverage(),
                         100.0 * s.cumulative.coverage()
                     );
+                    if let Some(f) = &s.faithfulness {
+                        head.push_str(&format!(
+                            " · deletion AUC {:.2}, insertion AUC {:.2}",
+                            f.deletion_auc, f.insertion_auc
+                        ));
+                    }
                     if view.stale {
                         head.push_str(" · updating…");
                     }
@@ -188,6 +197,56 @@ fn plot(ws: &Workspace, stop_threshold: f32, ui: &mut egui::Ui) {
             p.points(Points::new("iterations", PlotPoints::from(pts)).radius(3.0));
             p.hline(HLine::new("stop threshold", stop).color(egui::Color32::from_rgb(220, 80, 60)));
         });
+}
+
+/// The selected iteration's deletion and insertion curves: p(target) as its most salient
+/// pixels are hidden (deletion) or put back into a blur (insertion).
+fn curves_plot(ws: &Workspace, selected: usize, ui: &mut egui::Ui) {
+    let Some(curves) = ws
+        .steps
+        .get(selected)
+        .and_then(|v| v.step.faithfulness.as_ref())
+    else {
+        ui.centered_and_justified(|ui| {
+            ui.label(egui::RichText::new("Deletion / insertion curves appear here.").weak())
+        });
+        return;
+    };
+    let points = |v: &[f32]| -> PlotPoints {
+        v.iter()
+            .enumerate()
+            .map(|(k, &p)| [k as f64 / (v.len() - 1).max(1) as f64, p as f64])
+            .collect()
+    };
+    Plot::new("faithfulness")
+        .height(130.0)
+        .include_y(0.0)
+        .include_y(1.0)
+        .include_x(0.0)
+        .include_x(1.0)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .legend(egui_plot::Legend::default())
+        .x_axis_label(format!("fraction of pixels, most salient first (iteration {selected})"))
+        .show(ui, |p| {
+            p.line(
+                Line::new(
+                    format!("deletion (AUC {:.2}; lower: faithful)", curves.deletion_auc),
+                    points(&curves.deletion_curve),
+                )
+                .color(egui::Color32::from_rgb(230, 120, 60)),
+            );
+            p.line(
+                Line::new(
+                    format!("insertion (AUC {:.2}; higher: faithful)", curves.insertion_auc),
+                    points(&curves.insertion_curve),
+                )
+                .color(egui::Color32::from_rgb(90, 170, 230)),
+            );
+        })
+        .response
+        .on_hover_text("Deletion: p(target) as the most salient pixels are replaced by the fill. Insertion: p(target) as they are put back into a blurred image. A map that finds the model's evidence makes deletion fall fast and insertion rise fast (Petsiuk et al., 2018).");
 }
 
 /// Spearman's ρ between iteration 0's map and the map with a random classifier head, when a

@@ -58,6 +58,23 @@ impl RegionsView {
                 if let Some(after) = ws.outcome.as_ref().and_then(|o| o.after.as_ref()) {
                     ui.label(format!("all masked · p = {:.3}", after.p_target));
                 }
+                if let Some(u) = ws.outcome.as_ref().and_then(|o| o.unveiling) {
+                    ui.separator();
+                    ui.label(egui::RichText::new("Unveiling against one map").strong())
+                        .on_hover_text("p(target) with only a region visible (the rest filled), and with it hidden: the union of every iteration's region against a region of the same area from iteration 0's map alone, smoothed the same way. If unveiling finds evidence one map misses, hiding the union lowers p more.");
+                    egui::Grid::new("unveiling").show(ui, |ui| {
+                        ui.label("");
+                        ui.label("only visible");
+                        ui.label("hidden");
+                        ui.end_row();
+                        for (name, r) in [("union", u.unveiled), ("one map", u.single_map)] {
+                            ui.label(format!("{name} ({:.0}%)", 100.0 * r.area));
+                            ui.label(format!("{:.3}", r.only_p));
+                            ui.label(format!("{:.3}", r.hidden_p));
+                            ui.end_row();
+                        }
+                    });
+                }
             });
         });
     }
