@@ -14,6 +14,7 @@ use unveil::Error;
 use unveil::Result;
 use unveil::engine::batch;
 use unveil::engine::device::{self, DeviceChoice};
+use unveil::engine::eval::{self, EvalRow};
 use unveil::engine::explainer::Explainer;
 use unveil::engine::export;
 use unveil::engine::image;
@@ -62,6 +63,9 @@ pub enum Command {
     /// Sanity-check the saliency map of one image: does it change when the model's last layers
     /// are randomised, or for another class? Writes check.json and check.png.
     Check(RunArgs),
+    /// Compare saliency methods over images: faithfulness and sanity checks per image and
+    /// method, means with 95 % bootstrap intervals; resumable and shardable like batch.
+    Eval(EvalArgs),
     /// List the models this build knows, or fetch one (`unveil models fetch NAME`).
     Models {
         #[command(subcommand)]
@@ -80,7 +84,7 @@ pub enum ModelsAction {
     },
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
     Guided,
     Vanilla,
@@ -137,6 +141,33 @@ pub struct BatchArgs {
     /// paths, so N machines can share one dataset with no coordination.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Images, folders of images, or list files (.txt, one path per line).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub opts: Options,
+    /// Output folder: <image>/<method>/{run,check,eval.json}, results.csv, summary.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Process only shard I of N (0-based), as in batch.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// Methods to compare (--method is ignored).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "guided,vanilla,integrated-gradients,grad-cam"
+    )]
+    pub methods: Vec<MethodArg>,
+    /// Noisy copies for integrated gradients (1: plain IG; each copy costs --ig-steps passes,
+    /// so SmoothGrad's --samples would multiply its cost).
+    #[arg(long = "ig-samples", default_value_t = 1)]
+    pub ig_samples: usize,
 }
 
 /// Options shared by `run` and `batch`.
@@ -251,12 +282,7 @@ impl Options {
     pub fn params(&self) -> Result<UnveilParams> {
         let p = UnveilParams {
             saliency: SaliencyParams {
-                method: match self.method {
-                    MethodArg::Guided => Method::Guided,
-                    MethodArg::Vanilla => Method::Vanilla,
-                    MethodArg::IntegratedGradients => Method::IntegratedGradients,
-                    MethodArg::GradCam => Method::GradCam,
-                },
+                method: method(self.method),
                 samples: self.samples,
                 noise: self.noise,
                 seed: self.seed,
@@ -378,6 +404,124 @@ pub fn check(args: &CheckArgs) -> Result<()> {
         eprintln!("wrote {}", args.out.display());
     }
     Ok(())
+}
+
+/// Runs `unveil eval`.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let mut base = args.opts.params()?;
+    base.faithfulness = true;
+    let methods: Vec<Method> = args.methods.iter().map(|m| method(*m)).collect();
+    let images = batch::collect(&args.inputs)?;
+    let mine: Vec<&PathBuf> = images
+        .iter()
+        .filter(|p| args.shard.is_none_or(|(i, n)| batch::shard_of(p, n) == i))
+        .collect();
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    let pending = |p: &Path| {
+        methods
+            .iter()
+            .any(|&m| !eval::done(&eval::folder(&args.out, &batch::id(p), m)))
+    };
+    let todo: Vec<&PathBuf> = mine.iter().copied().filter(|p| pending(p)).collect();
+    eprintln!(
+        "{} images x {} methods, {} images in this shard, {} with work to do",
+        images.len(),
+        methods.len(),
+        mine.len(),
+        todo.len()
+    );
+    let explainer = args.opts.explainer()?;
+    let dev = device::describe(explainer.device());
+    let never = AtomicBool::new(false);
+    let mut failed = 0;
+    for (k, path) in todo.iter().enumerate() {
+        let id = batch::id(path);
+        let name = path.display().to_string();
+        let img = match image::load(path) {
+            Ok(img) => img,
+            Err(e) => {
+                failed += 1;
+                eprintln!("[{}/{}] {name}: {e}", k + 1, todo.len());
+                batch::record_failure(&args.out, path, &e.to_string())?;
+                continue;
+            }
+        };
+        for &m in &methods {
+            let dir = eval::folder(&args.out, &id, m);
+            if eval::done(&dir) {
+                continue;
+            }
+            let mut p = base.clone();
+            p.saliency.method = m;
+            if m == Method::IntegratedGradients {
+                p.saliency.samples = args.ig_samples;
+            }
+            let one = || -> Result<EvalRow> {
+                let start = Instant::now();
+                let outcome = explainer.explain(&img, args.opts.window, &p, &mut |_| {}, &never)?;
+                let run_ms = start.elapsed().as_secs_f64() * 1e3;
+                let info = RunInfo {
+                    image: &name,
+                    device: &dev,
+                    params: &p,
+                    model: explainer.info(),
+                    total_ms: run_ms,
+                };
+                export::write_run(&dir.join("run"), &outcome, &info, false, true)?;
+                let start = Instant::now();
+                let check = explainer.check(&img, args.opts.window, &p, &mut |_| {}, &never)?;
+                let check_ms = start.elapsed().as_secs_f64() * 1e3;
+                export::write_check(&dir.join("check"), &check, &info, true)?;
+                let row = EvalRow::new(
+                    explainer.model().as_ref(),
+                    &name,
+                    m,
+                    p.fill,
+                    &outcome,
+                    &check.report,
+                    (run_ms, check_ms),
+                    &never,
+                )?;
+                eval::write_row(&dir, &row)?;
+                Ok(row)
+            };
+            match one() {
+                Ok(r) => eprintln!(
+                    "[{}/{}] {name} {}: deletion AUC {:.3}, insertion AUC {:.3}, head rho {}, {:.1} s",
+                    k + 1,
+                    todo.len(),
+                    m.name(),
+                    r.deletion_auc_0,
+                    r.insertion_auc_0,
+                    r.rho_head.map_or("undefined".into(), |v| format!("{v:.3}")),
+                    (r.run_ms + r.check_ms) / 1e3
+                ),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("[{}/{}] {name} {}: {e}", k + 1, todo.len(), m.name());
+                    batch::record_failure(&args.out, path, &format!("{}: {e}", m.name()))?;
+                }
+            }
+        }
+    }
+    let table = eval::write_tables(&args.out)?;
+    println!("{table}");
+    if failed > 0 {
+        return Err(Error::BatchFailed {
+            failed,
+            list: args.out.join("failed.csv"),
+        });
+    }
+    Ok(())
+}
+
+fn method(m: MethodArg) -> Method {
+    match m {
+        MethodArg::Guided => Method::Guided,
+        MethodArg::Vanilla => Method::Vanilla,
+        MethodArg::IntegratedGradients => Method::IntegratedGradients,
+        MethodArg::GradCam => Method::GradCam,
+    }
 }
 
 /// `unveil check` takes what `unveil run` takes.

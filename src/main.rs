@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Some(Command::Run(run)) => cli::run(run),
         Some(Command::Batch(b)) => cli::batch(b),
         Some(Command::Check(c)) => cli::check(c),
+        Some(Command::Eval(e)) => cli::eval(e),
         Some(Command::Models { action }) => cli::models_command(action.as_ref()),
         None => launch_app(&args),
     };

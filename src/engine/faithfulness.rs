@@ -99,6 +99,29 @@ fn probabilities(
     Ok(out)
 }
 
+/// Pixels in the order a run unveiled them: iteration 0's region first, then each later
+/// iteration's new pixels, each region by its own iteration's saliency (ties by index), then
+/// every pixel never unveiled, by iteration 0's saliency. `maps[i]` and `unions[i]` are
+/// iteration i's saliency map and union of masks 0..=i.
+pub fn unveiling_order(maps: &[&SaliencyMap], unions: &[&Mask]) -> Vec<usize> {
+    let n = maps.first().map_or(0, |m| m.data.len());
+    // (iteration that unveiled the pixel, that iteration's saliency there).
+    let key = |p: usize| match unions.iter().position(|u| u.data[p]) {
+        Some(r) => (r, maps[r].data[p]),
+        None => (unions.len(), maps[0].data[p]),
+    };
+    let keys: Vec<(usize, f32)> = (0..n).map(key).collect();
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| {
+        keys[a]
+            .0
+            .cmp(&keys[b].0)
+            .then(keys[b].1.total_cmp(&keys[a].1))
+            .then(a.cmp(&b))
+    });
+    idx
+}
+
 /// The deletion and insertion curves of `input` (`[c, h, w]`) under `saliency`, with `fill`
 /// (the run's fill) and `blurred` (a blur of `input`), both the input's size.
 pub fn curves(
@@ -110,13 +133,33 @@ pub fn curves(
     target: usize,
     cancel: &AtomicBool,
 ) -> Result<Curves> {
+    curves_in_order(
+        model,
+        input,
+        &order(saliency),
+        fill,
+        blurred,
+        target,
+        cancel,
+    )
+}
+
+/// [`curves`] for pixels in a given order (most important first).
+pub fn curves_in_order(
+    model: &dyn Classifier,
+    input: &Tensor,
+    order: &[usize],
+    fill: &[f32],
+    blurred: &[f32],
+    target: usize,
+    cancel: &AtomicBool,
+) -> Result<Curves> {
     let dims = input.dims3()?;
     let x: Vec<f32> = input.flatten_all()?.to_vec1()?;
     let plane = dims.1 * dims.2;
-    if saliency.data.len() != plane || fill.len() != x.len() || blurred.len() != x.len() {
+    if order.len() != plane || fill.len() != x.len() || blurred.len() != x.len() {
         return Err(Error::Internal("faithfulness: sizes differ".into()));
     }
-    let order = order(saliency);
     // Image k takes `from` at the first k * n / 32 pixels in saliency order, `base` elsewhere.
     let trace = |base: &[f32], from: &[f32]| -> Result<Vec<f32>> {
         let images: Vec<Vec<f32>> = (0..=STEPS)
@@ -236,6 +279,27 @@ mod tests {
         assert_eq!(auc(&[1.0, 1.0, 1.0]), 1.0);
         assert_eq!(auc(&[1.0, 0.0]), 0.5);
         assert!((auc(&[0.0, 1.0, 1.0]) - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unveiling_order_goes_region_by_region() {
+        let map = |data: Vec<f32>| SaliencyMap {
+            width: 4,
+            height: 1,
+            data,
+        };
+        let mask = |data: Vec<bool>| Mask {
+            width: 4,
+            height: 1,
+            data,
+        };
+        let (m0, m1) = (map(vec![0.1, 0.9, 0.5, 0.3]), map(vec![0.0, 0.0, 0.2, 0.8]));
+        let (u0, u1) = (
+            mask(vec![false, true, false, false]),
+            mask(vec![false, true, true, true]),
+        );
+        // Pixel 1 (iteration 0), then 3 and 2 by iteration 1's map, then 0.
+        assert_eq!(unveiling_order(&[&m0, &m1], &[&u0, &u1]), [1, 3, 2, 0]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod device;
 pub mod dicom;
+pub mod eval;
 pub mod explainer;
 pub mod export;
 pub mod faithfulness;

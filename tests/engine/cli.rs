@@ -468,3 +468,56 @@ fn check_writes_the_sanity_report_and_picture() {
     assert_clean_failure(&o, "ig-steps must be 1..=1024");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn eval_compares_methods_resumes_and_summarises() {
+    let out = tmp("eval");
+    let (coffee, out_s) = (repo("assets/coffee.png"), out.display().to_string());
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            coffee.to_str().unwrap(),
+            "--methods",
+            "vanilla,grad-cam",
+            "--samples",
+            "1",
+            "--max-iter",
+            "2",
+            "--out",
+            &out_s,
+        ];
+        a.extend_from_slice(extra);
+        unveil(&a)
+    };
+    let o = run(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("| metric | vanilla | grad-cam |"), "{table}");
+    let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 3, "{results}");
+    assert!(results.lines().skip(1).all(|l| l.contains("coffee.png")));
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(summary.contains("vanilla,rho_head,1,"), "{summary}");
+    // Each image x method keeps its run and its check.
+    let image_dir = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    for m in ["vanilla", "grad-cam"] {
+        assert!(image_dir.join(m).join("run/summary.json").is_file());
+        assert!(image_dir.join(m).join("check/check.json").is_file());
+    }
+    // A second call finds nothing to do and rebuilds the same tables.
+    let o = run(&[]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 with work to do"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.csv")).unwrap(),
+        results
+    );
+    let o = run(&["--ig-steps", "0"]);
+    assert_clean_failure(&o, "ig-steps must be 1..=1024");
+    let _ = std::fs::remove_dir_all(&out);
+}
