@@ -13,6 +13,7 @@ mod methods;
 mod models;
 mod ops;
 mod pth;
+mod reference;
 mod robustness;
 mod saliency;
 mod sanity;
