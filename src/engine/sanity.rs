@@ -158,7 +158,8 @@ pub fn check(
         chunk: 0,
         chunks: 1,
     });
-    let verdict = verdict(&rows, &other_class);
+    let constant = raw.data.iter().all(|&v| v == raw.data[0]);
+    let verdict = verdict(constant, &rows, &other_class);
     Ok(Check {
         report: CheckReport {
             method: params.method,
@@ -175,20 +176,29 @@ pub fn check(
 }
 
 fn rho(r: Option<f64>) -> String {
-    r.map_or("undefined".to_string(), |r| format!("{r:.2}"))
+    r.map_or("undefined (the map vanished)".to_string(), |r| {
+        format!("{r:.2}")
+    })
 }
 
 /// The check's numbers in plain words. Thresholds: a rank correlation of 0.9 or more with a
 /// randomised head is "barely changes"; below 0.5 the map "changes" (Adebayo et al. report
-/// trained-vs-random correlations well under 0.5 for methods that pass).
-pub fn verdict(rows: &[Randomised], other: &OtherClass) -> String {
+/// trained-vs-random correlations well under 0.5 for methods that pass). `constant`: the
+/// original map has one value everywhere (a correlation with it is undefined); otherwise an
+/// undefined correlation means the randomised model's map is the constant one: it vanished.
+pub fn verdict(constant: bool, rows: &[Randomised], other: &OtherClass) -> String {
+    if constant {
+        return "The map is the same everywhere, so the check cannot compare it.".to_string();
+    }
     let head = rows
         .iter()
         .find(|r| r.reinitialised == Cascade::Head)
         .and_then(|r| r.spearman);
     let deepest = rows.last();
     let mut text = match head {
-        None => "The map is constant, so the check cannot compare it.".to_string(),
+        None => "This map vanishes when the classifier head is randomised (it becomes the same \
+                 everywhere): it depends on what the model learned."
+            .to_string(),
         Some(r) if r >= 0.9 => format!(
             "This map barely changes when the classifier head is randomised (ρ = {r:.2}): it \
              shows image structure more than the model's decision."
@@ -222,4 +232,54 @@ pub fn verdict(rows: &[Randomised], other: &OtherClass) -> String {
         ),
     });
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(head: Option<f64>, deepest: Option<f64>) -> Vec<Randomised> {
+        let row = |c, spearman| Randomised {
+            reinitialised: c,
+            tensors: 1,
+            spearman,
+            ssim: 0.0,
+        };
+        vec![
+            row(Cascade::Head, head),
+            row(Cascade::LastStage, head),
+            row(Cascade::LastQuarter, deepest),
+        ]
+    }
+
+    #[test]
+    fn the_verdict_says_what_the_numbers_show() {
+        let other = |r| OtherClass {
+            class: 1,
+            label: "tiger cat".into(),
+            spearman: r,
+        };
+        let v = verdict(false, &rows(Some(0.99), Some(0.93)), &other(Some(0.999)));
+        assert!(
+            v.contains("barely changes") && v.contains("ρ = 0.99"),
+            "{v}"
+        );
+        assert!(
+            v.contains("last quarter of the network randomised, ρ = 0.93"),
+            "{v}"
+        );
+        assert!(v.contains("does not tell the classes apart"), "{v}");
+        let v = verdict(false, &rows(Some(0.3), Some(0.1)), &other(Some(0.4)));
+        assert!(
+            v.contains("depends on what the model learned") && v.contains("differs"),
+            "{v}"
+        );
+        let v = verdict(false, &rows(Some(0.7), Some(0.6)), &other(Some(0.4)));
+        assert!(v.contains("changes only partly"), "{v}");
+        // A random head that leaves Grad-CAM nothing to show: the map vanished.
+        let v = verdict(false, &rows(None, None), &other(Some(0.4)));
+        assert!(v.contains("vanishes"), "{v}");
+        let v = verdict(true, &rows(None, None), &other(None));
+        assert!(v.contains("cannot compare"), "{v}");
+    }
 }

@@ -127,3 +127,34 @@ fn randomised_models_are_seeded_and_change_only_their_layers() {
         .to_string();
     assert!(err.contains("loaded by name or description"), "{err}");
 }
+
+/// The cascade follows the network's depth: each level strictly contains the one before, and
+/// a stage reaches no block before it (Xception once read its exit block before its middle
+/// flow, and its "last stage" took the middle flow with it).
+#[test]
+fn the_cascade_follows_each_networks_depth() {
+    use unveil::engine::models::Classifier;
+    let scopes = |m: &dyn Classifier| Cascade::ALL.map(|c| m.reinit_scope(c).unwrap());
+    for (name, model) in [
+        ("lite0", crate::common::lite0()),
+        ("xception", crate::xception::model()),
+    ] {
+        let [head, stage, quarter] = scopes(model.as_ref());
+        assert!(head.is_subset(&stage) && head.len() < stage.len(), "{name}");
+        assert!(
+            stage.is_subset(&quarter) && stage.len() < quarter.len(),
+            "{name}"
+        );
+    }
+    let [_, stage, quarter] = scopes(crate::xception::model().as_ref());
+    let middle = |s: &std::collections::HashSet<String>| {
+        s.iter()
+            .filter(|n| (5..=12).any(|b| n.starts_with(&format!("block{b}_"))))
+            .count()
+    };
+    assert_eq!(middle(&stage), 0, "the exit flow only: {stage:?}");
+    assert!(
+        middle(&quarter) > 0,
+        "the last quarter reaches into the middle flow"
+    );
+}

@@ -28,7 +28,8 @@ pub trait Network: Send + Sync + std::fmt::Debug {
     /// Which layer [`Network::features`] returns, for people.
     fn feature_layer(&self) -> &'static str;
     /// Name prefixes of the weights of the last block or stage before the head (the sanity
-    /// check's second re-initialisation).
+    /// check's second re-initialisation). Loaders read weights in forward order: the sanity
+    /// check takes that order for the network's depth.
     fn last_stage(&self) -> &'static [&'static str];
 }
 

@@ -131,20 +131,21 @@ impl Xception {
                 device,
             )
         };
-        let mut down = Vec::new();
-        for (block, cin, mid, cout) in [
-            (2, 64, 128, 128),
-            (3, 128, 256, 256),
-            (4, 256, 728, 728),
-            (13, 728, 728, 1024),
-        ] {
-            down.push(DownBlock {
+        let down_block = |block: usize, cin, mid, cout| -> Result<DownBlock> {
+            Ok(DownBlock {
                 relu_first: block != 2,
                 sep1: SepConv::load(w, &format!("block{block}_sepconv1"), cin, mid, device)?,
                 sep2: SepConv::load(w, &format!("block{block}_sepconv2"), mid, cout, device)?,
                 residual: residual(cin, cout)?,
-            });
-        }
+            })
+        };
+        // Read in forward order (entry, middle, exit): the order the weights are read in is
+        // the order the sanity check takes for the network's depth.
+        let mut down = vec![
+            down_block(2, 64, 128, 128)?,
+            down_block(3, 128, 256, 256)?,
+            down_block(4, 256, 728, 728)?,
+        ];
         let middle = (5..=12)
             .map(|b| -> Result<[SepConv; 3]> {
                 Ok([
@@ -154,6 +155,7 @@ impl Xception {
                 ])
             })
             .collect::<Result<Vec<_>>>()?;
+        down.push(down_block(13, 728, 728, 1024)?);
         let fc1 = find(w, ".weight", &[128, 2048])?;
         let fc2 = find(w, ".weight", &[num_classes, 128])?;
         Ok(Xception {
