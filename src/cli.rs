@@ -191,9 +191,10 @@ pub struct Options {
     /// Class id to explain (default: the top-1 class of the image).
     #[arg(long = "class")]
     pub class: Option<usize>,
-    /// Saliency method: guided backpropagation (the paper), the plain (vanilla) gradient,
-    /// integrated gradients from the fill image, or Grad-CAM on the last feature map.
-    #[arg(long, value_enum, default_value = "guided")]
+    /// Saliency method: the plain (vanilla) gradient (default: it passes the sanity checks,
+    /// see EVALUATION.md), guided backpropagation (the paper's), integrated gradients from the
+    /// fill image, or Grad-CAM on the last feature map.
+    #[arg(long, value_enum, default_value = "vanilla")]
     pub method: MethodArg,
     /// SmoothGrad samples (1 with --noise 0: the plain, deterministic gradient). Integrated
     /// gradients costs samples x --ig-steps passes; Grad-CAM uses no noise.

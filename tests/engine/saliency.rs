@@ -24,6 +24,7 @@ fn grad(x: &Tensor, target: usize, p: &SaliencyParams) -> Vec<f32> {
 fn one_sample_without_noise_is_plain_guided_backprop() {
     let (x, target, f) = fixture_input();
     let p = SaliencyParams {
+        method: Method::Guided,
         samples: 1,
         noise: 0.0,
         ..Default::default()
@@ -72,6 +73,7 @@ fn smoothgrad_averages_noisy_gradients() {
         &x,
         target,
         &SaliencyParams {
+            method: Method::Guided,
             samples: 1,
             noise: 0.0,
             ..Default::default()
@@ -81,6 +83,7 @@ fn smoothgrad_averages_noisy_gradients() {
         &x,
         target,
         &SaliencyParams {
+            method: Method::Guided,
             samples: 6,
             noise: 0.15,
             ..Default::default()

@@ -7,7 +7,9 @@ use unveil::Error;
 use unveil::engine::explainer::Explainer;
 use unveil::engine::image;
 use unveil::engine::outcome::{Event, Outcome, StopReason};
-use unveil::engine::params::{FillMode, MaskParams, SaliencyParams, StopParams, UnveilParams};
+use unveil::engine::params::{
+    FillMode, MaskParams, Method, SaliencyParams, StopParams, UnveilParams,
+};
 use unveil::engine::predict::classify;
 
 use crate::common::{lite0, repo, to_vec};
@@ -116,6 +118,10 @@ fn masking_the_salient_region_lowers_the_class_probability() {
         stop: StopParams {
             threshold: 0.0,
             max_iter: 1,
+        },
+        saliency: SaliencyParams {
+            method: Method::Guided,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -456,7 +456,9 @@ fn without_a_display_the_app_says_it_cannot_open_a_window() {
 /// numbers show (the paper's guided maps barely change with a random classifier head).
 #[test]
 fn the_sanity_check_runs_from_one_click_and_shows_its_verdict() {
-    let mut h = app(settings(2, 8, 1), Arc::default());
+    let mut s = settings(2, 8, 1);
+    s.params.saliency.method = unveil::engine::params::Method::Guided;
+    let mut h = app(s, Arc::default());
     step_until(&mut h, 180, "the first run", idle);
     h.get_by_label("Sanity check").click();
     step_until(&mut h, 300, "the sanity check", |a| {

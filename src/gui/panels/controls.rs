@@ -87,11 +87,17 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
             ui.selectable_value(&mut p.fill, FillMode::Black, "Black").on_hover_text("Black pixels");
             ui.selectable_value(&mut p.fill, FillMode::Blur, "Blur").on_hover_text("A heavy blur of the image");
         });
-        if ui.button("Reset to the paper's defaults").on_hover_text("Kernel 11, 3 passes, guided backprop with SmoothGrad").clicked() {
+        ui.horizontal(|ui| {
             let target = p.target;
-            *p = Default::default();
-            p.target = target;
-        }
+            if ui.button("Recommended settings").on_hover_text("Vanilla SmoothGrad (passes the sanity checks), kernel 11, 3 passes").clicked() {
+                *p = UnveilParams::default();
+                p.target = target;
+            }
+            if ui.button("The paper's settings").on_hover_text("Guided backprop with SmoothGrad, kernel 11, 3 passes (Bordes et al., 2018)").clicked() {
+                *p = UnveilParams::paper();
+                p.target = target;
+            }
+        });
     });
 
     if edited != *params {
@@ -154,7 +160,7 @@ fn window_level(ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
 fn method_label(m: Method) -> &'static str {
     match m {
         Method::Guided => "Guided backprop (paper)",
-        Method::Vanilla => "Vanilla gradient",
+        Method::Vanilla => "Vanilla gradient (recommended)",
         Method::IntegratedGradients => "Integrated gradients",
         Method::GradCam => "Grad-CAM",
     }
