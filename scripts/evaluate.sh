@@ -3,8 +3,8 @@
 # gradients) over every image the project can ship or fetch:
 #   * ImageNet model (bundled EfficientNet-Lite0): every PNG/JPEG photo scikit-image's wheel
 #     ships (CC0; the bundled chelsea.png and coffee.png are two of them), from the scripts venv;
-#   * chest X-ray model (pneumonia-xception): the two bundled X-rays and the package's 16
-#     validation X-rays (Kermany et al., CC BY 4.0), from the cache of
+#   * chest X-ray model (pneumonia-xception): the package's 16 validation X-rays (Kermany et
+#     al., CC BY 4.0; the two bundled X-rays are two of them), from the cache of
 #     scripts/fetch_pneumonia_xception.sh.
 # Usage (repo root): bash scripts/evaluate.sh [OUT (default target/evaluation)]
 # Needs: bash scripts/setup_venv.sh, bash scripts/fetch_pneumonia_xception.sh, and the chest
@@ -18,7 +18,7 @@ XRAYS="${UNVEIL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/unveil}/pneumonia-xceptio
 [ -d "$XRAYS" ] || { echo "no X-rays at $XRAYS: run scripts/fetch_pneumonia_xception.sh" >&2; exit 1; }
 mkdir -p "$OUT"
 find "$SKIMAGE" -maxdepth 1 \( -name '*.png' -o -name '*.jpg' \) | sort > "$OUT/imagenet-images.txt"
-{ ls "$REPO"/assets/chest-xray-*.jpeg; find "$XRAYS" -name '*.jpeg' | sort; } > "$OUT/xray-images.txt"
+find "$XRAYS" -name '*.jpeg' | sort > "$OUT/xray-images.txt"
 cd "$REPO"
 cargo build --release --quiet
 ./target/release/unveil eval "$OUT/imagenet-images.txt" --out "$OUT/imagenet" | tee "$OUT/imagenet-table.md"

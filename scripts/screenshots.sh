@@ -32,6 +32,7 @@ shot() {
   echo "wrote screenshots/$2"
 }
 shot iterations main-view.png
+SHOT_WAIT=$((wait_s + 15)) shot iterations sanity-check-view.png --sanity-check
 shot regions all-regions-view.png
 # The chest X-ray model must have been fetched: unveil models fetch pneumonia-xception
 if ./target/release/unveil models | grep -q "^pneumonia-xception.*installed in"; then

@@ -45,6 +45,9 @@ pub struct Cli {
     /// Desktop app: the model to start with (e.g. pneumonia-xception).
     #[arg(long = "model")]
     pub gui_model: Option<String>,
+    /// Desktop app: run the sanity check on the first map.
+    #[arg(long = "sanity-check")]
+    pub sanity_check: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

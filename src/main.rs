@@ -35,6 +35,7 @@ fn launch_app(args: &Cli) -> unveil::Result<()> {
     unveil::gui::run_native(unveil::gui::AppOptions {
         image: args.image.clone(),
         model: args.gui_model.clone(),
+        sanity_check: args.sanity_check,
         view: args.view.map(|v| match v {
             ViewArg::Iterations => View::Iterations,
             ViewArg::Regions => View::AllRegions,

@@ -36,6 +36,8 @@ pub struct AppOptions {
     pub view: Option<View>,
     /// The model to start with, overriding the persisted one.
     pub model: Option<String>,
+    /// Run the sanity check once the model and the image are loaded.
+    pub sanity_check: bool,
 }
 
 impl Default for AppOptions {
@@ -47,6 +49,7 @@ impl Default for AppOptions {
             image: None,
             view: None,
             model: None,
+            sanity_check: false,
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct App {
     regions: RegionsView,
     top_bar: TopBarView,
     jobs: Jobs,
+    /// A sanity check asked for at start, waiting for the model and the image.
+    check_at_start: bool,
 }
 
 impl App {
@@ -78,6 +83,7 @@ impl App {
             regions: RegionsView::default(),
             top_bar: TopBarView::new(device::options()),
             jobs: Jobs::new(options.dialogs),
+            check_at_start: options.sanity_check,
         };
         app.settings.params.target = None;
         if let Some(v) = options.view {
@@ -235,6 +241,10 @@ impl eframe::App for App {
 
         self.workspace
             .start_requested_run(&ctx, &self.settings.params, &mut self.notices);
+        if self.check_at_start && self.workspace.outcome.is_some() {
+            self.check_at_start = false;
+            self.apply(Action::CheckMap, &ctx);
+        }
         if self.is_busy() {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }

@@ -53,6 +53,9 @@ pub struct Chain {
     steps: Vec<Step>,
     /// The steps' outputs from the forward pass (all but the last, which candle keeps).
     saved: Mutex<Vec<Vec<f32>>>,
+    /// Keep every value for a backward pass; without one (forward only: classifying,
+    /// faithfulness curves) each value is freed after its last use.
+    keep_values: bool,
 }
 
 impl Chain {
@@ -62,6 +65,7 @@ impl Chain {
             dims: vec![input_dims],
             steps: Vec::new(),
             saved: Mutex::new(Vec::new()),
+            keep_values: true,
         }
     }
 
@@ -151,7 +155,11 @@ impl Chain {
         if self.steps.is_empty() {
             return Ok(x.clone());
         }
-        x.contiguous()?.apply_op1(self)
+        let chain = Chain {
+            keep_values: x.track_op(),
+            ..self
+        };
+        x.contiguous()?.apply_op1(chain)
     }
 
     /// Adds `g` into the gradient slot of a value: moved in when it is the first.
@@ -173,8 +181,20 @@ impl CustomOp1 for Chain {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::cpu_f32_slice(self.name(), storage, layout)?;
+        // Forward only: the step after which each value is read no more.
+        let last_use: Vec<usize> = if self.keep_values {
+            Vec::new()
+        } else {
+            let mut last = vec![0; self.steps.len() + 1];
+            for (i, step) in self.steps.iter().enumerate() {
+                for v in std::iter::once(step.input).chain(step.skip) {
+                    last[v.0] = i;
+                }
+            }
+            last
+        };
         let mut values: Vec<Vec<f32>> = Vec::with_capacity(self.steps.len());
-        for step in &self.steps {
+        for (i, step) in self.steps.iter().enumerate() {
             let value = |v: Value| if v.0 == 0 { x } else { &values[v.0 - 1][..] };
             let (input, skip) = (value(step.input), step.skip.map(value));
             let out = match &step.kernel {
@@ -188,6 +208,13 @@ impl CustomOp1 for Chain {
                 }
             };
             values.push(out);
+            if !self.keep_values {
+                for (v, &l) in last_use.iter().enumerate().skip(1).take(i) {
+                    if l == i {
+                        values[v - 1] = Vec::new();
+                    }
+                }
+            }
         }
         let last = values.pop().expect("a chain has steps");
         *self.saved.lock().expect("chain values") = values;
