@@ -102,7 +102,7 @@ fn resnet50(backend: Backend, init: ResNetInit) -> std::sync::Arc<dyn Classifier
     ));
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let m = models::load_custom(
-        &ModelDescription::ad_hoc(path.clone(), Arch::Resnet50, None, false),
+        &ModelDescription::ad_hoc(path.clone(), Some(Arch::Resnet50), None, false),
         &Device::Cpu,
         backend,
     )

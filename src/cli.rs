@@ -176,19 +176,25 @@ pub struct EvalArgs {
 /// Options shared by `run` and `batch`.
 #[derive(Args, Debug, Clone)]
 pub struct Options {
-    /// Registered model name, or a model description file (.json).
+    /// Registered model name, a model description file (.json), or a weights file.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// Your own checkpoint (.safetensors, or a PyTorch .pth/.pt zip file); needs --arch.
-    #[arg(long, requires = "arch")]
+    /// Your own checkpoint: safetensors, or any torch.save file (.pth, .pt, .pth.tar, .ckpt,
+    /// .bin; zip or legacy format; a state dict, a training checkpoint or a whole model), read
+    /// as data, never executed. The format is recognised from the file's bytes.
+    #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Architecture of --weights: resnet18, resnet34, resnet50, resnet101, densenet121.
+    /// Architecture of --weights: resnet18, resnet34, resnet50, resnet101, densenet121 (any
+    /// torchvision DenseNet, CheXNet included), xrv-densenet121 (TorchXRayVision). Default:
+    /// recognised from the weights.
     #[arg(long, requires = "weights")]
     pub arch: Option<String>,
-    /// Label file for --weights, one label per line (default: ImageNet for 1000 outputs).
+    /// Label file for --weights, one label per line (default: the model's own list, ImageNet
+    /// for 1000 outputs, ChestX-ray14 for a 14-output DenseNet, TorchXRayVision's 18).
     #[arg(long, requires = "weights")]
     pub labels: Option<PathBuf>,
-    /// --weights is multi-label: sigmoid outputs, the stop threshold applies to one label.
+    /// --weights is multi-label: sigmoid outputs, the stop threshold applies to one label
+    /// (implied for TorchXRayVision, CheXNet-style and single-output models).
     #[arg(long, requires = "weights")]
     pub multi_label: bool,
     /// Class id to explain (default: the top-1 class of the image).
@@ -332,14 +338,14 @@ impl Options {
 impl Options {
     /// The model named by `--model`, or the ad hoc one of `--weights --arch`.
     fn model_source(&self) -> Result<ModelSource> {
-        Ok(match (&self.weights, &self.arch) {
-            (Some(w), Some(arch)) => ModelSource::Described(ModelDescription::ad_hoc(
+        Ok(match &self.weights {
+            Some(w) => ModelSource::Described(ModelDescription::ad_hoc(
                 w.clone(),
-                arch.parse()?,
+                self.arch.as_deref().map(str::parse).transpose()?,
                 self.labels.clone(),
                 self.multi_label,
             )),
-            _ => ModelSource::Named(self.model.clone()),
+            None => ModelSource::Named(self.model.clone()),
         })
     }
 

@@ -54,8 +54,15 @@ pub struct RegionTest {
 /// The unveiled union against a region of the same area from iteration 0's map alone.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Unveiling {
-    pub unveiled: RegionTest,
-    pub single_map: RegionTest,
+    /// Share of the image the union of the run's masks covers.
+    pub unveiled_area: f32,
+    /// p(target) with only the union visible (the rest filled) / with the union filled.
+    pub unveiled_only_p: f32,
+    pub unveiled_hidden_p: f32,
+    /// The same for the region of iteration 0's map with the closest area.
+    pub single_map_area: f32,
+    pub single_map_only_p: f32,
+    pub single_map_hidden_p: f32,
 }
 
 /// Mean of the trapezoid rule over equally spaced values: the area under the curve on [0, 1].
@@ -264,9 +271,15 @@ pub fn unveiling(
     let dims = x.dims3()?;
     let xv: Vec<f32> = x.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
     let single = same_area_region(first, params, union.count());
+    let unveiled = region_test(model, &xv, fill, union, dims, target, cancel)?;
+    let single_map = region_test(model, &xv, fill, &single, dims, target, cancel)?;
     Ok(Unveiling {
-        unveiled: region_test(model, &xv, fill, union, dims, target, cancel)?,
-        single_map: region_test(model, &xv, fill, &single, dims, target, cancel)?,
+        unveiled_area: unveiled.area,
+        unveiled_only_p: unveiled.only_p,
+        unveiled_hidden_p: unveiled.hidden_p,
+        single_map_area: single_map.area,
+        single_map_only_p: single_map.only_p,
+        single_map_hidden_p: single_map.hidden_p,
     })
 }
 

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use image::{DynamicImage, ImageReader, Rgb32FImage, imageops::FilterType};
 
 use crate::engine::dicom;
-use crate::engine::models::{ModelInfo, Resize};
+use crate::engine::models::{Crop, ModelInfo, Resize};
 use crate::engine::source_image::{MAX_PIXELS, SourceImage, check_pixel_count};
 use crate::error::{Error, Result};
 
@@ -101,15 +101,34 @@ fn resize_nearest_like_pil(img: &Rgb32FImage, w: u32, h: u32) -> Rgb32FImage {
     })
 }
 
-/// Resizes (the whole image, no crop: what the user sees is what the model sees) and
-/// normalises to the model's input: `[3, h, w]` f32 on `device`.
+/// The part of a `width` x `height` image the model sees: `(x, y, w, h)`. TorchXRayVision's
+/// `XRayCenterCrop`: the centred square of the shorter side, starting at
+/// `width / 2 - side / 2` (integer division).
+pub fn crop_rect(crop: Crop, width: u32, height: u32) -> (u32, u32, u32, u32) {
+    match crop {
+        Crop::None => (0, 0, width, height),
+        Crop::CenterSquare => {
+            let side = width.min(height);
+            (width / 2 - side / 2, height / 2 - side / 2, side, side)
+        }
+    }
+}
+
+/// Crops as the model was trained (usually not at all: what the user sees is what the model
+/// sees), resizes and normalises to the model's input: `[3, h, w]` f32 on `device`.
 pub fn to_model_input(img: &SourceImage, info: &ModelInfo, device: &Device) -> Result<Tensor> {
     let (h, w) = info.input_size;
+    let (x0, y0, cw, ch) = crop_rect(info.crop, img.rgb.width(), img.rgb.height());
+    let cropped;
+    let src = if (cw, ch) == (img.rgb.width(), img.rgb.height()) {
+        &img.rgb
+    } else {
+        cropped = image::imageops::crop_imm(&img.rgb, x0, y0, cw, ch).to_image();
+        &cropped
+    };
     let resized = match info.resize {
-        Resize::Bilinear => {
-            image::imageops::resize(&img.rgb, w as u32, h as u32, FilterType::Triangle)
-        }
-        Resize::Nearest => resize_nearest_like_pil(&img.rgb, w as u32, h as u32),
+        Resize::Bilinear => image::imageops::resize(src, w as u32, h as u32, FilterType::Triangle),
+        Resize::Nearest => resize_nearest_like_pil(src, w as u32, h as u32),
     };
     let plane = h * w;
     let mut data = vec![0f32; 3 * plane];

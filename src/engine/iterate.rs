@@ -57,14 +57,25 @@ pub(crate) fn iterate(
     let t = Instant::now();
     let mut probs = classify(model, &input)?;
     let mut classify_ms = ms(t);
-    let target = params
-        .target
-        .unwrap_or_else(|| top_k(model, &probs, 1)[0].class);
+    let target = match params.target {
+        Some(t) => t,
+        None => top_k(model, &probs, 1)
+            .first()
+            .map(|p| p.class)
+            .ok_or_else(|| {
+                Error::InvalidParam("the model predicts no class: every label is blank".into())
+            })?,
+    };
     if target >= probs.len() {
         return Err(Error::ClassOutOfRange {
             class: target,
             num_classes: probs.len(),
         });
+    }
+    if !model.info().predicts(target) {
+        return Err(Error::InvalidParam(format!(
+            "class {target} is not predicted by these weights (its label is blank)"
+        )));
     }
 
     let max_iter = params.stop.max_iter;
@@ -117,6 +128,7 @@ pub(crate) fn iterate(
             index,
             input: input.to_device(&Device::Cpu)?,
             top5: top_k(model, &probs, 5),
+            probs: probs.clone(),
             p_target: probs[target],
             attribution: attribution.values,
             completeness: attribution.completeness,

@@ -24,6 +24,8 @@ pub struct Step {
     /// The normalised tensor fed to the model, `[3, h, w]`: the image with masks 0..i-1 filled.
     pub input: Tensor,
     pub top5: Vec<Prediction>,
+    /// Every class's probability for `input` (multi-label models: one sigmoid per label).
+    pub probs: Vec<f32>,
     pub p_target: f32,
     /// What the map is made of, `[c, h, w]` (see [`crate::engine::saliency`]): for guided and
     /// vanilla with the mean reduction, the SmoothGrad-averaged input gradient.

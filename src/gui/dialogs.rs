@@ -6,7 +6,8 @@ use std::path::PathBuf;
 pub trait Dialogs: Send + Sync {
     fn pick_image(&self) -> Option<PathBuf>;
     fn pick_folder(&self) -> Option<PathBuf>;
-    /// A model description (.json: architecture, weights, labels; see the README).
+    /// A model description (.json: architecture, weights, labels; see the README) or a weights
+    /// file (safetensors or any torch.save file; the architecture is recognised from it).
     fn pick_model(&self) -> Option<PathBuf>;
     fn save_png(&self, suggested: &str) -> Option<PathBuf>;
 }
@@ -34,8 +35,12 @@ impl Dialogs for NativeDialogs {
 
     fn pick_model(&self) -> Option<PathBuf> {
         rfd::FileDialog::new()
-            .set_title("Open model description")
-            .add_filter("Model description", &["json"])
+            .set_title("Open model (description or weights)")
+            .add_filter(
+                "Models",
+                &["json", "safetensors", "pth", "pt", "tar", "ckpt", "bin"],
+            )
+            .add_filter("All files", &["*"])
             .pick_file()
     }
 

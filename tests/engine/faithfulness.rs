@@ -62,13 +62,13 @@ fn curves_run_from_the_input_to_the_fill_and_from_the_blur_back() {
 
     let u = out.unveiling.expect("measured by default");
     let union = &out.steps.last().unwrap().cumulative;
-    assert_eq!(u.unveiled.area, union.coverage());
+    assert_eq!(u.unveiled_area, union.coverage());
     assert!(
-        (u.unveiled.hidden_p - out.after.as_ref().unwrap().p_target).abs() < 1e-5,
+        (u.unveiled_hidden_p - out.after.as_ref().unwrap().p_target).abs() < 1e-5,
         "the union hidden is the loop's last input"
     );
     assert!(
-        (u.single_map.area - u.unveiled.area).abs() < 0.01,
+        (u.single_map_area - u.unveiled_area).abs() < 0.01,
         "the same area: {u:?}"
     );
 }

@@ -20,3 +20,4 @@ mod sanity;
 mod torchvision;
 mod unveil_loop;
 mod xception;
+mod xray;

@@ -88,7 +88,7 @@ pub fn load(arch_name: &str, arch: Arch, backend: Backend) -> std::sync::Arc<dyn
     let dir = scratch(arch_name);
     let mut d = ModelDescription::ad_hoc(
         write_generated(arch_name, &dir),
-        arch,
+        Some(arch),
         None,
         arch == Arch::Densenet121,
     );
@@ -188,7 +188,7 @@ fn a_checkpoint_of_another_architecture_names_the_first_mismatch() {
     let dir = scratch("mismatch");
     let d = ModelDescription::ad_hoc(
         write_generated("resnet18", &dir),
-        Arch::Resnet50,
+        Some(Arch::Resnet50),
         None,
         false,
     );
@@ -288,7 +288,7 @@ fn a_classifier_with_zero_outputs_is_refused_at_load_time() {
         Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&tensors, &path).unwrap();
-    let d = ModelDescription::ad_hoc(path, Arch::Resnet18, None, false);
+    let d = ModelDescription::ad_hoc(path, Some(Arch::Resnet18), None, false);
     let err = models::load_custom(&d, &Device::Cpu, Backend::Fast)
         .map(|_| ())
         .expect_err("no class to explain")
@@ -325,7 +325,7 @@ fn a_densenet_checkpoint_with_legacy_layer_names_loads_the_same_model() {
     let legacy_path = dir.join("legacy.safetensors");
     candle_core::safetensors::save(&legacy, &legacy_path).unwrap();
     let load = |p: std::path::PathBuf| {
-        let mut d = ModelDescription::ad_hoc(p, Arch::Densenet121, None, true);
+        let mut d = ModelDescription::ad_hoc(p, Some(Arch::Densenet121), None, true);
         d.input_size = [64, 64];
         models::load_custom(&d, &Device::Cpu, Backend::Fast).unwrap()
     };

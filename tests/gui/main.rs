@@ -477,3 +477,87 @@ fn the_sanity_check_runs_from_one_click_and_shows_its_verdict() {
     // Iteration 0's saliency column carries the number.
     h.get_by_label_contains("random-head ρ");
 }
+
+/// The method picker and the one-click settings change what the next run computes.
+#[test]
+fn picking_a_method_reruns_with_it() {
+    use unveil::engine::params::Method;
+    let mut h = app(settings(1, 8, 1), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    assert_eq!(h.state().settings.params.saliency.method, Method::Vanilla);
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Method")
+        .click();
+    h.step();
+    h.step();
+    h.get_by_label("Grad-CAM").click();
+    h.step();
+    assert_eq!(h.state().settings.params.saliency.method, Method::GradCam);
+    step_until(&mut h, 180, "the Grad-CAM run", idle);
+    let a = h.state();
+    assert_eq!(
+        a.workspace.steps[0].step.attribution.dims()[0],
+        1,
+        "a Grad-CAM map has one channel"
+    );
+    h.get_by_label("Advanced").click();
+    h.step();
+    h.get_by_label("The paper's settings").click();
+    h.step();
+    assert_eq!(h.state().settings.params.saliency.method, Method::Guided);
+    assert_eq!(h.state().settings.params.saliency.samples, 16);
+}
+
+/// A TorchXRayVision weights file opened as the model: the class picker lists every finding with
+/// its probability, the iterations view says which one is explained, and picking another reruns.
+#[test]
+fn a_multi_label_xray_model_lists_its_findings_and_switching_one_reruns() {
+    let fixture = |f: &str| {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/xray/")).join(f)
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(move |cc| {
+            App::new(
+                cc,
+                AppOptions {
+                    dialogs: Arc::new(Scripted::default()),
+                    settings: Some(settings(1, 8, 1)),
+                    model: Some(fixture("xrv_densenet_opthreshs.pt").display().to_string()),
+                    image: Some(fixture("xray_8bit.png")),
+                    ..Default::default()
+                },
+            )
+        });
+    step_until(&mut h, 180, "the first run", idle);
+    let first = h.state().target().unwrap();
+    let info = h
+        .state()
+        .workspace
+        .explainer
+        .as_ref()
+        .unwrap()
+        .info()
+        .clone();
+    assert!(info.multi_label && info.labels.len() == 18);
+    h.get_by_label_contains(&format!("Explaining {}", info.label(first)));
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Class")
+        .click();
+    h.step();
+    h.step();
+    // Every finding is offered (the "all" weights predict all 18), each with its bar.
+    for l in &info.labels {
+        h.get_by_label(l);
+    }
+    let other = (0..18).find(|&c| c != first).unwrap();
+    h.get_by_label(&info.labels[other]).click();
+    h.step();
+    assert_eq!(h.state().settings.params.target, Some(other));
+    step_until(&mut h, 180, "the rerun", |a| {
+        idle(a)
+            && a.workspace
+                .outcome
+                .as_ref()
+                .is_some_and(|o| o.target == other)
+    });
+    h.get_by_label_contains(&format!("Explaining {}", info.labels[other]));
+}

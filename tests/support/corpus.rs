@@ -275,6 +275,19 @@ pub fn weights(dir: &Path, repo: &Path) -> Vec<Case> {
         ),
         fails(pth("evil_os_system"), "refused"),
         fails(pth("evil_eval"), "refused"),
-        fails(pth("truncated"), "not a PyTorch checkpoint"),
+        fails(pth("truncated"), "truncated or corrupt"),
+        fails(
+            repo.join("tests/fixtures/xray/legacy_truncated.pth"),
+            "truncated",
+        ),
+        fails(
+            repo.join("tests/fixtures/xray/evil_whole_model_legacy.pth"),
+            "refused",
+        ),
+        fails(save(dir, "empty.pth", &[]), "an empty file"),
+        fails(
+            save(dir, "text.ckpt", b"this is not a checkpoint\n"),
+            "not a weights file unveil can read",
+        ),
     ]
 }

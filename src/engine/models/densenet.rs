@@ -1,6 +1,12 @@
-//! DenseNet-121 (Huang et al., 2017, <https://arxiv.org/abs/1608.06993>) with torchvision's
-//! tensor names, any classifier width (e.g. CheXNet's 14 ChestX-ray14 labels), and the legacy
-//! `norm.1`-style names of old checkpoints.
+//! DenseNet (Huang et al., 2017, <https://arxiv.org/abs/1608.06993>) with torchvision's
+//! tensor names: DenseNet-121 and its relatives (growth rate, bottleneck width, block sizes and
+//! input channels are read from the weights' shapes), any classifier width (CheXNet's 14
+//! ChestX-ray14 labels, TorchXRayVision's 18), CheXNet's `Sequential(Linear, Sigmoid)` head
+//! (`classifier.0`), and the legacy `norm.1`-style names of old checkpoints.
+//!
+//! A one-channel model (TorchXRayVision) sees the mean of the three input channels, as
+//! TorchXRayVision's own pipeline turns a colour image into its input (`img.mean(2)`): its
+//! first convolution's weights are spread over the three channels, divided by three.
 //!
 //! torchvision applies one ReLU functionally (`F.relu` after `features.norm5` in `forward`),
 //! which hook-based guided-backprop tools miss; here it is our op like every other ReLU.
@@ -18,10 +24,58 @@ use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
 
 const BN_EPS: f64 = 1e-5;
-const GROWTH: usize = 32;
-const BN_SIZE: usize = 4;
-const BLOCKS: [usize; 4] = [6, 12, 24, 16];
-const INIT: usize = 64;
+
+/// A DenseNet's shape, read from its weights: DenseNet-121 is growth 32, bottleneck 4 x 32,
+/// blocks [6, 12, 24, 16], 64 initial features, 3 input channels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub in_channels: usize,
+    pub init: usize,
+    pub growth: usize,
+    /// Bottleneck width (`bn_size * growth` in torchvision).
+    pub bottleneck: usize,
+    pub blocks: Vec<usize>,
+}
+
+impl Config {
+    pub fn from_weights(w: &Weights) -> Result<Self> {
+        let conv0 = w.shape("features.conv0.weight")?;
+        let conv1 = w.shape("features.denseblock1.denselayer1.conv1.weight")?;
+        let conv2 = w.shape("features.denseblock1.denselayer1.conv2.weight")?;
+        let (Some(&init), Some(&in_channels), Some(&bottleneck), Some(&growth)) =
+            (conv0.first(), conv0.get(1), conv1.first(), conv2.first())
+        else {
+            return Err(Error::Weights(
+                "malformed DenseNet convolution weights".into(),
+            ));
+        };
+        let blocks: Vec<usize> = (1..)
+            .map_while(|b| {
+                let n = (1..)
+                    .take_while(|l| {
+                        w.shape(&format!(
+                            "features.denseblock{b}.denselayer{l}.conv1.weight"
+                        ))
+                        .is_ok()
+                    })
+                    .count();
+                (n > 0).then_some(n)
+            })
+            .collect();
+        if !matches!(in_channels, 1 | 3) {
+            return Err(Error::Weights(format!(
+                "a DenseNet with {in_channels} input channels; unveil feeds 1 (grayscale) or 3"
+            )));
+        }
+        Ok(Config {
+            in_channels,
+            init,
+            growth,
+            bottleneck,
+            blocks,
+        })
+    }
+}
 
 /// Eval-mode BatchNorm as `x * scale + shift`.
 #[derive(Debug)]
@@ -77,7 +131,8 @@ struct Transition {
 }
 
 #[derive(Debug)]
-pub struct DenseNet121 {
+pub struct DenseNet {
+    config: Config,
     conv0: Conv,
     norm0: Norm,
     blocks: Vec<Vec<DenseLayer>>,
@@ -87,41 +142,52 @@ pub struct DenseNet121 {
     backend: Backend,
 }
 
-impl DenseNet121 {
+impl DenseNet {
     pub fn load(w: &Weights, device: &Device, backend: Backend) -> Result<Self> {
-        let conv0 = conv(w, "features.conv0", (3, INIT, 7), 2, 3, device)?;
-        let norm0 = Norm::load(w, "features.norm0", INIT, device)?;
-        let (mut blocks, mut transitions) = (Vec::new(), Vec::new());
-        let mut c = INIT;
-        for (bi, &n) in BLOCKS.iter().enumerate() {
+        let config = Config::from_weights(w)?;
+        let Config {
+            in_channels,
+            init,
+            growth,
+            bottleneck,
+            ref blocks,
+        } = config;
+        let conv0 = {
+            let weight = w.get("features.conv0.weight", &[init, in_channels, 7, 7])?;
+            // One channel: the mean of three, folded into the weights.
+            let weight = if in_channels == 1 {
+                (weight.repeat((1, 3, 1, 1))? / 3.0)?
+            } else {
+                weight
+            };
+            let zeros = Tensor::zeros(init, candle_core::DType::F32, &Device::Cpu)?;
+            Conv::new(weight, zeros, 2, 1, PadMode::Fixed(3), device)?
+        };
+        let norm0 = Norm::load(w, "features.norm0", init, device)?;
+        let (mut layer_blocks, mut transitions) = (Vec::new(), Vec::new());
+        let mut c = init;
+        for (bi, &n) in blocks.iter().enumerate() {
             let mut layers = Vec::new();
             for li in 0..n {
                 let p = format!("features.denseblock{}.denselayer{}", bi + 1, li + 1);
-                let cin = c + li * GROWTH;
+                let cin = c + li * growth;
                 layers.push(DenseLayer {
                     norm1: Norm::load(w, &format!("{p}.norm1"), cin, device)?,
-                    conv1: conv(
-                        w,
-                        &format!("{p}.conv1"),
-                        (cin, BN_SIZE * GROWTH, 1),
-                        1,
-                        0,
-                        device,
-                    )?,
-                    norm2: Norm::load(w, &format!("{p}.norm2"), BN_SIZE * GROWTH, device)?,
+                    conv1: conv(w, &format!("{p}.conv1"), (cin, bottleneck, 1), 1, 0, device)?,
+                    norm2: Norm::load(w, &format!("{p}.norm2"), bottleneck, device)?,
                     conv2: conv(
                         w,
                         &format!("{p}.conv2"),
-                        (BN_SIZE * GROWTH, GROWTH, 3),
+                        (bottleneck, growth, 3),
                         1,
                         1,
                         device,
                     )?,
                 });
             }
-            blocks.push(layers);
-            c += n * GROWTH;
-            if bi + 1 < BLOCKS.len() {
+            layer_blocks.push(layers);
+            c += n * growth;
+            if bi + 1 < blocks.len() {
                 let p = format!("features.transition{}", bi + 1);
                 transitions.push(Transition {
                     norm: Norm::load(w, &format!("{p}.norm"), c, device)?,
@@ -131,17 +197,19 @@ impl DenseNet121 {
             }
         }
         let norm5 = Norm::load(w, "features.norm5", c, device)?;
-        let shape = w.shape("classifier.weight")?;
+        let head = classifier_name(w);
+        let shape = w.shape(&format!("{head}.weight"))?;
         if shape.len() != 2 || shape[1] != c {
             return Err(Error::Weights(format!(
-                "tensor 'classifier.weight' has shape {shape:?}, expected [classes, {c}]"
+                "tensor '{head}.weight' has shape {shape:?}, expected [classes, {c}]"
             )));
         }
-        let classifier = Linear::load(w, "classifier", (c, shape[0]), device)?;
-        Ok(DenseNet121 {
+        let classifier = Linear::load(w, head, (c, shape[0]), device)?;
+        Ok(DenseNet {
+            config,
             conv0,
             norm0,
-            blocks,
+            blocks: layer_blocks,
             transitions,
             norm5,
             classifier,
@@ -150,7 +218,7 @@ impl DenseNet121 {
     }
 }
 
-impl Network for DenseNet121 {
+impl Network for DenseNet {
     fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
         let h = relu(&self.norm0.forward(&self.conv0.forward(x, b)?)?, mode)?;
@@ -190,11 +258,26 @@ impl Network for DenseNet121 {
 
     fn feature_layer(&self) -> &'static str {
         "the ReLU of norm5 (torchvision applies it functionally in forward), 1024 channels at \
-         1/32 of the input size"
+         1/32 of the input size for DenseNet-121"
     }
 
     fn last_stage(&self) -> &'static [&'static str] {
         &["features.denseblock4.", "features.norm5."]
+    }
+}
+
+impl DenseNet {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// torchvision's `classifier`, or CheXNet's `Sequential(Linear, Sigmoid)` head `classifier.0`.
+pub fn classifier_name(w: &Weights) -> &'static str {
+    if w.shape("classifier.weight").is_err() && w.shape("classifier.0.weight").is_ok() {
+        "classifier.0"
+    } else {
+        "classifier"
     }
 }
 

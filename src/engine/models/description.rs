@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::checkpoint::read_weights;
+use super::checkpoint::read_checkpoint;
 use super::classifier::{Classifier, Model, Network};
-use super::info::{IMAGENET_LABELS, ModelInfo, Resize};
-use super::layers::WeightEdit;
+use super::info::{CHESTXRAY14_LABELS, Crop, IMAGENET_LABELS, ModelInfo, Resize, XRV_LABELS};
+use super::layers::{WeightEdit, Weights};
+use super::pth::Checkpoint;
 use super::{densenet, resnet};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::ReluMode;
@@ -23,17 +24,74 @@ pub enum Arch {
     Resnet34,
     Resnet50,
     Resnet101,
+    /// torchvision's DenseNet-121 (and its relatives: the shape is read from the weights),
+    /// e.g. CheXNet.
     Densenet121,
+    /// TorchXRayVision's DenseNet-121: one input channel, its own preprocessing, 18 labels.
+    #[serde(rename = "xrv-densenet121")]
+    XrvDensenet121,
 }
+
+const ARCH_NAMES: &str = "resnet18, resnet34, resnet50, resnet101, densenet121, xrv-densenet121";
 
 impl std::str::FromStr for Arch {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).map_err(|_| {
-            Error::InvalidParam(format!(
-                "unknown architecture '{s}' (resnet18, resnet34, resnet50, resnet101, densenet121)"
-            ))
-        })
+        serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+            .map_err(|_| Error::InvalidParam(format!("unknown architecture '{s}' ({ARCH_NAMES})")))
+    }
+}
+
+impl Arch {
+    /// The architecture a checkpoint's contents say it is: a whole pickled model names its
+    /// class; a state dict is recognised by its tensor names.
+    pub fn detect(w: &Weights, ck: &Checkpoint) -> Result<Arch> {
+        if ck
+            .model_class
+            .as_deref()
+            .is_some_and(|c| c.starts_with("torchxrayvision."))
+        {
+            return Ok(Arch::XrvDensenet121);
+        }
+        let has = |k: &str| w.shape(k).is_ok();
+        if has("features.denseblock1.denselayer1.conv1.weight")
+            || has("features.denseblock1.denselayer1.conv.1.weight")
+        {
+            // One input channel is TorchXRayVision's DenseNet.
+            let gray = w
+                .shape("features.conv0.weight")
+                .is_ok_and(|s| s.get(1) == Some(&1));
+            return Ok(if gray {
+                Arch::XrvDensenet121
+            } else {
+                Arch::Densenet121
+            });
+        }
+        if has("layer1.0.conv1.weight") {
+            let blocks = |layer: usize| {
+                (0..)
+                    .take_while(|b| has(&format!("layer{layer}.{b}.conv1.weight")))
+                    .count()
+            };
+            let bottleneck = has("layer1.0.conv3.weight");
+            return match (blocks(3), bottleneck) {
+                (2, false) => Ok(Arch::Resnet18),
+                (6, false) => Ok(Arch::Resnet34),
+                (6, true) => Ok(Arch::Resnet50),
+                (23, true) => Ok(Arch::Resnet101),
+                (n, b) => Err(Error::Weights(format!(
+                    "a ResNet with {n} blocks in its third stage{}: not one unveil knows",
+                    if b { " (bottleneck)" } else { "" }
+                ))),
+            };
+        }
+        Err(Error::Weights(format!(
+            "cannot tell the architecture from the weights{}; name it with --arch ({ARCH_NAMES})",
+            ck.model_class
+                .as_deref()
+                .map(|c| format!(" (a whole `{c}` model)"))
+                .unwrap_or_default()
+        )))
     }
 }
 
@@ -50,21 +108,28 @@ pub enum LabelsSpec {
 #[serde(deny_unknown_fields)]
 pub struct ModelDescription {
     pub name: String,
-    pub arch: Arch,
-    /// Weights file (safetensors, or a PyTorch .pth/.pt zip checkpoint), relative to the description.
+    /// Recognised from the weights when absent.
+    #[serde(default)]
+    pub arch: Option<Arch>,
+    /// Weights file (safetensors, or any PyTorch torch.save file: state dict, training
+    /// checkpoint or whole model), relative to the description.
     pub weights: PathBuf,
     #[serde(default = "default_size")]
     pub input_size: [usize; 2],
-    #[serde(default = "imagenet_mean")]
-    pub mean: [f32; 3],
-    #[serde(default = "imagenet_std")]
-    pub std: [f32; 3],
+    /// Normalisation `(x - mean) / std` of [0, 1] pixels; default: ImageNet's, or
+    /// TorchXRayVision's [-1024, 1024] scaling for its models.
+    #[serde(default)]
+    pub mean: Option<[f32; 3]>,
+    #[serde(default)]
+    pub std: Option<[f32; 3]>,
     /// "rgb" (default) or "bgr".
     #[serde(default = "rgb")]
     pub channel_order: String,
     #[serde(default)]
     pub labels: Option<LabelsSpec>,
-    /// Sigmoid outputs, one per label (multi-label), instead of a softmax.
+    /// Sigmoid outputs, one per label (multi-label), instead of a softmax. Implied for
+    /// TorchXRayVision, CheXNet-style heads (`classifier.0` = Linear then Sigmoid), 14-output
+    /// DenseNets (ChestX-ray14) and single-output models.
     #[serde(default)]
     pub multi_label: bool,
     /// "bilinear" (default) or "nearest".
@@ -75,12 +140,11 @@ pub struct ModelDescription {
 fn default_size() -> [usize; 2] {
     [224, 224]
 }
-fn imagenet_mean() -> [f32; 3] {
-    [0.485, 0.456, 0.406]
-}
-fn imagenet_std() -> [f32; 3] {
-    [0.229, 0.224, 0.225]
-}
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// TorchXRayVision's `normalize`: `(2 x - 1) * 1024` for x in [0, 1].
+const XRV_MEAN: [f32; 3] = [0.5; 3];
+const XRV_STD: [f32; 3] = [1.0 / 2048.0; 3];
 fn rgb() -> String {
     "rgb".into()
 }
@@ -89,10 +153,10 @@ fn bilinear() -> String {
 }
 
 impl ModelDescription {
-    /// A description for `--weights PATH --arch A [--labels FILE] [--multi-label]`.
+    /// A description for `--weights PATH [--arch A] [--labels FILE] [--multi-label]`.
     pub fn ad_hoc(
         weights: PathBuf,
-        arch: Arch,
+        arch: Option<Arch>,
         labels: Option<PathBuf>,
         multi_label: bool,
     ) -> Self {
@@ -105,8 +169,8 @@ impl ModelDescription {
             arch,
             weights,
             input_size: default_size(),
-            mean: imagenet_mean(),
-            std: imagenet_std(),
+            mean: None,
+            std: None,
             channel_order: rgb(),
             labels: labels.map(LabelsSpec::File),
             multi_label,
@@ -133,7 +197,7 @@ impl ModelDescription {
 #[derive(Debug)]
 enum Net {
     ResNet(resnet::ResNet),
-    DenseNet(densenet::DenseNet121),
+    DenseNet(densenet::DenseNet),
 }
 
 /// Loads a described model.
@@ -152,11 +216,19 @@ pub(super) fn load_described(
     backend: Backend,
     edit: WeightEdit,
 ) -> Result<Arc<dyn Classifier>> {
-    let w = read_weights(&d.weights)?;
+    let (w, ck) = read_checkpoint(&d.weights)?;
+    let detected = Arch::detect(&w, &ck);
+    let arch = match (d.arch, detected) {
+        // A whole TorchXRayVision model is one, whatever DenseNet it was called.
+        (Some(Arch::Densenet121) | None, Ok(Arch::XrvDensenet121)) => Arch::XrvDensenet121,
+        (Some(a), _) => a,
+        (None, detected) => detected?,
+    };
+    let xrv = arch == Arch::XrvDensenet121;
     // torchvision renamed DenseNet's layers (`norm.1` -> `norm1`); only DenseNet
     // checkpoints carry the old names.
-    let mut w = match d.arch {
-        Arch::Densenet121 => w.map_keys(densenet::modernise_key),
+    let mut w = match arch {
+        Arch::Densenet121 | Arch::XrvDensenet121 => w.map_keys(densenet::modernise_key),
         _ => w,
     };
     edit(&mut w)?;
@@ -165,14 +237,18 @@ pub(super) fn load_described(
             &w, depth, device, backend,
         )?))
     };
-    let net = match d.arch {
+    let net = match arch {
         Arch::Resnet18 => resnet(resnet::Depth::R18)?,
         Arch::Resnet34 => resnet(resnet::Depth::R34)?,
         Arch::Resnet50 => resnet(resnet::Depth::R50)?,
         Arch::Resnet101 => resnet(resnet::Depth::R101)?,
-        Arch::Densenet121 => Net::DenseNet(densenet::DenseNet121::load(&w, device, backend)?),
+        Arch::Densenet121 | Arch::XrvDensenet121 => {
+            Net::DenseNet(densenet::DenseNet::load(&w, device, backend)?)
+        }
     };
     let classes = net.num_classes();
+    let lines =
+        |text: &str| -> Vec<String> { text.lines().map(|l| l.trim().to_string()).collect() };
     let labels: Vec<String> = match &d.labels {
         Some(LabelsSpec::List(l)) => l.clone(),
         Some(LabelsSpec::File(f)) => std::fs::read_to_string(f)
@@ -181,8 +257,31 @@ pub(super) fn load_described(
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect(),
+        // A whole model's own list (TorchXRayVision's `targets`, blanks included).
+        None if ck.labels.as_ref().is_some_and(|l| l.len() == classes) => {
+            ck.labels.clone().unwrap_or_default()
+        }
+        None if xrv && classes == 18 => lines(XRV_LABELS),
+        None if matches!(arch, Arch::Densenet121) && classes == 14 => lines(CHESTXRAY14_LABELS),
         None if classes == 1000 => IMAGENET_LABELS.lines().map(str::to_string).collect(),
         None => (0..classes).map(|i| format!("class {i}")).collect(),
+    };
+    let multi_label = d.multi_label
+        || xrv
+        || classes == 1
+        || densenet::classifier_name(&w) == "classifier.0"
+        || (matches!(arch, Arch::Densenet121) && classes == 14);
+    let op_threshs = match w.peek("op_threshs") {
+        Some(t) if t.dims() == [classes] => {
+            Some(t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+        }
+        Some(t) => {
+            return Err(Error::Weights(format!(
+                "op_threshs has shape {:?}, expected [{classes}]",
+                t.dims()
+            )));
+        }
+        None => None,
     };
     let resize = match d.resize.as_str() {
         "bilinear" => Resize::Bilinear,
@@ -202,17 +301,29 @@ pub(super) fn load_described(
             )));
         }
     };
+    let (mean0, std0) = if xrv {
+        (XRV_MEAN, XRV_STD)
+    } else {
+        (IMAGENET_MEAN, IMAGENET_STD)
+    };
+    let (mean, std) = (d.mean.unwrap_or(mean0), d.std.unwrap_or(std0));
+    let arch_name = serde_json::to_value(arch)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     let info = ModelInfo {
         name: d.name.clone(),
-        description: format!("{:?} from {}", d.arch, d.weights.display()),
+        description: format!("{arch_name} from {}", d.weights.display()),
         input_size: (d.input_size[0], d.input_size[1]),
-        mean: d.mean,
-        std: d.std,
-        dataset_mean: d.mean,
+        mean,
+        std,
+        dataset_mean: mean,
         labels,
         resize,
-        multi_label: d.multi_label,
+        multi_label,
         bgr,
+        crop: if xrv { Crop::CenterSquare } else { Crop::None },
+        op_threshs,
     };
     Ok(Arc::new(Model::new(net, info, device, &w)?))
 }

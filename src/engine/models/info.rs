@@ -23,6 +23,22 @@ pub struct ModelInfo {
     pub multi_label: bool,
     /// The model expects BGR channel order (Caffe-style checkpoints).
     pub bgr: bool,
+    /// Crop the image before resizing (TorchXRayVision's centre square).
+    pub crop: Crop,
+    /// Per-label operating points (TorchXRayVision's `op_threshs`): a sigmoid output p becomes
+    /// p / (2t) below its threshold t and 1 - (1 - p) / (2 (1 - t)) above, so 0.5 is the
+    /// operating point; NaN (a label the weights do not predict) gives 0.5, as in TorchXRayVision.
+    pub op_threshs: Option<Vec<f32>>,
+}
+
+/// How the image is cropped before it is resized to the model's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Crop {
+    /// The whole image (what the user sees is what the model sees).
+    #[default]
+    None,
+    /// The centred square of the shorter side.
+    CenterSquare,
 }
 
 /// Resampling used to bring an image to the model's input size.
@@ -39,6 +55,12 @@ impl ModelInfo {
         self.labels.len()
     }
 
+    /// False for an output the weights do not predict (a blank label, as TorchXRayVision
+    /// marks them): never explained, hidden from pickers.
+    pub fn predicts(&self, class: usize) -> bool {
+        self.labels.get(class).is_none_or(|l| !l.is_empty())
+    }
+
     /// The label of `class`, or its number when the model has no name for it.
     pub fn label(&self, class: usize) -> String {
         self.labels
@@ -52,6 +74,13 @@ impl ModelInfo {
         std::array::from_fn(|c| (rgb[c] - self.mean[c]) / self.std[c])
     }
 }
+
+/// ChestX-ray14's 14 findings in CheXNet's output order (Wang et al. 2017; Rajpurkar et al. 2017).
+pub(super) static CHESTXRAY14_LABELS: &str = include_str!("../../../assets/chestxray14_labels.txt");
+
+/// TorchXRayVision's 18 default pathologies (`xrv.datasets.default_pathologies`), its models'
+/// output order.
+pub(super) static XRV_LABELS: &str = include_str!("../../../assets/xrv_labels.txt");
 
 /// ImageNet-1k class names (torchvision's, BSD-3-Clause), index order.
 pub(super) static IMAGENET_LABELS: &str = include_str!("../../../assets/imagenet_classes.txt");

@@ -73,6 +73,12 @@ impl Weights {
         Ok(t.to_dtype(DType::F32)?)
     }
 
+    /// A tensor that is not a layer's weight (e.g. calibration data): not recorded in the read
+    /// order, so the sanity check never re-initialises it.
+    pub fn peek(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
     /// What [`Weights::get`] has handed out so far, in order: `(name, number of dimensions)`.
     pub fn read_order(&self) -> Vec<(String, usize)> {
         self.read.lock().map(|r| r.clone()).unwrap_or_default()

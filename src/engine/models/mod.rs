@@ -16,6 +16,7 @@ pub mod efficientnet_lite;
 pub mod fetch;
 mod info;
 pub mod layers;
+mod pickle;
 pub mod pth;
 mod registry;
 pub mod reinit;
@@ -25,7 +26,7 @@ pub mod xception;
 pub use checkpoint::read_weights;
 pub use classifier::{Classifier, Model, Network};
 pub use description::{Arch, LabelsSpec, ModelDescription, load_custom};
-pub use info::{ModelInfo, Resize};
+pub use info::{Crop, ModelInfo, Resize};
 pub use registry::{
     ChestXception, DEFAULT_MODEL, Lite0, ModelEntry, ModelSource, PNEUMONIA_MODEL, entries,
     is_installed, load, models_dir, names, weights_path,

@@ -1,178 +1,588 @@
-//! PyTorch `.pth` / `.pt` checkpoints read without executing any code.
+//! PyTorch checkpoints read without executing any code: `torch.save` files in the zip format
+//! (PyTorch >= 1.6) and the legacy format before it, holding a state dict, a training
+//! checkpoint dict, or a whole pickled model.
 //!
-//! A `torch.save` file is a zip archive holding a pickle (`data.pkl`) plus raw tensor storages.
-//! Unpickling normally *runs* whatever callables the pickle names, which is how malicious
-//! checkpoints execute code. Here the pickle is only interpreted as data (candle's pickle
-//! reader), and every global it references must be on an allowlist of the names torch.save
-//! writes for tensors and state dicts; anything else (`os.system`, `builtins.eval`, ...) makes
-//! the whole file refused, naming the offending reference.
+//! The pickle is only interpreted as data ([`super::pickle`]); every global it names must be
+//! on an allowlist (tensors, storages, containers and, as names only, module classes from
+//! `torch.nn.modules`, `torchvision.models` and `torchxrayvision.models`). A whole model is
+//! never constructed: its state (`_parameters`, `_buffers`, `_modules`) is walked to give the
+//! same state dict `model.state_dict()` would.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use candle_core::Tensor;
-use candle_core::pickle::{Object, Stack};
+use candle_core::{DType, Tensor};
 
+use super::pickle::{self, Obj, PickleError, Value};
 use crate::error::{Error, Result};
 
-/// Globals a plain `torch.save(state_dict)` or checkpoint dict may reference.
-fn allowed(module: &str, class: &str) -> bool {
-    match module {
-        "collections" => matches!(class, "OrderedDict" | "defaultdict"),
-        "torch._utils" => matches!(
-            class,
-            "_rebuild_tensor_v2"
-                | "_rebuild_parameter"
-                | "_rebuild_tensor"
-                | "_rebuild_parameter_with_state"
-        ),
-        "torch" => {
-            class.ends_with("Storage")
-                || matches!(
-                    class,
-                    "Size" | "float32" | "float16" | "bfloat16" | "int64" | "device"
-                )
-        }
-        "torch.storage" => class == "UntypedStorage",
-        "numpy.core.multiarray" | "numpy._core.multiarray" => class == "scalar",
-        "numpy" => class == "dtype",
-        "builtins" => matches!(class, "set" | "frozenset" | "slice"),
-        _ => false,
-    }
+/// What a checkpoint holds besides its tensors.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoint {
+    /// Tensors by their state-dict name (prefixes as saved).
+    pub tensors: HashMap<String, Tensor>,
+    /// The class of a whole pickled model (`torchxrayvision.models.DenseNet`).
+    pub model_class: Option<String>,
+    /// A whole model's own label list (torchxrayvision's `targets` / `pathologies`), blanks
+    /// kept: a blank is an output the weights do not predict.
+    pub labels: Option<Vec<String>>,
 }
 
-fn first_forbidden(obj: &Object) -> Option<String> {
-    match obj {
-        Object::Class {
-            module_name,
-            class_name,
-        } => (!allowed(module_name, class_name)).then(|| format!("{module_name}.{class_name}")),
-        Object::Tuple(v) | Object::List(v) => v.iter().find_map(first_forbidden),
-        Object::Dict(kv) => kv
-            .iter()
-            .find_map(|(k, v)| first_forbidden(k).or_else(|| first_forbidden(v))),
-        Object::Reduce { callable, args } | Object::Build { callable, args } => {
-            first_forbidden(callable).or_else(|| first_forbidden(args))
-        }
-        Object::PersistentLoad(o) => first_forbidden(o),
-        _ => None,
-    }
-}
+/// torch's legacy magic number, 0x1950a86a20f9469cfc6c, little-endian.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 
-/// Checks the checkpoint's pickle, then returns its tensors by name.
-pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
+/// Keys under which training checkpoints keep the model or its state dict.
+const STATE_KEYS: [&str; 7] = [
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "net",
+    "network",
+    "module",
+    "model_state",
+];
+
+/// A zip-format `torch.save` file (the file starts with `PK`).
+pub fn load_zip(path: &Path) -> Result<Checkpoint> {
     let fail = |m: String| Error::Weights(format!("{}: {m}", path.display()));
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = match zip::ZipArchive::new(std::io::BufReader::new(file)) {
-        Ok(z) => z,
-        Err(_) => {
-            let mut head = [0u8; 2];
-            let legacy = std::fs::File::open(path)
-                .and_then(|mut f| f.read_exact(&mut head))
-                .is_ok()
-                && head[0] == 0x80;
-            return Err(fail(if legacy {
-                "a legacy (pre-zip) PyTorch file; re-save it with a current torch.save or convert it to safetensors".into()
-            } else {
-                "not a PyTorch checkpoint (not a zip archive)".into()
-            }));
-        }
-    };
-    let pkl = (0..zip.len())
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+        fail(format!(
+            "a truncated or corrupt zip archive ({e}); re-save or re-download it"
+        ))
+    })?;
+    let names: Vec<String> = (0..zip.len())
         .filter_map(|i| {
             zip.by_index(i)
                 .ok()
                 .and_then(|f| f.name().ok().map(|n| n.to_string()))
         })
-        .find(|n| n.ends_with("data.pkl"))
-        .ok_or_else(|| fail("no data.pkl in the archive".into()))?;
-    let mut bytes = Vec::new();
-    zip.by_name(&pkl)
-        .and_then(|mut f| f.read_to_end(&mut bytes).map_err(Into::into))
-        .map_err(|e| fail(format!("cannot read {pkl} ({e})")))?;
-    let mut stack = Stack::empty();
-    stack
-        .read_loop(&mut std::io::Cursor::new(&bytes))
-        .map_err(|e| fail(format!("cannot parse the checkpoint ({e})")))?;
-    let obj = stack
-        .finalize()
-        .map_err(|e| fail(format!("cannot parse the checkpoint ({e})")))?;
-    if let Some(name) = first_forbidden(&obj) {
+        .collect();
+    if names.iter().any(|n| n.ends_with("constants.pkl")) {
+        return Err(fail(
+            "a TorchScript archive (torch.jit.save); save the model's state_dict() with torch.save instead".into(),
+        ));
+    }
+    let Some(pkl) = names.iter().find(|n| n.ends_with("data.pkl")) else {
+        return Err(fail(
+            "a zip archive without data.pkl: not a PyTorch checkpoint".into(),
+        ));
+    };
+    let root_dir = pkl.trim_end_matches("data.pkl").to_string();
+    let bytes = read_entry(&mut zip, pkl).map_err(|e| fail(format!("cannot read {pkl} ({e})")))?;
+    let root = pickle::read(&bytes, &mut 0).map_err(|e| refusal(path, e))?;
+    let file_len = file_len(path)?;
+    let mut cache: HashMap<String, Vec<u8>> = HashMap::new();
+    collect(&root, path, file_len, |key| {
+        if !cache.contains_key(key) {
+            let name = format!("{root_dir}data/{key}");
+            let data = read_entry(&mut zip, &name)
+                .map_err(|e| format!("its storage '{key}' cannot be read ({e})"))?;
+            cache.insert(key.to_string(), data);
+        }
+        Ok(cache[key].clone())
+    })
+}
+
+/// A legacy (pre-1.6) `torch.save` file: five pickles (magic number, protocol version, system
+/// info, the object, the storage keys sorted as strings), then for each key a u64 element
+/// count and the storage's bytes.
+pub fn load_legacy(path: &Path) -> Result<Checkpoint> {
+    let fail = |m: String| Error::Weights(format!("{}: {m}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut pos = 0;
+    let mut next = |what: &str| {
+        pickle::read(&bytes, &mut pos).map_err(|e| match e {
+            PickleError::Corrupt(m) => fail(format!(
+                "a truncated or corrupt legacy PyTorch file: its {what} cannot be read ({m})"
+            )),
+            e => refusal(path, e),
+        })
+    };
+    let magic = next("header")?;
+    if !matches!(&*magic.borrow(), Value::BigInt(b) if b[..] == LEGACY_MAGIC) {
+        return Err(fail(
+            "a Python pickle, not a PyTorch checkpoint (no torch.save magic number)".into(),
+        ));
+    }
+    let version = next("header")?.borrow().as_int();
+    if version != Some(1001) {
         return Err(fail(format!(
-            "refused: the checkpoint references `{name}`, which could run code when unpickled; only plain tensors and state dicts are loaded"
+            "legacy PyTorch format version {version:?}, expected 1001"
         )));
     }
-    // A bare state dict, or a checkpoint dict holding one under a usual key.
-    let key = match &obj {
-        Object::Dict(kv) => ["state_dict", "model_state_dict", "model", "net"]
-            .into_iter()
-            .find(|k| {
-                kv.iter().any(|(key, v)| {
-                    *key == Object::Unicode(k.to_string())
-                        && matches!(v, Object::Dict(_) | Object::Reduce { .. })
-                })
-            }),
-        _ => None,
+    let sys_info = next("header")?;
+    if dict_get(&sys_info, "little_endian").and_then(|v| v.borrow().as_int()) == Some(0) {
+        return Err(fail(
+            "a big-endian legacy PyTorch file; re-save it on a little-endian machine".into(),
+        ));
+    }
+    let root = next("object")?;
+    let keys = next("storage list")?;
+    let keys: Vec<String> = match &*keys.borrow() {
+        Value::List(v) => v
+            .iter()
+            .map(|k| k.borrow().as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| fail("its storage list holds something other than keys".into()))?,
+        _ => return Err(fail("its storage list is not a list".into())),
     };
-    let infos = candle_core::pickle::read_pth_tensor_info(path, false, key)
-        .map_err(|e| fail(format!("cannot read its tensors ({e})")))?;
-    if infos.is_empty() {
+    // Every storage's element size, from the persistent ids that name it.
+    let sizes = storage_kinds(&root);
+    let mut table: HashMap<String, (usize, usize)> = HashMap::new();
+    for key in keys {
+        let Some(&(es, _)) = sizes.get(&key) else {
+            return Err(fail(format!(
+                "storage '{key}' has a type unveil cannot size"
+            )));
+        };
+        let count = bytes
+            .get(pos..pos + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| fail(format!("truncated: storage '{key}' has no data")))?;
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(es))
+            .filter(|&n| n <= bytes.len() - pos - 8)
+            .ok_or_else(|| {
+                fail(format!(
+                    "truncated: storage '{key}' claims {count} elements, the file has {} bytes left",
+                    bytes.len() - pos - 8
+                ))
+            })?;
+        table.insert(key, (pos + 8, len));
+        pos += 8 + len;
+    }
+    let file_len = bytes.len() as u64;
+    collect(&root, path, file_len, |key| match table.get(key) {
+        Some(&(start, len)) => Ok(bytes[start..start + len].to_vec()),
+        None => Err(format!("its storage '{key}' has no data in the file")),
+    })
+}
+
+fn refusal(path: &Path, e: PickleError) -> Error {
+    Error::Weights(match e {
+        PickleError::Forbidden(name) => format!(
+            "{}: refused: the checkpoint references `{name}`, which could run code when unpickled; \
+             only tensors, containers and PyTorch / torchvision / TorchXRayVision module classes \
+             (read as names, never called) are loaded",
+            path.display()
+        ),
+        PickleError::Corrupt(m) => format!(
+            "{}: a truncated or corrupt PyTorch checkpoint ({m})",
+            path.display()
+        ),
+    })
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len())
+}
+
+fn read_entry<R: std::io::Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut f = zip.by_name(name).map_err(|e| e.to_string())?;
+    // The size comes from the central directory; a lying one fails in read_to_end.
+    let mut out = Vec::with_capacity(f.size().min(1 << 30) as usize);
+    f.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Finds the state dict in `root` and materialises its tensors from their storages.
+fn collect(
+    root: &Obj,
+    path: &Path,
+    file_len: u64,
+    mut storage: impl FnMut(&str) -> std::result::Result<Vec<u8>, String>,
+) -> Result<Checkpoint> {
+    let fail = |m: String| Error::Weights(format!("{}: {m}", path.display()));
+    let found = find_state(root, 0).map_err(fail)?;
+    if found.tensors.is_empty() {
         return Err(fail("no tensors found".into()));
     }
-    // A view may repeat its storage's values (zero strides, as `expand` makes), but it may not
-    // materialise more elements than the file has bytes: a 1.5 KB file cannot claim 80 GB.
-    let file_len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
     let limit = usize::try_from(file_len).unwrap_or(usize::MAX);
-    infos
-        .into_iter()
-        .map(|info| {
-            let t = read_tensor(&mut zip, &info, limit)
-                .map_err(|e| fail(format!("tensor '{}': {e}", info.name)))?;
-            Ok((info.name, t))
-        })
+    let mut tensors = HashMap::new();
+    for (name, t) in found.tensors {
+        let Some(dtype) = t.dtype else { continue };
+        let data = storage(&t.key).map_err(|e| fail(format!("tensor '{name}': {e}")))?;
+        let tensor = materialise(&data, &t, dtype, limit)
+            .map_err(|e| fail(format!("tensor '{name}': {e}")))?;
+        tensors.insert(name, tensor);
+    }
+    Ok(Checkpoint {
+        tensors,
+        model_class: found.model_class,
+        labels: found.labels,
+    })
+}
+
+/// A tensor as the pickle describes it: a view (offset, size, stride, in elements) of a storage.
+struct TensorRef {
+    key: String,
+    /// None for storage types no model weight uses (int32, bool, complex, ...): skipped.
+    dtype: Option<DType>,
+    offset: usize,
+    size: Vec<usize>,
+    stride: Vec<usize>,
+}
+
+#[derive(Default)]
+struct Found {
+    tensors: Vec<(String, TensorRef)>,
+    model_class: Option<String>,
+    labels: Option<Vec<String>>,
+}
+
+/// Element size and dtype of a torch storage class (`FloatStorage`).
+fn storage_kind(class: &str) -> Option<(usize, Option<DType>)> {
+    Some(match class {
+        "FloatStorage" => (4, Some(DType::F32)),
+        "DoubleStorage" => (8, Some(DType::F64)),
+        "HalfStorage" => (2, Some(DType::F16)),
+        "BFloat16Storage" => (2, Some(DType::BF16)),
+        "LongStorage" => (8, Some(DType::I64)),
+        "ByteStorage" | "UntypedStorage" => (1, Some(DType::U8)),
+        "IntStorage" | "QInt32Storage" => (4, None),
+        "ShortStorage" => (2, None),
+        "CharStorage" | "BoolStorage" | "QInt8Storage" | "QUInt8Storage" => (1, None),
+        "ComplexFloatStorage" => (8, None),
+        "ComplexDoubleStorage" => (16, None),
+        _ => return None,
+    })
+}
+
+/// `('storage', torch.FloatStorage, key, location, numel[, view])` -> (key, element size, dtype).
+fn storage_ref(o: &Obj) -> Option<(String, usize, Option<DType>)> {
+    let v = o.borrow();
+    let Value::Persistent(id) = &*v else {
+        return None;
+    };
+    let id = id.borrow();
+    let Value::Tuple(t) = &*id else { return None };
+    if t.len() < 5 || t[0].borrow().as_str() != Some("storage") {
+        return None;
+    }
+    let class = match &*t[1].borrow() {
+        Value::Global { name, .. } => name.clone(),
+        _ => return None,
+    };
+    let key = t[2].borrow().as_str()?.to_string();
+    let (es, dtype) = storage_kind(&class)?;
+    Some((key, es, dtype))
+}
+
+/// Every storage referenced anywhere in the object graph (cycles and sharing are visited once).
+fn storage_kinds(root: &Obj) -> HashMap<String, (usize, Option<DType>)> {
+    let mut out = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![root.clone()];
+    while let Some(o) = todo.pop() {
+        if !seen.insert(std::rc::Rc::as_ptr(&o)) {
+            continue;
+        }
+        if let Some((key, es, dtype)) = storage_ref(&o) {
+            out.insert(key, (es, dtype));
+            continue;
+        }
+        match &*o.borrow() {
+            Value::Tuple(v) | Value::List(v) | Value::Set(v) => todo.extend(v.iter().cloned()),
+            Value::Dict(kv) => {
+                for (k, v) in kv {
+                    todo.push(k.clone());
+                    todo.push(v.clone());
+                }
+            }
+            Value::Call {
+                callable,
+                args,
+                state,
+            } => {
+                todo.push(callable.clone());
+                todo.push(args.clone());
+                todo.extend(state.clone());
+            }
+            Value::Persistent(id) => todo.push(id.clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn call_parts(o: &Obj) -> Option<(String, Obj, Option<Obj>)> {
+    match &*o.borrow() {
+        Value::Call {
+            callable,
+            args,
+            state,
+        } => Some((
+            callable.borrow().global_name().unwrap_or_default(),
+            args.clone(),
+            state.clone(),
+        )),
+        _ => None,
+    }
+}
+
+fn tuple_items(o: &Obj) -> Option<Vec<Obj>> {
+    match &*o.borrow() {
+        Value::Tuple(v) | Value::List(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn usizes(o: &Obj) -> Option<Vec<usize>> {
+    tuple_items(o)?
+        .iter()
+        .map(|x| x.borrow().as_int().and_then(|i| usize::try_from(i).ok()))
         .collect()
 }
 
-/// Reads one tensor's storage and applies its view (shape, strides, offset): views of a larger
-/// storage, transposes and slices are common in real checkpoints. Every size is checked before
-/// anything is allocated: the view may hold at most as many elements as its storage, or as
-/// the file has bytes (`limit`) where it repeats values.
-fn read_tensor<R: std::io::Read + std::io::Seek>(
-    zip: &mut zip::ZipArchive<R>,
-    info: &candle_core::pickle::TensorInfo,
+/// The tensor a value rebuilds, if it is one (`_rebuild_tensor_v2`, a Parameter around one).
+fn as_tensor(o: &Obj) -> Option<std::result::Result<TensorRef, String>> {
+    let (callable, args, _) = call_parts(o)?;
+    let a = tuple_items(&args)?;
+    match callable.as_str() {
+        "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
+            as_tensor(a.first()?)
+        }
+        "torch._tensor._rebuild_from_type_v2" => {
+            // (func, type, args, state): func(*args) is the tensor.
+            let inner = pickle::obj(Value::Call {
+                callable: a.first()?.clone(),
+                args: a.get(2)?.clone(),
+                state: None,
+            });
+            as_tensor(&inner)
+        }
+        "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => Some((|| {
+            let bad = |what: &str| format!("its {what} is malformed");
+            let (key, _, dtype) = a
+                .first()
+                .and_then(storage_ref)
+                .ok_or_else(|| bad("storage reference"))?;
+            let offset = a
+                .get(1)
+                .and_then(|x| x.borrow().as_int())
+                .and_then(|i| usize::try_from(i).ok())
+                .ok_or_else(|| bad("storage offset"))?;
+            let size = a.get(2).and_then(usizes).ok_or_else(|| bad("size"))?;
+            let stride = a.get(3).and_then(usizes).ok_or_else(|| bad("stride"))?;
+            if size.len() != stride.len() {
+                return Err(bad("stride"));
+            }
+            Ok(TensorRef {
+                key,
+                dtype,
+                offset,
+                size,
+                stride,
+            })
+        })()),
+        _ => None,
+    }
+}
+
+fn dict_get(o: &Obj, key: &str) -> Option<Obj> {
+    match &*o.borrow() {
+        Value::Dict(kv) => kv
+            .iter()
+            .find(|(k, _)| k.borrow().as_str() == Some(key))
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    }
+}
+
+/// The class of a pickled module object and its `__dict__`, if `o` is one.
+fn module_parts(o: &Obj) -> Option<(String, Obj)> {
+    let v = o.borrow();
+    let Value::Call {
+        callable,
+        args,
+        state: Some(state),
+    } = &*v
+    else {
+        return None;
+    };
+    // NEWOBJ names the class; protocol 0/1 go through copyreg._reconstructor(cls, ...); legacy
+    // files name a module class the first time as ('module', cls, source file, source text).
+    let class_of = |c: &Obj| -> Option<String> {
+        match &*c.borrow() {
+            Value::Global { module, name } => Some(format!("{module}.{name}")),
+            Value::Persistent(id) => {
+                let items = tuple_items(id)?;
+                (items.first()?.borrow().as_str() == Some("module"))
+                    .then(|| items.get(1)?.borrow().global_name())?
+            }
+            _ => None,
+        }
+    };
+    let class = match class_of(callable)? {
+        c if c.ends_with("._reconstructor") => class_of(tuple_items(args)?.first()?)?,
+        c => c,
+    };
+    // Only modules have these.
+    dict_get(state, "_modules")?;
+    Some((class, state.clone()))
+}
+
+fn dict_items(o: &Obj) -> Vec<(String, Obj)> {
+    match &*o.borrow() {
+        Value::Dict(kv) => kv
+            .iter()
+            .filter_map(|(k, v)| Some((k.borrow().as_str()?.to_string(), v.clone())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A whole module's state dict: its parameters, persistent buffers, then its children's.
+fn walk_module(
+    state: &Obj,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<(String, TensorRef)>,
+) -> std::result::Result<(), String> {
+    if depth > 64 {
+        return Err("modules nested more than 64 deep".into());
+    }
+    let skip: Vec<String> = dict_get(state, "_non_persistent_buffers_set")
+        .map(|s| match &*s.borrow() {
+            Value::Set(v) => v
+                .iter()
+                .filter_map(|x| x.borrow().as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .unwrap_or_default();
+    for field in ["_parameters", "_buffers"] {
+        for (name, v) in
+            dict_items(&dict_get(state, field).unwrap_or_else(|| pickle::obj(Value::None)))
+        {
+            if field == "_buffers" && skip.contains(&name) {
+                continue;
+            }
+            if let Some(t) = as_tensor(&v) {
+                out.push((
+                    format!("{prefix}{name}"),
+                    t.map_err(|e| format!("tensor '{prefix}{name}': {e}"))?,
+                ));
+            }
+        }
+    }
+    for (name, child) in
+        dict_items(&dict_get(state, "_modules").unwrap_or_else(|| pickle::obj(Value::None)))
+    {
+        if let Some((_, child_state)) = module_parts(&child) {
+            walk_module(&child_state, &format!("{prefix}{name}."), depth + 1, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn find_state(root: &Obj, depth: usize) -> std::result::Result<Found, String> {
+    if let Some((class, state)) = module_parts(root) {
+        let mut found = Found {
+            model_class: Some(class),
+            ..Found::default()
+        };
+        walk_module(&state, "", 0, &mut found.tensors)?;
+        // torchxrayvision keeps its label list as a plain attribute.
+        found.labels = ["targets", "pathologies"].iter().find_map(|k| {
+            tuple_items(&dict_get(&state, k)?)?
+                .iter()
+                .map(|s| s.borrow().as_str().map(str::to_string))
+                .collect()
+        });
+        // ... and its operating points as a plain tensor attribute where it has them.
+        if let Some(Some(Ok(t))) = dict_get(&state, "op_threshs").map(|o| as_tensor(&o))
+            && !found.tensors.iter().any(|(k, _)| k == "op_threshs")
+        {
+            found.tensors.push(("op_threshs".into(), t));
+        }
+        return Ok(found);
+    }
+    let items = dict_items(root);
+    // A training checkpoint keeps the model under a usual key, next to tensors of its own
+    // (an RNG state, optimizer moments): look there first.
+    if depth < 2 {
+        for key in STATE_KEYS {
+            if let Some((_, v)) = items.iter().find(|(k, _)| k == key) {
+                let found = find_state(v, depth + 1)?;
+                if !found.tensors.is_empty() {
+                    return Ok(found);
+                }
+            }
+        }
+    }
+    let tensors: Vec<(String, TensorRef)> = items
+        .iter()
+        .filter_map(|(k, v)| Some(as_tensor(v)?.map(|t| (k.clone(), t))))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("a tensor {e}"))?;
+    Ok(Found {
+        tensors,
+        ..Found::default()
+    })
+}
+
+/// Reads one tensor from its storage's bytes and applies its view (shape, strides, offset):
+/// views of a larger storage, transposes and slices are common in real checkpoints. Every size
+/// is checked before anything is allocated: the view may hold at most as many elements as its
+/// storage, or as the file has bytes (`limit`) where it repeats values.
+fn materialise(
+    bytes: &[u8],
+    t: &TensorRef,
+    dtype: DType,
     limit: usize,
 ) -> std::result::Result<Tensor, String> {
-    let (dims, strides) = (info.layout.dims(), info.layout.stride());
+    let (dims, strides) = (&t.size[..], &t.stride[..]);
     let n = dims
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("its shape {dims:?} overflows"))?;
-    let mut bytes = Vec::new();
-    zip.by_name(&info.path)
-        .map_err(|e| e.to_string())?
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    let elems = bytes.len() / info.dtype.size_in_bytes();
+    let es = dtype.size_in_bytes();
+    let elems = bytes.len() / es;
     if n > elems.max(limit) {
         return Err(format!(
             "a view of {n} elements (shape {dims:?}) over a storage of {elems}; refused: \
              it holds more elements than the file has bytes"
         ));
     }
-    if u32::try_from(elems).is_err() {
-        return Err(format!("a storage of {elems} elements is too large"));
-    }
-    let storage = Tensor::from_raw_buffer(&bytes, info.dtype, &[elems], &candle_core::Device::Cpu)
-        .map_err(|e| e.to_string())?;
-    // candle's pickle reader records the view's offset in bytes.
-    let start = info.layout.start_offset() / info.dtype.size_in_bytes();
+    let cpu = &candle_core::Device::Cpu;
     let outside = || format!("the view reaches outside its {elems}-element storage");
+    let contiguous = {
+        let mut expect = 1usize;
+        let mut ok = true;
+        for (&d, &s) in dims.iter().zip(strides).rev() {
+            ok &= d <= 1 || s == expect;
+            expect = expect.saturating_mul(d);
+        }
+        ok
+    };
+    if contiguous {
+        let end = t
+            .offset
+            .checked_add(n)
+            .filter(|&e| e <= elems)
+            .ok_or_else(outside)?;
+        return Tensor::from_raw_buffer(&bytes[t.offset * es..end * es], dtype, dims, cpu)
+            .map_err(|e| e.to_string());
+    }
+    if u32::try_from(elems).is_err() {
+        return Err(format!(
+            "a strided view of a {elems}-element storage is too large"
+        ));
+    }
+    let storage = Tensor::from_raw_buffer(&bytes[..elems * es], dtype, &[elems], cpu)
+        .map_err(|e| e.to_string())?;
     let mut index = Vec::with_capacity(n);
     for i in 0..n {
-        let (mut rem, mut off) = (i, start);
+        let (mut rem, mut off) = (i, t.offset);
         for (d, s) in dims.iter().zip(strides).rev() {
             off = (rem % d)
                 .checked_mul(*s)
@@ -186,7 +596,7 @@ fn read_tensor<R: std::io::Read + std::io::Seek>(
         // Fits: `off < elems`, which fits in u32 (checked above).
         index.push(off as u32);
     }
-    let index = Tensor::from_vec(index, n, &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
+    let index = Tensor::from_vec(index, n, cpu).map_err(|e| e.to_string())?;
     storage
         .index_select(&index, 0)
         .and_then(|t| t.reshape(dims))

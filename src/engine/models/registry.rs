@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use super::classifier::{Classifier, Model};
 use super::description::{ModelDescription, load_described};
-use super::info::{IMAGENET_LABELS, ModelInfo, Resize};
+use super::info::{Crop, IMAGENET_LABELS, ModelInfo, Resize};
 use super::layers::{WeightEdit, Weights};
 use super::{efficientnet_lite, xception};
 use crate::engine::ops::Backend;
@@ -107,7 +107,8 @@ impl ModelSource {
     }
 }
 
-/// Loads a registered model, or a model description (a path ending in `.json`), onto `device`.
+/// Loads a registered model, a model description (a path ending in `.json`) or a weights file
+/// (architecture recognised from its contents) onto `device`.
 pub fn load(name: &str, device: &Device, backend: Backend) -> Result<Arc<dyn Classifier>> {
     load_edited(name, device, backend, &|_| Ok(()))
 }
@@ -139,6 +140,13 @@ fn load_edited(
         }
         path if path.ends_with(".json") => load_described(
             &ModelDescription::read(std::path::Path::new(path))?,
+            device,
+            backend,
+            edit,
+        ),
+        // A weights file on its own: the architecture is recognised from its contents.
+        path if std::path::Path::new(path).is_file() => load_described(
+            &ModelDescription::ad_hoc(path.into(), None, None, false),
             device,
             backend,
             edit,
@@ -178,6 +186,8 @@ impl ChestXception {
                 resize: Resize::Nearest,
                 multi_label: false,
                 bgr: false,
+                crop: Crop::None,
+                op_threshs: None,
             },
             device,
             weights,
@@ -219,6 +229,8 @@ impl Lite0 {
                 resize: Resize::Bilinear,
                 multi_label: false,
                 bgr: false,
+                crop: Crop::None,
+                op_threshs: None,
             },
             device,
             weights,

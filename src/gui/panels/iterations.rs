@@ -65,6 +65,24 @@ impl IterationsView {
             curves_plot(ws, self.selected, &mut cols[1]);
         });
         check_box(ui, ws, params);
+        // A multi-label model scores each finding on its own: say which one is explained.
+        if let (Some(e), Some(first)) = (&ws.explainer, ws.steps.first())
+            && e.info().multi_label
+            && let Some(t) = ws.target(params.target)
+        {
+            let n = (0..first.step.probs.len())
+                .filter(|&c| e.info().predicts(c))
+                .count();
+            ui.label(
+                egui::RichText::new(format!(
+                    "Explaining {} (p = {:.3} on the original image; one of {n} findings, each \
+                     scored on its own; pick another under Class)",
+                    e.info().label(t),
+                    first.step.probs.get(t).copied().unwrap_or(f32::NAN)
+                ))
+                .strong(),
+            );
+        }
         ui.separator();
         let width = ui.available_width();
         let cell = ((width - 40.0) / 4.0).clamp(64.0, 320.0);

@@ -2,8 +2,9 @@
 
 use egui::TextureHandle;
 
-use crate::engine::render;
+use crate::engine::models::Crop;
 use crate::engine::source_image::Window;
+use crate::engine::{image, render};
 use crate::gui::action::Action;
 use crate::gui::textures;
 use crate::gui::workspace::Workspace;
@@ -67,10 +68,13 @@ impl RegionsView {
                         ui.label("only visible");
                         ui.label("hidden");
                         ui.end_row();
-                        for (name, r) in [("union", u.unveiled), ("one map", u.single_map)] {
-                            ui.label(format!("{name} ({:.0}%)", 100.0 * r.area));
-                            ui.label(format!("{:.3}", r.only_p));
-                            ui.label(format!("{:.3}", r.hidden_p));
+                        for (name, area, only, hidden) in [
+                            ("union", u.unveiled_area, u.unveiled_only_p, u.unveiled_hidden_p),
+                            ("one map", u.single_map_area, u.single_map_only_p, u.single_map_hidden_p),
+                        ] {
+                            ui.label(format!("{name} ({:.0}%)", 100.0 * area));
+                            ui.label(format!("{only:.3}"));
+                            ui.label(format!("{hidden:.3}"));
                             ui.end_row();
                         }
                     });
@@ -93,7 +97,10 @@ impl RegionsView {
         {
             return Some(t.clone());
         }
-        let mut pic = img.preview.clone();
+        // The model's view of the image (TorchXRayVision models see its centre square).
+        let crop = ws.explainer.as_ref().map_or(Crop::None, |e| e.info().crop);
+        let (x, y, w, h) = image::crop_rect(crop, img.preview.width(), img.preview.height());
+        let mut pic = ::image::imageops::crop_imm(&img.preview, x, y, w, h).to_image();
         let steps: Vec<_> = ws.steps.iter().map(|s| &s.step).collect();
         render::regions_overlay(&mut pic, &steps, opacity);
         let t = textures::upload(ctx, "regions", &pic);

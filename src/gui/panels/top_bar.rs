@@ -1,7 +1,7 @@
 //! File, model, device, class and export controls, and the research-use notice.
 
 use crate::engine::device::DeviceChoice;
-use crate::engine::models;
+use crate::engine::models::{self, ModelInfo};
 use crate::gui::action::Action;
 use crate::gui::settings::{Settings, View};
 use crate::gui::workspace::Workspace;
@@ -50,7 +50,7 @@ impl TopBarView {
                 model_picker(ui, ws, &settings.model, actions);
                 if ui
                     .button("Open model…")
-                    .on_hover_text("Load your own checkpoint through a model description (.json: arch, weights, labels, normalisation; see the README)")
+                    .on_hover_text("Load your own model: a weights file (safetensors, or any PyTorch checkpoint: CheXNet, TorchXRayVision, torchvision ResNet/DenseNet; read as data, never executed) or a model description (.json: arch, weights, labels, normalisation; see the README)")
                     .clicked()
                 {
                     actions.push(Action::PickModel);
@@ -133,7 +133,11 @@ impl TopBarView {
             .width(200.0)
             .show_ui(ui, |ui| {
                 ui.selectable_value(&mut target, None, "Top-1 of the image");
-                if let Some(first) = ws.steps.first() {
+                if info.multi_label
+                    && let Some(first) = ws.steps.first()
+                {
+                    findings(ui, info, &first.step.probs, &mut target);
+                } else if let Some(first) = ws.steps.first() {
                     ui.label("Top-5 of the original image:");
                     for p in &first.step.top5 {
                         ui.selectable_value(
@@ -153,7 +157,7 @@ impl TopBarView {
                         .labels
                         .iter()
                         .enumerate()
-                        .filter(|(_, l)| l.to_lowercase().contains(&q))
+                        .filter(|(_, l)| !l.is_empty() && l.to_lowercase().contains(&q))
                         .take(30)
                     {
                         ui.selectable_value(&mut target, Some(i), format!("{i}: {l}"));
@@ -171,6 +175,30 @@ impl TopBarView {
             }));
         }
     }
+}
+
+/// A multi-label model's findings (e.g. 14 chest X-ray pathologies), each with its own
+/// probability on the original image as a bar, most probable first; outputs the weights do not
+/// predict (blank labels) are left out.
+fn findings(ui: &mut egui::Ui, info: &ModelInfo, probs: &[f32], target: &mut Option<usize>) {
+    ui.label("Findings of the original image (each scored on its own):");
+    let mut order: Vec<usize> = (0..probs.len()).filter(|&c| info.predicts(c)).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    egui::ScrollArea::vertical()
+        .max_height(360.0)
+        .show(ui, |ui| {
+            egui::Grid::new("findings").num_columns(2).show(ui, |ui| {
+                for c in order {
+                    ui.selectable_value(target, Some(c), info.label(c));
+                    ui.add(
+                        egui::ProgressBar::new(probs[c].clamp(0.0, 1.0))
+                            .desired_width(120.0)
+                            .text(format!("{:.1}%", 100.0 * probs[c])),
+                    );
+                    ui.end_row();
+                }
+            });
+        });
 }
 
 fn model_picker(ui: &mut egui::Ui, ws: &Workspace, current: &str, actions: &mut Vec<Action>) {
