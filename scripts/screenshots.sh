@@ -38,3 +38,12 @@ shot regions all-regions-view.png
 if ./target/release/unveil models | grep -q "^pneumonia-xception.*installed in"; then
   SHOT_WAIT=$((wait_s + 60)) shot regions chest-xray-view.png --model pneumonia-xception assets/chest-xray-pneumonia.jpeg
 fi
+# A TorchXRayVision model (the test fixture's seeded weights) with its findings picker open.
+./target/release/unveil --view iterations --model tests/fixtures/xray/xrv_densenet_opthreshs.pt \
+  tests/fixtures/xray/xray_8bit.png &
+app=$!
+sleep "$wait_s"
+xdotool mousemove 1000 12 click 1 && sleep 2 && xdotool mousemove 1279 799 && sleep 1
+import -window root screenshots/xray-findings-picker.png
+kill "$app"; wait "$app" 2>/dev/null || true
+echo "wrote screenshots/xray-findings-picker.png"

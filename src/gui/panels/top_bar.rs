@@ -128,9 +128,16 @@ impl TopBarView {
             .target(before)
             .map_or("top-1".to_string(), |c| format!("{c}: {}", info.label(c)));
         let mut target = before;
-        egui::ComboBox::from_label("Class")
+        let combo = egui::ComboBox::from_label("Class")
             .selected_text(text)
-            .width(200.0)
+            .width(200.0);
+        // Room for every finding of a chest X-ray model without scrolling.
+        let combo = if info.multi_label {
+            combo.height(600.0)
+        } else {
+            combo
+        };
+        combo
             .show_ui(ui, |ui| {
                 ui.selectable_value(&mut target, None, "Top-1 of the image");
                 if info.multi_label
