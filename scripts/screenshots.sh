@@ -9,7 +9,8 @@ cargo build --release --quiet
 display=":${SHOT_DISPLAY:-97}"
 wait_s="${SHOT_WAIT:-35}"
 tmp=$(mktemp -d)
-Xvfb "$display" -screen 0 1280x800x24 >/dev/null 2>&1 &
+# 1920 x 1080 so the larger layouts fit; 1280 x 800 shots capture the top-left corner.
+Xvfb "$display" -screen 0 1920x1080x24 >/dev/null 2>&1 &
 xvfb=$!
 trap 'kill $xvfb 2>/dev/null; rm -rf "$tmp"' EXIT
 sleep 1
@@ -21,12 +22,12 @@ export DISPLAY="$display" XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" XDG_RUNTIM
 unset WAYLAND_DISPLAY
 
 shot() {
-  ./target/release/unveil --view "$1" "${@:3}" &
+  ./target/release/unveil --default-settings --view "$1" "${@:3}" &
   local app=$!
   sleep "${SHOT_WAIT:-$wait_s}"
   # Park the pointer in a corner so no tooltip covers the picture.
   command -v xdotool >/dev/null && xdotool mousemove 1279 799 && sleep 1
-  import -window root "screenshots/$2"
+  import -window root -crop 1280x800+0+0 "screenshots/$2"
   kill "$app"
   wait "$app" 2>/dev/null || true
   echo "wrote screenshots/$2"
@@ -38,12 +39,53 @@ shot regions all-regions-view.png
 if ./target/release/unveil models | grep -q "^pneumonia-xception.*installed in"; then
   SHOT_WAIT=$((wait_s + 60)) shot regions chest-xray-view.png --model pneumonia-xception assets/chest-xray-pneumonia.jpeg
 fi
+# A chest X-ray opened with the ImageNet model: the mismatch warning.
+shot iterations mismatch-warning.png assets/chest-xray-pneumonia.jpeg
+
+# Interactive shots: start the app, click with xdotool (positions at 1280 x 800, default
+# layout), then capture. `start_app ARGS...` leaves the app's pid in $app.
+start_app() {
+  ./target/release/unveil --default-settings "$@" &
+  app=$!
+  sleep "$wait_s"
+}
+capture() {
+  xdotool mousemove 1279 799 && sleep 1
+  import -window root -crop 1280x800+0+0 "screenshots/$1"
+  kill "$app"; wait "$app" 2>/dev/null || true
+  echo "wrote screenshots/$1"
+}
+
 # A TorchXRayVision model (the test fixture's seeded weights) with its findings picker open.
-./target/release/unveil --view iterations --model tests/fixtures/xray/xrv_densenet_opthreshs.pt \
-  tests/fixtures/xray/xray_8bit.png &
-app=$!
+start_app --view iterations --model tests/fixtures/xray/xrv_densenet_opthreshs.pt \
+  tests/fixtures/xray/xray_8bit.png
+xdotool mousemove 350 35 click 1 && sleep 2          # the Class picker
+capture xray-findings-picker.png
+
+# A pinned run (kernel 11) next to a rerun with kernel 17.
+start_app --view iterations
+xdotool mousemove 392 260 click 1 && sleep 1                    # Pin this run
+for _ in 1 2 3; do xdotool mousemove 47 163 click 1; sleep 0.3; done  # kernel + 3 x 2
 sleep "$wait_s"
-xdotool mousemove 1000 12 click 1 && sleep 2 && xdotool mousemove 1279 799 && sleep 1
-import -window root screenshots/xray-findings-picker.png
+capture pinned-comparison-view.png
+
+# The same three-panel layout at other sizes and text scales (no overlap at 1.5x and 2x).
+for spec in 1024x768:2 1920x1080:1.5 1280x800:1.5; do
+  size=${spec%%:*}; scale=${spec##*:}
+  start_app --view iterations --font-scale "$scale"
+  xdotool search --sync --name '^unveil$' windowmove 0 0 windowsize "${size%x*}" "${size#*x}"
+  xdotool mousemove $((${size%x*} - 1)) $((${size#*x} - 1))
+  sleep 3
+  import -window root -crop "${size}+0+0" "screenshots/layout-${size}-text-${scale}x.png"
+  kill "$app"; wait "$app" 2>/dev/null || true
+  echo "wrote screenshots/layout-${size}-text-${scale}x.png"
+done
+
+# Presenter mode on a 1920 x 1080 display with 1.5x text.
+start_app --presenter --font-scale 1.5
+xdotool search --sync --name '^unveil$' windowmove 0 0 windowsize 1920 1080
+xdotool mousemove 1919 1079
+sleep 3
+import -window root -crop 1920x1080+0+0 screenshots/presenter-view.png
 kill "$app"; wait "$app" 2>/dev/null || true
-echo "wrote screenshots/xray-findings-picker.png"
+echo "wrote screenshots/presenter-view.png"

@@ -24,7 +24,7 @@ use unveil::engine::params::{
     FillMode, MaskParams, Method, Reduction, SaliencyParams, StopParams, UnveilParams,
 };
 use unveil::engine::source_image::Window;
-use unveil::engine::summary::RunInfo;
+use unveil::engine::summary::{ImageRecord, RunInfo};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +48,16 @@ pub struct Cli {
     /// Desktop app: run the sanity check on the first map.
     #[arg(long = "sanity-check")]
     pub sanity_check: bool,
+    /// Desktop app: start from the default settings, whatever the last session left (a demo
+    /// laptop comes up clean).
+    #[arg(long = "default-settings")]
+    pub default_settings: bool,
+    /// Desktop app: start in presenter mode (full screen; F11 leaves).
+    #[arg(long)]
+    pub presenter: bool,
+    /// Desktop app: size of text and controls, 0.75 to 3 (e.g. 1.5 on a projector); remembered.
+    #[arg(long)]
+    pub font_scale: Option<f32>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -378,8 +388,13 @@ pub fn check(args: &CheckArgs) -> Result<()> {
     )?;
     let image_name = args.image.display().to_string();
     let dev = device::describe(explainer.device());
+    let window = img
+        .gray
+        .as_ref()
+        .map(|g| args.opts.window.unwrap_or(g.default_window));
     let info = RunInfo {
         image: &image_name,
+        record: ImageRecord::of(Some(&args.image), window, window),
         device: &dev,
         params: &params,
         model: explainer.info(),
@@ -470,8 +485,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 let start = Instant::now();
                 let outcome = explainer.explain(&img, args.opts.window, &p, &mut |_| {}, &never)?;
                 let run_ms = start.elapsed().as_secs_f64() * 1e3;
+                let window = img
+                    .gray
+                    .as_ref()
+                    .map(|g| args.opts.window.unwrap_or(g.default_window));
                 let info = RunInfo {
                     image: &name,
+                    record: ImageRecord::of(Some(path), window, window),
                     device: &dev,
                     params: &p,
                     model: explainer.info(),
@@ -551,6 +571,13 @@ fn explain(
     let start = Instant::now();
     let img = image::load(path)?;
     let quiet = opts.quiet;
+    if !quiet && let Some(m) = unveil::engine::suitability::mismatch(explainer.info(), &img) {
+        eprintln!(
+            "warning: {} (try --model {})",
+            m.describe(&explainer.info().name),
+            m.suggested_model()
+        );
+    }
     let mut on_event = |e: Event| {
         if let Event::Step(s) = e
             && !quiet
@@ -586,8 +613,13 @@ fn explain(
     let total_ms = start.elapsed().as_secs_f64() * 1e3;
     let image_name = path.display().to_string();
     let dev = device::describe(explainer.device());
+    let window = img
+        .gray
+        .as_ref()
+        .map(|g| opts.window.unwrap_or(g.default_window));
     let run_info = RunInfo {
         image: &image_name,
+        record: ImageRecord::of(Some(path), window, window),
         device: &dev,
         params,
         model: explainer.info(),
@@ -614,11 +646,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
             .after
             .as_ref()
             .map(|a| format!(" (p after masking: {:.3})", a.p_target));
+        let r = unveil::engine::readout::readout(&outcome, explainer.info(), params.stop.threshold);
+        eprintln!("{}", r.text);
+        for f in &r.flags {
+            eprintln!("note: {}", f.describe());
+        }
         eprintln!(
-            "target {} ({}): {} iterations, stopped because {}{}; {:.1} s; wrote {}",
+            "target {} ({}): {}, stopped because {}{}; {:.1} s; wrote {}",
             outcome.target,
             explainer.info().label(outcome.target),
-            outcome.steps.len(),
+            plural(outcome.steps.len(), "iteration"),
             outcome.stop.describe(),
             after.unwrap_or_default(),
             total_ms / 1e3,
@@ -656,18 +693,21 @@ pub fn batch(args: &BatchArgs) -> Result<()> {
         ..args.opts.clone()
     };
     let start = Instant::now();
-    let mut failed = 0;
+    let (mut failed, mut ran_ms) = (0, 0.0);
     for (k, path) in todo.iter().enumerate() {
         let out = args.out.join(batch::id(path));
         match explain(&explainer, path, &quiet_opts, &params, &out, false) {
-            Ok((o, ms)) => eprintln!(
-                "[{}/{}] {}: {} iterations, {:.1} s",
-                k + 1,
-                todo.len(),
-                path.display(),
-                o.steps.len(),
-                ms / 1e3
-            ),
+            Ok((o, ms)) => {
+                ran_ms += ms;
+                eprintln!(
+                    "[{}/{}] {}: {}, {:.1} s",
+                    k + 1,
+                    todo.len(),
+                    path.display(),
+                    plural(o.steps.len(), "iteration"),
+                    ms / 1e3
+                )
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("[{}/{}] {}: {e}", k + 1, todo.len(), path.display());
@@ -678,11 +718,17 @@ pub fn batch(args: &BatchArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let rows = batch::write_results(&args.out)?;
     if !todo.is_empty() {
+        // The rate counts images that ran: failures (an unreadable file) end in milliseconds.
+        let ran = todo.len() - failed;
+        let rate = if ran > 0 {
+            format!(" ({:.1} images/min)", 60e3 * ran as f64 / ran_ms.max(1e-9))
+        } else {
+            String::new()
+        };
         eprintln!(
-            "done: {} images in {:.1} s ({:.1} images/min), {failed} failed; results.csv has {rows} rows",
-            todo.len(),
-            secs,
-            60.0 * todo.len() as f64 / secs.max(1e-9)
+            "done: {} in {secs:.1} s{rate}, {failed} failed; results.csv has {}",
+            plural(ran, "image"),
+            plural(rows, "row"),
         );
     }
     if failed > 0 {
@@ -715,4 +761,9 @@ pub fn models_command(action: Option<&ModelsAction>) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// "1 image", "2 images".
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }

@@ -35,7 +35,7 @@ pub enum Error {
     #[error("cannot read the run summary {path}: {reason}")]
     Summary { path: PathBuf, reason: String },
 
-    #[error("{failed} images failed (see {})", .list.display())]
+    #[error("{failed} image{} failed (see {})", if *.failed == 1 { "" } else { "s" }, .list.display())]
     BatchFailed { failed: usize, list: PathBuf },
 
     #[error("cannot open a window: {0}")]

@@ -36,6 +36,11 @@ fn launch_app(args: &Cli) -> unveil::Result<()> {
         image: args.image.clone(),
         model: args.gui_model.clone(),
         sanity_check: args.sanity_check,
+        settings: args
+            .default_settings
+            .then(unveil::gui::settings::Settings::default),
+        presenter: args.presenter,
+        font_scale: args.font_scale,
         view: args.view.map(|v| match v {
             ViewArg::Iterations => View::Iterations,
             ViewArg::Regions => View::AllRegions,

@@ -151,7 +151,7 @@ pub fn write_results(out: &Path) -> Result<usize> {
         .collect();
     dirs.sort();
     let mut csv = String::from(
-        "image,id,target,label,p_initial,iterations,stop,p_after_masking,cumulative_coverage,total_ms\n",
+        "image,id,target,label,p_initial,iterations,stop,p_after_masking,cumulative_coverage,total_ms,p_per_iteration\n",
     );
     for d in &dirs {
         let s = Summary::read(&d.join("summary.json"))?;
@@ -177,6 +177,16 @@ pub fn write_results(out: &Path) -> Result<usize> {
                 .map(|i| f(i.cumulative_coverage))
                 .unwrap_or_default(),
             format!("{:.0}", s.total_ms),
+            // p(target) of iteration 0, 1, ... then with every mask applied, `;`-separated.
+            csv_field(
+                &s.iterations
+                    .iter()
+                    .map(|i| i.p_target)
+                    .chain(s.stop.after.as_ref().map(|a| a.p_target))
+                    .map(f)
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            ),
         ];
         csv.push_str(&row.join(","));
         csv.push('\n');
@@ -185,5 +195,55 @@ pub fn write_results(out: &Path) -> Result<usize> {
     std::fs::write(&tmp, csv).map_err(|e| Error::io(&tmp, e))?;
     let dest = out.join("results.csv");
     std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+    tidy_failures(out, &dirs)?;
     Ok(dirs.len())
+}
+
+/// Rewrites `failed.csv` with one line per image (its latest failure), leaving out images that
+/// have since finished: a resumed batch retries its failures and must not list them twice.
+fn tidy_failures(out: &Path, finished: &[PathBuf]) -> Result<()> {
+    let file = out.join("failed.csv");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Ok(());
+    };
+    let done: std::collections::HashSet<String> = finished
+        .iter()
+        .filter_map(|d| Summary::read(&d.join("summary.json")).ok())
+        .map(|s| csv_field(&s.image))
+        .collect();
+    let mut latest: Vec<(String, &str)> = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        // The path is the first field (quoted when it holds a comma).
+        let key = first_field(line);
+        if done.contains(&key) {
+            continue;
+        }
+        latest.retain(|(k, _)| *k != key);
+        latest.push((key, line));
+    }
+    let body: String = latest.iter().map(|(_, l)| format!("{l}\n")).collect();
+    let tmp = out.join(format!(".failed.csv.{}", std::process::id()));
+    std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &file).map_err(|e| Error::io(&file, e))
+}
+
+/// The first CSV field of `line`, as written (quotes kept).
+fn first_field(line: &str) -> String {
+    if let Some(rest) = line.strip_prefix('"') {
+        let mut end = 0;
+        let b = rest.as_bytes();
+        while end < b.len() {
+            if b[end] == b'"' {
+                if b.get(end + 1) == Some(&b'"') {
+                    end += 2;
+                    continue;
+                }
+                break;
+            }
+            end += 1;
+        }
+        format!("\"{}\"", &rest[..end.min(rest.len())])
+    } else {
+        line.split(',').next().unwrap_or_default().to_string()
+    }
 }

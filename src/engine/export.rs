@@ -154,7 +154,7 @@ fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Resul
         }
     }
     save_png(
-        &render::run_montage(outcome, info.model)?,
+        &render::run_montage(outcome, info.model, 0.0)?,
         &dir.join("montage.png"),
     )?;
     let path = dir.join("summary.json");

@@ -60,6 +60,33 @@ pub fn saliency_rgb(s: &SaliencyMap) -> RgbImage {
     })
 }
 
+/// The saliency map over `base` (the model's input): each pixel takes the colour of its
+/// saliency in proportion to it, times `opacity`, so low-saliency regions keep the image.
+pub fn saliency_overlay(base: &RgbImage, s: &SaliencyMap, opacity: f32) -> RgbImage {
+    let a = opacity.clamp(0.0, 1.0);
+    RgbImage::from_fn(s.width as u32, s.height as u32, |x, y| {
+        let v = s.data[y as usize * s.width + x as usize];
+        let heat = inferno(v);
+        let b = base
+            .get_pixel(x.min(base.width() - 1), y.min(base.height() - 1))
+            .0;
+        let w = a * v.clamp(0.0, 1.0);
+        Rgb(std::array::from_fn(|c| {
+            (b[c] as f32 * (1.0 - w) + heat[c] as f32 * w).round() as u8
+        }))
+    })
+}
+
+/// The saliency colour scale, 0 (left) to 1 (right), as a `width` x `height` strip.
+pub fn colour_bar(width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width.max(1), height.max(1), |x, _| {
+        Rgb(inferno(x as f32 / (width.max(2) - 1) as f32))
+    })
+}
+
+/// What 1.0 on the colour scale means.
+pub const SCALE_NOTE: &str = "1.0 = the map's 99th percentile (brighter pixels are clipped)";
+
 /// White where masked, black elsewhere.
 pub fn mask_rgb(m: &Mask) -> RgbImage {
     RgbImage::from_fn(m.width as u32, m.height as u32, |x, y| {
@@ -141,14 +168,77 @@ pub fn step_images(step: &Step, model: &ModelInfo) -> Result<[RgbImage; 4]> {
     ])
 }
 
-/// Every iteration of a run, one row each ([`step_images`]).
-pub fn run_montage(outcome: &Outcome, model: &ModelInfo) -> Result<RgbImage> {
+/// Every iteration of a run, one row each ([`step_images`]), labelled so that the file stands
+/// on its own: the class, the column titles, iteration and p(target) on each row, and the
+/// saliency colour scale. `overlay` > 0 draws the maps over the image at that opacity.
+pub fn run_montage(outcome: &Outcome, model: &ModelInfo, overlay: f32) -> Result<RgbImage> {
     let rows = outcome
         .steps
         .iter()
-        .map(|s| step_images(s, model).map(Vec::from))
+        .map(|s| {
+            let mut r = step_images(s, model)?;
+            if overlay > 0.0 {
+                r[1] = saliency_overlay(&r[0], &s.saliency, overlay);
+            }
+            Ok(Vec::from(r))
+        })
         .collect::<Result<Vec<_>>>()?;
-    Ok(montage(&rows, 4))
+    let grid = montage(&rows, 4);
+    let (scale, gap) = (2u32, 8u32);
+    let line = font::line_height(scale);
+    let left = font::text_width("ITER 00", scale) + 2 * gap;
+    let cell_w = rows.iter().flatten().map(|i| i.width()).max().unwrap_or(1);
+    let cell_h = rows.iter().flatten().map(|i| i.height()).max().unwrap_or(1);
+    let top = gap + 2 * line + gap;
+    let bar_h = 12;
+    let bottom = gap + bar_h + gap + line + gap;
+    let w = (left + grid.width()).max(font::text_width(&title_of(outcome, model), scale) + 2 * gap);
+    let mut out = RgbImage::from_pixel(w, top + grid.height() + bottom, Rgb([32, 32, 32]));
+    let white = [230, 230, 230];
+    font::draw(&mut out, gap, gap, &title_of(outcome, model), scale, white);
+    for (c, name) in ["MODEL INPUT", "SALIENCY", "MASK", "MASKED"]
+        .iter()
+        .enumerate()
+    {
+        let x = left + 4 + c as u32 * (cell_w + 4);
+        font::draw(&mut out, x, gap + line, name, scale, white);
+    }
+    image::imageops::overlay(&mut out, &grid, left as i64, top as i64);
+    for (r, s) in outcome.steps.iter().enumerate() {
+        let y = top + 4 + r as u32 * (cell_h + 4);
+        font::draw(&mut out, gap, y, &format!("ITER {}", s.index), scale, white);
+        font::draw(
+            &mut out,
+            gap,
+            y + line,
+            &format!("P {:.3}", s.p_target),
+            scale,
+            white,
+        );
+    }
+    let y = top + grid.height() + gap;
+    let bar = colour_bar(grid.width().min(w - left).max(2) / 2, bar_h);
+    image::imageops::overlay(&mut out, &bar, left as i64, y as i64);
+    font::draw(&mut out, left, y + bar_h + gap, "0", scale, white);
+    let one = "1.0 = 99TH PERCENTILE";
+    font::draw(
+        &mut out,
+        (left + bar.width()).saturating_sub(font::text_width(one, scale) / 2),
+        y + bar_h + gap,
+        one,
+        scale,
+        white,
+    );
+    Ok(out)
+}
+
+fn title_of(outcome: &Outcome, model: &ModelInfo) -> String {
+    format!(
+        "{} ({}): {}",
+        model.label(outcome.target),
+        outcome.target,
+        model.name
+    )
 }
 
 /// The sanity check as one picture: the original map, each randomisation's map and the

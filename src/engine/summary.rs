@@ -10,22 +10,77 @@ use crate::engine::models::ModelInfo;
 use crate::engine::outcome::{Outcome, Probe, StopReason, Timings};
 use crate::engine::params::UnveilParams;
 use crate::engine::predict::Prediction;
+use crate::engine::readout::{Readout, readout};
 use crate::engine::saliency::Completeness;
+use crate::engine::source_image::Window;
 use crate::error::{Error, Result};
 
 /// What a run's summary records besides its outcome.
 pub struct RunInfo<'a> {
     pub image: &'a str,
+    /// Exactly which file and how it was seen.
+    pub record: ImageRecord,
     pub device: &'a str,
     pub params: &'a UnveilParams,
     pub model: &'a ModelInfo,
     pub total_ms: f64,
 }
 
+/// Which image a run explained, exactly: a result can be traced back to its file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The file's full path (absent for the built-in sample).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_path: Option<String>,
+    /// SHA-256 of the file's bytes, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
+    /// Grayscale images: the window the model saw and the one on screen (the same on the
+    /// command line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowRecord>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowRecord {
+    pub model_input: Window,
+    pub display: Window,
+}
+
+impl ImageRecord {
+    /// The record of `path` (full path and hash; the hash is left out when the file cannot be
+    /// read again) seen through `model_input` and displayed through `display`.
+    pub fn of(path: Option<&Path>, model_input: Option<Window>, display: Option<Window>) -> Self {
+        use sha2::Digest;
+        let image_path = path.map(|p| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        });
+        let image_sha256 = path.and_then(|p| std::fs::read(p).ok()).map(|bytes| {
+            sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        });
+        ImageRecord {
+            image_path,
+            image_sha256,
+            window: model_input.map(|m| WindowRecord {
+                model_input: m,
+                display: display.unwrap_or(m),
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub unveil_version: String,
     pub image: String,
+    #[serde(flatten)]
+    pub record: ImageRecord,
     pub device: String,
     pub model: ModelSummary,
     pub params: UnveilParams,
@@ -36,6 +91,9 @@ pub struct Summary {
     /// The unveiled union against a region of the same area from iteration 0's map.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unveiling: Option<Unveiling>,
+    /// The run in plain words, and what a reader should not miss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readout: Option<Readout>,
     pub total_ms: f64,
 }
 
@@ -76,6 +134,7 @@ impl Summary {
         Summary {
             unveil_version: env!("CARGO_PKG_VERSION").to_string(),
             image: run.image.to_string(),
+            record: run.record.clone(),
             device: run.device.to_string(),
             model: ModelSummary {
                 name: run.model.name.clone(),
@@ -105,6 +164,7 @@ impl Summary {
                 after: outcome.after.clone(),
             },
             unveiling: outcome.unveiling,
+            readout: Some(readout(outcome, run.model, run.params.stop.threshold)),
             total_ms: run.total_ms,
         }
     }

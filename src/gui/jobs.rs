@@ -11,9 +11,10 @@ use crate::engine::export;
 use crate::engine::outcome::Outcome;
 use crate::engine::params::UnveilParams;
 use crate::engine::render;
-use crate::engine::summary::RunInfo;
+use crate::engine::source_image::{SourceImage, Window};
+use crate::engine::summary::{ImageRecord, RunInfo};
 use crate::error::Result;
-use crate::gui::action::{Action, Export};
+use crate::gui::action::{Action, Export, PathPrompt};
 use crate::gui::dialogs::Dialogs;
 use crate::gui::notices::Notices;
 
@@ -22,14 +23,30 @@ pub struct ExportRequest {
     pub explainer: Arc<Explainer>,
     pub outcome: Outcome,
     pub params: UnveilParams,
+    /// The full path, or the sample's name.
     pub image_name: String,
+    pub image_path: Option<PathBuf>,
+    /// The windows the model saw and the screen showed (grayscale images).
+    pub windows: (Option<Window>, Option<Window>),
+    pub total_ms: f64,
+    /// The saliency column's opacity over the image, as on screen.
+    pub heatmap: f32,
+    /// The image (for pictures at its own resolution) and the regions' opacity.
+    pub source: Option<Arc<SourceImage>>,
+    pub regions_opacity: f32,
 }
 
 /// An open file dialog: its answer, and the action it becomes.
 struct Dialog {
     answer: Promise<Option<PathBuf>>,
     then: fn(PathBuf) -> Action,
+    title: &'static str,
+    asked: std::time::Instant,
 }
+
+/// A dialog answered "nothing" faster than anyone can click Cancel did not open: rfd returns
+/// within ~20 ms when the desktop has no file-chooser portal.
+const NO_DIALOG: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub struct Jobs {
     dialogs: Arc<dyn Dialogs>,
@@ -49,22 +66,34 @@ impl Jobs {
     fn ask(
         &mut self,
         name: &str,
+        title: &'static str,
         ask: impl FnOnce(&dyn Dialogs) -> Option<PathBuf> + Send + 'static,
         then: fn(PathBuf) -> Action,
     ) {
         let dialogs = self.dialogs.clone();
         let answer = Promise::spawn_thread(name, move || ask(dialogs.as_ref()));
-        self.dialog = Some(Dialog { answer, then });
+        self.dialog = Some(Dialog {
+            answer,
+            then,
+            title,
+            asked: std::time::Instant::now(),
+        });
     }
 
     pub fn pick_image(&mut self) {
-        self.ask("open-dialog", |d| d.pick_image(), Action::OpenImage);
+        self.ask(
+            "open-dialog",
+            "Open image",
+            |d| d.pick_image(),
+            Action::OpenImage,
+        );
     }
 
     /// A model description (.json), loaded when picked.
     pub fn pick_model(&mut self) {
         self.ask(
             "model-dialog",
+            "Open model",
             |d| d.pick_model(),
             |p| Action::SetModel(p.display().to_string()),
         );
@@ -75,14 +104,27 @@ impl Jobs {
         let suggested = format!("{stem}-montage.png");
         self.ask(
             "save-dialog",
+            "Save montage as",
             move |d| d.save_png(&suggested),
             |p| Action::Export(Export::Montage, p),
+        );
+    }
+
+    pub fn pick_regions_file(&mut self, image_name: &str) {
+        let stem = image_name.split('.').next().unwrap_or("unveil").to_string();
+        let suggested = format!("{stem}-regions.png");
+        self.ask(
+            "save-dialog",
+            "Save regions picture as",
+            move |d| d.save_png(&suggested),
+            |p| Action::Export(Export::Regions, p),
         );
     }
 
     pub fn pick_export_folder(&mut self) {
         self.ask(
             "folder-dialog",
+            "Export run to folder",
             |d| d.pick_folder(),
             |p| Action::Export(Export::Run, p),
         );
@@ -95,18 +137,46 @@ impl Jobs {
             match kind {
                 Export::Montage => {
                     let path = path.with_extension("png");
-                    let img = render::run_montage(&r.outcome, info)?;
+                    let img = render::run_montage(&r.outcome, info, r.heatmap)?;
                     export::save_png_atomically(&img, &path)?;
                     Ok(format!("Saved montage to {}", path.display()))
+                }
+                Export::Regions => {
+                    let path = path.with_extension("png");
+                    let Some(source) = &r.source else {
+                        return Err(crate::error::Error::InvalidParam(
+                            "no image to draw the regions on".into(),
+                        ));
+                    };
+                    // The image at its own resolution, as displayed, as the model framed it.
+                    let shown = match r.windows.1 {
+                        Some(w) => source.windowed(w),
+                        None => (**source).clone(),
+                    };
+                    let rgb = ::image::DynamicImage::ImageRgb32F(shown.rgb).to_rgb8();
+                    let (x, y, w, h) =
+                        crate::engine::image::crop_rect(info.crop, rgb.width(), rgb.height());
+                    let mut pic = ::image::imageops::crop_imm(&rgb, x, y, w, h).to_image();
+                    let steps: Vec<_> = r.outcome.steps.iter().collect();
+                    render::regions_overlay(&mut pic, &steps, r.regions_opacity);
+                    export::save_png_atomically(&pic, &path)?;
+                    Ok(format!(
+                        "Saved the regions picture ({} x {}) to {}",
+                        pic.width(),
+                        pic.height(),
+                        path.display()
+                    ))
                 }
                 Export::Run => {
                     let device = crate::engine::device::describe(r.explainer.device());
                     let run = RunInfo {
                         image: &r.image_name,
+                        // Hashing the file happens here, off the UI thread.
+                        record: ImageRecord::of(r.image_path.as_deref(), r.windows.0, r.windows.1),
                         device: &device,
                         params: &r.params,
                         model: info,
-                        total_ms: 0.0,
+                        total_ms: r.total_ms,
                     };
                     export::write_run(&path, &r.outcome, &run, true, false)?;
                     Ok(format!("Exported the run to {}", path.display()))
@@ -122,11 +192,32 @@ impl Jobs {
     /// Answered dialogs as actions; finished exports as notices.
     pub fn poll(&mut self, notices: &mut Notices) -> Vec<Action> {
         let mut actions = Vec::new();
-        if let Some(Dialog { answer, then }) = self.dialog.take() {
+        if let Some(d) = self.dialog.take() {
+            let Dialog {
+                answer,
+                then,
+                title,
+                asked,
+            } = d;
             match answer.try_take() {
                 Ok(Some(path)) => actions.push(then(path)),
+                Ok(None) if asked.elapsed() < NO_DIALOG => {
+                    notices.info("No file dialog could be opened (this desktop has no file-chooser portal): type the path instead, drop the file on the window, or give it on the command line (`unveil FILE`).");
+                    actions.push(Action::PromptPath(PathPrompt {
+                        title,
+                        text: String::new(),
+                        then,
+                    }));
+                }
                 Ok(None) => {}
-                Err(answer) => self.dialog = Some(Dialog { answer, then }),
+                Err(answer) => {
+                    self.dialog = Some(Dialog {
+                        answer,
+                        then,
+                        title,
+                        asked,
+                    })
+                }
             }
         }
         if let Some(p) = self.export.take() {

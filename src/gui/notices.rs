@@ -42,12 +42,8 @@ impl Notices {
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         let mut dismiss = None;
         for (i, n) in self.items.iter().enumerate() {
-            ui.horizontal(|ui| {
-                let (icon, color) = match n.level {
-                    Level::Error => ("Error:", ui.visuals().error_fg_color),
-                    Level::Info => ("Note:", ui.visuals().text_color()),
-                };
-                ui.colored_label(color, format!("{icon} {}", n.text));
+            // The button first, so a long message wraps beside it instead of pushing it off.
+            ui.horizontal_top(|ui| {
                 if ui
                     .small_button("Dismiss")
                     .on_hover_text("Dismiss this message")
@@ -55,6 +51,16 @@ impl Notices {
                 {
                     dismiss = Some(i);
                 }
+                let (icon, color) = match n.level {
+                    Level::Error => ("Error:", ui.visuals().error_fg_color),
+                    Level::Info => ("Note:", ui.visuals().text_color()),
+                };
+                ui.add(
+                    egui::Label::new(
+                        egui::RichText::new(format!("{icon} {}", n.text)).color(color),
+                    )
+                    .wrap(),
+                );
             });
         }
         if let Some(i) = dismiss {

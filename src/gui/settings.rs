@@ -25,6 +25,10 @@ pub struct Settings {
     pub recent: Vec<PathBuf>,
     pub view: View,
     pub overlay_opacity: f32,
+    /// The saliency column over the image at this opacity (0: the map alone).
+    pub heatmap: f32,
+    /// Text and widget size (presenter laptops and projectors: 1.5 or 2).
+    pub font_scale: f32,
 }
 
 impl Default for Settings {
@@ -36,6 +40,8 @@ impl Default for Settings {
             recent: Vec::new(),
             view: View::Iterations,
             overlay_opacity: 0.6,
+            heatmap: 0.0,
+            font_scale: 1.0,
         }
     }
 }

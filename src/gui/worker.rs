@@ -60,6 +60,15 @@ fn died() -> Error {
     Error::Internal("the run stopped unexpectedly".into())
 }
 
+/// Requests a repaint when dropped (also while a panic unwinds).
+struct Wake(egui::Context);
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        self.0.request_repaint();
+    }
+}
+
 struct Job<M> {
     cancel: Arc<AtomicBool>,
     rx: Receiver<M>,
@@ -102,6 +111,9 @@ impl<M: Message> Worker<M> {
         let handle = std::thread::Builder::new()
             .name(format!("unveil-{name}-{}", self.started))
             .spawn(move || {
+                // However the thread ends (done, cancelled, or a panic of ours), the app wakes
+                // to see it: it does not poll while a job runs.
+                let _wake = Wake(ctx.clone());
                 let send = |m: M| {
                     let _ = tx.send(m);
                     ctx.request_repaint();

@@ -11,28 +11,49 @@ use poll_promise::Promise;
 use crate::engine::device::DeviceChoice;
 use crate::engine::explainer::Explainer;
 use crate::engine::image;
-use crate::engine::models::ModelSource;
+use crate::engine::models::{ModelInfo, ModelSource};
 use crate::engine::outcome::{Outcome, Progress, Step};
 use crate::engine::params::{FillMode, SaliencyParams, UnveilParams};
-use crate::engine::render;
 use crate::engine::sanity::{Check, CheckProgress};
 use crate::engine::source_image::{Grayscale, SourceImage, Window};
+use crate::engine::{render, suitability};
 use crate::error::{Error, Result};
 use crate::gui::notices::Notices;
 use crate::gui::textures;
 use crate::gui::worker::{CheckMsg, Msg, Worker};
 
-/// The sample shown on first start, compiled in so the app works from any folder.
-const SAMPLE_NAME: &str = "chelsea.png (sample)";
-static SAMPLE_PNG: &[u8] = include_bytes!("../../assets/chelsea.png");
+/// The bundled sample images, compiled in so the app works from any folder, offline: the
+/// first is shown on first start. (CC0 photos from scikit-image, CC BY 4.0 X-rays from Kermany
+/// et al.: assets/ATTRIBUTION.md.)
+pub const SAMPLES: [(&str, &[u8]); 4] = [
+    ("chelsea.png", include_bytes!("../../assets/chelsea.png")),
+    ("coffee.png", include_bytes!("../../assets/coffee.png")),
+    (
+        "chest-xray-pneumonia.jpeg",
+        include_bytes!("../../assets/chest-xray-pneumonia.jpeg"),
+    ),
+    (
+        "chest-xray-normal.jpeg",
+        include_bytes!("../../assets/chest-xray-normal.jpeg"),
+    ),
+];
 
 /// One iteration on screen: the engine's step and its pictures.
+#[derive(Clone)]
 pub struct StepView {
     pub step: Step,
     /// Input, saliency, mask, masked: as in the CLI's montage.
     pub textures: [TextureHandle; 4],
     /// From an earlier run; replaced as the current run produces its own.
     pub stale: bool,
+}
+
+/// A finished run kept for comparison with the next ones (same image and model).
+pub struct Pinned {
+    pub steps: Vec<StepView>,
+    pub outcome: Outcome,
+    /// Its settings in a few words ("guided, kernel 11, 3 passes").
+    pub label: String,
 }
 
 /// The opened image.
@@ -44,6 +65,8 @@ pub struct Loaded {
     pub preview: ::image::RgbImage,
     /// Display-size intensities of a grayscale image, re-windowed as the window changes.
     pub preview_gray: Option<Grayscale>,
+    /// A grayscale file, or colour pixels that are all gray (what X-ray models expect).
+    pub looks_gray: bool,
 }
 
 /// A decoded image with its display copy, both made off the UI thread.
@@ -53,6 +76,7 @@ struct Decoded {
     source: SourceImage,
     preview: ::image::RgbImage,
     preview_gray: Option<Grayscale>,
+    looks_gray: bool,
 }
 
 /// Decodes and makes the (at most 1024 px) display copy: both can take a while on big files.
@@ -68,6 +92,7 @@ fn decode(
         path,
         preview: textures::fit(&rgb, 1024),
         preview_gray: source.gray.as_ref().map(|g| textures::fit_gray(g, 1024)),
+        looks_gray: suitability::looks_gray(&source),
         source,
     })
 }
@@ -97,7 +122,7 @@ impl CheckedFor {
         CheckedFor {
             model: ws.loads.0,
             image: ws.loads.1,
-            window: ws.window,
+            window: ws.model_window,
             saliency: params.saliency.clone(),
             fill: params.fill,
             target: params.target,
@@ -116,8 +141,18 @@ pub struct Workspace {
     /// The model, with its gradient cache; `None` while (re)loading.
     pub explainer: Option<Arc<Explainer>>,
     pub image: Option<Loaded>,
-    /// The grayscale window in use (None for colour images).
+    /// The grayscale display window (None for colour images): what the screen shows. Changing
+    /// it never reruns, as in a PACS viewer.
     pub window: Option<Window>,
+    /// The window the model sees: the file's own until the user chooses otherwise.
+    pub model_window: Option<Window>,
+    /// How long the finished run took, for its summary.
+    pub run_ms: f64,
+    /// Saliency drawn over the image at this opacity (0: the map alone).
+    pub heatmap: f32,
+    /// A run pinned for side-by-side comparison; cleared with a new image or model.
+    pub pinned: Option<Pinned>,
+    run_started: Option<std::time::Instant>,
     pub steps: Vec<StepView>,
     pub outcome: Option<Outcome>,
     pub progress: Option<Progress>,
@@ -145,6 +180,13 @@ impl Workspace {
         self.worker.cancel();
         self.cancel_check();
         self.explainer = None;
+        // Another model's results (and class numbers) mean nothing for this one.
+        self.steps.clear();
+        self.pinned = None;
+        self.outcome = None;
+        self.progress = None;
+        self.check = None;
+        self.generation += 1;
         let name = source.name();
         self.model_job = Some((
             name,
@@ -165,9 +207,52 @@ impl Workspace {
 
     /// Opens the bundled sample photo, off the UI thread.
     pub fn open_sample(&mut self) {
-        self.image_job = Some(Promise::spawn_thread("decode-sample", || {
-            decode(SAMPLE_NAME.to_string(), None, || image::decode(SAMPLE_PNG))
+        self.open_sample_at(0);
+    }
+
+    /// Opens bundled sample `i` ([`SAMPLES`]), off the UI thread.
+    pub fn open_sample_at(&mut self, i: usize) {
+        let (name, bytes) = SAMPLES[i.min(SAMPLES.len() - 1)];
+        self.image_job = Some(Promise::spawn_thread("decode-sample", move || {
+            decode(format!("{name} (sample)"), None, || image::decode(bytes))
         }));
+    }
+
+    /// Draws the saliency column over the image at `opacity` (0: the map alone): pictures are
+    /// redrawn from the kept maps, nothing is recomputed.
+    pub fn set_heatmap(&mut self, ctx: &egui::Context, opacity: f32) {
+        if self.heatmap == opacity {
+            return;
+        }
+        self.heatmap = opacity;
+        let Some(explainer) = &self.explainer else {
+            return;
+        };
+        for view in &mut self.steps {
+            if let Ok(p) = pictures(&view.step, explainer.info(), opacity) {
+                view.textures = upload_step(ctx, view.step.index, &p);
+            }
+        }
+        self.generation += 1;
+    }
+
+    /// Keeps the finished run on screen next to the following ones (`None`: unpins).
+    pub fn pin(&mut self, params: Option<&UnveilParams>) {
+        self.pinned = params.and_then(|p| {
+            Some(Pinned {
+                steps: self.steps.clone(),
+                outcome: self.outcome.clone()?,
+                label: format!(
+                    "{}, kernel {}, {} passes, fill {:?}",
+                    p.saliency.method.name(),
+                    p.mask.kernel,
+                    p.mask.passes,
+                    p.fill
+                )
+                .to_lowercase(),
+            })
+        });
+        self.generation += 1;
     }
 
     /// Marks the results out of date: a run starts once the model and an image are there.
@@ -182,14 +267,31 @@ impl Workspace {
             return Ok(());
         };
         let step = explainer.remask_first(&first.step, params)?;
-        let pictures = render::step_images(&step, explainer.info())?;
+        let pictures = pictures(&step, explainer.info(), self.heatmap)?;
         first.textures = upload_step(ctx, step.index, &pictures);
         first.step = step;
         self.generation += 1;
         Ok(())
     }
 
-    /// Sets the grayscale window: the display updates now, the model sees it in the next run.
+    /// Sets the window the model sees (a rerun): an explicit choice, never a side effect of
+    /// looking at the image differently.
+    pub fn set_model_window(&mut self, w: Window) {
+        if self.image.as_ref().is_none_or(|i| i.source.gray.is_none()) {
+            return;
+        }
+        let w = Window {
+            center: w.center,
+            width: w.width.max(1e-6),
+        };
+        if self.model_window != Some(w) {
+            self.model_window = Some(w);
+            self.generation += 1;
+            self.request_run();
+        }
+    }
+
+    /// Sets the grayscale display window: only the screen changes.
     pub fn set_window(&mut self, ctx: &egui::Context, w: Window) {
         let Some(img) = self.image.as_mut() else {
             return;
@@ -207,7 +309,6 @@ impl Workspace {
         img.texture = textures::upload(ctx, "original", &rgb);
         img.preview = rgb;
         self.generation += 1;
-        self.request_run();
     }
 
     /// Stops the run; the iterations it finished stay.
@@ -241,7 +342,7 @@ impl Workspace {
         }
         self.checking = Some(CheckedFor::new(self, params));
         self.check_progress = None;
-        let window = self.window;
+        let window = self.model_window;
         self.checker
             .start_check(ctx, explainer, img.source.clone(), window, params.clone());
     }
@@ -272,6 +373,11 @@ impl Workspace {
             || self.rerun
             || self.model_job.is_some()
             || self.image_job.is_some()
+    }
+
+    /// Loading a model or decoding an image: promises, which do not wake the app by themselves.
+    pub fn is_loading(&self) -> bool {
+        self.model_job.is_some() || self.image_job.is_some()
     }
 
     pub fn live_worker_threads(&self) -> usize {
@@ -320,9 +426,10 @@ impl Workspace {
             ctx,
             explainer,
             img.source.clone(),
-            self.window,
+            self.model_window,
             params.clone(),
         );
+        self.run_started = Some(std::time::Instant::now());
     }
 
     /// Takes in what background work finished since the last frame.
@@ -364,6 +471,10 @@ impl Workspace {
                         Ok(outcome) => {
                             self.steps.truncate(outcome.steps.len());
                             self.outcome = Some(outcome);
+                            self.run_ms = self
+                                .run_started
+                                .take()
+                                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
                         }
                         Err(e) => {
                             self.steps.retain(|s| !s.stale);
@@ -411,8 +522,10 @@ impl Workspace {
             source,
             preview,
             preview_gray,
+            looks_gray,
         } = d;
         self.window = source.gray.as_ref().map(|g| g.default_window);
+        self.model_window = self.window;
         let texture = textures::upload(ctx, "original", &preview);
         self.image = Some(Loaded {
             name,
@@ -421,9 +534,11 @@ impl Workspace {
             texture,
             preview,
             preview_gray,
+            looks_gray,
         });
         self.steps.clear();
         self.outcome = None;
+        self.pinned = None;
         self.generation += 1;
         self.loads.1 += 1;
         self.cancel_check();
@@ -434,7 +549,7 @@ impl Workspace {
         let Some(explainer) = &self.explainer else {
             return;
         };
-        let pictures = match render::step_images(&step, explainer.info()) {
+        let pictures = match pictures(&step, explainer.info(), self.heatmap) {
             Ok(p) => p,
             Err(e) => {
                 notices.error(e.to_string());
@@ -454,6 +569,16 @@ impl Workspace {
         }
         self.generation += 1;
     }
+}
+
+/// One iteration's pictures ([`render::step_images`]), the saliency over the image when
+/// `heatmap` > 0.
+fn pictures(step: &Step, info: &ModelInfo, heatmap: f32) -> Result<[::image::RgbImage; 4]> {
+    let mut p = render::step_images(step, info)?;
+    if heatmap > 0.0 {
+        p[1] = render::saliency_overlay(&p[0], &step.saliency, heatmap);
+    }
+    Ok(p)
 }
 
 fn upload_step(

@@ -89,10 +89,20 @@ fn run_writes_pictures_summary_and_raw_arrays() {
     }
     let p0 = iters[0]["p_target"].as_f64().unwrap();
     assert!((p0 - iters[0]["top5"][0]["prob"].as_f64().unwrap()).abs() < 1e-9);
-    let montage = image::open(out.join("montage.png")).unwrap();
+    // The grid of 2 rows x 4 pictures (224 px, 4 px gaps), with captions: 100 px on the left
+    // (iteration and p per row), 52 above (class, column titles), 54 below (colour scale).
+    let montage = image::open(out.join("montage.png")).unwrap().to_rgb8();
     assert_eq!(
         (montage.width(), montage.height()),
-        (4 * 224 + 5 * 4, 2 * 224 + 3 * 4)
+        (100 + 4 * 224 + 5 * 4, 52 + 2 * 224 + 3 * 4 + 54)
+    );
+    let caption_ink = (0..100)
+        .flat_map(|x| (52..52 + 224).map(move |y| (x, y)))
+        .filter(|&(x, y)| montage.get_pixel(x, y).0[0] > 200)
+        .count();
+    assert!(
+        caption_ink > 50,
+        "the rows are captioned ({caption_ink} text pixels)"
     );
 
     // --samples 1 --noise 0 is deterministic: a second run gives the same gradient.
@@ -367,7 +377,7 @@ fn batch_runs_folders_and_lists_resumes_and_shards() {
         "the corrupt file makes the batch fail at the end: {err}"
     );
     assert!(
-        err.contains("4 images") && err.contains("1 images failed"),
+        err.contains("4 images") && err.contains("1 image failed"),
         "{err}"
     );
     assert!(
@@ -387,6 +397,31 @@ fn batch_runs_folders_and_lists_resumes_and_shards() {
             .unwrap()
             .contains("notes.txt.png")
     );
+    // p(target) at every iteration, then with every mask applied.
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "p_per_iteration").unwrap();
+    let row = csv.lines().find(|l| l.contains("cat.png")).unwrap();
+    let ps: Vec<f64> = row
+        .split(',')
+        .nth(col)
+        .unwrap()
+        .split(';')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        !ps.is_empty() && ps.iter().all(|p| (0.0..=1.0).contains(p)),
+        "{row}"
+    );
+
+    // A resumed batch retries the failure: listed once, and no absurd rate from it.
+    let o = run(args(&[]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("3 already done, 1 to do") && !err.contains("images/min"),
+        "{err}"
+    );
+    let failed = std::fs::read_to_string(out.join("failed.csv")).unwrap();
+    assert_eq!(failed.lines().count(), 1, "{failed}");
 
     // Resuming skips finished images.
     std::fs::remove_file(dir.join("data/notes.txt.png")).unwrap();

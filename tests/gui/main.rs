@@ -19,6 +19,7 @@ use unveil::gui::{App, AppOptions};
 struct Scripted {
     next_image: Mutex<Option<PathBuf>>,
     next_model: Mutex<Option<PathBuf>>,
+    next_folder: Mutex<Option<PathBuf>>,
 }
 
 impl Dialogs for Scripted {
@@ -26,7 +27,7 @@ impl Dialogs for Scripted {
         self.next_image.lock().unwrap().take()
     }
     fn pick_folder(&self) -> Option<PathBuf> {
-        None
+        self.next_folder.lock().unwrap().take()
     }
     fn pick_model(&self) -> Option<PathBuf> {
         self.next_model.lock().unwrap().take()
@@ -55,18 +56,17 @@ fn settings(samples: usize, chunk: usize, max_iter: usize) -> Settings {
 }
 
 fn app(settings: Settings, dialogs: Arc<Scripted>) -> Harness<'static, App> {
+    app_with(AppOptions {
+        dialogs,
+        settings: Some(settings),
+        ..Default::default()
+    })
+}
+
+fn app_with(options: AppOptions) -> Harness<'static, App> {
     Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
-        .build_eframe(move |cc| {
-            App::new(
-                cc,
-                AppOptions {
-                    dialogs,
-                    settings: Some(settings),
-                    ..Default::default()
-                },
-            )
-        })
+        .build_eframe(move |cc| App::new(cc, options))
 }
 
 /// Steps frames until `done` holds (background threads need real time), at most `secs`.
@@ -194,8 +194,10 @@ fn arrow_keys_step_through_iterations() {
     assert_eq!(h.state().iterations.selected, 1);
 }
 
+/// The display window is a viewer's control: moving it never reruns. What the model sees
+/// changes only on purpose, and then it reruns; summary.json records both.
 #[test]
-fn a_dicom_xray_opens_with_its_window_and_the_window_sliders_rerun() {
+fn a_dicom_xray_opens_with_its_window_and_only_the_model_window_reruns() {
     let dialogs = Arc::new(Scripted::default());
     let mut h = app(settings(1, 8, 1), dialogs.clone());
     step_until(&mut h, 180, "the first run", idle);
@@ -210,29 +212,43 @@ fn a_dicom_xray_opens_with_its_window_and_the_window_sliders_rerun() {
                 .as_ref()
                 .is_some_and(|i| i.name.ends_with(".dcm"))
     });
+    let file = unveil::engine::source_image::Window {
+        center: 2126.5,
+        width: 6001.0,
+    };
     let a = h.state();
-    assert_eq!(
-        a.workspace.window,
-        Some(unveil::engine::source_image::Window {
-            center: 2126.5,
-            width: 6001.0
-        }),
-        "the file's window"
-    );
+    assert_eq!(a.workspace.window, Some(file), "the file's window");
+    assert_eq!(a.workspace.model_window, Some(file));
     h.get_by_label_contains("Window / level");
     let runs = h.state().workspace.runs_started();
     h.get_by_role_and_label(egui::accesskit::Role::Slider, "Window (width)")
         .set_value_accesskit(1000.0);
+    for _ in 0..5 {
+        h.step();
+    }
+    let a = h.state();
+    assert_eq!(a.workspace.window.unwrap().width, 1000.0);
+    assert_eq!(
+        a.workspace.model_window,
+        Some(file),
+        "the model's window is unchanged"
+    );
+    assert_eq!(a.workspace.runs_started(), runs, "no rerun for the display");
+    assert!(!a.is_busy());
+    h.get_by_label("Model: use display window").click();
     h.step();
-    assert_eq!(h.state().workspace.window.unwrap().width, 1000.0);
+    assert_eq!(h.state().workspace.model_window.unwrap().width, 1000.0);
     step_until(&mut h, 180, "the rerun", idle);
     assert!(
         h.state().workspace.runs_started() > runs,
-        "the model sees the new window"
+        "the model sees the chosen window"
     );
-    h.get_by_label("Reset window").click();
+    h.get_by_label("Reset display").click();
     h.step();
     assert_eq!(h.state().workspace.window.unwrap().width, 6001.0);
+    h.get_by_label("Model: file's window").click();
+    h.step();
+    assert_eq!(h.state().workspace.model_window, Some(file));
 }
 
 #[test]
@@ -514,20 +530,13 @@ fn a_multi_label_xray_model_lists_its_findings_and_switching_one_reruns() {
     let fixture = |f: &str| {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/xray/")).join(f)
     };
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .build_eframe(move |cc| {
-            App::new(
-                cc,
-                AppOptions {
-                    dialogs: Arc::new(Scripted::default()),
-                    settings: Some(settings(1, 8, 1)),
-                    model: Some(fixture("xrv_densenet_opthreshs.pt").display().to_string()),
-                    image: Some(fixture("xray_8bit.png")),
-                    ..Default::default()
-                },
-            )
-        });
+    let mut h = app_with(AppOptions {
+        dialogs: Arc::new(Scripted::default()),
+        settings: Some(settings(1, 8, 1)),
+        model: Some(fixture("xrv_densenet_opthreshs.pt").display().to_string()),
+        image: Some(fixture("xray_8bit.png")),
+        ..Default::default()
+    });
     step_until(&mut h, 180, "the first run", idle);
     let first = h.state().target().unwrap();
     let info = h
@@ -560,4 +569,226 @@ fn a_multi_label_xray_model_lists_its_findings_and_switching_one_reruns() {
                 .is_some_and(|o| o.target == other)
     });
     h.get_by_label_contains(&format!("Explaining {}", info.labels[other]));
+}
+
+/// Clicking a picture opens it enlarged (the row's click area used to take the click), and the
+/// arrow keys move the enlarged view through the iterations.
+#[test]
+fn clicking_a_picture_opens_it_enlarged_and_arrows_step_it() {
+    let mut h = app(settings(1, 8, 2), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    h.get_by_label("Saliency of iteration 0").click();
+    h.step();
+    assert_eq!(h.state().iterations.enlarged, Some((0, 1)));
+    h.step();
+    h.get_by_label_contains("Saliency · iteration 0");
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    h.step();
+    assert_eq!(h.state().iterations.enlarged, Some((1, 1)));
+    h.get_by_label_contains("Saliency · iteration 1");
+    h.key_press(egui::Key::Escape);
+    h.step();
+    assert_eq!(h.state().iterations.enlarged, None);
+}
+
+/// A finished, untouched app asks for no more frames: it costs nothing while idle.
+#[test]
+fn an_idle_app_requests_no_repaint() {
+    let mut h = app(settings(1, 8, 2), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    // Select a row (it scrolls into view once), then let everything settle.
+    h.key_press(egui::Key::ArrowRight);
+    for _ in 0..10 {
+        h.step();
+    }
+    assert!(
+        !h.ctx.has_requested_repaint(),
+        "idle, yet a repaint was requested: {:?}",
+        h.ctx.repaint_causes()
+    );
+}
+
+/// A grayscale X-ray with the ImageNet model (or a photo with the X-ray model) is called out,
+/// with the fitting model offered.
+#[test]
+fn an_xray_with_the_imagenet_model_shows_a_mismatch_warning() {
+    let mut h = app(settings(1, 8, 1), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    assert!(
+        h.query_by_label_contains("This is a grayscale image")
+            .is_none()
+    );
+    h.get_by_label("Samples").click();
+    h.step();
+    h.step();
+    h.get_by_label("chest-xray-pneumonia.jpeg").click();
+    step_until(&mut h, 180, "the X-ray run", |a| {
+        idle(a)
+            && a.workspace
+                .image
+                .as_ref()
+                .is_some_and(|i| i.name.starts_with("chest-xray"))
+    });
+    h.get_by_label_contains("This is a grayscale image (an X-ray?), but efficientnet-lite0");
+    assert!(
+        h.query_by_label("Use pneumonia-xception").is_some()
+            || h.query_by_label_contains("unveil models fetch pneumonia-xception")
+                .is_some()
+    );
+}
+
+/// A pinned run stays next to the rerun with other settings, row by row.
+#[test]
+fn a_pinned_run_is_shown_next_to_the_new_one() {
+    let mut h = app(settings(1, 8, 2), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    let first_p = h.state().workspace.steps[0].step.p_target;
+    h.get_by_label("Pin this run").click();
+    h.step();
+    assert!(h.state().workspace.pinned.is_some());
+    h.get_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
+        .set_value_accesskit(31.0);
+    h.step();
+    step_until(&mut h, 180, "the rerun", idle);
+    let a = h.state();
+    assert_eq!(a.settings.params.mask.kernel, 31);
+    assert_eq!(a.workspace.pinned.as_ref().unwrap().steps.len(), 2);
+    h.get_by_label_contains("Pinned: vanilla, kernel 11");
+    h.get_by_label(&format!("Pinned saliency · p {first_p:.3}"));
+    h.get_by_label("Unpin").click();
+    h.step();
+    assert!(h.state().workspace.pinned.is_none());
+}
+
+/// Presenter mode hides the side panel and shows one iteration large; F11 toggles it.
+#[test]
+fn presenter_mode_hides_the_side_panel() {
+    let mut h = app(settings(1, 8, 2), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    let panel = |h: &Harness<'static, App>| {
+        h.query_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
+            .is_some()
+    };
+    assert!(panel(&h));
+    h.get_by_label("Presenter").click();
+    h.step();
+    h.step();
+    assert!(h.state().presenter);
+    assert!(!panel(&h), "the side panel is hidden");
+    h.get_by_label_contains("· p = ");
+    h.key_press(egui::Key::F11);
+    h.step();
+    h.step();
+    assert!(!h.state().presenter);
+    assert!(panel(&h));
+}
+
+/// Without a desktop file-dialog portal the dialog answers "nothing" at once: the app says so
+/// and offers a path field instead of doing nothing.
+#[test]
+fn without_a_file_dialog_the_app_offers_a_path_field() {
+    let mut h = app(settings(1, 8, 1), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    h.get_by_label("Open image…").click();
+    h.step();
+    step_until(&mut h, 10, "the dialog's answer", |a| !a.is_busy());
+    h.step();
+    h.get_by_label_contains("No file dialog could be opened");
+    let coffee = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.png");
+    h.get_by_role(egui::accesskit::Role::TextInput)
+        .type_text(coffee);
+    h.step();
+    h.get_by_label("Open").click();
+    step_until(&mut h, 180, "the typed image", |a| {
+        idle(a)
+            && a.workspace
+                .image
+                .as_ref()
+                .is_some_and(|i| i.name == "coffee.png")
+    });
+}
+
+/// Exported summary.json from the app: the run's time, the file's full path and hash.
+#[test]
+fn the_apps_summary_records_the_time_the_path_and_the_hash() {
+    let dialogs = Arc::new(Scripted::default());
+    let mut h = app(settings(1, 8, 1), dialogs.clone());
+    step_until(&mut h, 180, "the first run", idle);
+    let coffee = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/coffee.png");
+    *dialogs.next_image.lock().unwrap() = Some(coffee.clone());
+    h.get_by_label("Open image…").click();
+    step_until(&mut h, 180, "the coffee run", |a| {
+        idle(a)
+            && a.workspace
+                .image
+                .as_ref()
+                .is_some_and(|i| i.name == "coffee.png")
+    });
+    let out = std::env::temp_dir().join(format!("unveil-app-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    *dialogs.next_folder.lock().unwrap() = Some(out.clone());
+    h.get_by_label("Export run…").click();
+    step_until(&mut h, 60, "the export", |a| {
+        !a.is_busy()
+            && a.notices
+                .items()
+                .iter()
+                .any(|n| n.text.contains("Exported"))
+    });
+    let s = unveil::engine::summary::Summary::read(&out.join("summary.json")).unwrap();
+    assert!(s.total_ms > 0.0, "{}", s.total_ms);
+    assert_eq!(s.image, coffee.display().to_string());
+    assert_eq!(
+        s.record.image_path.as_deref(),
+        Some(coffee.display().to_string().as_str())
+    );
+    assert_eq!(s.record.image_sha256.as_ref().map(String::len), Some(64));
+    assert!(s.readout.is_some());
+    // Parameters read as typed: f32 values written as f32 ("0.05"), not widened to f64
+    // ("0.05000000074505806").
+    let text = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let params = json["params"].to_string();
+    assert!(
+        params.contains("\"keep\":0.05") && !params.contains("0000000"),
+        "{params}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// At 1024 x 768 with text at 200 % the side panel starts hidden and the plots fold away, so the
+/// rows stay on screen; Controls brings the panel back.
+#[test]
+fn a_small_window_with_large_text_keeps_the_rows_in_view() {
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1024.0, 768.0))
+        .build_eframe(|cc| {
+            App::new(
+                cc,
+                AppOptions {
+                    dialogs: Arc::new(Scripted::default()),
+                    settings: Some(settings(1, 8, 2)),
+                    font_scale: Some(2.0),
+                    ..Default::default()
+                },
+            )
+        });
+    step_until(&mut h, 180, "the first run", idle);
+    for _ in 0..3 {
+        h.step();
+    }
+    let slider = |h: &Harness<'static, App>| {
+        h.query_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
+            .is_some()
+    };
+    assert!(!slider(&h), "the side panel starts hidden");
+    let row = h.get_by_label("Saliency of iteration 0");
+    let bottom = row.rect().bottom();
+    // Accessibility rectangles are in physical pixels: the whole picture is on the screen.
+    assert!(bottom < 768.0, "iteration 0 is on screen (bottom {bottom})");
+    h.get_by_label("Controls").click();
+    h.step();
+    h.step();
+    assert!(slider(&h));
 }

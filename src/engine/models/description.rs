@@ -8,7 +8,9 @@ use candle_core::{Device, Tensor};
 
 use super::checkpoint::read_checkpoint;
 use super::classifier::{Classifier, Model, Network};
-use super::info::{CHESTXRAY14_LABELS, Crop, IMAGENET_LABELS, ModelInfo, Resize, XRV_LABELS};
+use super::info::{
+    CHESTXRAY14_LABELS, Crop, Domain, IMAGENET_LABELS, ModelInfo, Resize, XRV_LABELS,
+};
 use super::layers::{WeightEdit, Weights};
 use super::pth::Checkpoint;
 use super::{densenet, resnet};
@@ -266,6 +268,12 @@ pub(super) fn load_described(
         None if classes == 1000 => IMAGENET_LABELS.lines().map(str::to_string).collect(),
         None => (0..classes).map(|i| format!("class {i}")).collect(),
     };
+    // ChestX-ray14's findings, whether from the default list or the user's.
+    let chest_labels = lines(CHESTXRAY14_LABELS)
+        .iter()
+        .filter(|l| labels.contains(l))
+        .count()
+        >= 7;
     let multi_label = d.multi_label
         || xrv
         || classes == 1
@@ -324,6 +332,13 @@ pub(super) fn load_described(
         bgr,
         crop: if xrv { Crop::CenterSquare } else { Crop::None },
         op_threshs,
+        domain: if xrv || chest_labels {
+            Domain::ChestXray
+        } else if classes == 1000 {
+            Domain::Photo
+        } else {
+            Domain::Other
+        },
     };
     Ok(Arc::new(Model::new(net, info, device, &w)?))
 }

@@ -29,6 +29,20 @@ pub struct ModelInfo {
     /// p / (2t) below its threshold t and 1 - (1 - p) / (2 (1 - t)) above, so 0.5 is the
     /// operating point; NaN (a label the weights do not predict) gives 0.5, as in TorchXRayVision.
     pub op_threshs: Option<Vec<f32>>,
+    /// What kind of image the model was trained on (to warn when an image does not suit it).
+    pub domain: Domain,
+}
+
+/// What kind of image a model was trained on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Domain {
+    /// Colour photographs (ImageNet).
+    Photo,
+    /// Chest X-rays.
+    ChestXray,
+    /// Unknown: no warning either way.
+    #[default]
+    Other,
 }
 
 /// How the image is cropped before it is resized to the model's input.

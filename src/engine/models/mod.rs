@@ -26,7 +26,7 @@ pub mod xception;
 pub use checkpoint::read_weights;
 pub use classifier::{Classifier, Model, Network};
 pub use description::{Arch, LabelsSpec, ModelDescription, load_custom};
-pub use info::{Crop, ModelInfo, Resize};
+pub use info::{Crop, Domain, ModelInfo, Resize};
 pub use registry::{
     ChestXception, DEFAULT_MODEL, Lite0, ModelEntry, ModelSource, PNEUMONIA_MODEL, entries,
     is_installed, load, models_dir, names, weights_path,

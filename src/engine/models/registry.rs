@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use super::classifier::{Classifier, Model};
 use super::description::{ModelDescription, load_described};
-use super::info::{Crop, IMAGENET_LABELS, ModelInfo, Resize};
+use super::info::{Crop, Domain, IMAGENET_LABELS, ModelInfo, Resize};
 use super::layers::{WeightEdit, Weights};
 use super::{efficientnet_lite, xception};
 use crate::engine::ops::Backend;
@@ -187,6 +187,7 @@ impl ChestXception {
                 multi_label: false,
                 bgr: false,
                 crop: Crop::None,
+                domain: Domain::ChestXray,
                 op_threshs: None,
             },
             device,
@@ -230,6 +231,7 @@ impl Lite0 {
                 multi_label: false,
                 bgr: false,
                 crop: Crop::None,
+                domain: Domain::Photo,
                 op_threshs: None,
             },
             device,

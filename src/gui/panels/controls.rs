@@ -41,8 +41,18 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
     }
     ui.separator();
     ui.heading("Mask smoothing");
-    ui.add(egui::Slider::new(&mut p.mask.kernel, 1..=MAX_KERNEL.min(101)).step_by(2.0).text("Kernel size"))
-        .on_hover_text("Side of the square window (pixels at the model's input size) averaged in each pass. Larger gives larger, smoother masks; smaller gives tight masks for small regions. Paper: 11.");
+    ui.horizontal(|ui| {
+        // Odd sizes only; the buttons step by 2 where the slider is too coarse to hit one value.
+        if ui.small_button("-").on_hover_text("2 smaller").clicked() {
+            p.mask.kernel = p.mask.kernel.saturating_sub(2).max(1);
+        }
+        if ui.small_button("+").on_hover_text("2 larger").clicked() {
+            p.mask.kernel = (p.mask.kernel + 2).min(MAX_KERNEL.min(101));
+        }
+        ui.spacing_mut().slider_width = 150.0;
+        ui.add(egui::Slider::new(&mut p.mask.kernel, 1..=MAX_KERNEL.min(101)).step_by(2.0).text("Kernel size"))
+            .on_hover_text("Side of the square window (pixels at the model's input size) averaged in each pass, odd. Larger gives larger, smoother masks; smaller gives tight masks for small regions. Paper: 11. Type a value into the number, or use - / +.");
+    });
     ui.add(egui::Slider::new(&mut p.mask.passes, 0..=10).text("Smoothing passes"))
         .on_hover_text("How many times to average then threshold. More passes grow and round the mask. Paper: 3. 0 shows the raw binarised saliency.");
     ui.add(
@@ -114,9 +124,12 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
     }
 }
 
-/// Window / level for grayscale images (X-rays): what the model sees follows the display.
+/// Window / level for grayscale images (X-rays). The display window changes only the screen,
+/// as in a PACS viewer; what the model sees is a separate, explicit choice.
 fn window_level(ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
-    let Some(w) = ws.window else { return };
+    let (Some(w), Some(model_w)) = (ws.window, ws.model_window) else {
+        return;
+    };
     let Some(g) = ws.image.as_ref().and_then(|i| i.source.gray.as_ref()) else {
         return;
     };
@@ -126,12 +139,12 @@ fn window_level(ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
     let (mut c, mut width) = (w.center, w.width);
     ui.heading("Window / level");
     ui.add(egui::Slider::new(&mut c, (lo - span * 0.5)..=(hi + span * 0.5)).text("Level (centre)"))
-        .on_hover_text("Intensity shown as mid-gray. Drag up/down on the image in the All regions view to change it.");
+        .on_hover_text("Intensity shown as mid-gray. Drag up/down on the image in the All regions view to change it. Changes the display only.");
     ui.add(egui::Slider::new(&mut width, (span / 500.0)..=(span * 2.0)).logarithmic(true).text("Window (width)"))
-        .on_hover_text("Range of intensities from black to white. Drag left/right on the image in the All regions view.");
+        .on_hover_text("Range of intensities from black to white. Drag left/right on the image in the All regions view. Changes the display only.");
     ui.horizontal(|ui| {
         if ui
-            .button("Reset window")
+            .button("Reset display")
             .on_hover_text("Back to the file's own window")
             .clicked()
         {
@@ -145,16 +158,47 @@ fn window_level(ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
             .small(),
         );
     });
-    ui.label(
-        egui::RichText::new("The model sees the windowed image.")
-            .small()
-            .weak(),
-    );
-    ui.separator();
     let new = Window { center: c, width };
     if new != w {
         actions.push(Action::SetWindow(new));
     }
+    // What the model sees: shown, and changed only on purpose.
+    let which = if model_w == default {
+        "the file's window"
+    } else {
+        "a chosen window"
+    };
+    ui.label(
+        egui::RichText::new(format!(
+            "Model input: C {:.1} / W {:.1} ({which})",
+            model_w.center, model_w.width
+        ))
+        .small(),
+    )
+    .on_hover_text("The window applied to the image before it goes to the model. A narrow window saturates the image and changes the model's answer, so it is never changed by looking.");
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(
+                new != model_w,
+                egui::Button::new("Model: use display window"),
+            )
+            .on_hover_text("Let the model see the image as displayed (reruns)")
+            .clicked()
+        {
+            actions.push(Action::SetModelWindow(new));
+        }
+        if ui
+            .add_enabled(
+                model_w != default,
+                egui::Button::new("Model: file's window"),
+            )
+            .on_hover_text("Back to the file's own window for the model (reruns)")
+            .clicked()
+        {
+            actions.push(Action::SetModelWindow(default));
+        }
+    });
+    ui.separator();
 }
 
 fn method_label(m: Method) -> &'static str {

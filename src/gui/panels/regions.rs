@@ -27,6 +27,13 @@ impl RegionsView {
         ui.horizontal(|ui| {
             ui.add(egui::Slider::new(&mut new_opacity, 0.0..=1.0).text("Opacity"))
                 .on_hover_text("Opacity of the coloured regions over the image");
+            if ui
+                .add_enabled(ws.outcome.is_some(), egui::Button::new("Save picture…"))
+                .on_hover_text("Save this picture as a PNG at the image's own resolution")
+                .clicked()
+            {
+                actions.push(Action::PickRegionsFile);
+            }
         });
         if new_opacity != opacity {
             actions.push(Action::SetOverlayOpacity(new_opacity));

@@ -8,6 +8,21 @@ use crate::gui::workspace::Workspace;
 pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mut Vec<Action>) {
     egui::Panel::bottom("status").show(ui, |ui| {
         ui.horizontal(|ui| {
+            // The image first: the message after it is cut to the window, never over it.
+            if let Some(img) = &ws.image {
+                ui.label(format!(
+                    "{} · {} x {}{}",
+                    img.name,
+                    img.source.width(),
+                    img.source.height(),
+                    if img.source.grayscale {
+                        " · grayscale"
+                    } else {
+                        ""
+                    }
+                ));
+                ui.separator();
+            }
             if let Some(p) = ws.check_progress.filter(|_| ws.is_checking()) {
                 ui.add(
                     egui::ProgressBar::new(p.fraction())
@@ -35,9 +50,9 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mu
                         (
                             done / p.max_iter.max(1) as f32,
                             format!(
-                                "iteration {} of at most {} · SmoothGrad chunk {} of {}",
-                                p.iteration + 1,
-                                p.max_iter,
+                                "iteration {} (iterations 0 to {} at most) · SmoothGrad chunk {} of {}",
+                                p.iteration,
+                                p.max_iter.saturating_sub(1),
                                 p.chunk,
                                 p.chunks
                             ),
@@ -63,31 +78,20 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mu
                 let after = o.after.as_ref().map_or(String::new(), |a| {
                     format!("; p(target) with every mask applied: {:.3}", a.p_target)
                 });
-                ui.label(format!(
-                    "Done: {} iterations, stopped because {why}{after}.",
-                    o.steps.len()
-                ));
+                let n = o.steps.len();
+                let text = format!(
+                    "Done: {n} iteration{}, stopped because {why}{after}.",
+                    if n == 1 { "" } else { "s" }
+                );
+                ui.add(egui::Label::new(text.clone()).truncate())
+                    .on_hover_text(text);
             } else if ws.explainer.is_none() {
                 ui.spinner();
                 ui.label("Loading the model…");
             } else if ws.image.is_none() {
                 ui.label("Open an image (button above, or drop a file on the window).");
             }
-            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                if let Some(img) = &ws.image {
-                    ui.label(format!(
-                        "{} · {} x {}{}",
-                        img.name,
-                        img.source.width(),
-                        img.source.height(),
-                        if img.source.grayscale {
-                            " · grayscale"
-                        } else {
-                            ""
-                        }
-                    ));
-                }
-            });
+
         });
         notices.ui(ui);
     });

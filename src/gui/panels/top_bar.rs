@@ -27,10 +27,42 @@ impl TopBarView {
         ui: &mut egui::Ui,
         ws: &Workspace,
         settings: &Settings,
+        (presenter, controls): (bool, bool),
         actions: &mut Vec<Action>,
     ) {
         egui::Panel::top("top_bar").show(ui, |ui| {
             ui.horizontal_wrapped(|ui| {
+                // First, so that it is always on screen, and never broken in two.
+                ui.add(
+                    egui::Label::new(
+                        egui::RichText::new("Research use only, not for diagnosis")
+                            .color(ui.visuals().warn_fg_color),
+                    )
+                    .extend(),
+                )
+                .on_hover_text("Saliency maps show what a model responds to, not what is clinically relevant.");
+                ui.separator();
+                if !presenter
+                    && ui
+                        .selectable_label(controls, "Controls")
+                        .on_hover_text("Show or hide the side panel (it starts hidden in narrow windows)")
+                        .clicked()
+                {
+                    actions.push(Action::ShowControls(!controls));
+                }
+                if ui
+                    .selectable_label(presenter, "Presenter")
+                    .on_hover_text("Presenter mode (F11): full screen, side panel hidden, one large iteration at a time stepping by itself (Space pauses, arrows step, Esc leaves)")
+                    .clicked()
+                {
+                    actions.push(Action::TogglePresenter);
+                }
+                samples_menu(ui, actions);
+                text_size_menu(ui, settings.font_scale, actions);
+                if presenter {
+                    self.class_picker(ui, ws, settings, actions);
+                    return;
+                }
                 if ui.button("Open image…").on_hover_text("Open a PNG, JPEG or TIFF image (or drop one on the window)").clicked() {
                     actions.push(Action::PickImage);
                 }
@@ -78,9 +110,7 @@ impl TopBarView {
                 if view != settings.view {
                     actions.push(Action::SetView(view));
                 }
-                ui.separator();
-                ui.colored_label(ui.visuals().warn_fg_color, "Research use only, not for diagnosis")
-                    .on_hover_text("Saliency maps show what a model responds to, not what is clinically relevant.");
+
             });
         });
     }
@@ -206,6 +236,46 @@ fn findings(ui: &mut egui::Ui, info: &ModelInfo, probs: &[f32], target: &mut Opt
                 }
             });
         });
+}
+
+/// Every bundled image, and a clean start for a shared laptop.
+fn samples_menu(ui: &mut egui::Ui, actions: &mut Vec<Action>) {
+    ui.menu_button("Samples", |ui| {
+        for (i, (name, _)) in crate::gui::workspace::SAMPLES.iter().enumerate() {
+            if ui.button(*name).clicked() {
+                actions.push(Action::OpenSample(i));
+                ui.close();
+            }
+        }
+        ui.separator();
+        if ui
+            .button("Start with default settings")
+            .on_hover_text("Default parameters, the bundled model and the first sample: a clean start for a demo laptop (recent files are kept)")
+            .clicked()
+        {
+            actions.push(Action::StartWithDefaults);
+            ui.close();
+        }
+    })
+    .response
+    .on_hover_text("The bundled images (photos and chest X-rays), offline");
+}
+
+/// Text and widget size, persisted: 1.5 or 2 for projectors and high-density screens.
+fn text_size_menu(ui: &mut egui::Ui, scale: f32, actions: &mut Vec<Action>) {
+    ui.menu_button(format!("Text {:.0}%", 100.0 * scale), |ui| {
+        for s in [1.0, 1.25, 1.5, 2.0] {
+            if ui
+                .selectable_label((scale - s).abs() < 1e-3, format!("{:.0}%", 100.0 * s))
+                .clicked()
+            {
+                actions.push(Action::SetFontScale(s));
+                ui.close();
+            }
+        }
+    })
+    .response
+    .on_hover_text("Size of text and controls (remembered)");
 }
 
 fn model_picker(ui: &mut egui::Ui, ws: &Workspace, current: &str, actions: &mut Vec<Action>) {
