@@ -280,8 +280,13 @@ fn text_size_menu(ui: &mut egui::Ui, scale: f32, actions: &mut Vec<Action>) {
 
 fn model_picker(ui: &mut egui::Ui, ws: &Workspace, current: &str, actions: &mut Vec<Action>) {
     let mut chosen = current.to_string();
+    // A weights file or description by its file name (the full path is in the tooltip).
+    let shown = std::path::Path::new(current)
+        .file_name()
+        .filter(|_| current.contains(std::path::MAIN_SEPARATOR))
+        .map_or(current.to_string(), |n| n.to_string_lossy().into_owned());
     egui::ComboBox::from_label("Model")
-        .selected_text(current)
+        .selected_text(shown)
         .show_ui(ui, |ui| {
             for e in models::entries() {
                 let label = if models::is_installed(e.name) {
