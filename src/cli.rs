@@ -388,10 +388,7 @@ pub fn check(args: &CheckArgs) -> Result<()> {
     )?;
     let image_name = args.image.display().to_string();
     let dev = device::describe(explainer.device());
-    let window = img
-        .gray
-        .as_ref()
-        .map(|g| args.opts.window.unwrap_or(g.default_window));
+    let window = img.window_or_default(args.opts.window);
     let info = RunInfo {
         image: &image_name,
         record: ImageRecord::of(Some(&args.image), window, window),
@@ -485,10 +482,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 let start = Instant::now();
                 let outcome = explainer.explain(&img, args.opts.window, &p, &mut |_| {}, &never)?;
                 let run_ms = start.elapsed().as_secs_f64() * 1e3;
-                let window = img
-                    .gray
-                    .as_ref()
-                    .map(|g| args.opts.window.unwrap_or(g.default_window));
+                let window = img.window_or_default(args.opts.window);
                 let info = RunInfo {
                     image: &name,
                     record: ImageRecord::of(Some(path), window, window),
@@ -613,10 +607,7 @@ fn explain(
     let total_ms = start.elapsed().as_secs_f64() * 1e3;
     let image_name = path.display().to_string();
     let dev = device::describe(explainer.device());
-    let window = img
-        .gray
-        .as_ref()
-        .map(|g| opts.window.unwrap_or(g.default_window));
+    let window = img.window_or_default(opts.window);
     let run_info = RunInfo {
         image: &image_name,
         record: ImageRecord::of(Some(path), window, window),

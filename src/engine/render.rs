@@ -6,7 +6,7 @@ use image::{Rgb, RgbImage};
 
 use crate::engine::font;
 use crate::engine::maps::{Mask, SaliencyMap};
-use crate::engine::models::ModelInfo;
+use crate::engine::models::{Crop, ModelInfo};
 use crate::engine::outcome::{Outcome, Step};
 use crate::engine::sanity::Check;
 use crate::error::Result;
@@ -137,6 +137,15 @@ pub fn regions_overlay(base: &mut RgbImage, steps: &[&Step], alpha: f32) {
         overlay(base, &new, iteration_color(s.index), alpha);
         seen = Some(&s.cumulative);
     }
+}
+
+/// The all-regions picture: `image` cropped as the model framed it, each iteration's region
+/// over it in its colour (the app's view, and its export at the image's resolution).
+pub fn regions_picture(image: &RgbImage, crop: Crop, steps: &[&Step], alpha: f32) -> RgbImage {
+    let (x, y, w, h) = crate::engine::image::crop_rect(crop, image.width(), image.height());
+    let mut pic = image::imageops::crop_imm(image, x, y, w, h).to_image();
+    regions_overlay(&mut pic, steps, alpha);
+    pic
 }
 
 /// Tiles rows of images (each row left to right) with `gap` pixels of dark gray between.

@@ -28,6 +28,13 @@ impl SourceImage {
         self.rgb.height()
     }
 
+    /// The window a run sees: `chosen`, else the file's own (grayscale images only).
+    pub fn window_or_default(&self, chosen: Option<Window>) -> Option<Window> {
+        self.gray
+            .as_ref()
+            .map(|g| chosen.unwrap_or(g.default_window))
+    }
+
     /// The same image under another window (grayscale images only; others are returned as is).
     pub fn windowed(&self, w: Window) -> SourceImage {
         match &self.gray {

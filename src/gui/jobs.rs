@@ -100,25 +100,28 @@ impl Jobs {
     }
 
     pub fn pick_montage_file(&mut self, image_name: &str) {
-        let stem = image_name.split('.').next().unwrap_or("unveil").to_string();
-        let suggested = format!("{stem}-montage.png");
-        self.ask(
-            "save-dialog",
-            "Save montage as",
-            move |d| d.save_png(&suggested),
-            |p| Action::Export(Export::Montage, p),
-        );
+        self.pick_png(image_name, "montage", "Save montage as", |p| {
+            Action::Export(Export::Montage, p)
+        });
     }
 
     pub fn pick_regions_file(&mut self, image_name: &str) {
-        let stem = image_name.split('.').next().unwrap_or("unveil").to_string();
-        let suggested = format!("{stem}-regions.png");
-        self.ask(
-            "save-dialog",
-            "Save regions picture as",
-            move |d| d.save_png(&suggested),
-            |p| Action::Export(Export::Regions, p),
-        );
+        self.pick_png(image_name, "regions", "Save regions picture as", |p| {
+            Action::Export(Export::Regions, p)
+        });
+    }
+
+    /// Asks where to save a PNG, suggesting `<image stem>-<what>.png`.
+    fn pick_png(
+        &mut self,
+        image_name: &str,
+        what: &str,
+        title: &'static str,
+        then: fn(PathBuf) -> Action,
+    ) {
+        let stem = image_name.split('.').next().unwrap_or("unveil");
+        let suggested = format!("{stem}-{what}.png");
+        self.ask("save-dialog", title, move |d| d.save_png(&suggested), then);
     }
 
     pub fn pick_export_folder(&mut self) {
@@ -154,11 +157,8 @@ impl Jobs {
                         None => (**source).clone(),
                     };
                     let rgb = ::image::DynamicImage::ImageRgb32F(shown.rgb).to_rgb8();
-                    let (x, y, w, h) =
-                        crate::engine::image::crop_rect(info.crop, rgb.width(), rgb.height());
-                    let mut pic = ::image::imageops::crop_imm(&rgb, x, y, w, h).to_image();
                     let steps: Vec<_> = r.outcome.steps.iter().collect();
-                    render::regions_overlay(&mut pic, &steps, r.regions_opacity);
+                    let pic = render::regions_picture(&rgb, info.crop, &steps, r.regions_opacity);
                     export::save_png_atomically(&pic, &path)?;
                     Ok(format!(
                         "Saved the regions picture ({} x {}) to {}",
@@ -193,31 +193,18 @@ impl Jobs {
     pub fn poll(&mut self, notices: &mut Notices) -> Vec<Action> {
         let mut actions = Vec::new();
         if let Some(d) = self.dialog.take() {
-            let Dialog {
-                answer,
-                then,
-                title,
-                asked,
-            } = d;
-            match answer.try_take() {
-                Ok(Some(path)) => actions.push(then(path)),
-                Ok(None) if asked.elapsed() < NO_DIALOG => {
+            match d.answer.try_take() {
+                Ok(Some(path)) => actions.push((d.then)(path)),
+                Ok(None) if d.asked.elapsed() < NO_DIALOG => {
                     notices.info("No file dialog could be opened (this desktop has no file-chooser portal): type the path instead, drop the file on the window, or give it on the command line (`unveil FILE`).");
                     actions.push(Action::PromptPath(PathPrompt {
-                        title,
+                        title: d.title,
                         text: String::new(),
-                        then,
+                        then: d.then,
                     }));
                 }
                 Ok(None) => {}
-                Err(answer) => {
-                    self.dialog = Some(Dialog {
-                        answer,
-                        then,
-                        title,
-                        asked,
-                    })
-                }
+                Err(answer) => self.dialog = Some(Dialog { answer, ..d }),
             }
         }
         if let Some(p) = self.export.take() {

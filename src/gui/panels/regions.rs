@@ -3,8 +3,8 @@
 use egui::TextureHandle;
 
 use crate::engine::models::Crop;
+use crate::engine::render;
 use crate::engine::source_image::Window;
-use crate::engine::{image, render};
 use crate::gui::action::Action;
 use crate::gui::textures;
 use crate::gui::workspace::Workspace;
@@ -106,10 +106,8 @@ impl RegionsView {
         }
         // The model's view of the image (TorchXRayVision models see its centre square).
         let crop = ws.explainer.as_ref().map_or(Crop::None, |e| e.info().crop);
-        let (x, y, w, h) = image::crop_rect(crop, img.preview.width(), img.preview.height());
-        let mut pic = ::image::imageops::crop_imm(&img.preview, x, y, w, h).to_image();
         let steps: Vec<_> = ws.steps.iter().map(|s| &s.step).collect();
-        render::regions_overlay(&mut pic, &steps, opacity);
+        let pic = render::regions_picture(&img.preview, crop, &steps, opacity);
         let t = textures::upload(ctx, "regions", &pic);
         self.picture = Some((key, t.clone()));
         Some(t)
