@@ -8,6 +8,7 @@ mod dicom;
 mod export;
 mod faithfulness;
 mod fetch;
+mod generic;
 mod mask;
 mod methods;
 mod models;

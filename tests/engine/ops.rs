@@ -1,10 +1,12 @@
 //! The custom ops against hand-computed values, finite differences and stock candle.
 
 use candle_core::{Device, Tensor, Var};
+use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::{ReluMode, ReluOp, relu, relu6};
 use unveil::engine::ops::conv::conv2d_const;
 use unveil::engine::ops::conv_act::{ConvCache, conv_act, conv_add_act};
 use unveil::engine::ops::depthwise::DepthwiseConv2d;
+use unveil::engine::ops::generic::Depthwise;
 use unveil::engine::ops::geometry::Padding;
 
 use crate::common::{fixture, max_abs_diff, pseudo_random, to_vec};
@@ -42,6 +44,20 @@ fn relu6_forward_and_backward_by_hand() {
     assert_eq!(g, [0.0, -2.0, 3.0, 0.0, 0.0, -1.5]);
     let (_, g) = value_and_grad(|x| relu6(x, ReluMode::Guided));
     assert_eq!(g, [0.0, 0.0, 3.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn generic_activations_match_the_op_by_hand() {
+    for op in [
+        ReluOp::relu(ReluMode::Plain),
+        ReluOp::relu(ReluMode::Guided),
+        ReluOp::relu6(ReluMode::Plain),
+        ReluOp::relu6(ReluMode::Guided),
+    ] {
+        let (y, g) = value_and_grad(|x| op.forward(x));
+        let (yg, gg) = value_and_grad(|x| op.forward_on(x, Backend::Generic));
+        assert_eq!((y, g), (yg, gg), "{op:?}");
+    }
 }
 
 #[test]
@@ -112,22 +128,32 @@ fn stock_conv(
 #[test]
 fn depthwise_matches_stock_grouped_conv() {
     let c = 6;
-    for (k, stride, h, w) in [(3, 1, 13, 11), (3, 2, 13, 11), (5, 2, 14, 9), (5, 1, 7, 8)] {
+    for (k, stride, h, w) in [
+        (3, 1, 13, 11),
+        (3, 2, 13, 11),
+        (5, 2, 14, 9),
+        (5, 1, 7, 8),
+        (3, 2, 224, 224),
+    ] {
         let x = random(&[2, c, h, w], 1, 2.0);
         let wt = random(&[c, 1, k, k], 2, 1.0);
         let b = random(&[c], 3, 1.0);
         let pad = Padding::tf_same(h, w, k, stride);
         let op = DepthwiseConv2d::new(to_vec(&wt), to_vec(&b), c, k, stride);
         let (y_fast, g_fast) = input_grad(&x, &|x| op.forward(x, pad).unwrap());
+        let generic = Depthwise::new(&wt, &b, stride, &Device::Cpu).unwrap();
+        let (y_gen, g_gen) = input_grad(&x, &|x| generic.forward(x, pad).unwrap());
         let (y_stock, g_stock) = input_grad(&x, &|x| stock_conv(x, &wt, &b, stride, c, pad));
-        assert!(
-            max_abs_diff(&y_fast, &y_stock) < 1e-5,
-            "forward k={k} s={stride}"
-        );
-        assert!(
-            max_abs_diff(&g_fast, &g_stock) < 1e-5,
-            "backward k={k} s={stride}"
-        );
+        for (what, y, g) in [("fast", &y_fast, &g_fast), ("generic", &y_gen, &g_gen)] {
+            assert!(
+                max_abs_diff(y, &y_stock) < 1e-5,
+                "{what} forward k={k} s={stride}"
+            );
+            assert!(
+                max_abs_diff(g, &g_stock) < 1e-5,
+                "{what} backward k={k} s={stride}"
+            );
+        }
     }
 }
 
@@ -162,11 +188,15 @@ fn constant_conv_matches_stock_conv_forward_and_input_gradient() {
         (3, 8, 3, 2, 15, 12),
         (4, 6, 1, 2, 8, 7),
         (3, 4, 3, 1, 6, 6),
+        (3, 5, 7, 2, 20, 17),
     ] {
         let x = random(&[2, cin, h, w], 4, 2.0);
         let wt = random(&[cout, cin, k, k], 5, 1.0);
         let b = random(&[cout], 6, 1.0);
-        let (y_fast, g_fast) = input_grad(&x, &|x| conv2d_const(x, &wt, &b, stride).unwrap());
+        let (y_fast, g_fast) =
+            input_grad(&x, &|x| conv2d_const(x, &wt, &b, stride, false).unwrap());
+        let (y_gen, g_gen) = input_grad(&x, &|x| conv2d_const(x, &wt, &b, stride, true).unwrap());
+        assert_eq!(y_gen, y_fast, "one forward for both backwards");
         // Stock candle's conv backward mishandles inputs whose rows and columns leave different
         // remainders after the last window, so compare on the covered part: the rest must be 0.
         let (ch, cw) = ((h - k) / stride * stride + k, (w - k) / stride * stride + k);
@@ -189,6 +219,10 @@ fn constant_conv_matches_stock_conv_forward_and_input_gradient() {
         assert!(
             max_abs_diff(&g_fast, &g_stock) < 1e-4,
             "backward {cin}->{cout} k={k} s={stride}"
+        );
+        assert!(
+            max_abs_diff(&g_gen, &g_stock) < 1e-4,
+            "generic backward {cin}->{cout} k={k} s={stride}"
         );
     }
 }
@@ -403,7 +437,7 @@ fn constant_conv_never_computes_a_weight_gradient() {
     let x = Var::from_tensor(&random(&[1, 3, 6, 6], 7, 1.0)).unwrap();
     let w = Var::from_tensor(&random(&[4, 3, 3, 3], 8, 1.0)).unwrap();
     let b = random(&[4], 9, 1.0);
-    let y = conv2d_const(x.as_tensor(), w.as_tensor(), &b, 1).unwrap();
+    let y = conv2d_const(x.as_tensor(), w.as_tensor(), &b, 1, false).unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert!(grads.get(x.as_tensor()).is_some());
     assert!(grads.get(w.as_tensor()).is_none(), "weights are constants");
@@ -431,13 +465,17 @@ fn plain_gradient_path_matches_finite_differences() {
             .unwrap()
             .pad_with_zeros(3, pad.left, pad.right)
             .unwrap();
-        let a = relu(&conv2d_const(&x, &w1, &b1, 1).unwrap(), ReluMode::Plain).unwrap();
+        let a = relu(
+            &conv2d_const(&x, &w1, &b1, 1, false).unwrap(),
+            ReluMode::Plain,
+        )
+        .unwrap();
         let a = relu6(
             &dw.forward(&a, Padding::tf_same(h, w, 3, 2)).unwrap(),
             ReluMode::Plain,
         )
         .unwrap();
-        let a = conv2d_const(&a, &w2, &b2, 1).unwrap();
+        let a = conv2d_const(&a, &w2, &b2, 1, false).unwrap();
         (a.sqr().unwrap().mean_all().unwrap() * 3.0).unwrap()
     };
     let x0 = pseudo_random(c * h * w, 16, 1.0);
@@ -492,7 +530,8 @@ fn max_pool_matches_brute_force_including_ties() {
             .collect();
         let x = Tensor::from_vec(xs.clone(), (n, c, h, w), &Device::Cpu).unwrap();
         let pool = MaxPool2d { k, stride, pad };
-        let (y, g) = input_grad(&x, &|x| pool.forward(x).unwrap());
+        let (y, g) = input_grad(&x, &|x| pool.forward(x, Backend::Fast).unwrap());
+        let (y_gen, g_gen) = input_grad(&x, &|x| pool.forward(x, Backend::Generic).unwrap());
         let (oh, ow) = (
             (h + pad.top + pad.bottom - k) / stride + 1,
             (w + pad.left + pad.right - k) / stride + 1,
@@ -525,6 +564,11 @@ fn max_pool_matches_brute_force_including_ties() {
         let what = format!("k={k} s={stride} {h}x{w} {pad:?}");
         assert_eq!(y, y_ref, "forward {what}");
         assert!(max_abs_diff(&g, &g_ref) < 1e-6, "backward {what}");
+        assert_eq!(y_gen, y_ref, "generic forward {what}");
+        assert!(
+            max_abs_diff(&g_gen, &g_ref) < 1e-6,
+            "generic backward {what}"
+        );
     }
 }
 
@@ -588,7 +632,7 @@ fn layer_chain_matches_separate_ops() {
         });
         let (y_ref, g_ref) = input_grad(&x, &|x| {
             let a = conv_act(x, &w1, &b1, 1, same, relu).unwrap();
-            let p = pool.forward(&a).unwrap();
+            let p = pool.forward(&a, Backend::Fast).unwrap();
             let d = dw.forward_act(&p, same, relu6).unwrap();
             let e = (d + ReluOp::relu(mode).forward(&p).unwrap()).unwrap();
             conv_add_act(&e, &p, &w2, &b2, 1, Padding::default(), relu).unwrap()

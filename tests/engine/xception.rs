@@ -18,19 +18,20 @@ use crate::common::{cosine, fixture, logit_gradient, max_abs_diff, repo, to_vec}
 
 pub fn model() -> Arc<dyn Classifier> {
     static MODEL: OnceLock<Arc<dyn Classifier>> = OnceLock::new();
+    MODEL.get_or_init(|| load_with(Backend::Fast)).clone()
+}
+
+/// The model on `backend`, fetched and converted first if need be.
+pub fn load_with(backend: Backend) -> Arc<dyn Classifier> {
     static FETCH: Mutex<()> = Mutex::new(());
-    MODEL
-        .get_or_init(|| {
-            let _guard = FETCH.lock().unwrap();
-            if !models::is_installed(PNEUMONIA_MODEL) {
-                models::fetch::fetch(PNEUMONIA_MODEL, &mut |l| eprintln!("{l}")).unwrap_or_else(
-                    |e| panic!("the chest X-ray model is needed for these tests: {e}"),
-                );
-            }
-            models::load(PNEUMONIA_MODEL, &Device::Cpu, Backend::Fast)
-                .expect("converted weights load")
-        })
-        .clone()
+    {
+        let _guard = FETCH.lock().unwrap();
+        if !models::is_installed(PNEUMONIA_MODEL) {
+            models::fetch::fetch(PNEUMONIA_MODEL, &mut |l| eprintln!("{l}"))
+                .unwrap_or_else(|e| panic!("the chest X-ray model is needed for these tests: {e}"));
+        }
+    }
+    models::load(PNEUMONIA_MODEL, &Device::Cpu, backend).expect("converted weights load")
 }
 
 fn json() -> serde_json::Value {

@@ -16,16 +16,21 @@ use unveil::engine::predict::{classify_batch, top_k};
 use crate::common::{cosine, fixture, logit_gradient, max_abs_diff, repo, to_vec};
 use crate::torchvision::{scratch, write_generated};
 
-fn path(name: &str) -> PathBuf {
+pub fn path(name: &str) -> PathBuf {
     repo(&format!("tests/fixtures/xray/{name}"))
 }
 
 fn described(p: PathBuf) -> Arc<dyn Classifier> {
+    described_with(p, Backend::Fast)
+}
+
+/// A fixture model file, loaded on `backend`.
+pub fn described_with(p: PathBuf, backend: Backend) -> Arc<dyn Classifier> {
     let mut d = ModelDescription::ad_hoc(p.clone(), None, None, false);
     if !p.to_string_lossy().contains("xrv") {
         d.input_size = [64, 64];
     }
-    models::load_custom(&d, &Device::Cpu, Backend::Fast)
+    models::load_custom(&d, &Device::Cpu, backend)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 use super::Network;
 use super::layers::{Conv, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
-use crate::engine::ops::activation::{ReluMode, relu};
+use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -221,31 +221,32 @@ impl DenseNet {
 impl Network for DenseNet {
     fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
-        let h = relu(&self.norm0.forward(&self.conv0.forward(x, b)?)?, mode)?;
+        let relu = |x: &Tensor| ReluOp::relu(mode).forward_on(x, b);
+        let h = relu(&self.norm0.forward(&self.conv0.forward(x, b)?)?)?;
         let mut h = MaxPool2d {
             k: 3,
             stride: 2,
             pad: Padding::symmetric(1),
         }
-        .forward(&h)?;
+        .forward(&h, b)?;
         for (bi, layers) in self.blocks.iter().enumerate() {
             let mut features = vec![h.clone()];
             for l in layers {
                 let cat = Tensor::cat(&features, 1)?;
-                let y = l.conv1.forward(&relu(&l.norm1.forward(&cat)?, mode)?, b)?;
-                let y = l.conv2.forward(&relu(&l.norm2.forward(&y)?, mode)?, b)?;
+                let y = l.conv1.forward(&relu(&l.norm1.forward(&cat)?)?, b)?;
+                let y = l.conv2.forward(&relu(&l.norm2.forward(&y)?)?, b)?;
                 features.push(y);
             }
             h = Tensor::cat(&features, 1)?;
             if let Some(t) = self.transitions.get(bi) {
                 h = t
                     .conv
-                    .forward(&relu(&t.norm.forward(&h)?, mode)?, b)?
+                    .forward(&relu(&t.norm.forward(&h)?)?, b)?
                     .avg_pool2d(2)?;
             }
         }
         // torchvision: `F.relu(features)` in forward, the ReLU hooks never see.
-        Ok(relu(&self.norm5.forward(&h)?, mode)?)
+        Ok(relu(&self.norm5.forward(&h)?)?)
     }
 
     fn head(&self, features: &Tensor, _mode: ReluMode) -> Result<Tensor> {

@@ -12,6 +12,7 @@ use crate::engine::ops::chain::{Chain, Value};
 use crate::engine::ops::conv::conv2d_const;
 use crate::engine::ops::conv_act::{Applied, ConvCache};
 use crate::engine::ops::depthwise::DepthwiseConv2d;
+use crate::engine::ops::generic::Depthwise;
 use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -150,6 +151,8 @@ pub struct Conv {
     pad: PadMode,
     /// The CPU kernel's copy of a depthwise layer's weights.
     depthwise: Option<DepthwiseConv2d>,
+    /// The device-generic form of a depthwise layer (per-tap weights on the device).
+    depthwise_taps: Option<Depthwise>,
     /// Transformed weights the CPU kernel keeps between calls.
     cache: Arc<ConvCache>,
 }
@@ -192,6 +195,10 @@ impl Conv {
                 stride,
             ))
         });
+        let depthwise_taps = depthwise
+            .is_some()
+            .then(|| Depthwise::new(&weight, &bias, stride, device))
+            .transpose()?;
         Ok(Conv {
             weight: weight.to_device(device)?,
             bias: bias.to_device(device)?,
@@ -200,6 +207,7 @@ impl Conv {
             groups,
             pad,
             depthwise: depthwise.transpose()?,
+            depthwise_taps,
             cache: Arc::default(),
         })
     }
@@ -238,19 +246,25 @@ impl Conv {
                 _ => {}
             }
         }
-        let x = pad_zeros(x, pad)?;
-        let y = if backend == Backend::Fast && self.groups == 1 {
-            conv2d_const(&x, &self.weight, &self.bias, self.stride)?
-        } else {
-            x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
-                .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?
+        let generic = backend.generic(x.device());
+        let y = match &self.depthwise_taps {
+            Some(dw) if generic && backend != Backend::Stock => dw.forward(x, pad)?,
+            _ => {
+                let x = pad_zeros(x, pad)?;
+                if backend != Backend::Stock && self.groups == 1 {
+                    conv2d_const(&x, &self.weight, &self.bias, self.stride, generic)?
+                } else {
+                    x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
+                        .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?
+                }
+            }
         };
         let y = match skip {
             Some(skip) => (y + skip)?,
             None => y,
         };
         Ok(match act {
-            Some(act) => act.forward(&y)?,
+            Some(act) => act.forward_on(&y, backend)?,
             None => y,
         })
     }
@@ -321,7 +335,7 @@ impl Graph for Ops {
     }
 
     fn act(&mut self, x: &Tensor, act: ReluOp) -> Result<Tensor> {
-        Ok(act.forward(x)?)
+        Ok(act.forward_on(x, self.0)?)
     }
 
     fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -333,7 +347,7 @@ impl Graph for Ops {
         x: &Tensor,
         pool: impl Fn((usize, usize, usize, usize)) -> MaxPool2d,
     ) -> Result<Tensor> {
-        Ok(pool(x.dims4()?).forward(x)?)
+        Ok(pool(x.dims4()?).forward(x, self.0)?)
     }
 }
 

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use super::Network;
 use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights, fold_bn};
 use crate::engine::ops::Backend;
-use crate::engine::ops::activation::{ReluMode, ReluOp, relu};
+use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -179,7 +179,7 @@ impl Network for Xception {
 
     fn head(&self, features: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let pooled = features.mean((2, 3))?;
-        let f = relu(&self.fc1.forward(&pooled)?, mode)?;
+        let f = ReluOp::relu(mode).forward_on(&self.fc1.forward(&pooled)?, self.backend)?;
         self.fc2.forward(&f)
     }
 

@@ -14,6 +14,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::{Backend, generic};
+
 /// How ReLU-type activations back-propagate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,6 +59,33 @@ impl ReluOp {
     /// Applies the activation to a tensor as a graph op.
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(self)
+    }
+
+    /// The activation on `backend`'s path for `x`'s device: elementwise tensor ops forward and
+    /// backward on the device-generic path, else [`ReluOp::forward`].
+    pub fn forward_on(self, x: &Tensor, backend: Backend) -> Result<Tensor> {
+        if !backend.generic(x.device()) {
+            return self.forward(x);
+        }
+        let d = x.detach();
+        let y = match self.cap {
+            None => d.relu()?,
+            Some(cap) => d.clamp(0f32, cap)?,
+        };
+        generic::attach(x, y, move |x, _, g| self.generic_grad(x, g))
+    }
+
+    /// The backward from the input `x` as elementwise tensor ops (any device).
+    fn generic_grad(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let mut gate = x.gt(0.0)?.to_dtype(x.dtype())?;
+        if let Some(cap) = self.cap {
+            gate = gate.mul(&x.lt(cap as f64)?.to_dtype(x.dtype())?)?;
+        }
+        let g = match self.mode {
+            ReluMode::Guided => grad.relu()?,
+            ReluMode::Plain => grad.clone(),
+        };
+        g.mul(&gate)
     }
 
     /// The activation of one value, for ops that fuse it.
@@ -153,14 +182,6 @@ impl CustomOp1 for ReluOp {
             })??;
             return Ok(Some(Tensor::from_vec(out, arg.shape(), arg.device())?));
         }
-        let mut gate = arg.gt(0.0)?.to_dtype(arg.dtype())?;
-        if let Some(cap) = self.cap {
-            gate = gate.mul(&arg.lt(cap as f64)?.to_dtype(arg.dtype())?)?;
-        }
-        let g = match self.mode {
-            ReluMode::Guided => grad.relu()?,
-            ReluMode::Plain => grad.clone(),
-        };
-        Ok(Some(g.mul(&gate)?))
+        Ok(Some(self.generic_grad(arg, grad)?))
     }
 }

@@ -5,8 +5,9 @@
 //! convolution and in computing weight gradients nobody asked for. The ops here compute only
 //! what saliency needs: the gradient with respect to the input.
 //!
-//! Every fast path is CPU code; on other devices the layers fall back to stock candle ops
-//! (see [`Backend`]), so a missing GPU kernel costs speed, never correctness.
+//! The fast kernels are CPU code. GPUs (and the CPU, when asked) run [`generic`]: the same
+//! input-gradient-only layers written with stock candle tensor ops that have CUDA and Metal
+//! kernels (see [`Backend`]).
 
 pub mod activation;
 pub(crate) mod batch_gemm;
@@ -14,6 +15,7 @@ pub mod chain;
 pub mod conv;
 pub mod conv_act;
 pub mod depthwise;
+pub mod generic;
 pub mod geometry;
 pub(crate) mod packed_gemm;
 pub mod pool;
@@ -25,12 +27,17 @@ use std::mem::MaybeUninit;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
-/// Which implementation the layers use. `Fast` uses this module's ops where the device has
-/// them; `Stock` uses only candle's own ops (the reference the fast ops are tested against).
+/// Which implementation the layers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Backend {
+    /// The fastest for the device: the CPU kernels on the CPU, [`Backend::Generic`] elsewhere.
     #[default]
     Fast,
+    /// The device-generic path ([`generic`]) on every device: what a GPU runs, and on the CPU
+    /// what tests compare with the fast kernels.
+    Generic,
+    /// Candle's own convolutions (the reference the fast ops are tested against); the
+    /// activations and pools, which candle lacks, take the generic path off the CPU.
     Stock,
 }
 
@@ -38,6 +45,11 @@ impl Backend {
     /// True when the CPU-only fast kernels may be used for tensors on `device`.
     pub fn fast_cpu(self, device: &Device) -> bool {
         self == Backend::Fast && device.is_cpu()
+    }
+
+    /// True when our ops (activations, pools, convolutions) take the device-generic path.
+    pub fn generic(self, device: &Device) -> bool {
+        self == Backend::Generic || !device.is_cpu()
     }
 }
 

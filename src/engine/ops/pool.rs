@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::geometry::Padding;
+use super::{Backend, generic};
 
 #[derive(Clone, Copy, Debug)]
 pub struct MaxPool2d {
@@ -27,12 +28,11 @@ impl MaxPool2d {
         )
     }
 
-    /// Max-pools `x` `[n, c, h, w]`. On devices other than the CPU the pooling runs on the CPU
-    /// (the device round trip carries gradients both ways).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.device().is_cpu() {
-            let y = self.forward(&x.to_device(&candle_core::Device::Cpu)?)?;
-            return y.to_device(x.device());
+    /// Max-pools `x` `[n, c, h, w]`: the CPU kernel, or the device-generic taps (any device)
+    /// where `backend` says so.
+    pub fn forward(&self, x: &Tensor, backend: Backend) -> Result<Tensor> {
+        if backend.generic(x.device()) {
+            return generic::max_pool(x, self.k, self.stride, self.pad);
         }
         x.contiguous()?.apply_op1(*self)
     }
