@@ -6,16 +6,21 @@
 //! beside it and prints the ratios.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde_json::json;
+use unveil::engine::device::{self, DeviceChoice};
 use unveil::engine::explainer::Explainer;
 use unveil::engine::image;
 use unveil::engine::maps::Mask;
 use unveil::engine::mask::smooth;
-use unveil::engine::models::{self, Arch, Classifier, DEFAULT_MODEL, ModelDescription};
+use unveil::engine::models::layers::Weights;
+use unveil::engine::models::{
+    self, Arch, ChestXception, Classifier, DEFAULT_MODEL, ModelDescription,
+};
 use unveil::engine::ops::Backend;
 use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
 use unveil::engine::predict::{classify, top_k};
@@ -44,8 +49,8 @@ enum ResNetInit {
     RandomBn,
 }
 
-/// ResNet-50 with arbitrary (seeded) weights.
-fn resnet50(backend: Backend, init: ResNetInit) -> std::sync::Arc<dyn Classifier> {
+/// Names and shapes of ResNet-50's tensors (from the torchvision fixtures).
+fn resnet50_keys() -> Vec<(String, Vec<usize>)> {
     let j: serde_json::Value = serde_json::from_slice(
         &std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -54,6 +59,39 @@ fn resnet50(backend: Backend, init: ResNetInit) -> std::sync::Arc<dyn Classifier
         .unwrap(),
     )
     .unwrap();
+    j["models"]["resnet50"]["weights"]["keys_sorted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let (name, dims) = entry.as_str().unwrap().split_once(" [").unwrap();
+            let shape = dims
+                .trim_end_matches(']')
+                .split(", ")
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap())
+                .collect();
+            (name.to_string(), shape)
+        })
+        .collect()
+}
+
+/// Names and shapes of the chest X-ray Xception's tensors (benches/xception-shapes.txt).
+fn xception_keys() -> Vec<(String, Vec<usize>)> {
+    include_str!("xception-shapes.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next().unwrap().to_string();
+            (name, parts.map(|d| d.parse().unwrap()).collect())
+        })
+        .collect()
+}
+
+/// Seeded weights for `keys` (timing does not depend on trained values, except through dead
+/// channels: see [`ResNetInit`]).
+fn seeded(keys: Vec<(String, Vec<usize>)>, init: ResNetInit) -> Weights {
     let mut tensors = HashMap::new();
     let mut state = 0x2545F4914F6CDD1Du64;
     let mut uniform = move || {
@@ -62,17 +100,7 @@ fn resnet50(backend: Backend, init: ResNetInit) -> std::sync::Arc<dyn Classifier
         state ^= state << 17;
         ((state >> 40) as f32 + 0.5) / (1u64 << 24) as f32
     };
-    for entry in j["models"]["resnet50"]["weights"]["keys_sorted"]
-        .as_array()
-        .unwrap()
-    {
-        let (name, dims) = entry.as_str().unwrap().split_once(" [").unwrap();
-        let shape: Vec<usize> = dims
-            .trim_end_matches(']')
-            .split(", ")
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().unwrap())
-            .collect();
+    for (name, shape) in keys {
         let n: usize = shape.iter().product();
         let fan_in = shape[1..].iter().product::<usize>();
         let conv = shape.len() == 4;
@@ -92,23 +120,40 @@ fn resnet50(backend: Backend, init: ResNetInit) -> std::sync::Arc<dyn Classifier
             })
             .collect();
         tensors.insert(
-            name.to_string(),
+            name,
             Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap(),
         );
     }
+    Weights::new(tensors)
+}
+
+/// ResNet-50 with arbitrary (seeded) weights.
+fn resnet50(backend: Backend, init: ResNetInit, device: &Device) -> Arc<dyn Classifier> {
+    let w = seeded(resnet50_keys(), init);
     let path = std::env::temp_dir().join(format!(
         "unveil-bench-resnet50-{}.safetensors",
         std::process::id()
     ));
+    let tensors: HashMap<String, Tensor> = w
+        .shapes()
+        .map(|(k, _)| (k.to_string(), w.peek(k).unwrap().clone()))
+        .collect();
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let m = models::load_custom(
         &ModelDescription::ad_hoc(path.clone(), Some(Arch::Resnet50), None, false),
-        &Device::Cpu,
+        device,
         backend,
     )
     .unwrap();
     let _ = std::fs::remove_file(&path);
     m
+}
+
+/// The chest X-ray Xception (150 x 150) with seeded weights: its architecture, not its
+/// (non-redistributable) training.
+fn xception(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
+    let w = seeded(xception_keys(), ResNetInit::Torchvision);
+    Arc::new(ChestXception::from_weights(&w, device, backend).unwrap())
 }
 
 fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
@@ -117,12 +162,14 @@ fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
     let chunk = std::env::args()
         .skip_while(|a| a != "--chunk")
         .nth(1)
-        .map_or(SaliencyParams::default().chunk, |c| c.parse().unwrap());
+        .map(|c| c.parse().unwrap());
     let p = SaliencyParams {
         samples,
         chunk,
         ..Default::default()
     };
+    let (_, h, w) = x.dims3().unwrap();
+    let chunk = p.batch(x.device(), (h, w)).min(samples);
     // Warm-up: one full chunk, as the PyTorch script does.
     input_gradient(
         model,
@@ -145,12 +192,28 @@ fn main() {
     // As the app and the CLI do.
     unveil::engine::memory::tune_allocator();
     let json_out = std::env::args().skip_while(|a| a != "--json").nth(1);
-    // `--only a,b` runs only the named sections: e2e, efficientnet-lite0, resnet50, stock, mask.
+    // `--only a,b` runs only the named sections: e2e, efficientnet-lite0, resnet50,
+    // resnet50-random-bn, xception, smoothgrad25, stock, mask.
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let wanted = |section: &str| {
         only.as_ref()
             .is_none_or(|o| o.split(',').any(|s| s == section))
     };
+    let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
+    // `--device cuda` runs the models on the GPU (the device-generic path); `--backend generic`
+    // runs that path on the CPU.
+    let choice = arg("--device").map_or(DeviceChoice::Cpu, |d| d.parse().unwrap());
+    let device = device::open(choice).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    let backend = match arg("--backend").as_deref() {
+        None | Some("fast") => Backend::Fast,
+        Some("generic") => Backend::Generic,
+        Some(b) => panic!("unknown backend {b} (fast, generic)"),
+    };
+    let on = device::describe(&device);
+    println!("device {on}, backend {backend:?}\n");
     let img = image::load(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/assets/chelsea.png"
@@ -159,62 +222,65 @@ fn main() {
     let never = AtomicBool::new(false);
 
     // End to end first, so the peak memory is this run's.
-    let lite = models::load(DEFAULT_MODEL, &Device::Cpu, Backend::Fast).unwrap();
-    let x = image::to_model_input(&img, lite.info(), &Device::Cpu).unwrap();
-    let params = UnveilParams {
-        saliency: SaliencyParams {
-            samples: 25,
-            ..Default::default()
-        },
-        stop: StopParams {
-            threshold: 0.0,
-            max_iter: 5,
-        },
-        ..Default::default()
-    };
+    let lite = models::load(DEFAULT_MODEL, &device, backend).unwrap();
     let mut e2e_json = serde_json::Value::Null;
     if wanted("e2e") {
+        let params = UnveilParams {
+            saliency: SaliencyParams {
+                samples: 25,
+                ..Default::default()
+            },
+            stop: StopParams {
+                threshold: 0.0,
+                max_iter: 5,
+            },
+            ..Default::default()
+        };
         let t = Instant::now();
+        let x = image::to_model_input(&img, lite.info(), &device).unwrap();
         let out = Explainer::uncached(lite.clone())
             .explain_input(&x, &params, &mut |_| {}, &never)
             .unwrap();
         let e2e_s = t.elapsed().as_secs_f64();
         let peak = peak_rss_mib();
         println!(
-            "end to end (EfficientNet-Lite0, {} iterations x 25 samples): {e2e_s:.1} s, peak memory {peak:.0} MiB\n",
+            "end to end (EfficientNet-Lite0, {} iterations x 25 samples): {e2e_s:.2} s, peak memory {peak:.0} MiB\n",
             out.steps.len()
         );
         e2e_json = json!({ "seconds": e2e_s, "iterations": out.steps.len(), "samples": 25, "peak_rss_mib": peak });
     }
 
-    if wanted("efficientnet-lite0") || wanted("resnet50") {
-        println!("| model | ops | ms per sample (fwd + guided bwd, 224 x 224) |\n|---|---|---|");
-    }
+    println!("| model | ops | ms per sample (fwd + guided bwd) |\n|---|---|---|");
     let mut models_json = serde_json::Map::new();
-    type Load = Box<dyn Fn(Backend) -> std::sync::Arc<dyn Classifier>>;
-    let lite: Load = Box::new(|b| models::load(DEFAULT_MODEL, &Device::Cpu, b).unwrap());
-    let sections: [(&str, Load, bool); 3] = [
-        ("efficientnet-lite0", lite, true),
+    type Load<'a> = Box<dyn Fn(Backend) -> Arc<dyn Classifier> + 'a>;
+    let dev = &device;
+    let sections: [(&str, Load, bool); 4] = [
+        (
+            "efficientnet-lite0",
+            Box::new(|b| models::load(DEFAULT_MODEL, dev, b).unwrap()),
+            true,
+        ),
         (
             "resnet50",
-            Box::new(|b| resnet50(b, ResNetInit::Torchvision)),
+            Box::new(|b| resnet50(b, ResNetInit::Torchvision, dev)),
             false,
         ),
         (
             "resnet50-random-bn",
-            Box::new(|b| resnet50(b, ResNetInit::RandomBn)),
+            Box::new(|b| resnet50(b, ResNetInit::RandomBn, dev)),
             false,
         ),
+        ("xception", Box::new(|b| xception(b, dev)), false),
     ];
     for (name, load, with_stock) in sections {
         if !wanted(name) {
             continue;
         }
-        let fast = load(Backend::Fast);
+        let model = load(backend);
         let stock = (with_stock && wanted("stock")).then(|| load(Backend::Stock));
-        let x = image::to_model_input(&img, fast.info(), &Device::Cpu).unwrap();
-        let ms = ms_per_sample(fast.as_ref(), &x, 32);
-        println!("| {name} | unveil | {ms:.0} |");
+        let x = image::to_model_input(&img, model.info(), &device).unwrap();
+        let ms = ms_per_sample(model.as_ref(), &x, 32);
+        println!("| {name} | unveil | {ms:.2} |");
         let mut entry = json!({ "ms_per_sample": ms, "samples_per_s": 1e3 / ms });
         if let Some(stock) = stock {
             let ms_stock = ms_per_sample(stock.as_ref(), &x, 2);
@@ -222,6 +288,32 @@ fn main() {
             entry["stock_candle_ms_per_sample"] = json!(ms_stock);
         }
         models_json.insert(name.to_string(), entry);
+    }
+
+    // One whole 25-sample guided SmoothGrad map of ResNet-50, the noise made and the map read
+    // back included: the median of 5.
+    let mut smoothgrad_json = serde_json::Value::Null;
+    if wanted("smoothgrad25") {
+        let model = resnet50(backend, ResNetInit::Torchvision, &device);
+        let x = image::to_model_input(&img, model.info(), &device).unwrap();
+        let target = top_k(model.as_ref(), &classify(model.as_ref(), &x).unwrap(), 1)[0].class;
+        let p = SaliencyParams {
+            samples: 25,
+            ..Default::default()
+        };
+        let run = || {
+            let t = Instant::now();
+            input_gradient(model.as_ref(), &x, target, &p, &mut |_, _| {}, &never).unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        };
+        run();
+        let mut times: Vec<f64> = (0..5).map(|_| run()).collect();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "\nResNet-50, one 25-sample guided SmoothGrad map: {:.1} ms (median of 5; {:.1} - {:.1})",
+            times[2], times[0], times[4]
+        );
+        smoothgrad_json = json!({ "median_ms": times[2], "min_ms": times[0], "max_ms": times[4] });
     }
 
     if wanted("mask") {
@@ -264,7 +356,10 @@ fn main() {
     }
     if let Some(path) = json_out {
         let doc = json!({
+            "device": on,
+            "backend": format!("{backend:?}"),
             "end_to_end": e2e_json,
+            "smoothgrad25_resnet50": smoothgrad_json,
             "models": models_json,
             "mask": mask_json,
         });

@@ -573,6 +573,9 @@ fn explain(
         );
     }
     let mut on_event = |e: Event| {
+        if let Event::FellBack(why) = e {
+            eprintln!("warning: {why}");
+        }
         if let Event::Step(s) = e
             && !quiet
         {

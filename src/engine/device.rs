@@ -1,4 +1,10 @@
 //! Choosing where the model runs: CUDA or Metal when built in and present, else the CPU.
+//!
+//! Each GPU kind is probed once per process ([`probe`]): the app's device menu, `auto` and an
+//! explicit choice all read the same result, and a GPU that cannot be used says why (not
+//! compiled in, no driver, no device, a driver too old) with the driver's own error.
+
+use std::sync::OnceLock;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -32,6 +38,18 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
+impl DeviceChoice {
+    /// How the app's device menu names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceChoice::Auto => "Auto (GPU if present)",
+            DeviceChoice::Cpu => "CPU",
+            DeviceChoice::Cuda => "CUDA GPU",
+            DeviceChoice::Metal => "Metal GPU",
+        }
+    }
+}
+
 /// A GPU backend candle may have been built with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gpu {
@@ -40,10 +58,19 @@ pub enum Gpu {
 }
 
 impl Gpu {
+    const ALL: [Gpu; 2] = [Gpu::Cuda, Gpu::Metal];
+
     fn name(self) -> &'static str {
         match self {
             Gpu::Cuda => "cuda",
             Gpu::Metal => "metal",
+        }
+    }
+
+    fn choice(self) -> DeviceChoice {
+        match self {
+            Gpu::Cuda => DeviceChoice::Cuda,
+            Gpu::Metal => DeviceChoice::Metal,
         }
     }
 
@@ -57,69 +84,192 @@ impl Gpu {
     }
 }
 
-impl DeviceChoice {
-    /// How the app's device menu names it.
-    pub fn label(self) -> &'static str {
-        match self {
-            DeviceChoice::Auto => "Auto (GPU if present)",
-            DeviceChoice::Cpu => "CPU",
-            DeviceChoice::Cuda => "CUDA GPU",
-            DeviceChoice::Metal => "Metal GPU",
-        }
+/// What one probe of a GPU kind found.
+#[derive(Clone, Debug)]
+pub enum Found {
+    /// Opened: the device, and a line about it ("NVIDIA H200, 139.8 GiB").
+    Ready(Device, String),
+    /// This build has no support for it.
+    NotCompiled,
+    /// Compiled in, but opening it failed: why, in words, with the driver's error.
+    Failed(String),
+}
+
+/// The result of probing every GPU kind once.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub gpus: Vec<(Gpu, Found)>,
+}
+
+/// One entry of the app's device menu.
+#[derive(Clone, Debug)]
+pub struct DeviceOption {
+    pub choice: DeviceChoice,
+    /// Whether choosing it can work.
+    pub usable: bool,
+    /// What was found, or why it cannot be used.
+    pub detail: String,
+}
+
+impl Probe {
+    /// Tries each GPU kind once with `open_gpu`.
+    fn run(open_gpu: &mut dyn FnMut(Gpu) -> Option<candle_core::Result<Device>>) -> Self {
+        let gpus = Gpu::ALL
+            .into_iter()
+            .map(|gpu| {
+                let found = match open_gpu(gpu) {
+                    None => Found::NotCompiled,
+                    Some(Ok(device)) => {
+                        let about = about(&device);
+                        Found::Ready(device, about)
+                    }
+                    Some(Err(e)) => Found::Failed(explain_open_error(gpu, &e.to_string())),
+                };
+                (gpu, found)
+            })
+            .collect();
+        Probe { gpus }
     }
-}
 
-/// The choices worth offering on this machine: `Auto`, each GPU that opens, and the CPU.
-/// Probing opens each GPU once: call it once (at start), not per frame.
-pub fn options() -> Vec<DeviceChoice> {
-    let mut v = vec![DeviceChoice::Auto];
-    for (gpu, choice) in [
-        (Gpu::Cuda, DeviceChoice::Cuda),
-        (Gpu::Metal, DeviceChoice::Metal),
-    ] {
-        if matches!(gpu.open(), Some(Ok(_))) {
-            v.push(choice);
-        }
-    }
-    v.push(DeviceChoice::Cpu);
-    v
-}
-
-/// Opens the chosen device; `Auto` tries each GPU once and falls back to the CPU.
-pub fn open(choice: DeviceChoice) -> Result<Device> {
-    open_with(choice, &mut Gpu::open)
-}
-
-/// [`open`] with the GPU opener given (tests count and fake the attempts).
-fn open_with(
-    choice: DeviceChoice,
-    open_gpu: &mut dyn FnMut(Gpu) -> Option<candle_core::Result<Device>>,
-) -> Result<Device> {
-    let gpu = match choice {
-        DeviceChoice::Cpu => return Ok(Device::Cpu),
-        DeviceChoice::Auto => {
-            for gpu in [Gpu::Cuda, Gpu::Metal] {
-                if let Some(Ok(device)) = open_gpu(gpu) {
-                    return Ok(device);
-                }
+    /// The chosen device: `Auto` is the first GPU that opened, else the CPU.
+    pub fn open(&self, choice: DeviceChoice) -> Result<Device> {
+        let gpu = match choice {
+            DeviceChoice::Cpu => return Ok(Device::Cpu),
+            DeviceChoice::Auto => {
+                let ready = self.gpus.iter().find_map(|(_, f)| match f {
+                    Found::Ready(d, _) => Some(d.clone()),
+                    _ => None,
+                });
+                return Ok(ready.unwrap_or(Device::Cpu));
             }
-            return Ok(Device::Cpu);
+            DeviceChoice::Cuda => Gpu::Cuda,
+            DeviceChoice::Metal => Gpu::Metal,
+        };
+        match self.gpus.iter().find(|(g, _)| *g == gpu).map(|(_, f)| f) {
+            Some(Found::Ready(device, _)) => Ok(device.clone()),
+            Some(Found::Failed(why)) => Err(Error::Device(why.clone())),
+            Some(Found::NotCompiled) | None => Err(Error::Device(format!(
+                "{0} is not available: this build has no {0} support (build with --features {0})",
+                gpu.name()
+            ))),
         }
-        DeviceChoice::Cuda => Gpu::Cuda,
-        DeviceChoice::Metal => Gpu::Metal,
-    };
-    match open_gpu(gpu) {
-        Some(Ok(device)) => Ok(device),
-        // The real reason (no driver, no device, out of memory...), not a guess.
-        Some(Err(e)) => Err(Error::Device(format!(
-            "cannot open {} device 0: {e}",
-            gpu.name()
-        ))),
-        None => Err(Error::Device(format!(
-            "{0} is not available: this build has no {0} support (build with --features {0})",
-            gpu.name()
-        ))),
     }
+
+    /// The app's device menu: `Auto` (saying what it picks), each GPU kind (usable or why
+    /// not), the CPU.
+    pub fn options(&self) -> Vec<DeviceOption> {
+        let auto = self
+            .gpus
+            .iter()
+            .find_map(|(g, f)| matches!(f, Found::Ready(..)).then(|| g.name().to_uppercase()))
+            .map_or("no GPU found: the CPU".to_string(), |g| {
+                format!("the {g} GPU")
+            });
+        let mut v = vec![DeviceOption {
+            choice: DeviceChoice::Auto,
+            usable: true,
+            detail: format!("Picks {auto}"),
+        }];
+        for (gpu, found) in &self.gpus {
+            let (usable, detail) = match found {
+                Found::Ready(_, about) => (true, about.clone()),
+                Found::NotCompiled => (
+                    false,
+                    format!(
+                        "Not compiled into this build (build with --features {})",
+                        gpu.name()
+                    ),
+                ),
+                Found::Failed(why) => (false, why.clone()),
+            };
+            v.push(DeviceOption {
+                choice: gpu.choice(),
+                usable,
+                detail,
+            });
+        }
+        v.push(DeviceOption {
+            choice: DeviceChoice::Cpu,
+            usable: true,
+            detail: format!(
+                "{} threads",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
+        });
+        v
+    }
+}
+
+/// This process's one probe of the GPUs (the first call opens each GPU kind once).
+pub fn probe() -> &'static Probe {
+    static PROBE: OnceLock<Probe> = OnceLock::new();
+    PROBE.get_or_init(|| Probe::run(&mut Gpu::open))
+}
+
+/// Opens the chosen device (see [`Probe::open`]).
+pub fn open(choice: DeviceChoice) -> Result<Device> {
+    probe().open(choice)
+}
+
+/// Why a GPU did not open, in words, followed by the driver's own error.
+fn explain_open_error(gpu: Gpu, err: &str) -> String {
+    let why = match gpu {
+        Gpu::Cuda if err.contains("CUDA_ERROR_STUB_LIBRARY") => {
+            "no NVIDIA driver is installed (only the stub libcuda.so.1 was found)"
+        }
+        Gpu::Cuda if err.contains("CUDA_ERROR_NO_DEVICE") => "no NVIDIA GPU was found",
+        Gpu::Cuda if err.contains("CUDA_ERROR_INSUFFICIENT_DRIVER") => {
+            "the NVIDIA driver is older than the CUDA 13.0 this build needs"
+        }
+        Gpu::Cuda if err.contains("CUDA_ERROR_OUT_OF_MEMORY") => "the GPU has no memory left",
+        _ => "it could not be opened",
+    };
+    format!("cannot use {} device 0: {why} ({err})", gpu.name())
+}
+
+/// A line about an opened GPU: its name and memory where the driver tells them.
+fn about(device: &Device) -> String {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = device.as_cuda_device() {
+        let ctx = cuda.cuda_stream().context().clone();
+        let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
+        return match ctx.total_mem() {
+            Ok(total) => format!("{name}, {:.1} GiB", total as f64 / (1u64 << 30) as f64),
+            Err(_) => name,
+        };
+    }
+    describe(device)
+}
+
+/// Free memory on `device` in bytes, where the driver tells it (CUDA); `None` elsewhere.
+pub fn free_memory(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = device.as_cuda_device() {
+        return cuda
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _)| free as u64);
+    }
+    let _ = device;
+    None
+}
+
+/// Inputs per forward/backward pass when the user set none: 4 on the CPU (its kernels are
+/// fastest in small batches), else as many as fit in half the device's free memory, at about
+/// 384 MiB per 224 x 224 input (ResNet-50 and DenseNet-121 need less), and 8 where the free
+/// memory is unknown.
+pub fn batch_size(device: &Device, (h, w): (usize, usize)) -> usize {
+    if device.is_cpu() {
+        return 4;
+    }
+    gpu_batch(free_memory(device), (h, w))
+}
+
+fn gpu_batch(free: Option<u64>, (h, w): (usize, usize)) -> usize {
+    let per_input = ((384u64 << 20) * (h * w) as u64 / (224 * 224)).max(1);
+    free.map_or(8, |free| (free / 2 / per_input).max(1) as usize)
 }
 
 /// A short name for people: "cpu", "cuda:0", "metal:0".
@@ -131,11 +281,18 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
+/// Whether an error from a run on a GPU is the device failing (out of memory, a kernel that
+/// cannot launch) rather than the input or the settings: such a run is worth redoing on the
+/// CPU.
+pub fn is_device_failure(e: &Error) -> bool {
+    matches!(e, Error::Candle(_) | Error::Device(_))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A machine whose CUDA opens (as the CPU, standing in) or fails with `err`.
+    /// A machine whose CUDA opens (as the CPU, standing in) or fails with `err`; no Metal.
     fn fake<'a>(
         cuda: Option<&'static str>,
         calls: &'a mut Vec<Gpu>,
@@ -151,42 +308,82 @@ mod tests {
     }
 
     #[test]
-    fn auto_opens_a_present_gpu_exactly_once() {
+    fn each_gpu_kind_is_probed_once_and_every_choice_reads_that_probe() {
         let mut calls = Vec::new();
-        open_with(DeviceChoice::Auto, &mut fake(None, &mut calls)).unwrap();
-        assert_eq!(calls, [Gpu::Cuda], "one attempt, no probe before it");
+        let probe = Probe::run(&mut fake(None, &mut calls));
+        probe.open(DeviceChoice::Auto).unwrap();
+        probe.open(DeviceChoice::Cuda).unwrap();
+        let options = probe.options();
+        assert_eq!(calls, [Gpu::Cuda, Gpu::Metal], "one attempt per kind");
+        let cuda = options
+            .iter()
+            .find(|o| o.choice == DeviceChoice::Cuda)
+            .unwrap();
+        assert!(cuda.usable);
+        assert!(options[0].detail.contains("CUDA"), "{}", options[0].detail);
     }
 
     #[test]
-    fn a_failing_cuda_device_reports_the_driver_error() {
-        let mut calls = Vec::new();
-        let err = open_with(
-            DeviceChoice::Cuda,
-            &mut fake(Some("CUDA_ERROR_NO_DEVICE"), &mut calls),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("cannot open cuda device 0") && err.contains("CUDA_ERROR_NO_DEVICE"),
-            "{err}"
-        );
-        assert_eq!(calls, [Gpu::Cuda]);
-        // Auto falls back to the CPU, trying each GPU once.
-        let mut calls = Vec::new();
-        let d = open_with(
-            DeviceChoice::Auto,
-            &mut fake(Some("CUDA_ERROR_NO_DEVICE"), &mut calls),
-        )
-        .unwrap();
-        assert!(d.is_cpu());
-        assert_eq!(calls, [Gpu::Cuda, Gpu::Metal]);
+    fn a_failing_cuda_device_reports_why_with_the_driver_error() {
+        for (err, why) in [
+            (
+                "DriverError(CUDA_ERROR_NO_DEVICE, \"no CUDA-capable device\")",
+                "no NVIDIA GPU",
+            ),
+            (
+                "DriverError(CUDA_ERROR_STUB_LIBRARY, \"stub\")",
+                "no NVIDIA driver",
+            ),
+            (
+                "DriverError(CUDA_ERROR_INSUFFICIENT_DRIVER, \"\")",
+                "driver is older",
+            ),
+        ] {
+            let mut calls = Vec::new();
+            let probe = Probe::run(&mut fake(Some(err), &mut calls));
+            let msg = probe.open(DeviceChoice::Cuda).unwrap_err().to_string();
+            assert!(
+                msg.contains("cannot use cuda device 0") && msg.contains(why) && msg.contains(err),
+                "{msg}"
+            );
+            // Auto falls back to the CPU; the menu says why CUDA is unusable.
+            assert!(probe.open(DeviceChoice::Auto).unwrap().is_cpu());
+            let options = probe.options();
+            let cuda = options
+                .iter()
+                .find(|o| o.choice == DeviceChoice::Cuda)
+                .unwrap();
+            assert!(!cuda.usable && cuda.detail.contains(why), "{}", cuda.detail);
+            assert!(
+                options[0].detail.contains("the CPU"),
+                "{}",
+                options[0].detail
+            );
+        }
     }
 
     #[test]
     fn a_gpu_this_build_lacks_is_named_with_the_feature_to_build() {
-        let err = open_with(DeviceChoice::Metal, &mut |_| None)
-            .unwrap_err()
-            .to_string();
+        let probe = Probe::run(&mut |_| None);
+        let err = probe.open(DeviceChoice::Metal).unwrap_err().to_string();
         assert!(err.contains("--features metal"), "{err}");
+        let metal = probe
+            .options()
+            .into_iter()
+            .find(|o| o.choice == DeviceChoice::Metal)
+            .unwrap();
+        assert!(!metal.usable && metal.detail.contains("Not compiled"));
+    }
+
+    #[test]
+    fn batches_follow_the_free_memory() {
+        assert_eq!(batch_size(&Device::Cpu, (224, 224)), 4);
+        let gib = 1u64 << 30;
+        // An H200 with 139 GiB free takes a whole 25-sample SmoothGrad at once; a laptop GPU
+        // with 6 GiB free takes 8; a 1024 x 1024 input on it, one; unknown memory, 8.
+        assert_eq!(gpu_batch(Some(139 * gib), (224, 224)), 185);
+        assert_eq!(gpu_batch(Some(6 * gib), (224, 224)), 8);
+        assert_eq!(gpu_batch(Some(6 * gib), (1024, 1024)), 1);
+        assert_eq!(gpu_batch(None, (224, 224)), 8);
     }
 }

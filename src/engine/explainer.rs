@@ -6,8 +6,8 @@
 //! lives inside it (today the gradient cache), so it can never outlive that model or mix two;
 //! new saliency methods, checks and metrics plug in here, once, for both front ends.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{Device, Tensor};
 
@@ -33,6 +33,9 @@ pub struct Explainer {
     cache: Option<GradientCache>,
     /// Where the model came from: the sanity check rebuilds it with layers re-initialised.
     source: Option<ModelSource>,
+    /// Once a run on the GPU failed (out of memory, a kernel fault): the model's CPU copy,
+    /// which this and every later run uses, and why.
+    on_cpu: OnceLock<(Box<Explainer>, String)>,
 }
 
 impl Explainer {
@@ -43,6 +46,7 @@ impl Explainer {
             model,
             cache: Some(GradientCache::default()),
             source: None,
+            on_cpu: OnceLock::new(),
         }
     }
 
@@ -52,6 +56,7 @@ impl Explainer {
             model,
             cache: None,
             source: None,
+            on_cpu: OnceLock::new(),
         }
     }
 
@@ -83,7 +88,7 @@ impl Explainer {
                     .into(),
             )
         })?;
-        let scope = self.model.reinit_scope(cascade).ok_or_else(|| {
+        let scope = self.active().model.reinit_scope(cascade).ok_or_else(|| {
             Error::InvalidParam(format!(
                 "model '{}' does not know its layers' order, so it cannot be randomised",
                 self.info().name
@@ -117,35 +122,82 @@ impl Explainer {
         progress: &mut dyn FnMut(CheckProgress),
         cancel: &AtomicBool,
     ) -> Result<Check> {
-        let baseline = Filler::new(self.info(), x, params.fill)?.baseline(self.device())?;
-        let seed = params.saliency.seed;
-        sanity::check(
-            self.model.as_ref(),
-            &|cascade| self.randomised(cascade, seed),
-            x,
-            &baseline,
-            params.target,
-            &params.saliency,
-            progress,
-            cancel,
-        )
+        let on_gpu = !self.device().is_cpu();
+        let progress = std::cell::RefCell::new(progress);
+        self.here_or_on_cpu(on_gpu, &mut |_| {}, &mut |e| {
+            let x = x.to_device(e.device())?;
+            let baseline = Filler::new(e.info(), &x, params.fill)?.baseline(e.device())?;
+            let seed = params.saliency.seed;
+            sanity::check(
+                e.model.as_ref(),
+                &|cascade| e.randomised(cascade, seed),
+                &x,
+                &baseline,
+                params.target,
+                &params.saliency,
+                &mut |p| (progress.borrow_mut())(p),
+                cancel,
+            )
+        })
     }
 
     pub fn model(&self) -> &Arc<dyn Classifier> {
-        &self.model
+        &self.active().model
+    }
+
+    /// This explainer, or its CPU copy once a GPU run failed.
+    fn active(&self) -> &Explainer {
+        self.on_cpu.get().map_or(self, |(cpu, _)| cpu)
+    }
+
+    /// Why runs moved to the CPU, once a GPU run failed.
+    pub fn fell_back(&self) -> Option<&str> {
+        self.on_cpu.get().map(|(_, why)| why.as_str())
+    }
+
+    /// Runs `run` on the active explainer. If that is on a GPU (`on_gpu`) and the device fails
+    /// mid-run, tells `notice`, builds the model's CPU copy (kept for later runs) and runs
+    /// `run` again there: the user gets a result either way.
+    fn here_or_on_cpu<T>(
+        &self,
+        on_gpu: bool,
+        notice: &mut dyn FnMut(&str),
+        run: &mut dyn FnMut(&Explainer) -> Result<T>,
+    ) -> Result<T> {
+        let active = self.active();
+        let err = match run(active) {
+            Err(e) if on_gpu && device::is_device_failure(&e) => e,
+            result => return result,
+        };
+        let Some(source) = &self.source else {
+            return Err(err);
+        };
+        let why = format!(
+            "the {} failed ({err}); this run and the next ones use the CPU",
+            device::describe(active.device())
+        );
+        notice(&why);
+        let copy = Explainer {
+            model: source.load(&Device::Cpu, Backend::Fast)?,
+            cache: self.cache.as_ref().map(|_| GradientCache::default()),
+            source: Some(source.clone()),
+            on_cpu: OnceLock::new(),
+        };
+        let (cpu, _) = self.on_cpu.get_or_init(|| (Box::new(copy), why));
+        run(cpu)
     }
 
     pub fn info(&self) -> &ModelInfo {
-        self.model.info()
+        self.active().model.info()
     }
 
     pub fn device(&self) -> &Device {
-        self.model.device()
+        self.active().model.device()
     }
 
     /// Input gradients held in the cache (0 when uncached).
     pub fn cached_gradients(&self) -> usize {
-        self.cache.as_ref().map_or(0, GradientCache::len)
+        self.active().cache.as_ref().map_or(0, GradientCache::len)
     }
 
     /// The model's input for `img` seen through `window` (grayscale images only): `[3, h, w]`
@@ -189,19 +241,124 @@ impl Explainer {
         on_event: &mut dyn FnMut(Event),
         cancel: &AtomicBool,
     ) -> Result<Outcome> {
-        iterate::iterate(
-            self.model.as_ref(),
-            x,
-            params,
-            self.cache.as_ref(),
-            on_event,
-            cancel,
+        let on_gpu = !self.device().is_cpu();
+        let events = std::cell::RefCell::new(on_event);
+        self.here_or_on_cpu(
+            on_gpu,
+            &mut |why| (events.borrow_mut())(Event::FellBack(why)),
+            &mut |e| {
+                iterate::iterate(
+                    e.model.as_ref(),
+                    &x.to_device(e.device())?,
+                    params,
+                    e.cache.as_ref(),
+                    &mut |ev| (events.borrow_mut())(ev),
+                    cancel,
+                )
+            },
         )
     }
 
     /// Iteration 0 of a finished run redrawn under new mask parameters, exactly as a rerun
     /// computes it, without gradient work (see [`UnveilParams::change_from`]).
     pub fn remask_first(&self, first: &Step, params: &UnveilParams) -> Result<Step> {
-        iterate::remask_first(self.model.as_ref(), first, params)
+        iterate::remask_first(self.active().model.as_ref(), first, params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::engine::models::DEFAULT_MODEL;
+    use crate::engine::ops::activation::ReluMode;
+    use crate::engine::params::{SaliencyParams, StopParams};
+
+    /// The bundled model, failing its first `failures` gradient passes as a GPU out of memory
+    /// does (the error candle's CUDA backend gives).
+    #[derive(Debug)]
+    struct OutOfMemory {
+        inner: Arc<dyn Classifier>,
+        failures: AtomicUsize,
+    }
+
+    impl Classifier for OutOfMemory {
+        fn info(&self) -> &ModelInfo {
+            self.inner.info()
+        }
+        fn device(&self) -> &Device {
+            self.inner.device()
+        }
+        fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+            let left = self.failures.load(Ordering::Relaxed);
+            if x.track_op() && left > 0 {
+                self.failures.store(left - 1, Ordering::Relaxed);
+                return Err(candle_core::Error::Msg(
+                    "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+                )
+                .into());
+            }
+            self.inner.forward(x, mode)
+        }
+    }
+
+    #[test]
+    fn a_gpu_failing_mid_run_falls_back_to_the_cpu_and_the_run_completes() {
+        let source = ModelSource::Named(DEFAULT_MODEL.into());
+        let failing = OutOfMemory {
+            inner: source.load(&Device::Cpu, Backend::Fast).unwrap(),
+            failures: AtomicUsize::new(1),
+        };
+        let e = Explainer {
+            source: Some(source),
+            ..Explainer::new(Arc::new(failing))
+        };
+        let x = Tensor::zeros((3, 224, 224), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let params = UnveilParams {
+            saliency: SaliencyParams {
+                samples: 2,
+                ..Default::default()
+            },
+            stop: StopParams {
+                threshold: 0.0,
+                max_iter: 1,
+            },
+            faithfulness: false,
+            ..Default::default()
+        };
+        let never = AtomicBool::new(false);
+        let run = |e: &Explainer| {
+            iterate::iterate(e.model.as_ref(), &x, &params, None, &mut |_| {}, &never)
+        };
+        // On the CPU a failure is an error like any other: nothing is retried.
+        let err = e
+            .here_or_on_cpu(false, &mut |_| {}, &mut |e| run(e))
+            .unwrap_err();
+        assert!(err.to_string().contains("OUT_OF_MEMORY"), "{err}");
+        assert!(e.fell_back().is_none());
+        // On a GPU (pretended): the notice names the error, the run completes on the CPU copy,
+        // and later runs stay there.
+        let failing = e.model.as_ref() as *const dyn Classifier as *const ();
+        let mut notices = Vec::new();
+        let mut failures_left = 1;
+        let outcome = e
+            .here_or_on_cpu(true, &mut |n| notices.push(n.to_string()), &mut |e| {
+                if failures_left > 0 {
+                    failures_left -= 1;
+                    return Err(Error::Candle(candle_core::Error::Msg(
+                        "CUDA_ERROR_OUT_OF_MEMORY".into(),
+                    )));
+                }
+                run(e)
+            })
+            .unwrap();
+        assert_eq!(outcome.steps.len(), 1, "the one iteration asked for");
+        assert_eq!(notices.len(), 1);
+        assert!(notices[0].contains("CUDA_ERROR_OUT_OF_MEMORY") && notices[0].contains("CPU"));
+        assert_eq!(e.fell_back(), Some(notices[0].as_str()));
+        let now = e.model().as_ref() as *const dyn Classifier as *const ();
+        assert_ne!(now, failing, "the CPU copy, not the failing model");
+        assert!(e.device().is_cpu());
     }
 }

@@ -115,4 +115,7 @@ pub enum Event<'a> {
         index: usize,
         curves: &'a Curves,
     },
+    /// The GPU failed mid-run (the reason): the run starts again on the CPU, whose steps
+    /// replace the ones reported so far, index by index.
+    FellBack(&'a str),
 }

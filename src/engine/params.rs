@@ -94,14 +94,25 @@ pub struct SaliencyParams {
     pub noise: f32,
     /// Seed of the noise: the same settings and seed give the same map.
     pub seed: u64,
-    /// Inputs per forward/backward pass; bounds memory, and cancel is checked between.
-    pub chunk: usize,
+    /// Inputs per forward/backward pass; bounds memory, and cancel is checked between. `None`:
+    /// chosen for the device ([`crate::engine::device::batch_size`]: 4 on the CPU, by free
+    /// memory on a GPU). Results never depend on it.
+    pub chunk: Option<usize>,
     /// How the noisy copies' attributions are combined (a copy's gradient, or for integrated
     /// gradients its whole path attribution).
     pub reduction: Reduction,
     /// Integrated gradients: points on the path (midpoint Riemann sum); each noisy copy costs
     /// this many passes.
     pub ig_steps: usize,
+}
+
+impl SaliencyParams {
+    /// Inputs per pass for inputs of size `hw` on `device`.
+    pub fn batch(&self, device: &candle_core::Device, hw: (usize, usize)) -> usize {
+        self.chunk
+            .unwrap_or_else(|| crate::engine::device::batch_size(device, hw))
+            .max(1)
+    }
 }
 
 impl Default for SaliencyParams {
@@ -111,7 +122,7 @@ impl Default for SaliencyParams {
             samples: 16,
             noise: 0.15,
             seed: 0,
-            chunk: 4,
+            chunk: None,
             reduction: Reduction::Mean,
             ig_steps: 32,
         }
@@ -266,7 +277,7 @@ impl UnveilParams {
         check((0.0..=1.0).contains(&s.noise), || {
             format!("noise must be in [0, 1], got {}", s.noise)
         })?;
-        check(s.chunk >= 1, || "chunk must be at least 1".into())?;
+        check(s.chunk != Some(0), || "chunk must be at least 1".into())?;
         check((1..=1024).contains(&s.ig_steps), || {
             format!("ig-steps must be 1..=1024, got {}", s.ig_steps)
         })?;

@@ -149,7 +149,7 @@ fn smoothgrad(
 ) -> Result<Tensor> {
     let (c, h, w) = x.dims3()?;
     let n = params.samples.max(1);
-    let chunk = params.chunk.clamp(1, n);
+    let chunk = params.batch(x.device(), (h, w)).min(n);
     let chunks = n.div_ceil(chunk);
     let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let sigma = noise_sigma(&flat, params);
@@ -213,7 +213,7 @@ fn integrated_gradients(
         v
     };
     let points = n * m;
-    let chunk = params.chunk.clamp(1, points);
+    let chunk = params.batch(x.device(), (h, w)).min(points);
     let chunks = points.div_ceil(chunk);
     // Point j is step k = j % m of copy i = j / m: rows of one copy are consecutive, so one
     // copy's path sum is open at a time.

@@ -103,7 +103,7 @@ impl App {
             notices: Notices::default(),
             iterations: IterationsView::default(),
             regions: RegionsView::default(),
-            top_bar: TopBarView::new(device::options()),
+            top_bar: TopBarView::new(device::probe().options()),
             jobs: Jobs::new(options.dialogs),
             check_at_start: options.sanity_check,
             path_prompt: None,

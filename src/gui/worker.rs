@@ -27,6 +27,8 @@ pub enum Msg {
     Step(Box<Step>),
     /// An iteration's faithfulness curves, after its step.
     Curves(usize, Box<Curves>),
+    /// The GPU failed mid-run; the run goes on on the CPU (why).
+    FellBack(String),
     Done(Result<Outcome>),
 }
 
@@ -193,6 +195,7 @@ impl Worker<Msg> {
                     Event::Curves { index, curves } => {
                         send(Msg::Curves(index, Box::new(curves.clone())))
                     }
+                    Event::FellBack(why) => send(Msg::FellBack(why.to_string())),
                 },
                 cancel,
             );

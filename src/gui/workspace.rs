@@ -140,6 +140,8 @@ pub enum Happened {
 pub struct Workspace {
     /// The model, with its gradient cache; `None` while (re)loading.
     pub explainer: Option<Arc<Explainer>>,
+    /// Whether the user was told that the explainer's GPU failed and runs moved to the CPU.
+    told_fell_back: bool,
     pub image: Option<Loaded>,
     /// The grayscale display window (None for colour images): what the screen shows. Changing
     /// it never reruns, as in a PACS viewer.
@@ -439,6 +441,7 @@ impl Workspace {
             match p.try_take() {
                 Ok(Ok(explainer)) => {
                     self.explainer = Some(Arc::new(explainer));
+                    self.told_fell_back = false;
                     self.loads.0 += 1;
                     self.request_run();
                 }
@@ -460,6 +463,10 @@ impl Workspace {
             match msg {
                 Msg::Progress(p) => self.progress = Some(p),
                 Msg::Step(step) => self.add_step(ctx, *step, notices),
+                Msg::FellBack(why) => {
+                    notices.info(format!("Moved to the CPU: {why}."));
+                    self.told_fell_back = true;
+                }
                 Msg::Curves(index, curves) => {
                     if let Some(view) = self.steps.get_mut(index).filter(|v| !v.stale) {
                         view.step.faithfulness = Some(*curves);
@@ -492,6 +499,11 @@ impl Workspace {
                 CheckMsg::Progress(p) => self.check_progress = Some(p),
                 CheckMsg::Done(result) => {
                     self.check_progress = None;
+                    let why = self.explainer.as_ref().and_then(|e| e.fell_back());
+                    if let Some(why) = why.filter(|_| !self.told_fell_back) {
+                        notices.info(format!("Moved to the CPU: {why}."));
+                        self.told_fell_back = true;
+                    }
                     let for_what = self.checking.take();
                     match (result, for_what) {
                         (Ok(check), Some(for_what)) => {

@@ -556,3 +556,52 @@ fn eval_compares_methods_resumes_and_summarises() {
     assert_clean_failure(&o, "ig-steps must be 1..=1024");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `--device cuda` where CUDA cannot be used: exit status 1, one line saying which of "not
+/// compiled in", "no driver" (the stub libcuda of a CUDA build without a GPU, as in CI) or "no
+/// device" it is, with the driver's own error; nothing written. `auto` runs on the CPU.
+#[test]
+fn asking_for_a_gpu_that_cannot_be_used_says_why() {
+    use unveil::engine::device::{self, DeviceChoice};
+    if device::open(DeviceChoice::Cuda).is_ok() {
+        eprintln!("a CUDA device is present: nothing to refuse here");
+        return;
+    }
+    let out = tmp("no-cuda");
+    let img = repo("assets/chelsea.png");
+    let o = unveil(&[
+        "run",
+        img.to_str().unwrap(),
+        "--device",
+        "cuda",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let why = if cfg!(feature = "cuda") {
+        "cannot use cuda device 0: no NVIDIA"
+    } else {
+        "this build has no cuda support (build with --features cuda)"
+    };
+    assert!(err.contains(why), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!out.join("summary.json").exists());
+    let o = unveil(&[
+        "run",
+        img.to_str().unwrap(),
+        "--device",
+        "auto",
+        "--samples",
+        "1",
+        "--max-iter",
+        "1",
+        "--no-faithfulness",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("\"device\": \"cpu\""), "{summary}");
+    let _ = std::fs::remove_dir_all(&out);
+}

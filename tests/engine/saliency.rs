@@ -46,7 +46,7 @@ fn same_seed_same_map_other_seed_other_map() {
         samples: 4,
         noise: 0.2,
         seed: 7,
-        chunk: 2,
+        chunk: Some(2),
         ..Default::default()
     };
     let a = grad(&x, target, &p);
@@ -62,7 +62,14 @@ fn same_seed_same_map_other_seed_other_map() {
     );
     assert!(max_abs_diff(&a, &c) > 0.0);
     // The chunk size bounds memory; it must not change the result.
-    let d = grad(&x, target, &SaliencyParams { chunk: 3, ..p });
+    let d = grad(
+        &x,
+        target,
+        &SaliencyParams {
+            chunk: Some(3),
+            ..p
+        },
+    );
     assert!(max_abs_diff(&a, &d) < 1e-4 * a.iter().fold(0f32, |m, v| m.max(v.abs())));
 }
 
@@ -129,7 +136,7 @@ fn cancel_stops_before_the_next_chunk() {
     let mut chunks_done = 0;
     let p = SaliencyParams {
         samples: 8,
-        chunk: 2,
+        chunk: Some(2),
         ..Default::default()
     };
     let r = input_gradient(

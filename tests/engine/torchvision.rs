@@ -85,6 +85,15 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
 }
 
 pub fn load(arch_name: &str, arch: Arch, backend: Backend) -> std::sync::Arc<dyn Classifier> {
+    load_on(arch_name, arch, backend, &Device::Cpu)
+}
+
+pub fn load_on(
+    arch_name: &str,
+    arch: Arch,
+    backend: Backend,
+    device: &Device,
+) -> std::sync::Arc<dyn Classifier> {
     let dir = scratch(arch_name);
     let mut d = ModelDescription::ad_hoc(
         write_generated(arch_name, &dir),
@@ -93,7 +102,7 @@ pub fn load(arch_name: &str, arch: Arch, backend: Backend) -> std::sync::Arc<dyn
         arch == Arch::Densenet121,
     );
     d.input_size = [64, 64];
-    let m = models::load_custom(&d, &Device::Cpu, backend).unwrap();
+    let m = models::load_custom(&d, device, backend).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     m
 }

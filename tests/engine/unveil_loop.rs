@@ -206,7 +206,7 @@ fn cancel_keeps_the_steps_already_reported() {
     let p = UnveilParams {
         saliency: SaliencyParams {
             samples: 4,
-            chunk: 2,
+            chunk: Some(2),
             ..Default::default()
         },
         ..quick()

@@ -18,11 +18,13 @@ use crate::common::{cosine, fixture, logit_gradient, max_abs_diff, repo, to_vec}
 
 pub fn model() -> Arc<dyn Classifier> {
     static MODEL: OnceLock<Arc<dyn Classifier>> = OnceLock::new();
-    MODEL.get_or_init(|| load_with(Backend::Fast)).clone()
+    MODEL
+        .get_or_init(|| load_with(Backend::Fast, &Device::Cpu))
+        .clone()
 }
 
-/// The model on `backend`, fetched and converted first if need be.
-pub fn load_with(backend: Backend) -> Arc<dyn Classifier> {
+/// The model on `device` with `backend`, fetched and converted first if need be.
+pub fn load_with(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
     static FETCH: Mutex<()> = Mutex::new(());
     {
         let _guard = FETCH.lock().unwrap();
@@ -31,7 +33,7 @@ pub fn load_with(backend: Backend) -> Arc<dyn Classifier> {
                 .unwrap_or_else(|e| panic!("the chest X-ray model is needed for these tests: {e}"));
         }
     }
-    models::load(PNEUMONIA_MODEL, &Device::Cpu, backend).expect("converted weights load")
+    models::load(PNEUMONIA_MODEL, device, backend).expect("converted weights load")
 }
 
 fn json() -> serde_json::Value {

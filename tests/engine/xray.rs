@@ -21,17 +21,16 @@ pub fn path(name: &str) -> PathBuf {
 }
 
 fn described(p: PathBuf) -> Arc<dyn Classifier> {
-    described_with(p, Backend::Fast)
+    described_with(p, Backend::Fast, &Device::Cpu)
 }
 
-/// A fixture model file, loaded on `backend`.
-pub fn described_with(p: PathBuf, backend: Backend) -> Arc<dyn Classifier> {
+/// A fixture model file, loaded on `device` with `backend`.
+pub fn described_with(p: PathBuf, backend: Backend, device: &Device) -> Arc<dyn Classifier> {
     let mut d = ModelDescription::ad_hoc(p.clone(), None, None, false);
     if !p.to_string_lossy().contains("xrv") {
         d.input_size = [64, 64];
     }
-    models::load_custom(&d, &Device::Cpu, backend)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    models::load_custom(&d, device, backend).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// Probabilities (< 1e-4), the top finding and guided and vanilla gradients (cosine > 0.999)

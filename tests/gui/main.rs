@@ -42,7 +42,7 @@ fn settings(samples: usize, chunk: usize, max_iter: usize) -> Settings {
         params: UnveilParams {
             saliency: SaliencyParams {
                 samples,
-                chunk,
+                chunk: Some(chunk),
                 ..Default::default()
             },
             stop: StopParams {

@@ -1,6 +1,6 @@
 //! File, model, device, class and export controls, and the research-use notice.
 
-use crate::engine::device::DeviceChoice;
+use crate::engine::device::{DeviceChoice, DeviceOption};
 use crate::engine::models::{self, ModelInfo};
 use crate::gui::action::Action;
 use crate::gui::settings::{Settings, View};
@@ -11,11 +11,11 @@ pub struct TopBarView {
     /// The class picker's search text.
     class_search: String,
     /// Devices worth offering, probed once at start (probing opens each GPU).
-    devices: Vec<DeviceChoice>,
+    devices: Vec<DeviceOption>,
 }
 
 impl TopBarView {
-    pub fn new(devices: Vec<DeviceChoice>) -> Self {
+    pub fn new(devices: Vec<DeviceOption>) -> Self {
         TopBarView {
             class_search: String::new(),
             devices,
@@ -129,13 +129,18 @@ impl TopBarView {
         egui::ComboBox::from_label(format!("Device ({in_use})"))
             .selected_text(current.label())
             .show_ui(ui, |ui| {
-                for &d in &self.devices {
-                    ui.selectable_value(&mut chosen, d, d.label());
+                for d in &self.devices {
+                    // A GPU that cannot be used stays listed, greyed, saying why.
+                    ui.add_enabled_ui(d.usable, |ui| {
+                        ui.selectable_value(&mut chosen, d.choice, d.choice.label())
+                            .on_hover_text(&d.detail)
+                            .on_disabled_hover_text(&d.detail);
+                    });
                 }
             })
             .response
             .on_hover_text(
-                "Where the model runs. GPUs are listed when this build supports them and one is present.",
+                "Where the model runs. Hover an entry to see what was found, or why a GPU cannot be used.",
             );
         if chosen != current {
             actions.push(Action::SetDevice(chosen));
