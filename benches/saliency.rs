@@ -26,6 +26,17 @@ use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
 use unveil::engine::predict::{classify, top_k};
 use unveil::engine::saliency::input_gradient;
 
+/// A file of the repository: the checkout this was built in, or `$UNVEIL_REPO` (a bench binary
+/// built here and run on another machine, as `scripts/gpu_check.sh` does).
+fn repo(path: &str) -> std::path::PathBuf {
+    std::env::var_os("UNVEIL_REPO")
+        .map_or_else(
+            || env!("CARGO_MANIFEST_DIR").into(),
+            std::path::PathBuf::from,
+        )
+        .join(path)
+}
+
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -52,11 +63,7 @@ enum ResNetInit {
 /// Names and shapes of ResNet-50's tensors (from the torchvision fixtures).
 fn resnet50_keys() -> Vec<(String, Vec<usize>)> {
     let j: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/torchvision/fixtures.json"
-        ))
-        .unwrap(),
+        &std::fs::read(repo("tests/fixtures/torchvision/fixtures.json")).unwrap(),
     )
     .unwrap();
     j["models"]["resnet50"]["weights"]["keys_sorted"]
@@ -214,11 +221,7 @@ fn main() {
     };
     let on = device::describe(&device);
     println!("device {on}, backend {backend:?}\n");
-    let img = image::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/assets/chelsea.png"
-    )))
-    .unwrap();
+    let img = image::load(&repo("assets/chelsea.png")).unwrap();
     let never = AtomicBool::new(false);
 
     // End to end first, so the peak memory is this run's.

@@ -121,7 +121,7 @@ fn load_edited(
 ) -> Result<Arc<dyn Classifier>> {
     match name {
         DEFAULT_MODEL => {
-            let mut w = Weights::from_safetensors(LITE0_WEIGHTS)?;
+            let mut w = Weights::from_safetensors(&lite0_weights()?)?;
             edit(&mut w)?;
             Ok(Arc::new(Lite0::from_weights(&w, device, backend)?))
         }
@@ -196,14 +196,31 @@ impl ChestXception {
     }
 }
 
-static LITE0_WEIGHTS: &[u8] = include_bytes!("../../../models/efficientnet-lite0.safetensors");
+/// The bundled model's weights, compiled into the binary: works offline.
+#[cfg(not(feature = "lite0-from-file"))]
+fn lite0_weights() -> Result<std::borrow::Cow<'static, [u8]>> {
+    static LITE0: &[u8] = include_bytes!("../../../models/efficientnet-lite0.safetensors");
+    Ok(LITE0.into())
+}
+
+/// The bundled model's weights read from the checkout (this build's, or `$UNVEIL_REPO`):
+/// binaries 19 MB smaller, for the GPU check's bundle (`scripts/gpu_bundle.sh`).
+#[cfg(feature = "lite0-from-file")]
+fn lite0_weights() -> Result<std::borrow::Cow<'static, [u8]>> {
+    let path = std::env::var_os("UNVEIL_REPO")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from)
+        .join("models/efficientnet-lite0.safetensors");
+    std::fs::read(&path)
+        .map(Into::into)
+        .map_err(|e| Error::io(path, e))
+}
 
 /// The bundled ImageNet EfficientNet-Lite0 (weights compiled into the binary: works offline).
 pub type Lite0 = Model<efficientnet_lite::EfficientNetLite>;
 
 impl Lite0 {
     pub fn bundled(device: &Device, backend: Backend) -> Result<Self> {
-        Self::from_safetensors(LITE0_WEIGHTS, device, backend)
+        Self::from_safetensors(&lite0_weights()?, device, backend)
     }
 
     pub fn from_safetensors(bytes: &[u8], device: &Device, backend: Backend) -> Result<Self> {
