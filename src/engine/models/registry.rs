@@ -208,7 +208,10 @@ fn lite0_weights() -> Result<std::borrow::Cow<'static, [u8]>> {
 #[cfg(feature = "lite0-from-file")]
 fn lite0_weights() -> Result<std::borrow::Cow<'static, [u8]>> {
     let path = std::env::var_os("UNVEIL_REPO")
-        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from)
+        .map_or_else(
+            || env!("CARGO_MANIFEST_DIR").into(),
+            std::path::PathBuf::from,
+        )
         .join("models/efficientnet-lite0.safetensors");
     std::fs::read(&path)
         .map(Into::into)

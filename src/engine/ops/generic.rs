@@ -380,9 +380,24 @@ pub(crate) fn conv_input_grad(
         (k - 1, h.saturating_sub(gh), k - 1, w.saturating_sub(gw)),
         0.0,
     )?;
-    let flipped = weight.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+    let flipped = flip_spatial(weight)?.transpose(0, 1)?.contiguous()?;
     // Rows and columns past the last window get no gradient (the dilation's zeros).
     gp.conv2d(&flipped, 0, 1, 1, 1)?
         .narrow(2, 0, h)?
         .narrow(3, 0, w)
+}
+
+/// `w` `[.., k, k]` turned by 180 degrees, from views and one `cat` per axis (candle's `flip`
+/// gathers with i64 indices, which not every device supports).
+fn flip_spatial(w: &Tensor) -> Result<Tensor> {
+    let mut out = w.clone();
+    for dim in [2, 3] {
+        let k = out.dim(dim)?;
+        let rows = (0..k)
+            .rev()
+            .map(|i| out.narrow(dim, i, 1))
+            .collect::<Result<Vec<_>>>()?;
+        out = Tensor::cat(&rows, dim)?;
+    }
+    Ok(out)
 }
