@@ -1,9 +1,11 @@
 //! Benchmarks (a plain bench binary: `cargo bench --bench saliency [-- --json PATH]`):
-//! end-to-end `unveil run` on the bundled model (5 iterations x 25 samples) with the process's
-//! peak memory; guided-backprop SmoothGrad throughput for EfficientNet-Lite0 and ResNet-50 at
-//! 224 x 224 (our ops, and stock candle ops for comparison); mask smoothing per pass at
-//! 512 / 1024 / 2048 px for k = 3, 11, 51, 101. `scripts/bench.sh` runs the PyTorch reference
-//! beside it and prints the ratios.
+//! end-to-end loop on the bundled model (5 iterations x 25 samples) with the process's peak
+//! memory; guided-backprop SmoothGrad per sample for EfficientNet-Lite0 and ResNet-50 at
+//! 224 x 224 and the chest X-ray Xception at 150 x 150 (seeded weights; our ops, and stock
+//! candle ops for comparison); one 25-sample ResNet-50 map; mask smoothing per pass at
+//! 512 / 1024 / 2048 px for k = 3, 11, 51, 101. `--device cuda` runs the models on the GPU,
+//! `--backend generic` runs the GPU's path on the CPU. `scripts/bench.sh` runs the PyTorch
+//! reference beside it and prints the ratios; `scripts/gpu_check.sh` does so on a GPU.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -7,7 +7,9 @@
 #
 #   bash scripts/ci_cuda.sh
 #
-# Caches (reused when present; a clean machine works, ~10+ min on 2 cores):
+# Caches (reused when present). From nothing on 2 cores: ~15 s setup (650 MB download), ~15 min
+# build (half of it candle's CUDA kernels), ~20 min more for the tests' dev-dependencies;
+# warm, a minute or two.
 #   UNVEIL_CUDA_DIR         toolkit + stub   (${XDG_CACHE_HOME:-$HOME/.cache}/unveil-cuda)
 #   UNVEIL_CI_CUDA_TARGET   cargo target dir ($HOME/.cache/unveil-ci-cuda-target)
 # UNVEIL_CI_CUDA_TEST_ARGS: more `cargo test` arguments to run with the cuda build, e.g.
@@ -45,6 +47,14 @@ report() {
 }
 trap report EXIT
 
+# nvcc needs a C++ host compiler (gcc also builds the stub); install it as .ci/run installs
+# its packages, where apt-get is at hand.
+if ! command -v g++ >/dev/null && command -v apt-get >/dev/null; then
+    echo "installing: g++"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null; } ||
+        echo "warning: could not install g++ (setup_cuda.sh will say what is missing)"
+fi
+
 step "setup toolkit + stub" bash scripts/setup_cuda.sh "$CUDA_DIR"
 # shellcheck source=/dev/null
 source "$CUDA_DIR/env.sh"
@@ -79,6 +89,8 @@ fi
 # Smoke tests of the binary: the bundled model, one cheap iteration.
 out="$(mktemp -d)"
 trap 'rm -rf "$out"; report' EXIT
+# What a user sees: no RUST_BACKTRACE (with it, candle appends a backtrace to the error).
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 run=(run assets/chelsea.png --samples 1 --noise 0 --max-iter 1 --no-faithfulness --overwrite)
 
 smoke_cuda() {

@@ -22,13 +22,16 @@ if [ "$mode" = cuda ]; then
     # shellcheck disable=SC1091
     source "$cuda_dir/env.sh"
     export CARGO_TARGET_DIR="${UNVEIL_CUDA_TARGET:-${XDG_CACHE_HOME:-$HOME/.cache}/unveil-ci-cuda-target}"
-    features=(--features cuda,lite0-from-file)
+    features=(--no-default-features --features cuda,lite0-from-file)
 else
     export CARGO_TARGET_DIR="${UNVEIL_CPU_BUNDLE_TARGET:-$repo/target}"
-    features=(--features lite0-from-file)
+    features=(--no-default-features --features lite0-from-file)
 fi
-# The test and bench binaries build with the default features (the dev-dependencies' windowing
-# stack needs the app's choice of Wayland loading); the binary the check runs is headless.
+# Headless. The test and bench binaries also build the dev-dependencies, whose windowing stack
+# needs Wayland loaded at run time (eframe/wayland), as the app's default build has it (see
+# scripts/ci_cuda.sh); the same features as CI's, so its target folder is reused.
+test_features=("${features[@]}")
+test_features[-1]="${features[-1]},eframe/wayland"
 
 # The executables cargo built, from its JSON messages.
 built() {
@@ -41,9 +44,9 @@ for line in sys.stdin:
 }
 
 echo "gpu_bundle.sh: building ($mode) in $CARGO_TARGET_DIR" >&2
-unveil=$(cargo build --release --no-default-features "${features[@]}" --bin unveil --message-format=json | built unveil)
-tests=$(cargo test --release "${features[@]}" --test engine --no-run --message-format=json | built engine)
-bench=$(cargo bench "${features[@]}" --bench saliency --no-run --message-format=json | built saliency)
+unveil=$(cargo build --release "${features[@]}" --bin unveil --message-format=json | built unveil)
+tests=$(cargo test --release "${test_features[@]}" --test engine --no-run --message-format=json | built engine)
+bench=$(cargo bench "${test_features[@]}" --bench saliency --no-run --message-format=json | built saliency)
 
 out="$repo/gpu-bundle"
 [ "$mode" = cpu ] && out="$repo/gpu-bundle-cpu"

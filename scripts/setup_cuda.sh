@@ -32,6 +32,7 @@ die() {
     exit 1
 }
 say() { echo "setup_cuda.sh: $*"; }
+trap 'echo "setup_cuda.sh: error: line $LINENO failed: $BASH_COMMAND" >&2' ERR
 t0=$SECONDS
 
 [ "$(uname -s)" = Linux ] && [ "$(uname -m)" = x86_64 ] ||
@@ -77,7 +78,7 @@ else
     rm -f "$DIR/venv.log"
     say "wheels: installing the pinned CUDA 13.0 wheels (~650 MB download) into $site"
     # --no-deps + --require-hashes: exactly the files pinned in cuda-requirements.txt.
-    "${pip[@]}" install --disable-pip-version-check --no-cache-dir --quiet \
+    PIP_ROOT_USER_ACTION=ignore "${pip[@]}" install --disable-pip-version-check --no-cache-dir --quiet \
         --no-deps --require-hashes --only-binary=:all: "${target[@]}" -r "$REQ" ||
         die "pip install of $REQ failed (network? PyPI must be reachable)"
     [ -x "$site/nvidia/cu13/bin/nvcc" ] || die "the wheels installed, but $site/nvidia/cu13/bin/nvcc is missing"
@@ -117,7 +118,14 @@ cudarc_ver="$(awk '/^name = "cudarc"$/ { getline; gsub(/[^0-9.]/, ""); print; ex
 bindings=""
 if [ -n "$cudarc_ver" ]; then
     find_bindings() {
-        ls "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$cudarc_ver/src/driver/sys/mod.rs" 2>/dev/null | head -n1
+        local f
+        for f in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$cudarc_ver/src/driver/sys/mod.rs"; do
+            if [ -f "$f" ]; then
+                echo "$f"
+                return 0
+            fi
+        done
+        return 0
     }
     bindings="$(find_bindings)"
     if [ -z "$bindings" ] && command -v cargo >/dev/null; then
@@ -175,7 +183,6 @@ else
     ln -sfn libcuda.so.1 "$STUB/libcuda.so"
     say "stub: built $STUB/libcuda.so.1 ($(grep -c '^F(' "$STUB/libcuda_stub.c") + 2 functions)"
 fi
-stub_id="$(sha256sum "$STUB/libcuda_stub.c" | cut -c1-8)"
 
 # --- 4. env.sh ------------------------------------------------------------------------------
 cat >"$DIR/env.sh.tmp" <<EOF
@@ -187,8 +194,8 @@ _unveil_prepend() { # VAR DIR: put DIR first in the path list VAR, once
     unset _unveil_v
 }
 export UNVEIL_CUDA_DIR="$DIR"
-# Changes when the pinned toolkit or the stub does: rebuild candle-kernels' PTX then.
-export UNVEIL_CUDA_TOOLKIT_ID="$req_id-$stub_id"
+# Changes with the pinned toolkit: rebuild candle-kernels' PTX (and cudarc) then.
+export UNVEIL_CUDA_TOOLKIT_ID="$req_id"
 export CUDA_HOME="$TK"
 export NVCC="$TK/bin/nvcc"
 _unveil_prepend PATH "$TK/bin"

@@ -362,7 +362,15 @@ impl Options {
     /// Opens the device and loads the model. Runs from the command line share no inputs, so
     /// nothing is cached between them.
     fn explainer(&self) -> Result<Explainer> {
-        Ok(Explainer::load(&self.model_source()?, self.device_choice())?.without_cache())
+        let choice = self.device_choice();
+        let explainer = Explainer::load(&self.model_source()?, choice)?.without_cache();
+        if choice == DeviceChoice::Auto
+            && !self.quiet
+            && let Some(why) = device::probe().why_no_gpu()
+        {
+            eprintln!("note: running on the CPU: {why}");
+        }
+        Ok(explainer)
     }
 }
 

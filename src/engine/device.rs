@@ -123,7 +123,7 @@ impl Probe {
                         let about = about(&device);
                         Found::Ready(device, about)
                     }
-                    Some(Err(e)) => Found::Failed(explain_open_error(gpu, &e.to_string())),
+                    Some(Err(e)) => Found::Failed(explain_open_error(gpu, &without_backtrace(&e))),
                 };
                 (gpu, found)
             })
@@ -153,6 +153,23 @@ impl Probe {
                 gpu.name()
             ))),
         }
+    }
+
+    /// Why `Auto` runs on the CPU although this build has GPU support (None when a GPU opened
+    /// or none is compiled in).
+    pub fn why_no_gpu(&self) -> Option<String> {
+        if self.gpus.iter().any(|(_, f)| matches!(f, Found::Ready(..))) {
+            return None;
+        }
+        let why: Vec<&str> = self
+            .gpus
+            .iter()
+            .filter_map(|(_, f)| match f {
+                Found::Failed(why) => Some(why.as_str()),
+                _ => None,
+            })
+            .collect();
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     /// The app's device menu: `Auto` (saying what it picks), each GPU kind (usable or why
@@ -209,6 +226,14 @@ pub fn probe() -> &'static Probe {
 /// Opens the chosen device (see [`Probe::open`]).
 pub fn open(choice: DeviceChoice) -> Result<Device> {
     probe().open(choice)
+}
+
+/// The error's message without the backtrace candle attaches when `RUST_BACKTRACE` is set.
+fn without_backtrace(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(inner),
+        e => e.to_string(),
+    }
 }
 
 /// Why a GPU did not open, in words, followed by the driver's own error.
@@ -321,6 +346,7 @@ mod tests {
             .unwrap();
         assert!(cuda.usable);
         assert!(options[0].detail.contains("CUDA"), "{}", options[0].detail);
+        assert_eq!(probe.why_no_gpu(), None);
     }
 
     #[test]
@@ -373,6 +399,7 @@ mod tests {
             .find(|o| o.choice == DeviceChoice::Metal)
             .unwrap();
         assert!(!metal.usable && metal.detail.contains("Not compiled"));
+        assert_eq!(probe.why_no_gpu(), None, "a CPU build says nothing");
     }
 
     #[test]
