@@ -110,7 +110,8 @@ impl Explainer {
         cancel: &AtomicBool,
     ) -> Result<Check> {
         params.validate()?;
-        let x = self.input(img, window)?;
+        // Made on the host: were the GPU to fail, the CPU rerun must not read from it.
+        let x = self.input_on(img, window, &Device::Cpu)?;
         self.check_input(&x, params, progress, cancel)
     }
 
@@ -203,6 +204,16 @@ impl Explainer {
     /// The model's input for `img` seen through `window` (grayscale images only): `[3, h, w]`
     /// on the model's device.
     pub fn input(&self, img: &SourceImage, window: Option<Window>) -> Result<Tensor> {
+        self.input_on(img, window, self.device())
+    }
+
+    /// [`Explainer::input`] on `device`.
+    fn input_on(
+        &self,
+        img: &SourceImage,
+        window: Option<Window>,
+        device: &Device,
+    ) -> Result<Tensor> {
         let windowed;
         let img = match window {
             None => img,
@@ -216,7 +227,7 @@ impl Explainer {
                 &windowed
             }
         };
-        image::to_model_input(img, self.info(), self.device())
+        image::to_model_input(img, self.info(), device)
     }
 
     /// Explains `img` (seen through `window`): the whole iterative loop. Steps are reported
@@ -229,7 +240,8 @@ impl Explainer {
         on_event: &mut dyn FnMut(Event),
         cancel: &AtomicBool,
     ) -> Result<Outcome> {
-        let x = self.input(img, window)?;
+        // Made on the host: were the GPU to fail, the CPU rerun must not read from it.
+        let x = self.input_on(img, window, &Device::Cpu)?;
         self.explain_input(&x, params, on_event, cancel)
     }
 

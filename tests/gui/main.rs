@@ -792,3 +792,43 @@ fn a_small_window_with_large_text_keeps_the_rows_in_view() {
     h.step();
     assert!(slider(&h));
 }
+
+/// The device menu lists every GPU kind, greys out the ones this machine cannot use and says
+/// why on hover (in a CPU build: not compiled in), and the CPU stays choosable.
+#[test]
+fn the_device_menu_says_why_a_gpu_cannot_be_used() {
+    use egui_kittest::kittest::NodeT;
+    use unveil::engine::device::{self, DeviceChoice};
+    let mut h = app(settings(1, 8, 1), Arc::default());
+    step_until(&mut h, 180, "the first run", idle);
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Device (cpu)")
+        .click();
+    h.step();
+    h.step();
+    let options = device::probe().options();
+    for o in &options {
+        let entry = h.get_by_label(o.choice.label());
+        assert_eq!(
+            entry.accesskit_node().is_disabled(),
+            !o.usable,
+            "{:?}",
+            o.choice
+        );
+    }
+    let unusable = options
+        .iter()
+        .find(|o| o.choice == DeviceChoice::Cuda && !o.usable)
+        .expect("no CUDA device in the test environment");
+    h.get_by_label(unusable.choice.label()).hover();
+    // Tooltips wait for the pointer to rest.
+    let start = Instant::now();
+    while h.query_by_label_contains(&unusable.detail).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no hover text {:?}",
+            unusable.detail
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
