@@ -62,6 +62,14 @@ start_app --view iterations --model tests/fixtures/xray/xrv_densenet_opthreshs.p
 xdotool mousemove 350 35 click 1 && sleep 2          # the Class picker
 capture xray-findings-picker.png
 
+# The device menu: every GPU kind listed, the unusable ones greyed, the reason on hover.
+start_app --view iterations
+xdotool mousemove 1100 12 click 1 && sleep 1          # Device
+xdotool mousemove 1080 57 && sleep 2                   # hover "CUDA GPU"
+import -window root -crop 1280x800+0+0 screenshots/device-menu.png
+kill "$app"; wait "$app" 2>/dev/null || true
+echo "wrote screenshots/device-menu.png"
+
 # A pinned run (kernel 11) next to a rerun with kernel 17.
 start_app --view iterations
 xdotool mousemove 392 260 click 1 && sleep 1                    # Pin this run
