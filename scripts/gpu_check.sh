@@ -30,14 +30,15 @@ if [ "${1:-}" = --cpu ]; then
     bundle="$repo/gpu-bundle-cpu"
     slow=4
 fi
+# The device tool's $OUT (what comes back) when run there; else gpu-check-out/.
 OUT="${OUT:-$repo/gpu-check-out}"
 mkdir -p "$OUT"
 log="$OUT/gpu-check.log"
 : >"$log"
 say() { echo "gpu_check: $*" | tee -a "$log" >&2; }
 started=$SECONDS
-bin="$OUT/bin"
-mkdir -p "$bin"
+bin="$(mktemp -d)"  # not under $OUT: the device tool sends $OUT back
+trap 'rm -rf "$bin"' EXIT
 for b in unveil engine-tests saliency-bench; do
     [ -f "$bundle/$b.xz" ] || { say "missing $bundle/$b.xz: run scripts/gpu_bundle.sh first"; exit 1; }
     xz -dc "$bundle/$b.xz" >"$bin/$b" && chmod +x "$bin/$b"
