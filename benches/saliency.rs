@@ -100,7 +100,7 @@ fn xception_keys() -> Vec<(String, Vec<usize>)> {
 
 /// Seeded weights for `keys` (timing does not depend on trained values, except through dead
 /// channels: see [`ResNetInit`]).
-fn seeded(keys: Vec<(String, Vec<usize>)>, init: ResNetInit) -> Weights {
+fn seeded(keys: Vec<(String, Vec<usize>)>, init: ResNetInit) -> HashMap<String, Tensor> {
     let mut tensors = HashMap::new();
     let mut state = 0x2545F4914F6CDD1Du64;
     let mut uniform = move || {
@@ -133,21 +133,16 @@ fn seeded(keys: Vec<(String, Vec<usize>)>, init: ResNetInit) -> Weights {
             Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap(),
         );
     }
-    Weights::new(tensors)
+    tensors
 }
 
 /// ResNet-50 with arbitrary (seeded) weights.
 fn resnet50(backend: Backend, init: ResNetInit, device: &Device) -> Arc<dyn Classifier> {
-    let w = seeded(resnet50_keys(), init);
     let path = std::env::temp_dir().join(format!(
         "unveil-bench-resnet50-{}.safetensors",
         std::process::id()
     ));
-    let tensors: HashMap<String, Tensor> = w
-        .shapes()
-        .map(|(k, _)| (k.to_string(), w.peek(k).unwrap().clone()))
-        .collect();
-    candle_core::safetensors::save(&tensors, &path).unwrap();
+    candle_core::safetensors::save(&seeded(resnet50_keys(), init), &path).unwrap();
     let m = models::load_custom(
         &ModelDescription::ad_hoc(path.clone(), Some(Arch::Resnet50), None, false),
         device,
@@ -161,7 +156,7 @@ fn resnet50(backend: Backend, init: ResNetInit, device: &Device) -> Arc<dyn Clas
 /// The chest X-ray Xception (150 x 150) with seeded weights: its architecture, not its
 /// (non-redistributable) training.
 fn xception(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
-    let w = seeded(xception_keys(), ResNetInit::Torchvision);
+    let w = Weights::new(seeded(xception_keys(), ResNetInit::Torchvision));
     Arc::new(ChestXception::from_weights(&w, device, backend).unwrap())
 }
 

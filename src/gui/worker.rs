@@ -27,8 +27,6 @@ pub enum Msg {
     Step(Box<Step>),
     /// An iteration's faithfulness curves, after its step.
     Curves(usize, Box<Curves>),
-    /// The GPU failed mid-run; the run goes on on the CPU (why).
-    FellBack(String),
     Done(Result<Outcome>),
 }
 
@@ -195,7 +193,8 @@ impl Worker<Msg> {
                     Event::Curves { index, curves } => {
                         send(Msg::Curves(index, Box::new(curves.clone())))
                     }
-                    Event::FellBack(why) => send(Msg::FellBack(why.to_string())),
+                    // The workspace reads it from the explainer (runs and checks alike).
+                    Event::FellBack(_) => {}
                 },
                 cancel,
             );

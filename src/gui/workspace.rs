@@ -463,10 +463,6 @@ impl Workspace {
             match msg {
                 Msg::Progress(p) => self.progress = Some(p),
                 Msg::Step(step) => self.add_step(ctx, *step, notices),
-                Msg::FellBack(why) => {
-                    notices.info(format!("Moved to the CPU: {why}."));
-                    self.told_fell_back = true;
-                }
                 Msg::Curves(index, curves) => {
                     if let Some(view) = self.steps.get_mut(index).filter(|v| !v.stale) {
                         view.step.faithfulness = Some(*curves);
@@ -499,11 +495,6 @@ impl Workspace {
                 CheckMsg::Progress(p) => self.check_progress = Some(p),
                 CheckMsg::Done(result) => {
                     self.check_progress = None;
-                    let why = self.explainer.as_ref().and_then(|e| e.fell_back());
-                    if let Some(why) = why.filter(|_| !self.told_fell_back) {
-                        notices.info(format!("Moved to the CPU: {why}."));
-                        self.told_fell_back = true;
-                    }
                     let for_what = self.checking.take();
                     match (result, for_what) {
                         (Ok(check), Some(for_what)) => {
@@ -523,6 +514,13 @@ impl Workspace {
                     }
                 }
             }
+        }
+        // A run or check whose GPU failed goes on on the CPU: say so once.
+        if !self.told_fell_back
+            && let Some(why) = self.explainer.as_ref().and_then(|e| e.fell_back())
+        {
+            notices.info(format!("Moved to the CPU: {why}."));
+            self.told_fell_back = true;
         }
         happened
     }
