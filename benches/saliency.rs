@@ -238,7 +238,7 @@ fn main() {
         };
         let t = Instant::now();
         let x = image::to_model_input(&img, lite.info(), &device).unwrap();
-        let out = Explainer::uncached(lite.clone())
+        let out = Explainer::new(lite.clone())
             .explain_input(&x, &params, &mut |_| {}, &never)
             .unwrap();
         let e2e_s = t.elapsed().as_secs_f64();

@@ -1,22 +1,18 @@
-//! The `unveil` binary: the desktop app by default, `unveil run | batch | models` on the
-//! command line. `main` only maps errors to one line and an exit code.
+//! The `unveil` binary: the desktop app by default, `unveil run | check | batch | eval |
+//! models` on the command line. `main` only maps errors to one line and an exit code.
 
 mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::Cli;
 
 fn main() -> ExitCode {
     unveil::engine::memory::tune_allocator();
     let args = Cli::parse();
     let result = match &args.command {
-        Some(Command::Run(run)) => cli::run(run),
-        Some(Command::Batch(b)) => cli::batch(b),
-        Some(Command::Check(c)) => cli::check(c),
-        Some(Command::Eval(e)) => cli::eval(e),
-        Some(Command::Models { action }) => cli::models_command(action.as_ref()),
+        Some(command) => cli::dispatch(command),
         None => launch_app(&args),
     };
     match result {

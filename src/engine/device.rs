@@ -307,15 +307,68 @@ pub fn describe(device: &Device) -> String {
 }
 
 /// Whether an error from a run on a GPU is the device failing (out of memory, a kernel that
-/// cannot launch) rather than the input or the settings: such a run is worth redoing on the
-/// CPU.
+/// cannot launch, a lost device) rather than the input, the settings or a bug of ours: only
+/// such a run is worth redoing on the CPU. A shape or dtype error would fail there too, and
+/// calling it "the GPU failed" would hide the bug.
 pub fn is_device_failure(e: &Error) -> bool {
-    matches!(e, Error::Candle(_) | Error::Device(_))
+    match e {
+        Error::Device(_) => true,
+        Error::Candle(c) => is_device_error(c),
+        _ => false,
+    }
+}
+
+/// Markers of device errors in the texts of errors that reach us as strings (cudarc's
+/// `DriverError(CUDA_ERROR_OUT_OF_MEMORY, ..)`, Metal's buffer allocation failures).
+const DEVICE_ERROR_MARKERS: [&str; 5] = [
+    "CUDA_ERROR",
+    "out of memory",
+    "OUT_OF_MEMORY",
+    "DriverError",
+    "Metal error",
+];
+
+fn is_device_error(e: &candle_core::Error) -> bool {
+    use candle_core::Error as E;
+    match e {
+        E::Cuda(_) | E::Metal(_) => true,
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
+            is_device_error(inner)
+        }
+        E::Msg(_) | E::Wrapped(_) | E::WrappedContext { .. } => {
+            let text = e.to_string();
+            DEVICE_ERROR_MARKERS.iter().any(|m| text.contains(m))
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_device_errors_count_as_the_device_failing() {
+        let msg = |m: &str| Error::Candle(candle_core::Error::Msg(m.into()));
+        let oom = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+        assert!(is_device_failure(&msg(oom)));
+        assert!(is_device_failure(&Error::Candle(
+            candle_core::Error::Msg(oom.into()).bt()
+        )));
+        assert!(is_device_failure(&Error::Device("no NVIDIA driver".into())));
+        // A bug of ours (a shape mismatch) fails on every device: not retried on the CPU.
+        let shape = candle_core::Error::ShapeMismatchBinaryOp {
+            lhs: (2, 3).into(),
+            rhs: (3, 2).into(),
+            op: "add",
+        };
+        assert!(!is_device_failure(&Error::Candle(shape)));
+        assert!(!is_device_failure(&msg(
+            "unexpected rank, expected: 4, got: 3"
+        )));
+        assert!(!is_device_failure(&Error::InvalidParam("kernel".into())));
+        assert!(!is_device_failure(&Error::Cancelled));
+    }
 
     /// A machine whose CUDA opens (as the CPU, standing in) or fails with `err`; no Metal.
     fn fake<'a>(

@@ -12,15 +12,72 @@ use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::dataset::{self, csv_field};
+use crate::engine::explainer::Explainer;
+use crate::engine::export;
 use crate::engine::faithfulness;
 use crate::engine::fill::Filler;
 use crate::engine::models::Classifier;
 use crate::engine::models::reinit::Cascade;
+use crate::engine::outcome::Event;
 use crate::engine::outcome::Outcome;
-use crate::engine::params::{FillMode, Method};
+use crate::engine::params::{FillMode, Method, UnveilParams};
 use crate::engine::rng::Normal;
+use crate::engine::run::{CheckRecord, RunRecord, RunRequest};
+use crate::engine::sanity::CheckEvent;
 use crate::engine::sanity::CheckReport;
 use crate::error::{Error, Result};
+
+/// One image explained and checked with one method, and the row that compares it with others.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub run: RunRecord,
+    pub check: CheckRecord,
+    pub row: EvalRow,
+}
+
+impl Explainer {
+    /// A run (faithfulness measured, whatever the request says), its sanity check, and the
+    /// row comparing them: deletion and insertion in the order the run unveiled pixels, on the
+    /// original input. The row's forward passes fall back to the CPU like the rest.
+    pub fn evaluate(
+        &self,
+        req: &RunRequest,
+        on_event: &mut dyn FnMut(Event),
+        cancel: &AtomicBool,
+    ) -> Result<Evaluation> {
+        let params = UnveilParams {
+            faithfulness: true,
+            ..req.params.clone()
+        };
+        let req = RunRequest {
+            params: &params,
+            ..*req
+        };
+        let run = self.run(&req, on_event, cancel)?;
+        let check = self.check(
+            &req,
+            &mut |e| {
+                if let CheckEvent::FellBack(why) = e {
+                    on_event(Event::FellBack(why))
+                }
+            },
+            cancel,
+        )?;
+        let row = self.here_or_on_cpu(&mut |why| on_event(Event::FellBack(why)), &mut |e| {
+            EvalRow::new(
+                e.model().as_ref(),
+                req.name,
+                &run.outcome,
+                &check.check.report,
+                &params,
+                (run.provenance.total_ms, check.provenance.total_ms),
+                cancel,
+            )
+        })?;
+        Ok(Evaluation { run, check, row })
+    }
+}
 
 /// One image explained by one method: `eval.json`, and a row of `results.csv`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,18 +114,19 @@ pub struct EvalRow {
 }
 
 impl EvalRow {
-    /// The row of a finished run (with faithfulness measured) and its sanity check.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    /// The row of a finished run with `params` (faithfulness measured) and its sanity check.
+    /// Runs forward passes on `model` (the unveiling order's curves): the engine calls it
+    /// through [`crate::engine::explainer::Explainer::evaluate`], which falls back to the CPU.
+    pub(crate) fn new(
         model: &dyn Classifier,
         image: &str,
-        method: Method,
-        fill: FillMode,
         outcome: &Outcome,
         check: &CheckReport,
+        params: &UnveilParams,
         (run_ms, check_ms): (f64, f64),
         cancel: &AtomicBool,
     ) -> Result<Self> {
+        let (method, fill) = (params.saliency.method, params.fill);
         let missing = || Error::Internal("the run did not measure faithfulness".into());
         let first = outcome.steps.first().ok_or_else(missing)?;
         let curves0 = first.faithfulness.as_ref().ok_or_else(missing)?;
@@ -89,13 +147,6 @@ impl EvalRow {
             outcome.target,
             cancel,
         )?;
-        let rho = |c: Cascade| {
-            check
-                .randomisation
-                .iter()
-                .find(|r| r.reinitialised == c)
-                .and_then(|r| r.spearman)
-        };
         Ok(EvalRow {
             image: image.to_string(),
             method,
@@ -112,9 +163,9 @@ impl EvalRow {
             unveiled_hidden_p: unveiling.unveiled_hidden_p,
             single_map_only_p: unveiling.single_map_only_p,
             single_map_hidden_p: unveiling.single_map_hidden_p,
-            rho_head: rho(Cascade::Head),
-            rho_last_stage: rho(Cascade::LastStage),
-            rho_last_quarter: rho(Cascade::LastQuarter),
+            rho_head: check.rho(Cascade::Head),
+            rho_last_stage: check.rho(Cascade::LastStage),
+            rho_last_quarter: check.rho(Cascade::LastQuarter),
             rho_other_class: check.other_class.spearman,
             run_ms,
             check_ms,
@@ -151,14 +202,14 @@ pub fn done(dir: &Path) -> bool {
     dir.join("eval.json").is_file()
 }
 
-/// Writes `eval.json` into `dir`, last (written aside, renamed into place).
-pub fn write_row(dir: &Path, row: &EvalRow) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(format!(".eval.json.{}", std::process::id()));
-    let text = serde_json::to_string_pretty(row).expect("a row always serialises");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    let path = dir.join("eval.json");
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+/// Writes an evaluation into `dir`: the run (`run/`, with raw arrays when `raw`), its check
+/// (`check/`), and `eval.json` last (written aside, renamed into place), so a folder with an
+/// `eval.json` is complete. Leftovers of an interrupted attempt are replaced.
+pub fn write(dir: &Path, e: &Evaluation, raw: bool) -> Result<()> {
+    export::write_run(&dir.join("run"), &e.run, raw, true)?;
+    export::write_check(&dir.join("check"), &e.check, true)?;
+    let text = serde_json::to_string_pretty(&e.row).expect("a row always serialises");
+    dataset::write_atomically(dir, "eval.json", &text)
 }
 
 /// Every finished row under `out`, by image folder then method.
@@ -224,14 +275,6 @@ pub fn bootstrap(values: &[f64], resamples: usize, seed: u64) -> Option<Estimate
         low: at(0.025),
         high: at(0.975),
     })
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -319,12 +362,8 @@ pub fn write_tables(out: &Path) -> Result<String> {
         }
         table.push('\n');
     }
-    for (name, text) in [("results.csv", results), ("summary.csv", summary)] {
-        let tmp = out.join(format!(".{name}.{}", std::process::id()));
-        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-        let dest = out.join(name);
-        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-    }
+    dataset::write_atomically(out, "results.csv", &results)?;
+    dataset::write_atomically(out, "summary.csv", &summary)?;
     Ok(table)
 }
 

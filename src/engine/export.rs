@@ -15,59 +15,61 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
-use crate::engine::outcome::Outcome;
 use crate::engine::params::{Method, Reduction, SaliencyParams};
 use crate::engine::render;
-use crate::engine::summary::{RunInfo, Summary};
+use crate::engine::run::{CheckRecord, RunRecord};
+use crate::engine::sanity::{CheckReport, Verdict};
+use crate::engine::summary::Summary;
 use crate::error::{Error, Result};
 
 /// Writes the run into `out`. Refuses a folder that already holds files unless `overwrite`.
-pub fn write_run(
-    out: &Path,
-    outcome: &Outcome,
-    info: &RunInfo,
-    raw: bool,
-    overwrite: bool,
-) -> Result<()> {
+pub fn write_run(out: &Path, run: &RunRecord, raw: bool, overwrite: bool) -> Result<()> {
     refuse_occupied(out, overwrite)?;
     let tmp = sibling(out, "partial");
-    let result = write_into(&tmp, outcome, info, raw).and_then(|()| replace_dir(&tmp, out));
+    let result = write_into(&tmp, run, raw).and_then(|()| replace_dir(&tmp, out));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
 }
 
-/// `check.json`: what was checked, and the check's report.
+/// `check.json`: what was checked, the check's report, and its verdict as a word and in words.
 #[derive(serde::Serialize)]
 struct CheckFile<'a> {
     unveil_version: &'static str,
     image: &'a str,
     model: &'a str,
+    device: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fell_back: Option<&'a str>,
     params: &'a crate::engine::params::UnveilParams,
     #[serde(flatten)]
-    report: &'a crate::engine::sanity::CheckReport,
+    report: &'a CheckReport,
+    verdict_kind: Verdict,
+    verdict: String,
+    total_ms: f64,
 }
 
 /// Writes a sanity check into `out`: `check.json` and `check.png`. Refuses a folder that
 /// already holds files unless `overwrite`; written aside and renamed into place, like a run.
-pub fn write_check(
-    out: &Path,
-    check: &crate::engine::sanity::Check,
-    info: &RunInfo,
-    overwrite: bool,
-) -> Result<()> {
+pub fn write_check(out: &Path, record: &CheckRecord, overwrite: bool) -> Result<()> {
     refuse_occupied(out, overwrite)?;
     let tmp = sibling(out, "partial");
+    let (check, p) = (&record.check, &record.provenance);
     let result = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         save_png(&render::check_picture(check), &tmp.join("check.png"))?;
         let file = CheckFile {
             unveil_version: env!("CARGO_PKG_VERSION"),
-            image: info.image,
-            model: &info.model.name,
-            params: info.params,
+            image: &p.image,
+            model: &p.model.name,
+            device: &p.device,
+            fell_back: p.fell_back.as_deref(),
+            params: &p.params,
             report: &check.report,
+            verdict_kind: check.report.verdict(),
+            verdict: check.report.verdict_text(),
+            total_ms: p.total_ms,
         };
         let text = serde_json::to_string_pretty(&file).expect("a check always serialises");
         let path = tmp.join("check.json");
@@ -126,13 +128,14 @@ pub fn replace_dir(new: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Result<()> {
+fn write_into(dir: &Path, run: &RunRecord, raw: bool) -> Result<()> {
+    let (outcome, p) = (&run.outcome, &run.provenance);
     let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io(p, e));
     mkdir(dir)?;
     for step in &outcome.steps {
         let sub = dir.join(format!("iter_{:02}", step.index));
         mkdir(&sub)?;
-        let [input, saliency, mask, masked] = render::step_images(step, info.model)?;
+        let [input, saliency, mask, masked] = render::step_images(step, &p.model)?;
         for (name, img) in [
             ("input", input),
             ("saliency", saliency),
@@ -144,7 +147,7 @@ fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Resul
         if raw {
             write_npy(&sub.join("input.npy"), &step.input)?;
             write_npy(&sub.join("attribution.npy"), &step.attribution)?;
-            if is_gradient(&info.params.saliency) {
+            if is_gradient(&p.params.saliency) {
                 write_npy(&sub.join("gradient.npy"), &step.attribution)?;
             }
             let (h, w) = (step.saliency.height, step.saliency.width);
@@ -154,11 +157,11 @@ fn write_into(dir: &Path, outcome: &Outcome, info: &RunInfo, raw: bool) -> Resul
         }
     }
     save_png(
-        &render::run_montage(outcome, info.model, 0.0)?,
+        &render::run_montage(outcome, &p.model, 0.0)?,
         &dir.join("montage.png"),
     )?;
     let path = dir.join("summary.json");
-    std::fs::write(&path, Summary::new(outcome, info).to_json()).map_err(|e| Error::io(&path, e))
+    std::fs::write(&path, Summary::new(run).to_json()).map_err(|e| Error::io(&path, e))
 }
 
 pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<()> {

@@ -68,8 +68,4 @@ impl GradientCache {
             e.push((key, t));
         }
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
-    }
 }

@@ -19,7 +19,7 @@ use crate::engine::gradient_cache::GradientCache;
 use crate::engine::maps::{Mask, SaliencyMap};
 use crate::engine::mask;
 use crate::engine::models::Classifier;
-use crate::engine::outcome::{Event, Outcome, Probe, Progress, Step, StopReason, Timings};
+use crate::engine::outcome::{Classification, Event, Outcome, Progress, Step, StopReason, Timings};
 use crate::engine::params::{FillMode, MaskParams, UnveilParams};
 use crate::engine::predict::{classify, top_k};
 use crate::engine::saliency;
@@ -180,7 +180,7 @@ pub(crate) fn iterate(
         let t = Instant::now();
         probs = classify(model, &input)?;
         classify_ms = ms(t);
-        let after = Some(Probe {
+        let after = Some(Classification {
             top5: top_k(model, &probs, 5),
             p_target: probs[target],
         });
@@ -211,7 +211,7 @@ fn finish(
     target: usize,
     steps: Vec<Step>,
     stop: StopReason,
-    after: Option<Probe>,
+    after: Option<Classification>,
     cancel: &AtomicBool,
 ) -> Result<Outcome> {
     let union = &steps.last().expect("iteration 0 always runs").cumulative;

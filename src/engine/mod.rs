@@ -4,6 +4,7 @@
 //! Front ends start at [`explainer::Explainer`]; ARCHITECTURE.md maps the modules.
 
 pub mod batch;
+pub mod dataset;
 pub mod device;
 pub mod dicom;
 pub mod eval;
@@ -26,6 +27,7 @@ pub mod predict;
 pub mod readout;
 pub mod render;
 mod rng;
+pub mod run;
 pub mod saliency;
 pub mod sanity;
 pub mod similarity;

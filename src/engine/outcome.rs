@@ -79,7 +79,7 @@ impl StopReason {
 
 /// The model's view of the image after the last mask.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Probe {
+pub struct Classification {
     pub top5: Vec<Prediction>,
     pub p_target: f32,
 }
@@ -91,7 +91,7 @@ pub struct Outcome {
     pub steps: Vec<Step>,
     pub stop: StopReason,
     /// Classification of the input with every mask applied (absent when nothing new was masked).
-    pub after: Option<Probe>,
+    pub after: Option<Classification>,
     /// The unveiled union against a region of the same area from iteration 0's map (when
     /// the run measures faithfulness and masked anything).
     pub unveiling: Option<Unveiling>,

@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::ops::activation::ReluMode;
 use crate::error::{Error, Result};
 
 /// What the saliency map is made of.
@@ -34,14 +33,6 @@ impl Method {
         Method::GradCam,
     ];
 
-    /// How every ReLU back-propagates: guided for guided backpropagation, else as derived.
-    pub fn relu_mode(self) -> ReluMode {
-        match self {
-            Method::Guided => ReluMode::Guided,
-            Method::Vanilla | Method::IntegratedGradients | Method::GradCam => ReluMode::Plain,
-        }
-    }
-
     /// The name used on the command line and in files.
     pub fn name(self) -> &'static str {
         match self {
@@ -50,11 +41,6 @@ impl Method {
             Method::IntegratedGradients => "integrated-gradients",
             Method::GradCam => "grad-cam",
         }
-    }
-
-    /// Whether SmoothGrad's noisy copies apply (Grad-CAM is one exact pass on the image).
-    pub fn uses_smoothgrad(self) -> bool {
-        self != Method::GradCam
     }
 }
 
@@ -252,16 +238,16 @@ impl UnveilParams {
         }
     }
 
-    /// What changing from `before` to `self` requires.
+    /// What changing from `before` to `self` requires. Only a change confined to the mask
+    /// settings keeps iteration 0 valid: `self` with `before`'s mask must equal `before`, so a
+    /// field added later counts as a rerun until someone decides otherwise.
     pub fn change_from(&self, before: &UnveilParams) -> Change {
         if self == before {
             Change::None
-        } else if self.mask != before.mask
-            && self.saliency == before.saliency
-            && self.stop == before.stop
-            && self.fill == before.fill
-            && self.target == before.target
-            && self.faithfulness == before.faithfulness
+        } else if (UnveilParams {
+            mask: before.mask.clone(),
+            ..self.clone()
+        }) == *before
         {
             Change::MaskOnly
         } else {

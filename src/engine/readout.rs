@@ -194,7 +194,7 @@ pub fn border_share(map: &SaliencyMap) -> f32 {
 mod tests {
     use super::*;
     use crate::engine::maps::Mask;
-    use crate::engine::outcome::{Probe, Step, StopReason, Timings};
+    use crate::engine::outcome::{Classification, Step, StopReason, Timings};
     use crate::engine::predict::Prediction;
     use candle_core::{Device, Tensor};
 
@@ -261,7 +261,7 @@ mod tests {
                 step(1, 0.997, "PNEUMONIA", 40),
             ],
             stop: StopReason::MaxIterations,
-            after: Some(Probe {
+            after: Some(Classification {
                 top5: pred("PNEUMONIA", 0.998),
                 p_target: 0.998,
             }),
@@ -288,7 +288,7 @@ mod tests {
                 step(2, 0.7, "NORMAL", 30),
             ],
             stop: StopReason::MaxIterations,
-            after: Some(Probe {
+            after: Some(Classification {
                 top5: pred("NORMAL", 0.05),
                 p_target: 0.05,
             }),

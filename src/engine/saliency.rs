@@ -101,6 +101,16 @@ pub fn input_gradient(
 }
 
 /// SmoothGrad's noise level for `x`: `noise` times the input's max - min range.
+/// How every ReLU back-propagates for `method`: guided for guided backpropagation, else as
+/// derived. (Decided here, where methods meet the model, so the parameter types stay free of
+/// the kernels' types.)
+pub fn relu_mode(method: Method) -> ReluMode {
+    match method {
+        Method::Guided => ReluMode::Guided,
+        Method::Vanilla | Method::IntegratedGradients | Method::GradCam => ReluMode::Plain,
+    }
+}
+
 fn noise_sigma(x: &[f32], params: &SaliencyParams) -> f32 {
     let (lo, hi) = x
         .iter()
@@ -153,7 +163,7 @@ fn smoothgrad(
     let chunks = n.div_ceil(chunk);
     let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let sigma = noise_sigma(&flat, params);
-    let mode = params.method.relu_mode();
+    let mode = relu_mode(params.method);
     let mut total: Option<Tensor> = None;
     for ci in 0..chunks {
         if cancel.load(Ordering::Relaxed) {

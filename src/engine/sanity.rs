@@ -45,7 +45,7 @@ pub struct OtherClass {
     pub spearman: Option<f64>,
 }
 
-/// `check.json`.
+/// What a check found (`check.json` holds it with the verdict in words).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckReport {
     pub method: Method,
@@ -53,8 +53,83 @@ pub struct CheckReport {
     pub target_label: String,
     pub randomisation: Vec<Randomised>,
     pub other_class: OtherClass,
-    /// The numbers in plain words.
-    pub verdict: String,
+    /// The original map has one value everywhere, so no correlation with it is defined.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub constant_map: bool,
+}
+
+impl CheckReport {
+    /// Spearman's ρ between the map and the map with `level` of the model randomised (`None`
+    /// when undefined: a constant map, or that level was not checked).
+    pub fn rho(&self, level: Cascade) -> Option<f64> {
+        self.randomisation
+            .iter()
+            .find(|r| r.reinitialised == level)
+            .and_then(|r| r.spearman)
+    }
+
+    /// What the numbers say, by the head's randomisation (see [`Verdict`]).
+    pub fn verdict(&self) -> Verdict {
+        if self.constant_map {
+            Verdict::Constant
+        } else {
+            Verdict::of_rho(self.rho(Cascade::Head))
+        }
+    }
+
+    /// The numbers in plain words (see [`verdict_text`]).
+    pub fn verdict_text(&self) -> String {
+        verdict_text(self)
+    }
+}
+
+/// How much a map depends on the model, judged by its rank correlation ρ with the map of the
+/// model whose classifier head was randomised. The thresholds live here and nowhere else: a ρ
+/// of 0.9 or more "barely changes"; below 0.5 the map "changes" (Adebayo et al. report
+/// trained-vs-random correlations well under 0.5 for methods that pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// The original map is the same everywhere: the check cannot compare it.
+    Constant,
+    /// With a random head the map becomes constant (ρ undefined): it depends on the model.
+    Vanishes,
+    /// ρ >= 0.9: the map shows image structure more than the model's decision (fails).
+    BarelyChanges,
+    /// 0.5 <= ρ < 0.9: part of it is image structure.
+    ChangesPartly,
+    /// ρ < 0.5: the map depends on what the model learned (passes).
+    Changes,
+}
+
+impl Verdict {
+    /// From this ρ up, a randomisation "barely changes" the map (and a runner-up class whose
+    /// map correlates this much is "nearly the same").
+    pub const SAME: f64 = 0.9;
+    /// Below this ρ, the map "changes".
+    pub const DIFFERENT: f64 = 0.5;
+
+    /// The verdict for a head-randomisation ρ (`None`: undefined because the map vanished).
+    pub fn of_rho(rho: Option<f64>) -> Verdict {
+        match rho {
+            None => Verdict::Vanishes,
+            Some(r) if r >= Self::SAME => Verdict::BarelyChanges,
+            Some(r) if r >= Self::DIFFERENT => Verdict::ChangesPartly,
+            Some(_) => Verdict::Changes,
+        }
+    }
+
+    /// True when the map passes: it depends on what the model learned.
+    pub fn passes(self) -> bool {
+        matches!(self, Verdict::Vanishes | Verdict::Changes)
+    }
+}
+
+/// What a check reports while it works.
+pub enum CheckEvent<'a> {
+    Progress(CheckProgress),
+    /// The GPU failed (the reason): the check starts again on the CPU.
+    FellBack(&'a str),
 }
 
 /// A finished check: the report and the maps it compared (original, each randomisation,
@@ -158,8 +233,7 @@ pub fn check(
         chunk: 0,
         chunks: 1,
     });
-    let constant = raw.data.iter().all(|&v| v == raw.data[0]);
-    let verdict = verdict(constant, &rows, &other_class);
+    let constant_map = raw.data.iter().all(|&v| v == raw.data[0]);
     Ok(Check {
         report: CheckReport {
             method: params.method,
@@ -167,7 +241,7 @@ pub fn check(
             target_label: model.info().label(target),
             randomisation: rows,
             other_class,
-            verdict,
+            constant_map,
         },
         original,
         randomised: maps,
@@ -175,52 +249,53 @@ pub fn check(
     })
 }
 
-fn rho(r: Option<f64>) -> String {
+fn rho_text(r: Option<f64>) -> String {
     r.map_or("undefined (the map vanished)".to_string(), |r| {
         format!("{r:.2}")
     })
 }
 
-/// The check's numbers in plain words. Thresholds: a rank correlation of 0.9 or more with a
-/// randomised head is "barely changes"; below 0.5 the map "changes" (Adebayo et al. report
-/// trained-vs-random correlations well under 0.5 for methods that pass). `constant`: the
-/// original map has one value everywhere (a correlation with it is undefined); otherwise an
-/// undefined correlation means the randomised model's map is the constant one: it vanished.
-pub fn verdict(constant: bool, rows: &[Randomised], other: &OtherClass) -> String {
-    if constant {
-        return "The map is the same everywhere, so the check cannot compare it.".to_string();
-    }
-    let head = rows
-        .iter()
-        .find(|r| r.reinitialised == Cascade::Head)
-        .and_then(|r| r.spearman);
-    let deepest = rows.last();
-    let mut text = match head {
-        None => "This map vanishes when the classifier head is randomised (it becomes the same \
-                 everywhere): it depends on what the model learned."
+/// The check's numbers in plain words: the head's [`Verdict`], the deepest randomisation's ρ,
+/// and whether the map tells the target from the runner-up class.
+pub fn verdict_text(report: &CheckReport) -> String {
+    let head = report.rho(Cascade::Head);
+    let mut text = match report.verdict() {
+        Verdict::Constant => {
+            return "The map is the same everywhere, so the check cannot compare it.".to_string();
+        }
+        Verdict::Vanishes => "This map vanishes when the classifier head is randomised (it \
+                              becomes the same everywhere): it depends on what the model learned."
             .to_string(),
-        Some(r) if r >= 0.9 => format!(
-            "This map barely changes when the classifier head is randomised (ρ = {r:.2}): it \
-             shows image structure more than the model's decision."
+        Verdict::BarelyChanges => format!(
+            "This map barely changes when the classifier head is randomised (ρ = {}): it shows \
+             image structure more than the model's decision.",
+            rho_text(head)
         ),
-        Some(r) if r >= 0.5 => format!(
-            "This map changes only partly when the classifier head is randomised (ρ = {r:.2}): \
-             part of it is image structure, not the model's decision."
+        Verdict::ChangesPartly => format!(
+            "This map changes only partly when the classifier head is randomised (ρ = {}): \
+             part of it is image structure, not the model's decision.",
+            rho_text(head)
         ),
-        Some(r) => format!(
-            "This map changes when the classifier head is randomised (ρ = {r:.2}): it depends \
-             on what the model learned."
+        Verdict::Changes => format!(
+            "This map changes when the classifier head is randomised (ρ = {}): it depends on \
+             what the model learned.",
+            rho_text(head)
         ),
     };
-    if let Some(d) = deepest.filter(|d| d.reinitialised != Cascade::Head) {
+    if let Some(d) = report
+        .randomisation
+        .last()
+        .filter(|d| d.reinitialised != Cascade::Head)
+    {
         text.push_str(&format!(
             " With {} randomised, ρ = {}.",
             d.reinitialised.describe(),
-            rho(d.spearman)
+            rho_text(d.spearman)
         ));
     }
+    let other = &report.other_class;
     text.push_str(&match other.spearman {
-        Some(r) if r >= 0.9 => format!(
+        Some(r) if r >= Verdict::SAME => format!(
             " It is nearly the same for the runner-up class, {} (ρ = {r:.2}): it does not tell \
              the classes apart.",
             other.label
@@ -228,7 +303,7 @@ pub fn verdict(constant: bool, rows: &[Randomised], other: &OtherClass) -> Strin
         r => format!(
             " For the runner-up class, {}, it differs (ρ = {}).",
             other.label,
-            rho(r)
+            rho_text(r)
         ),
     });
     text
@@ -238,28 +313,37 @@ pub fn verdict(constant: bool, rows: &[Randomised], other: &OtherClass) -> Strin
 mod tests {
     use super::*;
 
-    fn rows(head: Option<f64>, deepest: Option<f64>) -> Vec<Randomised> {
+    fn report(head: Option<f64>, deepest: Option<f64>, other: Option<f64>) -> CheckReport {
         let row = |c, spearman| Randomised {
             reinitialised: c,
             tensors: 1,
             spearman,
             ssim: 0.0,
         };
-        vec![
-            row(Cascade::Head, head),
-            row(Cascade::LastStage, head),
-            row(Cascade::LastQuarter, deepest),
-        ]
+        CheckReport {
+            method: Method::Vanilla,
+            target: 0,
+            target_label: "Egyptian cat".into(),
+            randomisation: vec![
+                row(Cascade::Head, head),
+                row(Cascade::LastStage, head),
+                row(Cascade::LastQuarter, deepest),
+            ],
+            other_class: OtherClass {
+                class: 1,
+                label: "tiger cat".into(),
+                spearman: other,
+            },
+            constant_map: false,
+        }
     }
 
     #[test]
     fn the_verdict_says_what_the_numbers_show() {
-        let other = |r| OtherClass {
-            class: 1,
-            label: "tiger cat".into(),
-            spearman: r,
-        };
-        let v = verdict(false, &rows(Some(0.99), Some(0.93)), &other(Some(0.999)));
+        let r = report(Some(0.99), Some(0.93), Some(0.999));
+        assert_eq!(r.verdict(), Verdict::BarelyChanges);
+        assert!(!r.verdict().passes());
+        let v = r.verdict_text();
         assert!(
             v.contains("barely changes") && v.contains("ρ = 0.99"),
             "{v}"
@@ -269,17 +353,37 @@ mod tests {
             "{v}"
         );
         assert!(v.contains("does not tell the classes apart"), "{v}");
-        let v = verdict(false, &rows(Some(0.3), Some(0.1)), &other(Some(0.4)));
+        let r = report(Some(0.3), Some(0.1), Some(0.4));
+        assert_eq!(r.verdict(), Verdict::Changes);
+        assert!(r.verdict().passes());
+        let v = r.verdict_text();
         assert!(
             v.contains("depends on what the model learned") && v.contains("differs"),
             "{v}"
         );
-        let v = verdict(false, &rows(Some(0.7), Some(0.6)), &other(Some(0.4)));
-        assert!(v.contains("changes only partly"), "{v}");
+        let r = report(Some(0.7), Some(0.6), Some(0.4));
+        assert_eq!(r.verdict(), Verdict::ChangesPartly);
+        assert!(r.verdict_text().contains("changes only partly"));
         // A random head that leaves Grad-CAM nothing to show: the map vanished.
-        let v = verdict(false, &rows(None, None), &other(Some(0.4)));
-        assert!(v.contains("vanishes"), "{v}");
-        let v = verdict(true, &rows(None, None), &other(None));
-        assert!(v.contains("cannot compare"), "{v}");
+        let r = report(None, None, Some(0.4));
+        assert_eq!(r.verdict(), Verdict::Vanishes);
+        assert!(r.verdict_text().contains("vanishes"));
+        let r = CheckReport {
+            constant_map: true,
+            ..report(None, None, None)
+        };
+        assert_eq!(r.verdict(), Verdict::Constant);
+        assert!(r.verdict_text().contains("cannot compare"));
+    }
+
+    #[test]
+    fn thresholds_are_inclusive_from_below() {
+        assert_eq!(Verdict::of_rho(Some(0.9)), Verdict::BarelyChanges);
+        assert_eq!(Verdict::of_rho(Some(0.8999)), Verdict::ChangesPartly);
+        assert_eq!(Verdict::of_rho(Some(0.5)), Verdict::ChangesPartly);
+        assert_eq!(Verdict::of_rho(Some(0.4999)), Verdict::Changes);
+        let r = report(Some(0.2), Some(0.1), None);
+        assert_eq!(r.rho(Cascade::Head), Some(0.2));
+        assert_eq!(r.rho(Cascade::LastQuarter), Some(0.1));
     }
 }

@@ -1,79 +1,19 @@
-//! `summary.json`: the machine-readable record of a run, one typed struct that the CLI and the
-//! app write and that batch mode reads back (so the two can never disagree on a field).
+//! `summary.json`: the machine-readable record of a run, one typed struct made from a
+//! [`RunRecord`] that the CLI and the app write and that batch mode reads back (so they can
+//! never disagree on a field).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::faithfulness::{Curves, Unveiling};
-use crate::engine::models::ModelInfo;
-use crate::engine::outcome::{Outcome, Probe, StopReason, Timings};
+use crate::engine::outcome::{Classification, StopReason, Timings};
 use crate::engine::params::UnveilParams;
 use crate::engine::predict::Prediction;
 use crate::engine::readout::{Readout, readout};
+use crate::engine::run::{ImageRecord, RunRecord};
 use crate::engine::saliency::Completeness;
-use crate::engine::source_image::Window;
 use crate::error::{Error, Result};
-
-/// What a run's summary records besides its outcome.
-pub struct RunInfo<'a> {
-    pub image: &'a str,
-    /// Exactly which file and how it was seen.
-    pub record: ImageRecord,
-    pub device: &'a str,
-    pub params: &'a UnveilParams,
-    pub model: &'a ModelInfo,
-    pub total_ms: f64,
-}
-
-/// Which image a run explained, exactly: a result can be traced back to its file.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageRecord {
-    /// The file's full path (absent for the built-in sample).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_path: Option<String>,
-    /// SHA-256 of the file's bytes, hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_sha256: Option<String>,
-    /// Grayscale images: the window the model saw and the one on screen (the same on the
-    /// command line).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<WindowRecord>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WindowRecord {
-    pub model_input: Window,
-    pub display: Window,
-}
-
-impl ImageRecord {
-    /// The record of `path` (full path and hash; the hash is left out when the file cannot be
-    /// read again) seen through `model_input` and displayed through `display`.
-    pub fn of(path: Option<&Path>, model_input: Option<Window>, display: Option<Window>) -> Self {
-        use sha2::Digest;
-        let image_path = path.map(|p| {
-            std::path::absolute(p)
-                .unwrap_or_else(|_| p.to_path_buf())
-                .display()
-                .to_string()
-        });
-        let image_sha256 = path.and_then(|p| std::fs::read(p).ok()).map(|bytes| {
-            sha2::Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        });
-        ImageRecord {
-            image_path,
-            image_sha256,
-            window: model_input.map(|m| WindowRecord {
-                model_input: m,
-                display: display.unwrap_or(m),
-            }),
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -82,6 +22,9 @@ pub struct Summary {
     #[serde(flatten)]
     pub record: ImageRecord,
     pub device: String,
+    /// Why the run moved from the GPU to the CPU, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fell_back: Option<String>,
     pub model: ModelSummary,
     pub params: UnveilParams,
     pub target: usize,
@@ -126,24 +69,26 @@ pub struct IterationSummary {
 pub struct StopSummary {
     pub reason: StopReason,
     /// The model's view with every mask applied (absent when the last mask added nothing).
-    pub after: Option<Probe>,
+    pub after: Option<Classification>,
 }
 
 impl Summary {
-    pub fn new(outcome: &Outcome, run: &RunInfo) -> Self {
+    pub fn new(run: &RunRecord) -> Self {
+        let (outcome, p) = (&run.outcome, &run.provenance);
         Summary {
             unveil_version: env!("CARGO_PKG_VERSION").to_string(),
-            image: run.image.to_string(),
-            record: run.record.clone(),
-            device: run.device.to_string(),
+            image: p.image.clone(),
+            record: p.record.clone(),
+            device: p.device.clone(),
+            fell_back: p.fell_back.clone(),
             model: ModelSummary {
-                name: run.model.name.clone(),
-                description: run.model.description.clone(),
-                input_size: [run.model.input_size.0, run.model.input_size.1],
+                name: p.model.name.clone(),
+                description: p.model.description.clone(),
+                input_size: [p.model.input_size.0, p.model.input_size.1],
             },
-            params: run.params.clone(),
+            params: p.params.clone(),
             target: outcome.target,
-            target_label: run.model.label(outcome.target),
+            target_label: p.model.label(outcome.target),
             iterations: outcome
                 .steps
                 .iter()
@@ -164,8 +109,8 @@ impl Summary {
                 after: outcome.after.clone(),
             },
             unveiling: outcome.unveiling,
-            readout: Some(readout(outcome, run.model, run.params.stop.threshold)),
-            total_ms: run.total_ms,
+            readout: Some(readout(outcome, &p.model, p.params.stop.threshold)),
+            total_ms: p.total_ms,
         }
     }
 

@@ -11,8 +11,8 @@ use crate::engine::export;
 use crate::engine::outcome::Outcome;
 use crate::engine::params::UnveilParams;
 use crate::engine::render;
+use crate::engine::run::{ImageRecord, Provenance, RunRecord};
 use crate::engine::source_image::{SourceImage, Window};
-use crate::engine::summary::{ImageRecord, RunInfo};
 use crate::error::Result;
 use crate::gui::action::{Action, Export, PathPrompt};
 use crate::gui::dialogs::Dialogs;
@@ -168,17 +168,24 @@ impl Jobs {
                     ))
                 }
                 Export::Run => {
-                    let device = crate::engine::device::describe(r.explainer.device());
-                    let run = RunInfo {
-                        image: &r.image_name,
-                        // Hashing the file happens here, off the UI thread.
-                        record: ImageRecord::of(r.image_path.as_deref(), r.windows.0, r.windows.1),
-                        device: &device,
-                        params: &r.params,
-                        model: info,
-                        total_ms: r.total_ms,
+                    let run = RunRecord {
+                        provenance: Provenance {
+                            image: r.image_name.clone(),
+                            // Hashing the file happens here, off the UI thread.
+                            record: ImageRecord::of(
+                                r.image_path.as_deref(),
+                                r.windows.0,
+                                r.windows.1,
+                            ),
+                            model: info.clone(),
+                            device: crate::engine::device::describe(r.explainer.device()),
+                            params: r.params.clone(),
+                            total_ms: r.total_ms,
+                            fell_back: r.explainer.fell_back().map(str::to_string),
+                        },
+                        outcome: r.outcome.clone(),
                     };
-                    export::write_run(&path, &r.outcome, &run, true, false)?;
+                    export::write_run(&path, &run, true, false)?;
                     Ok(format!("Exported the run to {}", path.display()))
                 }
             }

@@ -10,7 +10,8 @@ use crate::engine::explainer::Explainer;
 use crate::engine::faithfulness::Curves;
 use crate::engine::outcome::{Event, Outcome, Progress, Step};
 use crate::engine::params::UnveilParams;
-use crate::engine::sanity::{Check, CheckProgress};
+use crate::engine::run::RunRequest;
+use crate::engine::sanity::{Check, CheckEvent, CheckProgress};
 use crate::engine::source_image::{SourceImage, Window};
 use crate::error::{Error, Result};
 
@@ -183,10 +184,16 @@ impl Worker<Msg> {
         params: UnveilParams,
     ) {
         self.start(ctx, "run", move |send, cancel| {
-            let result = explainer.explain(
-                &img,
+            let req = RunRequest {
+                image: &img,
+                path: None,
+                name: "",
                 window,
-                &params,
+                display_window: None,
+                params: &params,
+            };
+            let result = explainer.run(
+                &req,
                 &mut |e| match e {
                     Event::Progress(p) => send(Msg::Progress(p)),
                     Event::Step(s) => send(Msg::Step(Box::new(s.clone()))),
@@ -198,7 +205,7 @@ impl Worker<Msg> {
                 },
                 cancel,
             );
-            send(Msg::Done(result));
+            send(Msg::Done(result.map(|r| r.outcome)));
         });
     }
 }
@@ -214,14 +221,24 @@ impl Worker<CheckMsg> {
         params: UnveilParams,
     ) {
         self.start(ctx, "check", move |send, cancel| {
-            let result = explainer.check(
-                &img,
+            let req = RunRequest {
+                image: &img,
+                path: None,
+                name: "",
                 window,
-                &params,
-                &mut |p| send(CheckMsg::Progress(p)),
+                display_window: None,
+                params: &params,
+            };
+            let result = explainer.check(
+                &req,
+                &mut |e| {
+                    if let CheckEvent::Progress(p) = e {
+                        send(CheckMsg::Progress(p))
+                    }
+                },
                 cancel,
             );
-            send(CheckMsg::Done(result.map(Box::new)));
+            send(CheckMsg::Done(result.map(|r| Box::new(r.check))));
         });
     }
 }

@@ -27,7 +27,7 @@ fn curves_run_from_the_input_to_the_fill_and_from_the_blur_back() {
         },
         ..Default::default()
     };
-    let out = Explainer::uncached(lite0())
+    let out = Explainer::new(lite0())
         .explain_input(&x, &params, &mut |_| {}, &AtomicBool::new(false))
         .unwrap();
     let model = lite0();
@@ -89,7 +89,7 @@ fn faithfulness_can_be_skipped() {
         faithfulness: false,
         ..Default::default()
     };
-    let out = Explainer::uncached(lite0())
+    let out = Explainer::new(lite0())
         .explain_input(&x, &params, &mut |_| {}, &AtomicBool::new(false))
         .unwrap();
     assert!(out.steps[0].faithfulness.is_none() && out.unveiling.is_none());

@@ -1,6 +1,7 @@
 //! Engine and CLI integration tests: one binary, a module per area.
 
 mod cli;
+mod cli_flags;
 mod common;
 #[path = "../support/corpus.rs"]
 mod corpus;

@@ -27,7 +27,7 @@ fn first_step(model: Arc<dyn Classifier>, x: &Tensor, target: usize, s: Saliency
         ..Default::default()
     };
     let x = x.squeeze(0).unwrap();
-    let out = Explainer::uncached(model)
+    let out = Explainer::new(model)
         .explain_input(&x, &params, &mut |_| {}, &AtomicBool::new(false))
         .unwrap();
     out.steps.into_iter().next().unwrap()

@@ -214,12 +214,7 @@ mod numeric_faults {
 
     /// A quick run of `model` on a uniform gray image.
     fn run_on_gray(model: std::sync::Arc<dyn Classifier>) -> unveil::Result<Outcome> {
-        Explainer::uncached(model).explain_input(
-            &gray(),
-            &quick(),
-            &mut |_| {},
-            &AtomicBool::new(false),
-        )
+        Explainer::new(model).explain_input(&gray(), &quick(), &mut |_| {}, &AtomicBool::new(false))
     }
 
     #[test]

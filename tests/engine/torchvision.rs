@@ -268,7 +268,7 @@ fn a_json_description_gives_labels_size_and_multi_label_sigmoid() {
         target: Some(target),
         ..Default::default()
     };
-    let out = Explainer::uncached(m.clone())
+    let out = Explainer::new(m.clone())
         .explain_input(
             &x,
             &params,

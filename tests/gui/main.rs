@@ -354,7 +354,7 @@ fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left
     let img = a.workspace.image.as_ref().unwrap().source.clone();
     let x = unveil::engine::image::to_model_input(&img, model.info(), &candle_core::Device::Cpu)
         .unwrap();
-    let want = Explainer::uncached(model)
+    let want = Explainer::new(model)
         .explain_input(
             &x,
             &a.settings.params,

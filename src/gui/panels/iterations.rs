@@ -2,6 +2,7 @@
 //! p(target) and the top-3 labels, and a plot of p(target) over the iterations.
 
 use crate::engine::params::UnveilParams;
+use crate::engine::sanity::Verdict;
 use crate::gui::action::Action;
 use crate::gui::panels::plots::{curves_plot, plot};
 use crate::gui::panels::run_header::{
@@ -184,7 +185,7 @@ impl IterationsView {
                                         COLUMNS[c]
                                     ))
                                     .small()
-                                    .color(verdict_colour(ui, rho));
+                                    .color(verdict_colour(ui, Verdict::of_rho(Some(rho))));
                                 }
                                 ui.label(label);
                                 let r = ui

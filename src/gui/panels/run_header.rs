@@ -5,6 +5,7 @@ use crate::engine::models::reinit::Cascade;
 use crate::engine::params::UnveilParams;
 use crate::engine::readout::readout;
 use crate::engine::render;
+use crate::engine::sanity::Verdict;
 use crate::gui::action::Action;
 use crate::gui::workspace::Workspace;
 
@@ -104,23 +105,16 @@ pub fn readout_box(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams) {
 /// current sanity check has it.
 pub fn head_rho(ws: &Workspace, params: &UnveilParams) -> Option<f64> {
     let view = ws.check.as_ref().filter(|_| ws.check_is_current(params))?;
-    view.check
-        .report
-        .randomisation
-        .iter()
-        .find(|r| r.reinitialised == Cascade::Head)
-        .and_then(|r| r.spearman)
+    view.check.report.rho(Cascade::Head)
 }
 
-/// Warning colour for a map that does not depend on the model (ρ >= 0.9), plain for one
-/// that partly does, green for one that changes (ρ < 0.5).
-pub fn verdict_colour(ui: &egui::Ui, rho: f64) -> egui::Color32 {
-    if rho >= 0.9 {
-        ui.visuals().warn_fg_color
-    } else if rho >= 0.5 {
-        ui.visuals().text_color()
-    } else {
-        egui::Color32::from_rgb(90, 190, 110)
+/// Warning colour for a map that does not depend on the model, plain for one that partly
+/// does (or cannot be judged), green for one that does (the thresholds are the engine's).
+pub fn verdict_colour(ui: &egui::Ui, verdict: Verdict) -> egui::Color32 {
+    match verdict {
+        Verdict::BarelyChanges => ui.visuals().warn_fg_color,
+        Verdict::ChangesPartly | Verdict::Constant => ui.visuals().text_color(),
+        Verdict::Changes | Verdict::Vanishes => egui::Color32::from_rgb(90, 190, 110),
     }
 }
 
@@ -132,8 +126,12 @@ pub fn check_box(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams) {
     egui::Frame::group(ui.style()).show(ui, |ui| {
         ui.horizontal_wrapped(|ui| {
             ui.label(egui::RichText::new(format!("Sanity check ({}):", report.method.name())).strong());
-            let colour = head_rho(ws, params).map_or(ui.visuals().text_color(), |r| verdict_colour(ui, r));
-            ui.label(egui::RichText::new(&report.verdict).color(colour));
+            let colour = if current {
+                verdict_colour(ui, report.verdict())
+            } else {
+                ui.visuals().text_color()
+            };
+            ui.label(egui::RichText::new(report.verdict_text()).color(colour));
         });
         if !current {
             ui.label(
