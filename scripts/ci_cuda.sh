@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # CI, after the CPU tests: keeps the `cuda` feature compiling and linking on machines without
 # a GPU. Installs the pinned CUDA 13.0 toolkit from PyPI and a stub libcuda.so.1
-# (scripts/setup_cuda.sh), builds `--no-default-features --features cuda`, runs that build's
+# (scripts/setup_cuda.sh), builds the app and CLI with `--features cuda`, runs that build's
 # CPU-side tests against the stub, and smoke-tests the binary: `--device cuda` must fail with
 # the driver's error, `--device auto` must fall back to the CPU.
 #
 #   bash scripts/ci_cuda.sh
 #
-# Caches (reused when present). From nothing on 2 cores: ~15 s setup (650 MB download), ~15 min
-# build (half of it candle's CUDA kernels), ~20 min more for the tests' dev-dependencies;
-# warm, a minute or two.
+# It shares the CPU build's target folder (CARGO_TARGET_DIR): artifacts with different
+# features coexist there, so only candle, its CUDA kernels and unveil are built again; the
+# GUI stack and the tests' dev-dependencies are the CPU build's (a folder of its own rebuilt
+# them: 14 of the 27 minutes this step took from nothing). From nothing on 2 cores: ~15 s
+# setup (650 MB download), ~8-10 min build (most of it candle's CUDA kernels), ~4 min tests.
 #   UNVEIL_CUDA_DIR         toolkit + stub   (${XDG_CACHE_HOME:-$HOME/.cache}/unveil-cuda)
-#   UNVEIL_CI_CUDA_TARGET   cargo target dir ($HOME/.cache/unveil-ci-cuda-target)
+#   CARGO_TARGET_DIR        cargo target dir (default: ./target, as cargo's)
 # UNVEIL_CI_CUDA_TEST_ARGS: more `cargo test` arguments to run with the cuda build, e.g.
 #   "--test engine -- device" (empty: only --lib).
 # On a machine with a real NVIDIA driver the stub is not used (see DIR/env.sh) and the
@@ -20,14 +22,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CUDA_DIR="${UNVEIL_CUDA_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/unveil-cuda}"
-export CARGO_TARGET_DIR="${UNVEIL_CI_CUDA_TARGET:-$HOME/.cache/unveil-ci-cuda-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TERM_COLOR=never
-FEATURES=(--release --no-default-features --features cuda)
-# The tests build the dev-dependencies: egui_kittest's eframe, without the `gui` feature,
-# pulls winit's wayland backend without its `wayland-dlopen` feature, and wayland-sys then
-# wants libwayland-dev (pkg-config wayland-client). eframe/wayland turns dlopen back on, as the
-# default (gui) build has it; eframe is compiled for the tests anyway.
-TEST_FEATURES=(--release --no-default-features --features cuda,eframe/wayland)
+# The default features (the app) plus CUDA: every crate but candle's and ours has the CPU
+# build's features, so its artifacts are reused.
+FEATURES=(--release --features cuda)
 mkdir -p "$CARGO_TARGET_DIR"
 
 t_start=$SECONDS
@@ -79,11 +78,11 @@ if ldd "$bin" | grep -q 'not found'; then
     exit 1
 fi
 
-step "cargo test --features cuda --lib" cargo test "${TEST_FEATURES[@]}" --lib
+step "cargo test --features cuda --lib" cargo test "${FEATURES[@]}" --lib
 if [ -n "${UNVEIL_CI_CUDA_TEST_ARGS:-}" ]; then
     # shellcheck disable=SC2086 # word splitting intended: a list of cargo test arguments
     step "cargo test --features cuda ${UNVEIL_CI_CUDA_TEST_ARGS}" \
-        cargo test "${TEST_FEATURES[@]}" ${UNVEIL_CI_CUDA_TEST_ARGS}
+        cargo test "${FEATURES[@]}" ${UNVEIL_CI_CUDA_TEST_ARGS}
 fi
 
 # Smoke tests of the binary: the bundled model, one cheap iteration.
