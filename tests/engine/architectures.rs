@@ -344,3 +344,74 @@ xception last-quarter 57 0x1498e43afd04a658 batch_normalization_3.bias dense_1.w
     assert_eq!(got.join("\n"), want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every tensor of a checkpoint (all of which its network reads) is in exactly one of the
+/// layers the network declares, and the declared ones all exist.
+#[test]
+fn declared_layers_cover_every_tensor_exactly_once() {
+    use unveil::engine::models::layers::Weights;
+    use unveil::engine::models::{
+        Network, densenet, efficientnet_lite, read_weights, resnet, xception,
+    };
+    let dir = scratch("layers");
+    let dev = Device::Cpu;
+    let check = |name: &str, w: &Weights, net: &dyn Network| {
+        let declared: Vec<String> = net.layers().into_iter().flat_map(|l| l.tensors).collect();
+        let unique: std::collections::HashSet<&str> = declared.iter().map(String::as_str).collect();
+        assert_eq!(
+            unique.len(),
+            declared.len(),
+            "{name}: a tensor in two layers"
+        );
+        let keys: std::collections::HashSet<&str> = w
+            .shapes()
+            .map(|(k, _)| k)
+            .filter(|k| *k != "op_threshs")
+            .collect();
+        assert_eq!(unique, keys, "{name}");
+    };
+    let lite0 = Weights::from_safetensors(
+        &std::fs::read(crate::common::repo("models/efficientnet-lite0.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let net =
+        efficientnet_lite::EfficientNetLite::lite0(&lite0, 1000, &dev, Backend::Fast).unwrap();
+    check("lite0", &lite0, &net);
+    for (a, depth) in [
+        ("resnet18", resnet::Depth::R18),
+        ("resnet34", resnet::Depth::R34),
+        ("resnet50", resnet::Depth::R50),
+        ("resnet101", resnet::Depth::R101),
+    ] {
+        let w = read_weights(&write_generated(a, &dir)).unwrap();
+        check(
+            a,
+            &w,
+            &resnet::ResNet::load(&w, depth, &dev, Backend::Fast).unwrap(),
+        );
+    }
+    let densenets = [
+        write_generated("densenet121", &dir),
+        xray::path("chexnet_legacy.pth.tar"),
+        xray::path("chexnet_whole_model.pth"),
+        xray::path("xrv_densenet_opthreshs.pt"),
+    ];
+    for p in densenets {
+        let w = read_weights(&p).unwrap().map_keys(densenet::modernise_key);
+        let name = p.display().to_string();
+        check(
+            &name,
+            &w,
+            &densenet::DenseNet::load(&w, &dev, Backend::Fast).unwrap(),
+        );
+    }
+    crate::xception::model(); // fetched first if need be
+    let path = models::weights_path(models::PNEUMONIA_MODEL);
+    let w = Weights::from_safetensors(&std::fs::read(path).unwrap()).unwrap();
+    check(
+        "xception",
+        &w,
+        &xception::Xception::load(&w, 2, &dev, Backend::Fast).unwrap(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

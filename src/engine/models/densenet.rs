@@ -16,7 +16,7 @@
 use candle_core::{Device, Tensor};
 
 use super::Network;
-use super::layers::{Conv, Linear, PadMode, Weights};
+use super::layers::{Conv, Layer, LayerKind, Linear, PadMode, Weights, bn_tensors};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::geometry::Padding;
@@ -80,19 +80,20 @@ impl Config {
 /// Eval-mode BatchNorm as `x * scale + shift`.
 #[derive(Debug)]
 struct Norm {
+    layer: Layer,
     scale: Tensor,
     shift: Tensor,
 }
 
 impl Norm {
     fn load(w: &Weights, p: &str, c: usize, device: &Device) -> Result<Self> {
-        let gamma = w.get(&format!("{p}.weight"), &[c])?;
-        let beta = w.get(&format!("{p}.bias"), &[c])?;
-        let mean = w.get(&format!("{p}.running_mean"), &[c])?;
-        let var = w.get(&format!("{p}.running_var"), &[c])?;
+        let names = bn_tensors(p);
+        let get = |i: usize| w.get(&names[i], &[c]);
+        let (gamma, beta, mean, var) = (get(0)?, get(1)?, get(2)?, get(3)?);
         let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
         let shift = beta.sub(&mean.mul(&scale)?)?;
         Ok(Norm {
+            layer: Layer::new(LayerKind::Norm, names),
             scale: scale.reshape((1, c, 1, 1))?.to_device(device)?,
             shift: shift.reshape((1, c, 1, 1))?.to_device(device)?,
         })
@@ -111,9 +112,18 @@ fn conv(
     pad: usize,
     device: &Device,
 ) -> Result<Conv> {
-    let weight = w.get(&format!("{name}.weight"), &[cout, cin, k, k])?;
+    let name = format!("{name}.weight");
+    let weight = w.get(&name, &[cout, cin, k, k])?;
     let zeros = Tensor::zeros(cout, candle_core::DType::F32, &Device::Cpu)?;
-    Conv::new(weight, zeros, stride, 1, PadMode::Fixed(pad), device)
+    Conv::new(
+        vec![name],
+        weight,
+        zeros,
+        stride,
+        1,
+        PadMode::Fixed(pad),
+        device,
+    )
 }
 
 #[derive(Debug)]
@@ -153,7 +163,8 @@ impl DenseNet {
             ref blocks,
         } = config;
         let conv0 = {
-            let weight = w.get("features.conv0.weight", &[init, in_channels, 7, 7])?;
+            let name = "features.conv0.weight";
+            let weight = w.get(name, &[init, in_channels, 7, 7])?;
             // One channel: the mean of three, folded into the weights.
             let weight = if in_channels == 1 {
                 (weight.repeat((1, 3, 1, 1))? / 3.0)?
@@ -161,7 +172,15 @@ impl DenseNet {
                 weight
             };
             let zeros = Tensor::zeros(init, candle_core::DType::F32, &Device::Cpu)?;
-            Conv::new(weight, zeros, 2, 1, PadMode::Fixed(3), device)?
+            Conv::new(
+                vec![name.into()],
+                weight,
+                zeros,
+                2,
+                1,
+                PadMode::Fixed(3),
+                device,
+            )?
         };
         let norm0 = Norm::load(w, "features.norm0", init, device)?;
         let (mut layer_blocks, mut transitions) = (Vec::new(), Vec::new());
@@ -264,6 +283,26 @@ impl Network for DenseNet {
 
     fn last_stage(&self) -> &'static [&'static str] {
         &["features.denseblock4.", "features.norm5."]
+    }
+
+    /// Pre-activation order: each convolution's BatchNorm before it.
+    fn layers(&self) -> Vec<Layer> {
+        let mut out = vec![self.conv0.layer(), self.norm0.layer.clone()];
+        for (bi, layers) in self.blocks.iter().enumerate() {
+            for l in layers {
+                out.extend([
+                    l.norm1.layer.clone(),
+                    l.conv1.layer(),
+                    l.norm2.layer.clone(),
+                    l.conv2.layer(),
+                ]);
+            }
+            if let Some(t) = self.transitions.get(bi) {
+                out.extend([t.norm.layer.clone(), t.conv.layer()]);
+            }
+        }
+        out.extend([self.norm5.layer.clone(), self.classifier.layer()]);
+        out
     }
 }
 

@@ -340,7 +340,7 @@ pub(super) fn load_described(
             Domain::Other
         },
     };
-    Ok(Arc::new(Model::new(net, info, device, &w)?))
+    Ok(Arc::new(Model::new(net, info, device)?))
 }
 
 impl Network for Net {
@@ -376,6 +376,13 @@ impl Network for Net {
         match self {
             Net::ResNet(r) => r.num_classes(),
             Net::DenseNet(d) => d.num_classes(),
+        }
+    }
+
+    fn layers(&self) -> Vec<super::layers::Layer> {
+        match self {
+            Net::ResNet(r) => r.layers(),
+            Net::DenseNet(d) => d.layers(),
         }
     }
 }

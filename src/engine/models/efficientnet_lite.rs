@@ -9,7 +9,7 @@
 use candle_core::{Device, Tensor};
 
 use super::Network;
-use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights};
+use super::layers::{Body, Conv, Graph, Layer, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::error::Result;
@@ -209,6 +209,20 @@ impl Network for EfficientNetLite {
 
     fn last_stage(&self) -> &'static [&'static str] {
         &["_blocks.15.", "_conv_head.", "_bn1."]
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        let blocks = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.expand.iter().chain([&b.depthwise, &b.project]));
+        [&self.stem]
+            .into_iter()
+            .chain(blocks)
+            .chain([&self.head])
+            .map(Conv::layer)
+            .chain([self.fc.layer()])
+            .collect()
     }
 }
 

@@ -191,7 +191,6 @@ impl ChestXception {
                 op_threshs: None,
             },
             device,
-            weights,
         )
     }
 }
@@ -255,7 +254,6 @@ impl Lite0 {
                 op_threshs: None,
             },
             device,
-            weights,
         )
     }
 }

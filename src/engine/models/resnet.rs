@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor};
 
 use super::Network;
-use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights};
+use super::layers::{Body, Conv, Graph, Layer, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::geometry::Padding;
@@ -73,6 +73,21 @@ impl Block {
             None => x,
         };
         g.conv(last, &h, Some(&skip), relu)
+    }
+
+    /// The shortcut's projection first: it reads the block's input, as the first convolution
+    /// does.
+    fn layers(&self) -> Vec<Layer> {
+        let (down, convs) = match self {
+            Block::Basic { conv1, conv2, down } => (down, vec![conv1, conv2]),
+            Block::Bottleneck {
+                conv1,
+                conv2,
+                conv3,
+                down,
+            } => (down, vec![conv1, conv2, conv3]),
+        };
+        down.iter().chain(convs).map(Conv::layer).collect()
     }
 }
 
@@ -177,6 +192,15 @@ impl Network for ResNet {
 
     fn last_stage(&self) -> &'static [&'static str] {
         &["layer4."]
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        let blocks = self.blocks.iter().flat_map(Block::layers);
+        [self.stem.layer()]
+            .into_iter()
+            .chain(blocks)
+            .chain([self.fc.layer()])
+            .collect()
     }
 }
 

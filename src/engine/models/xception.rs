@@ -11,7 +11,7 @@
 use candle_core::{Device, Tensor};
 
 use super::Network;
-use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights, fold_bn};
+use super::layers::{Body, Conv, Graph, Layer, Linear, PadMode, Weights, bn_tensors, fold_bn};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::geometry::Padding;
@@ -29,13 +29,19 @@ struct SepConv {
 
 impl SepConv {
     fn load(w: &Weights, name: &str, cin: usize, cout: usize, device: &Device) -> Result<Self> {
-        let dw = w.get(&format!("{name}.depthwise_weight"), &[cin, 1, 3, 3])?;
+        let (dw_name, pw_name) = (
+            format!("{name}.depthwise_weight"),
+            format!("{name}.pointwise_weight"),
+        );
+        let dw = w.get(&dw_name, &[cin, 1, 3, 3])?;
         let zeros = Tensor::zeros(cin, candle_core::DType::F32, &Device::Cpu)?;
-        let pw = w.get(&format!("{name}.pointwise_weight"), &[cout, cin, 1, 1])?;
-        let (pw, pb) = fold_bn(w, pw, &format!("{name}_bn"), BN_EPS)?;
+        let pw = w.get(&pw_name, &[cout, cin, 1, 1])?;
+        let bn = format!("{name}_bn");
+        let (pw, pb) = fold_bn(w, pw, &bn, BN_EPS)?;
+        let pw_tensors = [vec![pw_name], bn_tensors(&bn)].concat();
         Ok(SepConv {
-            depthwise: Conv::new(dw, zeros, 1, cin, PadMode::TfSame, device)?,
-            pointwise: Conv::new(pw, pb, 1, 1, PadMode::TfSame, device)?,
+            depthwise: Conv::new(vec![dw_name], dw, zeros, 1, cin, PadMode::TfSame, device)?,
+            pointwise: Conv::new(pw_tensors, pw, pb, 1, 1, PadMode::TfSame, device)?,
         })
     }
 
@@ -44,6 +50,22 @@ impl SepConv {
     fn forward<G: Graph>(&self, g: &mut G, x: &G::Value, act: Option<ReluOp>) -> Result<G::Value> {
         let h = g.conv(&self.depthwise, x, None, None)?;
         g.conv(&self.pointwise, &h, None, act)
+    }
+
+    fn layers(&self) -> [Layer; 2] {
+        [self.depthwise.layer(), self.pointwise.layer()]
+    }
+}
+
+impl DownBlock {
+    /// The residual projection last: it reads the block's input, as the separable
+    /// convolutions do.
+    fn layers(&self) -> Vec<Layer> {
+        [self.sep1.layers(), self.sep2.layers()]
+            .concat()
+            .into_iter()
+            .chain([self.residual.layer()])
+            .collect()
     }
 }
 
@@ -139,8 +161,6 @@ impl Xception {
                 residual: residual(cin, cout)?,
             })
         };
-        // Read in forward order (entry, middle, exit): the order the weights are read in is
-        // the order the sanity check takes for the network's depth.
         let mut down = vec![
             down_block(2, 64, 128, 128)?,
             down_block(3, 128, 256, 256)?,
@@ -199,6 +219,22 @@ impl Network for Xception {
             "conv2d_3.",
             "batch_normalization_3.",
         ]
+    }
+
+    /// Entry flow (blocks 1-4), middle flow (5-12), exit flow (13, 14), head.
+    fn layers(&self) -> Vec<Layer> {
+        let (entry, exit) = self.down.split_at(3);
+        let sep = |s: &SepConv| s.layers().to_vec();
+        [
+            vec![self.conv1.layer(), self.conv2.layer()],
+            entry.iter().flat_map(DownBlock::layers).collect(),
+            self.middle.iter().flatten().flat_map(sep).collect(),
+            exit.iter().flat_map(DownBlock::layers).collect(),
+            sep(&self.exit1),
+            sep(&self.exit2),
+            vec![self.fc1.layer(), self.fc2.layer()],
+        ]
+        .concat()
     }
 }
 
