@@ -2,6 +2,7 @@
 //! preprocessing, output kind), the errors people see, and the sanity check's cascade scopes,
 //! pinned from the code before the table existed.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -240,7 +241,9 @@ fn errors_people_see_are_the_same_lines() {
         None,
         false,
     )));
-    let names = "resnet18, resnet34, resnet50, resnet101, densenet121, xrv-densenet121";
+    // The architectures the registry's models are built on are in the one list too.
+    let names = "resnet18, resnet34, resnet50, resnet101, densenet121, xrv-densenet121, \
+                 efficientnet-lite0, xception";
     let want = [
         format!("invalid parameter: unknown architecture 'vgg16' ({names})"),
         format!(
@@ -350,68 +353,84 @@ xception last-quarter 57 0x1498e43afd04a658 batch_normalization_3.bias dense_1.w
 #[test]
 fn declared_layers_cover_every_tensor_exactly_once() {
     use unveil::engine::models::layers::Weights;
-    use unveil::engine::models::{
-        Network, densenet, efficientnet_lite, read_weights, resnet, xception,
-    };
+    use unveil::engine::models::{Arch, read_weights};
     let dir = scratch("layers");
-    let dev = Device::Cpu;
-    let check = |name: &str, w: &Weights, net: &dyn Network| {
+    let check = |name: &str, arch: &str, w: Weights| {
+        let arch: Arch = arch.parse().unwrap();
+        let w = arch.fix_keys(w);
+        let net = arch.build(&w, &Device::Cpu, Backend::Fast).unwrap();
         let declared: Vec<String> = net.layers().into_iter().flat_map(|l| l.tensors).collect();
-        let unique: std::collections::HashSet<&str> = declared.iter().map(String::as_str).collect();
+        let unique: HashSet<&str> = declared.iter().map(String::as_str).collect();
         assert_eq!(
             unique.len(),
             declared.len(),
             "{name}: a tensor in two layers"
         );
-        let keys: std::collections::HashSet<&str> = w
+        let keys: HashSet<&str> = w
             .shapes()
             .map(|(k, _)| k)
             .filter(|k| *k != "op_threshs")
             .collect();
         assert_eq!(unique, keys, "{name}");
     };
-    let lite0 = Weights::from_safetensors(
-        &std::fs::read(crate::common::repo("models/efficientnet-lite0.safetensors")).unwrap(),
-    )
-    .unwrap();
-    let net =
-        efficientnet_lite::EfficientNetLite::lite0(&lite0, 1000, &dev, Backend::Fast).unwrap();
-    check("lite0", &lite0, &net);
-    for (a, depth) in [
-        ("resnet18", resnet::Depth::R18),
-        ("resnet34", resnet::Depth::R34),
-        ("resnet50", resnet::Depth::R50),
-        ("resnet101", resnet::Depth::R101),
+    let bundled = std::fs::read(crate::common::repo("models/efficientnet-lite0.safetensors"));
+    let lite0 = Weights::from_safetensors(&bundled.unwrap()).unwrap();
+    check("lite0", "efficientnet-lite0", lite0);
+    for a in [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "densenet121",
     ] {
-        let w = read_weights(&write_generated(a, &dir)).unwrap();
-        check(
-            a,
-            &w,
-            &resnet::ResNet::load(&w, depth, &dev, Backend::Fast).unwrap(),
-        );
+        check(a, a, read_weights(&write_generated(a, &dir)).unwrap());
     }
-    let densenets = [
-        write_generated("densenet121", &dir),
-        xray::path("chexnet_legacy.pth.tar"),
-        xray::path("chexnet_whole_model.pth"),
-        xray::path("xrv_densenet_opthreshs.pt"),
-    ];
-    for p in densenets {
-        let w = read_weights(&p).unwrap().map_keys(densenet::modernise_key);
-        let name = p.display().to_string();
-        check(
-            &name,
-            &w,
-            &densenet::DenseNet::load(&w, &dev, Backend::Fast).unwrap(),
-        );
+    for (f, arch) in [
+        ("chexnet_legacy.pth.tar", "densenet121"),
+        ("chexnet_whole_model.pth", "densenet121"),
+        ("xrv_densenet_opthreshs.pt", "xrv-densenet121"),
+    ] {
+        check(f, arch, read_weights(&xray::path(f)).unwrap());
     }
     crate::xception::model(); // fetched first if need be
     let path = models::weights_path(models::PNEUMONIA_MODEL);
     let w = Weights::from_safetensors(&std::fs::read(path).unwrap()).unwrap();
-    check(
-        "xception",
-        &w,
-        &xception::Xception::load(&w, 2, &dev, Backend::Fast).unwrap(),
-    );
+    check("xception", "xception", w);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The architectures of the registry's models are recognised like any other: their weights
+/// files load on their own, as what the registry makes of them (less its name and labels).
+#[test]
+fn the_registrys_architectures_are_recognised_from_their_weights() {
+    let bundled = crate::common::repo("models/efficientnet-lite0.safetensors");
+    let m = load_path(&bundled);
+    assert!(m.info().description.starts_with("efficientnet-lite0 from"));
+    let x = load_path(&models::weights_path(models::PNEUMONIA_MODEL));
+    assert!(x.info().description.starts_with("xception from"));
+    let f = crate::common::fixture("pneumonia_xception.safetensors");
+    let input = f["inputs"].narrow(0, 0, 1).unwrap();
+    let mode = unveil::engine::ops::activation::ReluMode::Plain;
+    let (a, b) = (
+        x.forward(&input, mode).unwrap(),
+        crate::xception::model().forward(&input, mode).unwrap(),
+    );
+    assert_eq!(crate::common::to_vec(&a), crate::common::to_vec(&b));
+    assert_eq!(x.info().mean, [0.5; 3]);
+}
+
+#[test]
+fn the_arch_help_comes_from_the_list() {
+    let help = models::arch_help();
+    assert!(
+        help.starts_with(
+            "resnet18, resnet34, resnet50, resnet101 (torchvision), densenet121 (any \
+             torchvision DenseNet, CheXNet included), xrv-densenet121 (TorchXRayVision), \
+             efficientnet-lite0 ("
+        ),
+        "{help}"
+    );
+    for a in models::Arch::all() {
+        assert!(help.contains(a.name()), "{help}");
+    }
 }

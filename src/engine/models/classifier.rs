@@ -38,17 +38,17 @@ pub trait Network: Send + Sync + std::fmt::Debug {
 
 /// A network with what the engine needs to feed it: the one [`Classifier`] implementation.
 #[derive(Debug)]
-pub struct Model<N> {
-    net: N,
+pub struct Model {
+    net: Box<dyn Network>,
     info: ModelInfo,
     device: Device,
 }
 
-impl<N: Network> Model<N> {
+impl Model {
     /// Checks that the network's outputs and the labels agree, and that there is at least one
     /// class: a classifier with no outputs has no probability to explain (and candle's softmax
     /// would panic on it), so it is refused here, at load time.
-    pub fn new(net: N, info: ModelInfo, device: &Device) -> Result<Self> {
+    pub fn new(net: Box<dyn Network>, info: ModelInfo, device: &Device) -> Result<Self> {
         let outputs = net.num_classes();
         if outputs == 0 {
             return Err(Error::Weights(
@@ -69,7 +69,7 @@ impl<N: Network> Model<N> {
     }
 }
 
-impl<N: Network> Classifier for Model<N> {
+impl Classifier for Model {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
