@@ -434,3 +434,76 @@ fn the_arch_help_comes_from_the_list() {
         assert!(help.contains(a.name()), "{help}");
     }
 }
+
+/// `channel_order` and `resize` are checked when a description is read: a bad value is one
+/// line naming the field and what it may be, before any weights are touched.
+#[test]
+fn a_bad_channel_order_or_resize_is_a_parse_error_naming_the_field() {
+    use unveil::engine::models::{ChannelOrder, LabelsSpec, Resize};
+    let dir = scratch("enums");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (field, value, says) in [
+        (
+            "channel_order",
+            "rbg",
+            "channel_order must be rgb or bgr, got 'rbg'",
+        ),
+        (
+            "resize",
+            "bicubic",
+            "resize must be bilinear or nearest, got 'bicubic'",
+        ),
+    ] {
+        let json = dir.join(format!("{field}.json"));
+        let d = serde_json::json!({ "name": "x", "weights": "absent.pth", field: value });
+        std::fs::write(&json, d.to_string()).unwrap();
+        let err = ModelDescription::read(&json)
+            .map(|_| ())
+            .expect_err("a bad value")
+            .to_string();
+        assert!(
+            err.contains(says) && err.contains(&json.display().to_string()) && !err.contains('\n'),
+            "{err}"
+        );
+    }
+    // The README's example loads as it is written there; values in any case.
+    let readme = r#"{
+  "name": "chexnet",
+  "arch": "densenet121",
+  "weights": "chexnet.pth.tar",
+  "input_size": [224, 224],
+  "mean": [0.485, 0.456, 0.406],
+  "std": [0.229, 0.224, 0.225],
+  "channel_order": "rgb",
+  "resize": "bilinear",
+  "labels": "chestxray14-labels.txt",
+  "multi_label": true
+}"#;
+    let json = dir.join("chexnet.json");
+    std::fs::write(&json, readme).unwrap();
+    let d = ModelDescription::read(&json).unwrap();
+    assert_eq!(d.arch.map(|a| a.name()), Some("densenet121"));
+    assert_eq!(
+        (d.channel_order, d.resize),
+        (ChannelOrder::Rgb, Resize::Bilinear)
+    );
+    assert!(
+        matches!(&d.labels, Some(LabelsSpec::File(f)) if f == &dir.join("chestxray14-labels.txt"))
+    );
+    let upper = readme
+        .replace("\"rgb\"", "\"BGR\"")
+        .replace("\"bilinear\"", "\"Nearest\"");
+    std::fs::write(&json, upper).unwrap();
+    let d = ModelDescription::read(&json).unwrap();
+    assert_eq!(
+        (d.channel_order, d.resize),
+        (ChannelOrder::Bgr, Resize::Nearest)
+    );
+    // What a description says is what it writes back.
+    let back: serde_json::Value = serde_json::to_value(&d).unwrap();
+    assert_eq!(
+        (back["channel_order"].as_str(), back["resize"].as_str()),
+        (Some("bgr"), Some("nearest"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

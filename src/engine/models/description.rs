@@ -44,8 +44,8 @@ pub struct ModelDescription {
     #[serde(default)]
     pub std: Option<[f32; 3]>,
     /// "rgb" (default) or "bgr".
-    #[serde(default = "rgb")]
-    pub channel_order: String,
+    #[serde(default, deserialize_with = "channel_order")]
+    pub channel_order: ChannelOrder,
     #[serde(default)]
     pub labels: Option<LabelsSpec>,
     /// Sigmoid outputs, one per label (multi-label), instead of a softmax. Implied for
@@ -54,18 +54,58 @@ pub struct ModelDescription {
     #[serde(default)]
     pub multi_label: bool,
     /// "bilinear" (default) or "nearest".
-    #[serde(default = "bilinear")]
-    pub resize: String,
+    #[serde(default, deserialize_with = "resize")]
+    pub resize: Resize,
 }
 
 fn default_size() -> [usize; 2] {
     [224, 224]
 }
-fn rgb() -> String {
-    "rgb".into()
+
+/// The order of a model's input channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    #[default]
+    Rgb,
+    /// Caffe-style checkpoints.
+    Bgr,
 }
-fn bilinear() -> String {
-    "bilinear".into()
+
+fn channel_order<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<ChannelOrder, D::Error> {
+    choice(
+        d,
+        "channel_order",
+        &[("rgb", ChannelOrder::Rgb), ("bgr", ChannelOrder::Bgr)],
+    )
+}
+
+fn resize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Resize, D::Error> {
+    choice(
+        d,
+        "resize",
+        &[("bilinear", Resize::Bilinear), ("nearest", Resize::Nearest)],
+    )
+}
+
+/// One of a field's `allowed` values (any case), or an error that names the field and them:
+/// a description is checked when it is read, not when the model loads.
+fn choice<'de, D: serde::Deserializer<'de>, T: Copy>(
+    d: D,
+    field: &str,
+    allowed: &[(&str, T)],
+) -> std::result::Result<T, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    allowed
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(&s))
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
+            serde::de::Error::custom(format!("{field} must be {}, got '{s}'", names.join(" or ")))
+        })
 }
 
 impl ModelDescription {
@@ -87,10 +127,10 @@ impl ModelDescription {
             input_size: default_size(),
             mean: None,
             std: None,
-            channel_order: rgb(),
+            channel_order: ChannelOrder::Rgb,
             labels: labels.map(LabelsSpec::File),
             multi_label,
-            resize: bilinear(),
+            resize: Resize::Bilinear,
         }
     }
 
@@ -169,24 +209,6 @@ pub(super) fn load_described(
         }
         None => None,
     };
-    let resize = match d.resize.as_str() {
-        "bilinear" => Resize::Bilinear,
-        "nearest" => Resize::Nearest,
-        other => {
-            return Err(Error::InvalidParam(format!(
-                "resize must be bilinear or nearest, got '{other}'"
-            )));
-        }
-    };
-    let bgr = match d.channel_order.to_ascii_lowercase().as_str() {
-        "rgb" => false,
-        "bgr" => true,
-        other => {
-            return Err(Error::InvalidParam(format!(
-                "channel_order must be rgb or bgr, got '{other}'"
-            )));
-        }
-    };
     let info = ModelInfo {
         name: d.name.clone(),
         description: format!("{arch} from {}", d.weights.display()),
@@ -195,9 +217,9 @@ pub(super) fn load_described(
         std: d.std.unwrap_or(defaults.std),
         dataset_mean: d.mean.unwrap_or(defaults.dataset_mean),
         labels,
-        resize,
+        resize: d.resize,
         multi_label: d.multi_label || defaults.multi_label || classes == 1,
-        bgr,
+        bgr: d.channel_order == ChannelOrder::Bgr,
         crop: defaults.crop,
         op_threshs,
         domain: defaults.domain.unwrap_or(if chest_labels {

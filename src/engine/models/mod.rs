@@ -26,7 +26,7 @@ pub mod reinit;
 pub use arch::{Arch, Architecture, Defaults, Detection, arch_help, arch_names};
 pub use checkpoint::read_weights;
 pub use classifier::{Classifier, Model, Network};
-pub use description::{LabelsSpec, ModelDescription, load_custom};
+pub use description::{ChannelOrder, LabelsSpec, ModelDescription, load_custom};
 pub use info::{Crop, Domain, ModelInfo, Resize};
 pub use registry::{
     DEFAULT_MODEL, ModelEntry, ModelSource, PNEUMONIA_MODEL, entries, from_weights, is_installed,
