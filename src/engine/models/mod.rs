@@ -6,8 +6,8 @@
 //! Layout: `info` (what feeding a model needs), `classifier` (the traits the engine uses and
 //! the one model type), `arch` (one file per architecture and the one list of them: adding an
 //! architecture is a file there and a line in that list), `registry` (models known by name,
-//! built on those architectures), `description` (models people bring), `checkpoint` + `pth`
-//! (reading weights safely), `layers` (shared building blocks and the layers networks
+//! built on those architectures), `description` (models people bring), `checkpoint` (reading
+//! weights safely: safetensors, and PyTorch's pickles read as data), `layers` (shared building blocks and the layers networks
 //! declare), `reinit` (the sanity check's re-initialisations), and `fetch` (weights that may
 //! not be redistributed).
 
@@ -18,8 +18,6 @@ mod description;
 pub mod fetch;
 mod info;
 pub mod layers;
-mod pickle;
-pub mod pth;
 mod registry;
 pub mod reinit;
 
