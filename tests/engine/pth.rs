@@ -376,6 +376,24 @@ fn a_module_tree_sharing_subtrees_is_refused_at_once() {
             && !err.contains('\n'),
         "{err}"
     );
+    // What `unveil run` says of it: the same line, exit status 1, at once.
+    let start = std::time::Instant::now();
+    let image = repo("assets/chelsea.png");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_unveil"))
+        .args(["run", image.to_str().unwrap(), "--weights"])
+        .arg(&path)
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&err) && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+    let took = start.elapsed().as_secs_f64();
+    assert!(took < 5.0, "unveil run took {took} s");
     // Three levels: the Linear at 8 places, its two tensors under each name, as state_dict()
     // lists a shared module's.
     shared_subtrees(3, &path);
