@@ -19,7 +19,7 @@
 use candle_core::{Device, Tensor};
 
 use super::{Architecture, Defaults, Detection};
-use crate::engine::models::Network;
+use crate::engine::models::classifier::Network;
 use crate::engine::models::info::CHESTXRAY14_LABELS;
 use crate::engine::models::layers::{
     Conv, Layer, LayerKind, Linear, PadMode, Weights, bn_tensors,

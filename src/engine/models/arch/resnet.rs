@@ -8,7 +8,7 @@
 use candle_core::{Device, Tensor};
 
 use super::{Architecture, Defaults, Detection};
-use crate::engine::models::Network;
+use crate::engine::models::classifier::Network;
 use crate::engine::models::layers::{Body, Conv, Graph, Layer, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};

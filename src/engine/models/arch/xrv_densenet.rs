@@ -11,7 +11,7 @@ use candle_core::Device;
 
 use super::densenet::{DenseNet, is_densenet, modernise_key};
 use super::{Architecture, Defaults, Detection};
-use crate::engine::models::Network;
+use crate::engine::models::classifier::Network;
 use crate::engine::models::info::{Crop, Domain, XRV_LABELS};
 use crate::engine::models::layers::Weights;
 use crate::engine::ops::Backend;
