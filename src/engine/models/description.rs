@@ -48,9 +48,9 @@ pub struct ModelDescription {
     pub channel_order: ChannelOrder,
     #[serde(default)]
     pub labels: Option<LabelsSpec>,
-    /// Sigmoid outputs, one per label (multi-label), instead of a softmax. Implied for
-    /// TorchXRayVision, CheXNet-style heads (`classifier.0` = Linear then Sigmoid), 14-output
-    /// DenseNets (ChestX-ray14) and single-output models.
+    /// Sigmoid outputs, one per label (multi-label), instead of a softmax. Implied where the
+    /// architecture says so (TorchXRayVision; DenseNets with CheXNet's `classifier.0` head,
+    /// Linear then Sigmoid, or 14 outputs, ChestX-ray14's) and for single-output models.
     #[serde(default)]
     pub multi_label: bool,
     /// "bilinear" (default) or "nearest".

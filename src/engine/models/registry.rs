@@ -1,5 +1,7 @@
 //! The models unveil knows by name: the bundled ImageNet EfficientNet-Lite0 and the fetched
-//! chest X-ray Xception, where fetched weights live, and loading by name or description.
+//! chest X-ray Xception, each an entry built on one of the architectures of [`super::arch`]
+//! (with its weights, labels and how it was trained to be fed); where fetched weights live;
+//! and loading by name, description or weights file.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
