@@ -20,9 +20,7 @@ use unveil::engine::image;
 use unveil::engine::maps::Mask;
 use unveil::engine::mask::smooth;
 use unveil::engine::models::layers::Weights;
-use unveil::engine::models::{
-    self, Arch, ChestXception, Classifier, DEFAULT_MODEL, ModelDescription,
-};
+use unveil::engine::models::{self, Classifier, DEFAULT_MODEL, ModelDescription, PNEUMONIA_MODEL};
 use unveil::engine::ops::Backend;
 use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
 use unveil::engine::predict::{classify, top_k};
@@ -144,7 +142,7 @@ fn resnet50(backend: Backend, init: ResNetInit, device: &Device) -> Arc<dyn Clas
     ));
     candle_core::safetensors::save(&seeded(resnet50_keys(), init), &path).unwrap();
     let m = models::load_custom(
-        &ModelDescription::ad_hoc(path.clone(), Some(Arch::Resnet50), None, false),
+        &ModelDescription::ad_hoc(path.clone(), Some("resnet50".parse().unwrap()), None, false),
         device,
         backend,
     )
@@ -157,7 +155,7 @@ fn resnet50(backend: Backend, init: ResNetInit, device: &Device) -> Arc<dyn Clas
 /// (non-redistributable) training.
 fn xception(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
     let w = Weights::new(seeded(xception_keys(), ResNetInit::Torchvision));
-    Arc::new(ChestXception::from_weights(&w, device, backend).unwrap())
+    models::from_weights(PNEUMONIA_MODEL, &w, device, backend).unwrap()
 }
 
 fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {

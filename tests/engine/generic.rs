@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use unveil::engine::device::{self, DeviceChoice};
-use unveil::engine::models::{Arch, Classifier, Lite0};
+use unveil::engine::models::{self, Classifier, DEFAULT_MODEL};
 use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::ReluMode;
 
@@ -72,17 +72,22 @@ fn efficientnet_lite0_generic_path_matches_the_cpu_kernels() {
     let f = fixture("efficientnet_lite0.safetensors");
     let (dev, backend) = generic_side();
     let fast = crate::common::lite0();
-    let generic = Lite0::bundled(&dev, backend).unwrap();
-    same_on_both_paths("efficientnet-lite0", fast.as_ref(), &generic, &f["input"]);
+    let generic = models::load(DEFAULT_MODEL, &dev, backend).unwrap();
+    same_on_both_paths(
+        "efficientnet-lite0",
+        fast.as_ref(),
+        generic.as_ref(),
+        &f["input"],
+    );
 }
 
 #[test]
 fn resnet_generic_path_matches_the_cpu_kernels() {
     let f = fixture("torchvision/resnet50.safetensors");
     let (dev, backend) = generic_side();
-    for (name, arch) in [("resnet18", Arch::Resnet18), ("resnet50", Arch::Resnet50)] {
-        let fast = crate::torchvision::load(name, arch, Backend::Fast);
-        let generic = crate::torchvision::load_on(name, arch, backend, &dev);
+    for name in ["resnet18", "resnet50"] {
+        let fast = crate::torchvision::load(name, Backend::Fast);
+        let generic = crate::torchvision::load_on(name, backend, &dev);
         same_on_both_paths(name, fast.as_ref(), generic.as_ref(), &f["input"]);
     }
 }
@@ -91,9 +96,8 @@ fn resnet_generic_path_matches_the_cpu_kernels() {
 fn densenet_generic_path_matches_the_cpu_kernels() {
     let f = fixture("torchvision/densenet121.safetensors");
     let (dev, backend) = generic_side();
-    let arch = Arch::Densenet121;
-    let fast = crate::torchvision::load("densenet121", arch, Backend::Fast);
-    let generic = crate::torchvision::load_on("densenet121", arch, backend, &dev);
+    let fast = crate::torchvision::load("densenet121", Backend::Fast);
+    let generic = crate::torchvision::load_on("densenet121", backend, &dev);
     same_on_both_paths("densenet121", fast.as_ref(), generic.as_ref(), &f["input"]);
 }
 

@@ -1,5 +1,6 @@
 //! Engine and CLI integration tests: one binary, a module per area.
 
+mod architectures;
 mod cli;
 mod cli_flags;
 mod common;

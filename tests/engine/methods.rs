@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::Tensor;
 use unveil::engine::explainer::Explainer;
-use unveil::engine::models::{Arch, Classifier};
+use unveil::engine::models::Classifier;
 use unveil::engine::ops::Backend;
 use unveil::engine::outcome::Step;
 use unveil::engine::params::{Method, Reduction, SaliencyParams, StopParams, UnveilParams};
@@ -111,14 +111,10 @@ fn efficientnet_lite0_methods_match_captum_and_pytorch() {
 
 #[test]
 fn resnet_and_densenet_methods_match_captum_and_pytorch() {
-    for (name, arch) in [
-        ("resnet18", Arch::Resnet18),
-        ("resnet50", Arch::Resnet50),
-        ("densenet121", Arch::Densenet121),
-    ] {
+    for name in ["resnet18", "resnet50", "densenet121"] {
         let f = fixture(&format!("torchvision/{name}.safetensors"));
         let r = fixture(&format!("methods/{name}.safetensors"));
-        let model = crate::torchvision::load(name, arch, Backend::Fast);
+        let model = crate::torchvision::load(name, Backend::Fast);
         let (x, t) = (&f["input"], target(&f));
         let ig = first_step(model.clone(), x, t, plain(Method::IntegratedGradients));
         assert_close(
@@ -151,6 +147,6 @@ fn every_architecture_names_its_grad_cam_layer() {
             .feature_layer()
             .is_some_and(|l| l.contains("head convolution"))
     );
-    let d = crate::torchvision::load("densenet121", Arch::Densenet121, Backend::Fast);
+    let d = crate::torchvision::load("densenet121", Backend::Fast);
     assert!(d.feature_layer().is_some_and(|l| l.contains("norm5")));
 }

@@ -2,7 +2,8 @@
 
 use candle_core::{Device, Tensor};
 use unveil::engine::image;
-use unveil::engine::models::{Classifier, Lite0};
+use unveil::engine::models::layers::Weights;
+use unveil::engine::models::{self, DEFAULT_MODEL};
 use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::ReluMode;
 use unveil::engine::predict::{classify, top_k};
@@ -47,7 +48,7 @@ fn fast_ops_match_stock_candle_on_the_whole_model() {
         .unwrap()
         .contiguous()
         .unwrap();
-    let stock = Lite0::bundled(&Device::Cpu, Backend::Stock).unwrap();
+    let stock = models::load(DEFAULT_MODEL, &Device::Cpu, Backend::Stock).unwrap();
     let fast = lite0();
     let (lf, ls) = (
         fast.forward(&x, ReluMode::Plain).unwrap(),
@@ -55,7 +56,7 @@ fn fast_ops_match_stock_candle_on_the_whole_model() {
     );
     assert!(max_abs_diff(&to_vec(&lf), &to_vec(&ls)) < 1e-3);
     let gf = logit_gradient(fast.as_ref(), &x, target, ReluMode::Guided);
-    let gs = logit_gradient(&stock, &x, target, ReluMode::Guided);
+    let gs = logit_gradient(stock.as_ref(), &x, target, ReluMode::Guided);
     let c = cosine(&gf, &gs);
     assert!(c > 0.9999, "cosine {c}");
     assert!(max_abs_diff(&gf, &gs) < 1e-4 * gs.iter().fold(0f32, |m, v| m.max(v.abs())) + 1e-6);
@@ -93,7 +94,9 @@ fn sample_photos_are_recognised() {
 
 #[test]
 fn corrupt_weights_give_an_error_not_a_panic() {
-    let err = Lite0::from_safetensors(b"not a safetensors file", &Device::Cpu, Backend::Fast)
+    let err = Weights::from_safetensors(b"not a safetensors file")
+        .and_then(|w| models::from_weights(DEFAULT_MODEL, &w, &Device::Cpu, Backend::Fast))
+        .map(|_| ())
         .expect_err("must fail");
     assert!(err.to_string().contains("safetensors"), "{err}");
 }

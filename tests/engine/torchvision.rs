@@ -84,22 +84,27 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("unveil-tv-{}-{name}-{n}", std::process::id()))
 }
 
-pub fn load(arch_name: &str, arch: Arch, backend: Backend) -> std::sync::Arc<dyn Classifier> {
-    load_on(arch_name, arch, backend, &Device::Cpu)
+/// The architecture called `name`.
+pub fn arch(name: &str) -> Arch {
+    name.parse().unwrap()
+}
+
+/// The generated checkpoint of the architecture `arch_name`, loaded as it.
+pub fn load(arch_name: &str, backend: Backend) -> std::sync::Arc<dyn Classifier> {
+    load_on(arch_name, backend, &Device::Cpu)
 }
 
 pub fn load_on(
     arch_name: &str,
-    arch: Arch,
     backend: Backend,
     device: &Device,
 ) -> std::sync::Arc<dyn Classifier> {
     let dir = scratch(arch_name);
     let mut d = ModelDescription::ad_hoc(
         write_generated(arch_name, &dir),
-        Some(arch),
+        Some(arch(arch_name)),
         None,
-        arch == Arch::Densenet121,
+        arch_name == "densenet121",
     );
     d.input_size = [64, 64];
     let m = models::load_custom(&d, device, backend).unwrap();
@@ -107,22 +112,18 @@ pub fn load_on(
     m
 }
 
-fn check(arch_name: &str, arch: Arch) -> (Vec<f32>, HashMap<String, Tensor>) {
-    check_with(arch_name, arch, Backend::Fast)
+fn check(arch_name: &str) -> (Vec<f32>, HashMap<String, Tensor>) {
+    check_with(arch_name, Backend::Fast)
 }
 
-fn check_with(
-    arch_name: &str,
-    arch: Arch,
-    backend: Backend,
-) -> (Vec<f32>, HashMap<String, Tensor>) {
+fn check_with(arch_name: &str, backend: Backend) -> (Vec<f32>, HashMap<String, Tensor>) {
     let f = fixture(&format!("torchvision/{arch_name}.safetensors"));
     assert_eq!(
         to_vec(&f["input"]),
         generate("input", &[1, 3, 64, 64]),
         "the generators agree"
     );
-    let m = load(arch_name, arch, backend);
+    let m = load(arch_name, backend);
     let logits = m.forward(&f["input"], ReluMode::Plain).unwrap();
     let d = max_abs_diff(&to_vec(&logits), &to_vec(&f["logits"]));
     assert!(d < 1e-3, "{arch_name}: max abs logit difference {d}");
@@ -144,34 +145,34 @@ fn check_with(
 
 #[test]
 fn resnet18_matches_torchvision() {
-    check("resnet18", Arch::Resnet18);
+    check("resnet18");
 }
 
 /// The same network as separate stock candle ops (the path GPUs take): ResNet runs as one
 /// layer chain on the CPU fast path, so this checks the other side of the shared structure.
 #[test]
 fn resnet18_on_stock_ops_matches_torchvision() {
-    check_with("resnet18", Arch::Resnet18, Backend::Stock);
+    check_with("resnet18", Backend::Stock);
 }
 
 #[test]
 fn resnet34_matches_torchvision() {
-    check("resnet34", Arch::Resnet34);
+    check("resnet34");
 }
 
 #[test]
 fn resnet50_matches_torchvision() {
-    check("resnet50", Arch::Resnet50);
+    check("resnet50");
 }
 
 #[test]
 fn resnet101_matches_torchvision() {
-    check("resnet101", Arch::Resnet101);
+    check("resnet101");
 }
 
 #[test]
 fn densenet121_guides_the_functional_relu_that_hooks_miss() {
-    let (guided, f) = check("densenet121", Arch::Densenet121);
+    let (guided, f) = check("densenet121");
     // torchvision calls F.relu after norm5; module hooks do not see it. Ours is guided too,
     // so we are far closer to the fully guided reference than to the hooks-only one.
     let dist = |other: &[f32]| {
@@ -197,7 +198,7 @@ fn a_checkpoint_of_another_architecture_names_the_first_mismatch() {
     let dir = scratch("mismatch");
     let d = ModelDescription::ad_hoc(
         write_generated("resnet18", &dir),
-        Some(Arch::Resnet50),
+        Some(arch("resnet50")),
         None,
         false,
     );
@@ -297,7 +298,7 @@ fn a_classifier_with_zero_outputs_is_refused_at_load_time() {
         Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&tensors, &path).unwrap();
-    let d = ModelDescription::ad_hoc(path, Some(Arch::Resnet18), None, false);
+    let d = ModelDescription::ad_hoc(path, Some(arch("resnet18")), None, false);
     let err = models::load_custom(&d, &Device::Cpu, Backend::Fast)
         .map(|_| ())
         .expect_err("no class to explain")
@@ -334,7 +335,7 @@ fn a_densenet_checkpoint_with_legacy_layer_names_loads_the_same_model() {
     let legacy_path = dir.join("legacy.safetensors");
     candle_core::safetensors::save(&legacy, &legacy_path).unwrap();
     let load = |p: std::path::PathBuf| {
-        let mut d = ModelDescription::ad_hoc(p, Some(Arch::Densenet121), None, true);
+        let mut d = ModelDescription::ad_hoc(p, Some(arch("densenet121")), None, true);
         d.input_size = [64, 64];
         models::load_custom(&d, &Device::Cpu, Backend::Fast).unwrap()
     };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use unveil::engine::image;
-use unveil::engine::models::{self, Arch, Classifier, Crop, ModelDescription, read_weights};
+use unveil::engine::models::{self, Classifier, Crop, ModelDescription, read_weights};
 use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::ReluMode;
 use unveil::engine::predict::{classify_batch, top_k};
@@ -276,7 +276,8 @@ fn a_single_output_model_is_a_sigmoid_not_a_softmax_of_one() {
     t.insert("fc.bias".into(), b);
     let one = dir.join("one.safetensors");
     candle_core::safetensors::save(&t, &one).unwrap();
-    let mut d = ModelDescription::ad_hoc(one, Some(Arch::Resnet18), None, false);
+    let mut d =
+        ModelDescription::ad_hoc(one, Some(crate::torchvision::arch("resnet18")), None, false);
     d.input_size = [64, 64];
     let m = models::load_custom(&d, &Device::Cpu, Backend::Fast).unwrap();
     let f = fixture("torchvision/resnet18.safetensors");

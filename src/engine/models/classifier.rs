@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use candle_core::{Device, Tensor};
 
-use super::layers::Weights;
+use super::layers::Layer;
 use super::reinit::{self, Cascade};
 use crate::engine::device;
 use crate::engine::models::info::ModelInfo;
@@ -28,27 +28,27 @@ pub trait Network: Send + Sync + std::fmt::Debug {
     /// Which layer [`Network::features`] returns, for people.
     fn feature_layer(&self) -> &'static str;
     /// Name prefixes of the weights of the last block or stage before the head (the sanity
-    /// check's second re-initialisation). Loaders read weights in forward order: the sanity
-    /// check takes that order for the network's depth.
+    /// check's second re-initialisation).
     fn last_stage(&self) -> &'static [&'static str];
+    /// Every layer's tensors in forward order (branches that read the same input, such as a
+    /// residual block's shortcut, in either order): the sanity check's cascade takes the
+    /// network's depth from it. Every tensor the network reads is in exactly one layer.
+    fn layers(&self) -> Vec<Layer>;
 }
 
 /// A network with what the engine needs to feed it: the one [`Classifier`] implementation.
 #[derive(Debug)]
-pub struct Model<N> {
-    net: N,
+pub struct Model {
+    net: Box<dyn Network>,
     info: ModelInfo,
     device: Device,
-    /// The weights the network read, in order, with their number of dimensions.
-    read_order: Vec<(String, usize)>,
 }
 
-impl<N: Network> Model<N> {
+impl Model {
     /// Checks that the network's outputs and the labels agree, and that there is at least one
     /// class: a classifier with no outputs has no probability to explain (and candle's softmax
-    /// would panic on it), so it is refused here, at load time. `weights` are the ones `net`
-    /// was built from (their read order locates its layers).
-    pub fn new(net: N, info: ModelInfo, device: &Device, weights: &Weights) -> Result<Self> {
+    /// would panic on it), so it is refused here, at load time.
+    pub fn new(net: Box<dyn Network>, info: ModelInfo, device: &Device) -> Result<Self> {
         let outputs = net.num_classes();
         if outputs == 0 {
             return Err(Error::Weights(
@@ -65,12 +65,11 @@ impl<N: Network> Model<N> {
             net,
             info,
             device: device.clone(),
-            read_order: weights.read_order(),
         })
     }
 }
 
-impl<N: Network> Classifier for Model<N> {
+impl Classifier for Model {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
@@ -97,7 +96,7 @@ impl<N: Network> Classifier for Model<N> {
 
     fn reinit_scope(&self, cascade: Cascade) -> Option<HashSet<String>> {
         Some(reinit::scope(
-            &self.read_order,
+            &self.net.layers(),
             self.net.last_stage(),
             cascade,
         ))

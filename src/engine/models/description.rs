@@ -1,101 +1,20 @@
-//! Models people bring: a JSON description (or `--weights/--arch`) naming an architecture,
-//! a checkpoint with torchvision tensor names, labels and preprocessing.
+//! Models people bring: a JSON description (or `--weights/--arch`) naming an architecture of
+//! [`super::arch`] (or letting the checkpoint say which), a checkpoint, labels and
+//! preprocessing. Nothing here knows one architecture from another: what differs comes from
+//! the architecture's declaration.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
+use super::arch::Arch;
 use super::checkpoint::read_checkpoint;
-use super::classifier::{Classifier, Model, Network};
-use super::info::{
-    CHESTXRAY14_LABELS, Crop, Domain, IMAGENET_LABELS, ModelInfo, Resize, XRV_LABELS,
-};
-use super::layers::{WeightEdit, Weights};
-use super::pth::Checkpoint;
-use super::{densenet, resnet};
+use super::classifier::{Classifier, Model};
+use super::info::{CHESTXRAY14_LABELS, Domain, IMAGENET_LABELS, ModelInfo, Resize};
+use super::layers::WeightEdit;
 use crate::engine::ops::Backend;
-use crate::engine::ops::activation::ReluMode;
 use crate::error::{Error, Result};
-
-/// Architectures for checkpoints people bring (torchvision tensor names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Resnet18,
-    Resnet34,
-    Resnet50,
-    Resnet101,
-    /// torchvision's DenseNet-121 (and its relatives: the shape is read from the weights),
-    /// e.g. CheXNet.
-    Densenet121,
-    /// TorchXRayVision's DenseNet-121: one input channel, its own preprocessing, 18 labels.
-    #[serde(rename = "xrv-densenet121")]
-    XrvDensenet121,
-}
-
-const ARCH_NAMES: &str = "resnet18, resnet34, resnet50, resnet101, densenet121, xrv-densenet121";
-
-impl std::str::FromStr for Arch {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
-            .map_err(|_| Error::InvalidParam(format!("unknown architecture '{s}' ({ARCH_NAMES})")))
-    }
-}
-
-impl Arch {
-    /// The architecture a checkpoint's contents say it is: a whole pickled model names its
-    /// class; a state dict is recognised by its tensor names.
-    pub fn detect(w: &Weights, ck: &Checkpoint) -> Result<Arch> {
-        if ck
-            .model_class
-            .as_deref()
-            .is_some_and(|c| c.starts_with("torchxrayvision."))
-        {
-            return Ok(Arch::XrvDensenet121);
-        }
-        let has = |k: &str| w.shape(k).is_ok();
-        if has("features.denseblock1.denselayer1.conv1.weight")
-            || has("features.denseblock1.denselayer1.conv.1.weight")
-        {
-            // One input channel is TorchXRayVision's DenseNet.
-            let gray = w
-                .shape("features.conv0.weight")
-                .is_ok_and(|s| s.get(1) == Some(&1));
-            return Ok(if gray {
-                Arch::XrvDensenet121
-            } else {
-                Arch::Densenet121
-            });
-        }
-        if has("layer1.0.conv1.weight") {
-            let blocks = |layer: usize| {
-                (0..)
-                    .take_while(|b| has(&format!("layer{layer}.{b}.conv1.weight")))
-                    .count()
-            };
-            let bottleneck = has("layer1.0.conv3.weight");
-            return match (blocks(3), bottleneck) {
-                (2, false) => Ok(Arch::Resnet18),
-                (6, false) => Ok(Arch::Resnet34),
-                (6, true) => Ok(Arch::Resnet50),
-                (23, true) => Ok(Arch::Resnet101),
-                (n, b) => Err(Error::Weights(format!(
-                    "a ResNet with {n} blocks in its third stage{}: not one unveil knows",
-                    if b { " (bottleneck)" } else { "" }
-                ))),
-            };
-        }
-        Err(Error::Weights(format!(
-            "cannot tell the architecture from the weights{}; name it with --arch ({ARCH_NAMES})",
-            ck.model_class
-                .as_deref()
-                .map(|c| format!(" (a whole `{c}` model)"))
-                .unwrap_or_default()
-        )))
-    }
-}
 
 /// Labels: a list, or a text file with one label per line (relative to the description).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -118,40 +37,75 @@ pub struct ModelDescription {
     pub weights: PathBuf,
     #[serde(default = "default_size")]
     pub input_size: [usize; 2],
-    /// Normalisation `(x - mean) / std` of [0, 1] pixels; default: ImageNet's, or
-    /// TorchXRayVision's [-1024, 1024] scaling for its models.
+    /// Normalisation `(x - mean) / std` of [0, 1] pixels; default: the architecture's
+    /// (ImageNet's for torchvision's, TorchXRayVision's [-1024, 1024] scaling for its models).
     #[serde(default)]
     pub mean: Option<[f32; 3]>,
     #[serde(default)]
     pub std: Option<[f32; 3]>,
     /// "rgb" (default) or "bgr".
-    #[serde(default = "rgb")]
-    pub channel_order: String,
+    #[serde(default, deserialize_with = "channel_order")]
+    pub channel_order: ChannelOrder,
     #[serde(default)]
     pub labels: Option<LabelsSpec>,
-    /// Sigmoid outputs, one per label (multi-label), instead of a softmax. Implied for
-    /// TorchXRayVision, CheXNet-style heads (`classifier.0` = Linear then Sigmoid), 14-output
-    /// DenseNets (ChestX-ray14) and single-output models.
+    /// Sigmoid outputs, one per label (multi-label), instead of a softmax. Implied where the
+    /// architecture says so (TorchXRayVision; DenseNets with CheXNet's `classifier.0` head,
+    /// Linear then Sigmoid, or 14 outputs, ChestX-ray14's) and for single-output models.
     #[serde(default)]
     pub multi_label: bool,
     /// "bilinear" (default) or "nearest".
-    #[serde(default = "bilinear")]
-    pub resize: String,
+    #[serde(default, deserialize_with = "resize")]
+    pub resize: Resize,
 }
 
 fn default_size() -> [usize; 2] {
     [224, 224]
 }
-const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// TorchXRayVision's `normalize`: `(2 x - 1) * 1024` for x in [0, 1].
-const XRV_MEAN: [f32; 3] = [0.5; 3];
-const XRV_STD: [f32; 3] = [1.0 / 2048.0; 3];
-fn rgb() -> String {
-    "rgb".into()
+
+/// The order of a model's input channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    #[default]
+    Rgb,
+    /// Caffe-style checkpoints.
+    Bgr,
 }
-fn bilinear() -> String {
-    "bilinear".into()
+
+fn channel_order<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<ChannelOrder, D::Error> {
+    choice(
+        d,
+        "channel_order",
+        &[("rgb", ChannelOrder::Rgb), ("bgr", ChannelOrder::Bgr)],
+    )
+}
+
+fn resize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Resize, D::Error> {
+    choice(
+        d,
+        "resize",
+        &[("bilinear", Resize::Bilinear), ("nearest", Resize::Nearest)],
+    )
+}
+
+/// One of a field's `allowed` values (any case), or an error that names the field and them:
+/// a description is checked when it is read, not when the model loads.
+fn choice<'de, D: serde::Deserializer<'de>, T: Copy>(
+    d: D,
+    field: &str,
+    allowed: &[(&str, T)],
+) -> std::result::Result<T, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    allowed
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(&s))
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
+            serde::de::Error::custom(format!("{field} must be {}, got '{s}'", names.join(" or ")))
+        })
 }
 
 impl ModelDescription {
@@ -173,10 +127,10 @@ impl ModelDescription {
             input_size: default_size(),
             mean: None,
             std: None,
-            channel_order: rgb(),
+            channel_order: ChannelOrder::Rgb,
             labels: labels.map(LabelsSpec::File),
             multi_label,
-            resize: bilinear(),
+            resize: Resize::Bilinear,
         }
     }
 
@@ -195,13 +149,6 @@ impl ModelDescription {
     }
 }
 
-/// The architectures a description can name.
-#[derive(Debug)]
-enum Net {
-    ResNet(resnet::ResNet),
-    DenseNet(densenet::DenseNet),
-}
-
 /// Loads a described model.
 pub fn load_custom(
     d: &ModelDescription,
@@ -211,7 +158,10 @@ pub fn load_custom(
     load_described(d, device, backend, &|_| Ok(()))
 }
 
-/// Loads a described model, its weights changed by `edit` first.
+/// Loads a described model, its weights changed by `edit` first. What the description leaves
+/// out comes from the checkpoint (a whole model's labels and operating points), from the
+/// architecture's defaults, then from the head's width (ImageNet's labels for 1000 outputs; a
+/// single output is a sigmoid).
 pub(super) fn load_described(
     d: &ModelDescription,
     device: &Device,
@@ -219,66 +169,34 @@ pub(super) fn load_described(
     edit: WeightEdit,
 ) -> Result<Arc<dyn Classifier>> {
     let (w, ck) = read_checkpoint(&d.weights)?;
-    let detected = Arch::detect(&w, &ck);
-    let arch = match (d.arch, detected) {
-        // A whole TorchXRayVision model is one, whatever DenseNet it was called.
-        (Some(Arch::Densenet121) | None, Ok(Arch::XrvDensenet121)) => Arch::XrvDensenet121,
-        (Some(a), _) => a,
-        (None, detected) => detected?,
-    };
-    let xrv = arch == Arch::XrvDensenet121;
-    // torchvision renamed DenseNet's layers (`norm.1` -> `norm1`); only DenseNet
-    // checkpoints carry the old names.
-    let mut w = match arch {
-        Arch::Densenet121 | Arch::XrvDensenet121 => w.map_keys(densenet::modernise_key),
-        _ => w,
-    };
+    let arch = Arch::resolve(d.arch, &w, ck.model_class.as_deref())?;
+    let mut w = arch.fix_keys(w);
     edit(&mut w)?;
-    let resnet = |depth| -> Result<Net> {
-        Ok(Net::ResNet(resnet::ResNet::load(
-            &w, depth, device, backend,
-        )?))
-    };
-    let net = match arch {
-        Arch::Resnet18 => resnet(resnet::Depth::R18)?,
-        Arch::Resnet34 => resnet(resnet::Depth::R34)?,
-        Arch::Resnet50 => resnet(resnet::Depth::R50)?,
-        Arch::Resnet101 => resnet(resnet::Depth::R101)?,
-        Arch::Densenet121 | Arch::XrvDensenet121 => {
-            Net::DenseNet(densenet::DenseNet::load(&w, device, backend)?)
-        }
-    };
+    let net = arch.build(&w, device, backend)?;
     let classes = net.num_classes();
-    let lines =
-        |text: &str| -> Vec<String> { text.lines().map(|l| l.trim().to_string()).collect() };
-    let labels: Vec<String> = match &d.labels {
-        Some(LabelsSpec::List(l)) => l.clone(),
-        Some(LabelsSpec::File(f)) => std::fs::read_to_string(f)
+    let defaults = arch.defaults(classes, &w);
+    let labels: Vec<String> = match (&d.labels, defaults.labels) {
+        (Some(LabelsSpec::List(l)), _) => l.clone(),
+        (Some(LabelsSpec::File(f)), _) => std::fs::read_to_string(f)
             .map_err(|e| Error::io(f, e))?
             .lines()
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect(),
         // A whole model's own list (TorchXRayVision's `targets`, blanks included).
-        None if ck.labels.as_ref().is_some_and(|l| l.len() == classes) => {
+        (None, _) if ck.labels.as_ref().is_some_and(|l| l.len() == classes) => {
             ck.labels.clone().unwrap_or_default()
         }
-        None if xrv && classes == 18 => lines(XRV_LABELS),
-        None if matches!(arch, Arch::Densenet121) && classes == 14 => lines(CHESTXRAY14_LABELS),
-        None if classes == 1000 => IMAGENET_LABELS.lines().map(str::to_string).collect(),
-        None => (0..classes).map(|i| format!("class {i}")).collect(),
+        (None, Some(labels)) => labels,
+        (None, None) if classes == 1000 => IMAGENET_LABELS.lines().map(str::to_string).collect(),
+        (None, None) => (0..classes).map(|i| format!("class {i}")).collect(),
     };
     // ChestX-ray14's findings, whether from the default list or the user's.
-    let chest_labels = lines(CHESTXRAY14_LABELS)
-        .iter()
-        .filter(|l| labels.contains(l))
+    let chest_labels = CHESTXRAY14_LABELS
+        .lines()
+        .filter(|l| labels.iter().any(|x| x == l.trim()))
         .count()
         >= 7;
-    let multi_label = d.multi_label
-        || xrv
-        || classes == 1
-        || densenet::classifier_name(&w) == "classifier.0"
-        || (matches!(arch, Arch::Densenet121) && classes == 14);
     let op_threshs = match w.peek("op_threshs") {
         Some(t) if t.dims() == [classes] => {
             Some(t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
@@ -291,91 +209,26 @@ pub(super) fn load_described(
         }
         None => None,
     };
-    let resize = match d.resize.as_str() {
-        "bilinear" => Resize::Bilinear,
-        "nearest" => Resize::Nearest,
-        other => {
-            return Err(Error::InvalidParam(format!(
-                "resize must be bilinear or nearest, got '{other}'"
-            )));
-        }
-    };
-    let bgr = match d.channel_order.to_ascii_lowercase().as_str() {
-        "rgb" => false,
-        "bgr" => true,
-        other => {
-            return Err(Error::InvalidParam(format!(
-                "channel_order must be rgb or bgr, got '{other}'"
-            )));
-        }
-    };
-    let (mean0, std0) = if xrv {
-        (XRV_MEAN, XRV_STD)
-    } else {
-        (IMAGENET_MEAN, IMAGENET_STD)
-    };
-    let (mean, std) = (d.mean.unwrap_or(mean0), d.std.unwrap_or(std0));
-    let arch_name = serde_json::to_value(arch)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     let info = ModelInfo {
         name: d.name.clone(),
-        description: format!("{arch_name} from {}", d.weights.display()),
+        description: format!("{arch} from {}", d.weights.display()),
         input_size: (d.input_size[0], d.input_size[1]),
-        mean,
-        std,
-        dataset_mean: mean,
+        mean: d.mean.unwrap_or(defaults.mean),
+        std: d.std.unwrap_or(defaults.std),
+        dataset_mean: d.mean.unwrap_or(defaults.dataset_mean),
         labels,
-        resize,
-        multi_label,
-        bgr,
-        crop: if xrv { Crop::CenterSquare } else { Crop::None },
+        resize: d.resize,
+        multi_label: d.multi_label || defaults.multi_label || classes == 1,
+        bgr: d.channel_order == ChannelOrder::Bgr,
+        crop: defaults.crop,
         op_threshs,
-        domain: if xrv || chest_labels {
+        domain: defaults.domain.unwrap_or(if chest_labels {
             Domain::ChestXray
         } else if classes == 1000 {
             Domain::Photo
         } else {
             Domain::Other
-        },
+        }),
     };
-    Ok(Arc::new(Model::new(net, info, device, &w)?))
-}
-
-impl Network for Net {
-    fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        match self {
-            Net::ResNet(r) => r.features(x, mode),
-            Net::DenseNet(d) => d.features(x, mode),
-        }
-    }
-
-    fn head(&self, features: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        match self {
-            Net::ResNet(r) => r.head(features, mode),
-            Net::DenseNet(d) => d.head(features, mode),
-        }
-    }
-
-    fn feature_layer(&self) -> &'static str {
-        match self {
-            Net::ResNet(r) => r.feature_layer(),
-            Net::DenseNet(d) => d.feature_layer(),
-        }
-    }
-
-    fn last_stage(&self) -> &'static [&'static str] {
-        match self {
-            Net::ResNet(r) => r.last_stage(),
-            Net::DenseNet(d) => d.last_stage(),
-        }
-    }
-
-    fn num_classes(&self) -> usize {
-        match self {
-            Net::ResNet(r) => r.num_classes(),
-            Net::DenseNet(d) => d.num_classes(),
-        }
-    }
+    Ok(Arc::new(Model::new(net, info, device)?))
 }

@@ -56,9 +56,11 @@ pub enum Crop {
 }
 
 /// Resampling used to bring an image to the model's input size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Resize {
     /// Antialiased bilinear (like PIL's BILINEAR).
+    #[default]
     Bilinear,
     /// Nearest neighbour (Keras `load_img`'s default; what the chest X-ray model was trained on).
     Nearest,

@@ -1,8 +1,9 @@
 //! Building blocks shared by the architectures: weight lookup with clear errors, BatchNorm
-//! folding, and a convolution layer that picks the fast or stock implementation.
+//! folding, a convolution layer that picks the fast or stock implementation, and [`Layer`]: the
+//! tensors each layer is built from, which networks list in forward order.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -24,17 +25,11 @@ pub type WeightEdit<'a> = &'a dyn Fn(&mut Weights) -> Result<()>;
 #[derive(Debug)]
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
-    /// The tensors a model read, in the order it read them, with their number of dimensions:
-    /// the layers' forward order (the sanity check re-initialises the last ones).
-    read: Mutex<Vec<(String, usize)>>,
 }
 
 impl Weights {
     pub fn new(tensors: HashMap<String, Tensor>) -> Self {
-        Weights {
-            tensors,
-            read: Mutex::default(),
-        }
+        Weights { tensors }
     }
 
     /// The same tensors under names rewritten by `rename` (an architecture's legacy names).
@@ -66,23 +61,13 @@ impl Weights {
                 t.dims()
             )));
         }
-        if let Ok(mut read) = self.read.lock()
-            && !read.iter().any(|(n, _)| n == name)
-        {
-            read.push((name.to_string(), shape.len()));
-        }
         Ok(t.to_dtype(DType::F32)?)
     }
 
-    /// A tensor that is not a layer's weight (e.g. calibration data): not recorded in the read
-    /// order, so the sanity check never re-initialises it.
+    /// A tensor that is not a layer's weight (e.g. calibration data): no [`Layer`] names it,
+    /// so the sanity check never re-initialises it.
     pub fn peek(&self, name: &str) -> Option<&Tensor> {
         self.tensors.get(name)
-    }
-
-    /// What [`Weights::get`] has handed out so far, in order: `(name, number of dimensions)`.
-    pub fn read_order(&self) -> Vec<(String, usize)> {
-        self.read.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Replaces tensor `name` (which must exist) by `t` of the same shape.
@@ -117,14 +102,48 @@ impl Weights {
     }
 }
 
+/// What a layer is, for the sanity check's cascade (see [`super::reinit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// A convolution, with the BatchNorm folded into it.
+    Conv,
+    /// A fully connected layer: the trailing ones are the classifier head.
+    Linear,
+    /// A normalisation of its own (DenseNet's BatchNorm before each convolution): re-initialised
+    /// with the convolution or linear layer before it.
+    Norm,
+}
+
+/// The tensors one layer is built from. A network lists its layers in forward order
+/// ([`super::Network::layers`]): the sanity check re-initialises the last ones, and every
+/// tensor the network reads is in exactly one layer (tested for every architecture).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub kind: LayerKind,
+    /// Tensor names, the layer's own weight first.
+    pub tensors: Vec<String>,
+}
+
+impl Layer {
+    pub fn new(kind: LayerKind, tensors: Vec<String>) -> Self {
+        Layer { kind, tensors }
+    }
+}
+
+/// A BatchNorm's tensors, in the order [`fold_bn`] uses them.
+pub fn bn_tensors(bn: &str) -> Vec<String> {
+    ["weight", "bias", "running_mean", "running_var"]
+        .map(|t| format!("{bn}.{t}"))
+        .to_vec()
+}
+
 /// Folds the BatchNorm `{bn}.*` that follows a convolution into its weight and a bias:
 /// `w * gamma / sqrt(var + eps)` and `beta - mean * gamma / sqrt(var + eps)`.
 pub fn fold_bn(w: &Weights, weight: Tensor, bn: &str, eps: f64) -> Result<(Tensor, Tensor)> {
     let cout = weight.dim(0)?;
-    let gamma = w.get(&format!("{bn}.weight"), &[cout])?;
-    let beta = w.get(&format!("{bn}.bias"), &[cout])?;
-    let mean = w.get(&format!("{bn}.running_mean"), &[cout])?;
-    let var = w.get(&format!("{bn}.running_var"), &[cout])?;
+    let names = bn_tensors(bn);
+    let get = |i: usize| w.get(&names[i], &[cout]);
+    let (gamma, beta, mean, var) = (get(0)?, get(1)?, get(2)?, get(3)?);
     let scale = gamma.div(&(var + eps)?.sqrt()?)?;
     let weight = weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
     let bias = beta.sub(&mean.mul(&scale)?)?;
@@ -143,6 +162,8 @@ pub enum PadMode {
 /// A convolution with BatchNorm folded into its weight and bias.
 #[derive(Debug)]
 pub struct Conv {
+    /// The tensors it was built from.
+    layer: Layer,
     weight: Tensor,
     bias: Tensor,
     k: usize,
@@ -172,12 +193,17 @@ impl Conv {
         pad: PadMode,
         device: &Device,
     ) -> Result<Self> {
-        let weight = w.get(&format!("{conv}.weight"), &[cout, cin / groups, k, k])?;
+        let name = format!("{conv}.weight");
+        let weight = w.get(&name, &[cout, cin / groups, k, k])?;
         let (weight, bias) = fold_bn(w, weight, bn, eps)?;
-        Self::new(weight, bias, stride, groups, pad, device)
+        let tensors = [vec![name], bn_tensors(bn)].concat();
+        Self::new(tensors, weight, bias, stride, groups, pad, device)
     }
 
+    /// A convolution of `weight` and `bias`, which were computed from `tensors` (its weight
+    /// first).
     pub fn new(
+        tensors: Vec<String>,
         weight: Tensor,
         bias: Tensor,
         stride: usize,
@@ -200,6 +226,7 @@ impl Conv {
             .then(|| Depthwise::new(&weight, &bias, stride, device))
             .transpose()?;
         Ok(Conv {
+            layer: Layer::new(LayerKind::Conv, tensors),
             weight: weight.to_device(device)?,
             bias: bias.to_device(device)?,
             k,
@@ -210,6 +237,10 @@ impl Conv {
             depthwise_taps,
             cache: Arc::default(),
         })
+    }
+
+    pub fn layer(&self) -> Layer {
+        self.layer.clone()
     }
 
     fn padding(&self, h: usize, w: usize) -> Padding {
@@ -413,6 +444,7 @@ fn pad_zeros(x: &Tensor, p: Padding) -> candle_core::Result<Tensor> {
 /// A fully connected layer: `x [n, in] -> [n, out]`.
 #[derive(Debug)]
 pub struct Linear {
+    layer: Layer,
     weight_t: Tensor,
     bias: Tensor,
 }
@@ -424,9 +456,11 @@ impl Linear {
         (inp, out): (usize, usize),
         device: &Device,
     ) -> Result<Self> {
-        let weight = w.get(&format!("{prefix}.weight"), &[out, inp])?;
-        let bias = w.get(&format!("{prefix}.bias"), &[out])?;
+        let names = [format!("{prefix}.weight"), format!("{prefix}.bias")];
+        let weight = w.get(&names[0], &[out, inp])?;
+        let bias = w.get(&names[1], &[out])?;
         Ok(Linear {
+            layer: Layer::new(LayerKind::Linear, names.to_vec()),
             weight_t: weight.t()?.contiguous()?.to_device(device)?,
             bias: bias.to_device(device)?,
         })
@@ -434,6 +468,10 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.matmul(&self.weight_t)?.broadcast_add(&self.bias)?)
+    }
+
+    pub fn layer(&self) -> Layer {
+        self.layer.clone()
     }
 
     pub fn out_features(&self) -> usize {

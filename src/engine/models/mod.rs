@@ -3,31 +3,30 @@
 //! Every model owns its activations (see [`crate::engine::ops::activation`]) so that guided
 //! backprop reaches each ReLU; weights are plain tensors (constants), never variables.
 //!
-//! Layout: `info` (what feeding a model needs), `classifier` (the trait the engine uses and
-//! its one implementation), `registry` (models known by name), `description` (models people
-//! bring), `checkpoint` + `pth` (reading weights safely), `layers` (shared building blocks),
-//! one file per architecture, and `fetch` (weights that may not be redistributed).
+//! Layout: `info` (what feeding a model needs), `classifier` (the traits the engine uses and
+//! the one model type), `arch` (one file per architecture and the one list of them: adding an
+//! architecture is a file there and a line in that list), `registry` (models known by name,
+//! built on those architectures), `description` (models people bring), `checkpoint` (reading
+//! weights safely: safetensors, and PyTorch's pickles read as data), `layers` (shared building blocks and the layers networks
+//! declare), `reinit` (the sanity check's re-initialisations), and `fetch` (weights that may
+//! not be redistributed).
 
+mod arch;
 mod checkpoint;
 mod classifier;
-pub mod densenet;
 mod description;
-pub mod efficientnet_lite;
 pub mod fetch;
 mod info;
 pub mod layers;
-mod pickle;
-pub mod pth;
 mod registry;
 pub mod reinit;
-pub mod resnet;
-pub mod xception;
 
+pub use arch::{Arch, Architecture, Defaults, Detection, arch_help, arch_names};
 pub use checkpoint::read_weights;
 pub use classifier::{Classifier, Model, Network};
-pub use description::{Arch, LabelsSpec, ModelDescription, load_custom};
+pub use description::{ChannelOrder, LabelsSpec, ModelDescription, load_custom};
 pub use info::{Crop, Domain, ModelInfo, Resize};
 pub use registry::{
-    ChestXception, DEFAULT_MODEL, Lite0, ModelEntry, ModelSource, PNEUMONIA_MODEL, entries,
-    is_installed, load, models_dir, names, weights_path,
+    DEFAULT_MODEL, ModelEntry, ModelSource, PNEUMONIA_MODEL, entries, from_weights, is_installed,
+    load, models_dir, names, weights_path,
 };

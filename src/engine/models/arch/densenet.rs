@@ -12,11 +12,18 @@
 //! which hook-based guided-backprop tools miss; here it is our op like every other ReLU.
 //! BatchNorm precedes each convolution in a dense layer, so it cannot be folded: it runs as a
 //! per-channel affine map (eval mode, eps 1e-5).
+//!
+//! Recognised by its first dense layer's convolution (under either name). The network is
+//! shared with TorchXRayVision's DenseNet (`xrv_densenet.rs`), which refines this one.
 
 use candle_core::{Device, Tensor};
 
-use super::Network;
-use super::layers::{Conv, Linear, PadMode, Weights};
+use super::{Architecture, Defaults, Detection};
+use crate::engine::models::classifier::Network;
+use crate::engine::models::info::CHESTXRAY14_LABELS;
+use crate::engine::models::layers::{
+    Conv, Layer, LayerKind, Linear, PadMode, Weights, bn_tensors,
+};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::geometry::Padding;
@@ -25,20 +32,68 @@ use crate::error::{Error, Result};
 
 const BN_EPS: f64 = 1e-5;
 
+/// torchvision's DenseNet-121 and its relatives, CheXNet included.
+pub(super) struct DenseNet121;
+
+pub(super) static DENSENET121: DenseNet121 = DenseNet121;
+
+impl Architecture for DenseNet121 {
+    fn name(&self) -> &'static str {
+        "densenet121"
+    }
+
+    fn about(&self) -> &'static str {
+        "any torchvision DenseNet, CheXNet included"
+    }
+
+    fn detect(&self, w: &Weights, _: Option<&str>) -> Detection {
+        if is_densenet(w) {
+            Detection::Yes
+        } else {
+            Detection::No
+        }
+    }
+
+    fn fix_key(&self, key: &str) -> String {
+        modernise_key(key)
+    }
+
+    fn build(&self, w: &Weights, device: &Device, backend: Backend) -> Result<Box<dyn Network>> {
+        Ok(Box::new(DenseNet::load(w, device, backend)?))
+    }
+
+    /// ImageNet's preprocessing; a 14-output head is CheXNet's (ChestX-ray14's findings,
+    /// sigmoids), and so is a `Sequential(Linear, Sigmoid)` head (`classifier.0`) of any width.
+    fn defaults(&self, classes: usize, w: &Weights) -> Defaults {
+        let chexnet = classes == 14;
+        Defaults {
+            labels: chexnet.then(|| CHESTXRAY14_LABELS.lines().map(|l| l.trim().into()).collect()),
+            multi_label: chexnet || classifier_name(w) == "classifier.0",
+            ..Defaults::imagenet()
+        }
+    }
+}
+
+/// A DenseNet's first dense layer, under its modern or legacy name.
+pub(super) fn is_densenet(w: &Weights) -> bool {
+    w.shape("features.denseblock1.denselayer1.conv1.weight").is_ok()
+        || w.shape("features.denseblock1.denselayer1.conv.1.weight").is_ok()
+}
+
 /// A DenseNet's shape, read from its weights: DenseNet-121 is growth 32, bottleneck 4 x 32,
 /// blocks [6, 12, 24, 16], 64 initial features, 3 input channels.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub in_channels: usize,
-    pub init: usize,
-    pub growth: usize,
+struct Config {
+    in_channels: usize,
+    init: usize,
+    growth: usize,
     /// Bottleneck width (`bn_size * growth` in torchvision).
-    pub bottleneck: usize,
-    pub blocks: Vec<usize>,
+    bottleneck: usize,
+    blocks: Vec<usize>,
 }
 
 impl Config {
-    pub fn from_weights(w: &Weights) -> Result<Self> {
+    fn from_weights(w: &Weights) -> Result<Self> {
         let conv0 = w.shape("features.conv0.weight")?;
         let conv1 = w.shape("features.denseblock1.denselayer1.conv1.weight")?;
         let conv2 = w.shape("features.denseblock1.denselayer1.conv2.weight")?;
@@ -80,19 +135,20 @@ impl Config {
 /// Eval-mode BatchNorm as `x * scale + shift`.
 #[derive(Debug)]
 struct Norm {
+    layer: Layer,
     scale: Tensor,
     shift: Tensor,
 }
 
 impl Norm {
     fn load(w: &Weights, p: &str, c: usize, device: &Device) -> Result<Self> {
-        let gamma = w.get(&format!("{p}.weight"), &[c])?;
-        let beta = w.get(&format!("{p}.bias"), &[c])?;
-        let mean = w.get(&format!("{p}.running_mean"), &[c])?;
-        let var = w.get(&format!("{p}.running_var"), &[c])?;
+        let names = bn_tensors(p);
+        let get = |i: usize| w.get(&names[i], &[c]);
+        let (gamma, beta, mean, var) = (get(0)?, get(1)?, get(2)?, get(3)?);
         let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
         let shift = beta.sub(&mean.mul(&scale)?)?;
         Ok(Norm {
+            layer: Layer::new(LayerKind::Norm, names),
             scale: scale.reshape((1, c, 1, 1))?.to_device(device)?,
             shift: shift.reshape((1, c, 1, 1))?.to_device(device)?,
         })
@@ -111,9 +167,18 @@ fn conv(
     pad: usize,
     device: &Device,
 ) -> Result<Conv> {
-    let weight = w.get(&format!("{name}.weight"), &[cout, cin, k, k])?;
+    let name = format!("{name}.weight");
+    let weight = w.get(&name, &[cout, cin, k, k])?;
     let zeros = Tensor::zeros(cout, candle_core::DType::F32, &Device::Cpu)?;
-    Conv::new(weight, zeros, stride, 1, PadMode::Fixed(pad), device)
+    Conv::new(
+        vec![name],
+        weight,
+        zeros,
+        stride,
+        1,
+        PadMode::Fixed(pad),
+        device,
+    )
 }
 
 #[derive(Debug)]
@@ -131,8 +196,7 @@ struct Transition {
 }
 
 #[derive(Debug)]
-pub struct DenseNet {
-    config: Config,
+pub(super) struct DenseNet {
     conv0: Conv,
     norm0: Norm,
     blocks: Vec<Vec<DenseLayer>>,
@@ -143,17 +207,17 @@ pub struct DenseNet {
 }
 
 impl DenseNet {
-    pub fn load(w: &Weights, device: &Device, backend: Backend) -> Result<Self> {
-        let config = Config::from_weights(w)?;
+    pub(super) fn load(w: &Weights, device: &Device, backend: Backend) -> Result<Self> {
         let Config {
             in_channels,
             init,
             growth,
             bottleneck,
             ref blocks,
-        } = config;
+        } = Config::from_weights(w)?;
         let conv0 = {
-            let weight = w.get("features.conv0.weight", &[init, in_channels, 7, 7])?;
+            let name = "features.conv0.weight";
+            let weight = w.get(name, &[init, in_channels, 7, 7])?;
             // One channel: the mean of three, folded into the weights.
             let weight = if in_channels == 1 {
                 (weight.repeat((1, 3, 1, 1))? / 3.0)?
@@ -161,7 +225,15 @@ impl DenseNet {
                 weight
             };
             let zeros = Tensor::zeros(init, candle_core::DType::F32, &Device::Cpu)?;
-            Conv::new(weight, zeros, 2, 1, PadMode::Fixed(3), device)?
+            Conv::new(
+                vec![name.into()],
+                weight,
+                zeros,
+                2,
+                1,
+                PadMode::Fixed(3),
+                device,
+            )?
         };
         let norm0 = Norm::load(w, "features.norm0", init, device)?;
         let (mut layer_blocks, mut transitions) = (Vec::new(), Vec::new());
@@ -206,7 +278,6 @@ impl DenseNet {
         }
         let classifier = Linear::load(w, head, (c, shape[0]), device)?;
         Ok(DenseNet {
-            config,
             conv0,
             norm0,
             blocks: layer_blocks,
@@ -265,16 +336,30 @@ impl Network for DenseNet {
     fn last_stage(&self) -> &'static [&'static str] {
         &["features.denseblock4.", "features.norm5."]
     }
-}
 
-impl DenseNet {
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// Pre-activation order: each convolution's BatchNorm before it.
+    fn layers(&self) -> Vec<Layer> {
+        let mut out = vec![self.conv0.layer(), self.norm0.layer.clone()];
+        for (bi, layers) in self.blocks.iter().enumerate() {
+            for l in layers {
+                out.extend([
+                    l.norm1.layer.clone(),
+                    l.conv1.layer(),
+                    l.norm2.layer.clone(),
+                    l.conv2.layer(),
+                ]);
+            }
+            if let Some(t) = self.transitions.get(bi) {
+                out.extend([t.norm.layer.clone(), t.conv.layer()]);
+            }
+        }
+        out.extend([self.norm5.layer.clone(), self.classifier.layer()]);
+        out
     }
 }
 
 /// torchvision's `classifier`, or CheXNet's `Sequential(Linear, Sigmoid)` head `classifier.0`.
-pub fn classifier_name(w: &Weights) -> &'static str {
+pub(super) fn classifier_name(w: &Weights) -> &'static str {
     if w.shape("classifier.weight").is_err() && w.shape("classifier.0.weight").is_ok() {
         "classifier.0"
     } else {
@@ -282,8 +367,9 @@ pub fn classifier_name(w: &Weights) -> &'static str {
     }
 }
 
-/// Renames legacy DenseNet keys (`denselayer1.norm.1.weight` -> `denselayer1.norm1.weight`).
-pub fn modernise_key(key: &str) -> String {
+/// Renames legacy DenseNet keys (`denselayer1.norm.1.weight` -> `denselayer1.norm1.weight`):
+/// torchvision renamed the layers, and only DenseNet checkpoints carry the old names.
+pub(super) fn modernise_key(key: &str) -> String {
     let mut out = key.to_string();
     for part in ["norm", "relu", "conv"] {
         for d in ['1', '2'] {

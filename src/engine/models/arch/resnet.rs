@@ -2,11 +2,14 @@
 //! tensor names, so its checkpoints (and fine-tuned ones with any head width) load unchanged.
 //! BatchNorm (eps 1e-5) is folded into the convolutions; every ReLU is our own op, and the
 //! 3 x 3 / 2 stem max pool has a real backward (stock candle's has none when kernel != stride).
+//! Recognised by `layer1.0.conv1.weight`, the depth by the third stage's blocks and whether
+//! they are bottlenecks.
 
 use candle_core::{Device, Tensor};
 
-use super::Network;
-use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights};
+use super::{Architecture, Defaults, Detection};
+use crate::engine::models::classifier::Network;
+use crate::engine::models::layers::{Body, Conv, Graph, Layer, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::geometry::Padding;
@@ -15,26 +18,68 @@ use crate::error::{Error, Result};
 
 const BN_EPS: f64 = 1e-5;
 
-/// The supported depths.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Depth {
-    R18,
-    R34,
-    R50,
-    R101,
+/// A ResNet of one depth: its name, blocks per stage, and whether they are bottlenecks.
+pub(super) struct Depth {
+    name: &'static str,
+    blocks: [usize; 4],
+    bottleneck: bool,
 }
 
-impl Depth {
-    fn blocks(self) -> [usize; 4] {
-        match self {
-            Depth::R18 => [2, 2, 2, 2],
-            Depth::R34 | Depth::R50 => [3, 4, 6, 3],
-            Depth::R101 => [3, 4, 23, 3],
+pub(super) static RESNET18: Depth = Depth {
+    name: "resnet18",
+    blocks: [2, 2, 2, 2],
+    bottleneck: false,
+};
+pub(super) static RESNET34: Depth = Depth {
+    name: "resnet34",
+    blocks: [3, 4, 6, 3],
+    bottleneck: false,
+};
+pub(super) static RESNET50: Depth = Depth {
+    name: "resnet50",
+    blocks: [3, 4, 6, 3],
+    bottleneck: true,
+};
+pub(super) static RESNET101: Depth = Depth {
+    name: "resnet101",
+    blocks: [3, 4, 23, 3],
+    bottleneck: true,
+};
+
+impl Architecture for Depth {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn about(&self) -> &'static str {
+        "torchvision"
+    }
+
+    fn detect(&self, w: &Weights, _: Option<&str>) -> Detection {
+        let has = |k: &str| w.shape(k).is_ok();
+        if !has("layer1.0.conv1.weight") {
+            return Detection::No;
+        }
+        let third = (0..)
+            .take_while(|b| has(&format!("layer3.{b}.conv1.weight")))
+            .count();
+        let bottleneck = has("layer1.0.conv3.weight");
+        if (third, bottleneck) == (self.blocks[2], self.bottleneck) {
+            Detection::Yes
+        } else {
+            Detection::Unsupported(format!(
+                "a ResNet with {third} blocks in its third stage{}: not one unveil knows",
+                if bottleneck { " (bottleneck)" } else { "" }
+            ))
         }
     }
 
-    fn bottleneck(self) -> bool {
-        matches!(self, Depth::R50 | Depth::R101)
+    fn build(&self, w: &Weights, device: &Device, backend: Backend) -> Result<Box<dyn Network>> {
+        Ok(Box::new(ResNet::load(w, self, device, backend)?))
+    }
+
+    fn defaults(&self, _: usize, _: &Weights) -> Defaults {
+        Defaults::imagenet()
     }
 }
 
@@ -74,10 +119,25 @@ impl Block {
         };
         g.conv(last, &h, Some(&skip), relu)
     }
+
+    /// The shortcut's projection first: it reads the block's input, as the first convolution
+    /// does.
+    fn layers(&self) -> Vec<Layer> {
+        let (down, convs) = match self {
+            Block::Basic { conv1, conv2, down } => (down, vec![conv1, conv2]),
+            Block::Bottleneck {
+                conv1,
+                conv2,
+                conv3,
+                down,
+            } => (down, vec![conv1, conv2, conv3]),
+        };
+        down.iter().chain(convs).map(Conv::layer).collect()
+    }
 }
 
 #[derive(Debug)]
-pub struct ResNet {
+struct ResNet {
     stem: Conv,
     blocks: Vec<Block>,
     fc: Linear,
@@ -86,7 +146,7 @@ pub struct ResNet {
 
 impl ResNet {
     /// Loads a torchvision-named checkpoint; the head's width comes from `fc.weight`.
-    pub fn load(w: &Weights, depth: Depth, device: &Device, backend: Backend) -> Result<Self> {
+    fn load(w: &Weights, depth: &Depth, device: &Device, backend: Backend) -> Result<Self> {
         let conv = |name: &str, bn: &str, io: (usize, usize, usize), stride: usize, pad: usize| {
             Conv::with_bn(
                 w,
@@ -101,10 +161,10 @@ impl ResNet {
             )
         };
         let stem = conv("conv1", "bn1", (3, 64, 7), 2, 3)?;
-        let expansion = if depth.bottleneck() { 4 } else { 1 };
+        let expansion = if depth.bottleneck { 4 } else { 1 };
         let mut blocks = Vec::new();
         let mut cin = 64;
-        for (li, &n) in depth.blocks().iter().enumerate() {
+        for (li, &n) in depth.blocks.iter().enumerate() {
             let width = 64 << li;
             for bi in 0..n {
                 let p = format!("layer{}.{bi}", li + 1);
@@ -124,7 +184,7 @@ impl ResNet {
                 let c = |i: usize, io, s, pad| {
                     conv(&format!("{p}.conv{i}"), &format!("{p}.bn{i}"), io, s, pad)
                 };
-                blocks.push(if depth.bottleneck() {
+                blocks.push(if depth.bottleneck {
                     Block::Bottleneck {
                         conv1: c(1, (cin, width, 1), 1, 0)?,
                         conv2: c(2, (width, width, 3), stride, 1)?,
@@ -177,6 +237,15 @@ impl Network for ResNet {
 
     fn last_stage(&self) -> &'static [&'static str] {
         &["layer4."]
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        let blocks = self.blocks.iter().flat_map(Block::layers);
+        [self.stem.layer()]
+            .into_iter()
+            .chain(blocks)
+            .chain([self.fc.layer()])
+            .collect()
     }
 }
 

@@ -7,11 +7,16 @@
 //! their BatchNorms and the two Dense layers carry generic Keras names (`conv2d_3`, `dense_1`)
 //! that depend on how the model was built, so they are found by shape (each has a unique width).
 //! BatchNorm (eps 1e-3) is folded into the preceding convolution; every ReLU is our own op.
+//! Recognised by `block1_conv1`; fed `x / 127.5 - 1` (Keras' `xception.preprocess_input`). The
+//! registry's chest X-ray model is built on it.
 
 use candle_core::{Device, Tensor};
 
-use super::Network;
-use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights, fold_bn};
+use super::{Architecture, Defaults, Detection};
+use crate::engine::models::classifier::Network;
+use crate::engine::models::layers::{
+    Body, Conv, Graph, Layer, Linear, PadMode, Weights, bn_tensors, fold_bn,
+};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::geometry::Padding;
@@ -19,6 +24,43 @@ use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
 
 const BN_EPS: f64 = 1e-3;
+
+pub(crate) struct KerasXception;
+
+pub(crate) static XCEPTION: KerasXception = KerasXception;
+
+impl Architecture for KerasXception {
+    fn name(&self) -> &'static str {
+        "xception"
+    }
+
+    fn about(&self) -> &'static str {
+        "Keras names and the chest X-ray model's head, as scripts/convert_pneumonia_xception.py \
+         writes them"
+    }
+
+    fn detect(&self, w: &Weights, _: Option<&str>) -> Detection {
+        if w.shape("block1_conv1.weight").is_ok() {
+            Detection::Yes
+        } else {
+            Detection::No
+        }
+    }
+
+    fn build(&self, w: &Weights, device: &Device, backend: Backend) -> Result<Box<dyn Network>> {
+        Ok(Box::new(Xception::load(w, device, backend)?))
+    }
+
+    fn defaults(&self, _: usize, _: &Weights) -> Defaults {
+        Defaults {
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            // The training set's mean is not published: mid-gray is the neutral fill.
+            dataset_mean: [0.5; 3],
+            ..Defaults::imagenet()
+        }
+    }
+}
 
 /// Depthwise 3 x 3 ("same") then pointwise 1 x 1, BatchNorm folded into the pointwise part.
 #[derive(Debug)]
@@ -29,13 +71,19 @@ struct SepConv {
 
 impl SepConv {
     fn load(w: &Weights, name: &str, cin: usize, cout: usize, device: &Device) -> Result<Self> {
-        let dw = w.get(&format!("{name}.depthwise_weight"), &[cin, 1, 3, 3])?;
+        let (dw_name, pw_name) = (
+            format!("{name}.depthwise_weight"),
+            format!("{name}.pointwise_weight"),
+        );
+        let dw = w.get(&dw_name, &[cin, 1, 3, 3])?;
         let zeros = Tensor::zeros(cin, candle_core::DType::F32, &Device::Cpu)?;
-        let pw = w.get(&format!("{name}.pointwise_weight"), &[cout, cin, 1, 1])?;
-        let (pw, pb) = fold_bn(w, pw, &format!("{name}_bn"), BN_EPS)?;
+        let pw = w.get(&pw_name, &[cout, cin, 1, 1])?;
+        let bn = format!("{name}_bn");
+        let (pw, pb) = fold_bn(w, pw, &bn, BN_EPS)?;
+        let pw_tensors = [vec![pw_name], bn_tensors(&bn)].concat();
         Ok(SepConv {
-            depthwise: Conv::new(dw, zeros, 1, cin, PadMode::TfSame, device)?,
-            pointwise: Conv::new(pw, pb, 1, 1, PadMode::TfSame, device)?,
+            depthwise: Conv::new(vec![dw_name], dw, zeros, 1, cin, PadMode::TfSame, device)?,
+            pointwise: Conv::new(pw_tensors, pw, pb, 1, 1, PadMode::TfSame, device)?,
         })
     }
 
@@ -44,6 +92,22 @@ impl SepConv {
     fn forward<G: Graph>(&self, g: &mut G, x: &G::Value, act: Option<ReluOp>) -> Result<G::Value> {
         let h = g.conv(&self.depthwise, x, None, None)?;
         g.conv(&self.pointwise, &h, None, act)
+    }
+
+    fn layers(&self) -> [Layer; 2] {
+        [self.depthwise.layer(), self.pointwise.layer()]
+    }
+}
+
+impl DownBlock {
+    /// The residual projection last: it reads the block's input, as the separable
+    /// convolutions do.
+    fn layers(&self) -> Vec<Layer> {
+        [self.sep1.layers(), self.sep2.layers()]
+            .concat()
+            .into_iter()
+            .chain([self.residual.layer()])
+            .collect()
     }
 }
 
@@ -56,7 +120,7 @@ struct DownBlock {
 }
 
 #[derive(Debug)]
-pub struct Xception {
+struct Xception {
     conv1: Conv,
     conv2: Conv,
     down: Vec<DownBlock>,
@@ -70,29 +134,31 @@ pub struct Xception {
 
 /// The unique tensor prefix among non-`block*` layers whose `suffix` tensor has `shape`.
 fn find(w: &Weights, suffix: &str, shape: &[usize]) -> Result<String> {
+    find_by(w, suffix, &format!("{shape:?}"), |s| s == shape)
+}
+
+/// The unique tensor prefix among non-`block*` layers whose `suffix` tensor's shape `fits`
+/// (described by `shape` in errors).
+fn find_by(w: &Weights, suffix: &str, shape: &str, fits: impl Fn(&[usize]) -> bool) -> Result<String> {
     let hits: Vec<&str> = w
         .shapes()
-        .filter(|(k, s)| !k.starts_with("block") && k.ends_with(suffix) && *s == shape)
+        .filter(|(k, s)| !k.starts_with("block") && k.ends_with(suffix) && fits(s))
         .map(|(k, _)| k.trim_end_matches(suffix))
         .collect();
     match hits.as_slice() {
         [one] => Ok(one.to_string()),
         [] => Err(Error::Weights(format!(
-            "no tensor '*{suffix}' of shape {shape:?}"
+            "no tensor '*{suffix}' of shape {shape}"
         ))),
         _ => Err(Error::Weights(format!(
-            "several tensors '*{suffix}' of shape {shape:?}: {hits:?}"
+            "several tensors '*{suffix}' of shape {shape}: {hits:?}"
         ))),
     }
 }
 
 impl Xception {
-    pub fn load(
-        w: &Weights,
-        num_classes: usize,
-        device: &Device,
-        backend: Backend,
-    ) -> Result<Self> {
+    /// The head's width comes from the last Dense layer, `[classes, 128]`.
+    fn load(w: &Weights, device: &Device, backend: Backend) -> Result<Self> {
         let valid = PadMode::Fixed(0);
         let conv1 = Conv::with_bn(
             w,
@@ -139,8 +205,6 @@ impl Xception {
                 residual: residual(cin, cout)?,
             })
         };
-        // Read in forward order (entry, middle, exit): the order the weights are read in is
-        // the order the sanity check takes for the network's depth.
         let mut down = vec![
             down_block(2, 64, 128, 128)?,
             down_block(3, 128, 256, 256)?,
@@ -157,7 +221,10 @@ impl Xception {
             .collect::<Result<Vec<_>>>()?;
         down.push(down_block(13, 728, 728, 1024)?);
         let fc1 = find(w, ".weight", &[128, 2048])?;
-        let fc2 = find(w, ".weight", &[num_classes, 128])?;
+        let fc2 = find_by(w, ".weight", "[classes, 128]", |s| {
+            matches!(s, [_, 128])
+        })?;
+        let num_classes = w.shape(&format!("{fc2}.weight"))?[0];
         Ok(Xception {
             conv1,
             conv2,
@@ -199,6 +266,22 @@ impl Network for Xception {
             "conv2d_3.",
             "batch_normalization_3.",
         ]
+    }
+
+    /// Entry flow (blocks 1-4), middle flow (5-12), exit flow (13, 14), head.
+    fn layers(&self) -> Vec<Layer> {
+        let (entry, exit) = self.down.split_at(3);
+        let sep = |s: &SepConv| s.layers().to_vec();
+        [
+            vec![self.conv1.layer(), self.conv2.layer()],
+            entry.iter().flat_map(DownBlock::layers).collect(),
+            self.middle.iter().flatten().flat_map(sep).collect(),
+            exit.iter().flat_map(DownBlock::layers).collect(),
+            sep(&self.exit1),
+            sep(&self.exit2),
+            vec![self.fc1.layer(), self.fc2.layer()],
+        ]
+        .concat()
     }
 }
 

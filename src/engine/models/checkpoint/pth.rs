@@ -5,8 +5,8 @@
 //! The pickle is only interpreted as data ([`super::pickle`]); every global it names must be
 //! on an allowlist (tensors, storages, containers and, as names only, module classes from
 //! `torch.nn.modules`, `torchvision.models` and `torchxrayvision.models`). A whole model is
-//! never constructed: its state (`_parameters`, `_buffers`, `_modules`) is walked to give the
-//! same state dict `model.state_dict()` would.
+//! never constructed: its state is walked as data ([`super::state`]). Here the tensors it
+//! names are read from their storages, each view once however many names it has.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -14,7 +14,10 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
-use super::pickle::{self, Obj, PickleError, Value};
+use super::pickle::{self, PickleError};
+use super::state::{TensorRef, dict_get, find_state, storage_kinds};
+use super::value::Obj;
+use super::value::Value;
 use crate::error::{Error, Result};
 
 /// What a checkpoint holds besides its tensors.
@@ -31,17 +34,6 @@ pub struct Checkpoint {
 
 /// torch's legacy magic number, 0x1950a86a20f9469cfc6c, little-endian.
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
-
-/// Keys under which training checkpoints keep the model or its state dict.
-const STATE_KEYS: [&str; 7] = [
-    "state_dict",
-    "model_state_dict",
-    "model",
-    "net",
-    "network",
-    "module",
-    "model_state",
-];
 
 /// A zip-format `torch.save` file (the file starts with `PK`).
 pub fn load_zip(path: &Path) -> Result<Checkpoint> {
@@ -207,11 +199,18 @@ fn collect(
     }
     let limit = usize::try_from(file_len).unwrap_or(usize::MAX);
     let mut tensors = HashMap::new();
+    // A tensor at several places (a shared module's) is read once; its names share it.
+    let mut made: HashMap<TensorRef, Tensor> = HashMap::new();
     for (name, t) in found.tensors {
         let Some(dtype) = t.dtype else { continue };
+        if let Some(tensor) = made.get(&t) {
+            tensors.insert(name, tensor.clone());
+            continue;
+        }
         let data = storage(&t.key).map_err(|e| fail(format!("tensor '{name}': {e}")))?;
         let tensor = materialise(&data, &t, dtype, limit)
             .map_err(|e| fail(format!("tensor '{name}': {e}")))?;
+        made.insert(t, tensor.clone());
         tensors.insert(name, tensor);
     }
     Ok(Checkpoint {
@@ -220,316 +219,6 @@ fn collect(
         labels: found.labels,
     })
 }
-
-/// A tensor as the pickle describes it: a view (offset, size, stride, in elements) of a storage.
-struct TensorRef {
-    key: String,
-    /// None for storage types no model weight uses (int32, bool, complex, ...): skipped.
-    dtype: Option<DType>,
-    offset: usize,
-    size: Vec<usize>,
-    stride: Vec<usize>,
-}
-
-#[derive(Default)]
-struct Found {
-    tensors: Vec<(String, TensorRef)>,
-    model_class: Option<String>,
-    labels: Option<Vec<String>>,
-}
-
-/// Element size and dtype of a torch storage class (`FloatStorage`).
-fn storage_kind(class: &str) -> Option<(usize, Option<DType>)> {
-    Some(match class {
-        "FloatStorage" => (4, Some(DType::F32)),
-        "DoubleStorage" => (8, Some(DType::F64)),
-        "HalfStorage" => (2, Some(DType::F16)),
-        "BFloat16Storage" => (2, Some(DType::BF16)),
-        "LongStorage" => (8, Some(DType::I64)),
-        "ByteStorage" | "UntypedStorage" => (1, Some(DType::U8)),
-        "IntStorage" | "QInt32Storage" => (4, None),
-        "ShortStorage" => (2, None),
-        "CharStorage" | "BoolStorage" | "QInt8Storage" | "QUInt8Storage" => (1, None),
-        "ComplexFloatStorage" => (8, None),
-        "ComplexDoubleStorage" => (16, None),
-        _ => return None,
-    })
-}
-
-/// `('storage', torch.FloatStorage, key, location, numel[, view])` -> (key, element size, dtype).
-fn storage_ref(o: &Obj) -> Option<(String, usize, Option<DType>)> {
-    let v = o.borrow();
-    let Value::Persistent(id) = &*v else {
-        return None;
-    };
-    let id = id.borrow();
-    let Value::Tuple(t) = &*id else { return None };
-    if t.len() < 5 || t[0].borrow().as_str() != Some("storage") {
-        return None;
-    }
-    let class = match &*t[1].borrow() {
-        Value::Global { name, .. } => name.clone(),
-        _ => return None,
-    };
-    let key = t[2].borrow().as_str()?.to_string();
-    let (es, dtype) = storage_kind(&class)?;
-    Some((key, es, dtype))
-}
-
-/// Every storage referenced anywhere in the object graph (cycles and sharing are visited once).
-fn storage_kinds(root: &Obj) -> HashMap<String, (usize, Option<DType>)> {
-    let mut out = HashMap::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut todo = vec![root.clone()];
-    while let Some(o) = todo.pop() {
-        if !seen.insert(std::rc::Rc::as_ptr(&o)) {
-            continue;
-        }
-        if let Some((key, es, dtype)) = storage_ref(&o) {
-            out.insert(key, (es, dtype));
-            continue;
-        }
-        match &*o.borrow() {
-            Value::Tuple(v) | Value::List(v) | Value::Set(v) => todo.extend(v.iter().cloned()),
-            Value::Dict(kv) => {
-                for (k, v) in kv {
-                    todo.push(k.clone());
-                    todo.push(v.clone());
-                }
-            }
-            Value::Call {
-                callable,
-                args,
-                state,
-            } => {
-                todo.push(callable.clone());
-                todo.push(args.clone());
-                todo.extend(state.clone());
-            }
-            Value::Persistent(id) => todo.push(id.clone()),
-            _ => {}
-        }
-    }
-    out
-}
-
-fn call_parts(o: &Obj) -> Option<(String, Obj, Option<Obj>)> {
-    match &*o.borrow() {
-        Value::Call {
-            callable,
-            args,
-            state,
-        } => Some((
-            callable.borrow().global_name().unwrap_or_default(),
-            args.clone(),
-            state.clone(),
-        )),
-        _ => None,
-    }
-}
-
-fn tuple_items(o: &Obj) -> Option<Vec<Obj>> {
-    match &*o.borrow() {
-        Value::Tuple(v) | Value::List(v) => Some(v.clone()),
-        _ => None,
-    }
-}
-
-fn usizes(o: &Obj) -> Option<Vec<usize>> {
-    tuple_items(o)?
-        .iter()
-        .map(|x| x.borrow().as_int().and_then(|i| usize::try_from(i).ok()))
-        .collect()
-}
-
-/// The tensor a value rebuilds, if it is one (`_rebuild_tensor_v2`, a Parameter around one).
-fn as_tensor(o: &Obj) -> Option<std::result::Result<TensorRef, String>> {
-    let (callable, args, _) = call_parts(o)?;
-    let a = tuple_items(&args)?;
-    match callable.as_str() {
-        "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
-            as_tensor(a.first()?)
-        }
-        "torch._tensor._rebuild_from_type_v2" => {
-            // (func, type, args, state): func(*args) is the tensor.
-            let inner = pickle::obj(Value::Call {
-                callable: a.first()?.clone(),
-                args: a.get(2)?.clone(),
-                state: None,
-            });
-            as_tensor(&inner)
-        }
-        "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => Some((|| {
-            let bad = |what: &str| format!("its {what} is malformed");
-            let (key, _, dtype) = a
-                .first()
-                .and_then(storage_ref)
-                .ok_or_else(|| bad("storage reference"))?;
-            let offset = a
-                .get(1)
-                .and_then(|x| x.borrow().as_int())
-                .and_then(|i| usize::try_from(i).ok())
-                .ok_or_else(|| bad("storage offset"))?;
-            let size = a.get(2).and_then(usizes).ok_or_else(|| bad("size"))?;
-            let stride = a.get(3).and_then(usizes).ok_or_else(|| bad("stride"))?;
-            if size.len() != stride.len() {
-                return Err(bad("stride"));
-            }
-            Ok(TensorRef {
-                key,
-                dtype,
-                offset,
-                size,
-                stride,
-            })
-        })()),
-        _ => None,
-    }
-}
-
-fn dict_get(o: &Obj, key: &str) -> Option<Obj> {
-    match &*o.borrow() {
-        Value::Dict(kv) => kv
-            .iter()
-            .find(|(k, _)| k.borrow().as_str() == Some(key))
-            .map(|(_, v)| v.clone()),
-        _ => None,
-    }
-}
-
-/// The class of a pickled module object and its `__dict__`, if `o` is one.
-fn module_parts(o: &Obj) -> Option<(String, Obj)> {
-    let v = o.borrow();
-    let Value::Call {
-        callable,
-        args,
-        state: Some(state),
-    } = &*v
-    else {
-        return None;
-    };
-    // NEWOBJ names the class; protocol 0/1 go through copyreg._reconstructor(cls, ...); legacy
-    // files name a module class the first time as ('module', cls, source file, source text).
-    let class_of = |c: &Obj| -> Option<String> {
-        match &*c.borrow() {
-            Value::Global { module, name } => Some(format!("{module}.{name}")),
-            Value::Persistent(id) => {
-                let items = tuple_items(id)?;
-                (items.first()?.borrow().as_str() == Some("module"))
-                    .then(|| items.get(1)?.borrow().global_name())?
-            }
-            _ => None,
-        }
-    };
-    let class = match class_of(callable)? {
-        c if c.ends_with("._reconstructor") => class_of(tuple_items(args)?.first()?)?,
-        c => c,
-    };
-    // Only modules have these.
-    dict_get(state, "_modules")?;
-    Some((class, state.clone()))
-}
-
-fn dict_items(o: &Obj) -> Vec<(String, Obj)> {
-    match &*o.borrow() {
-        Value::Dict(kv) => kv
-            .iter()
-            .filter_map(|(k, v)| Some((k.borrow().as_str()?.to_string(), v.clone())))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// A whole module's state dict: its parameters, persistent buffers, then its children's.
-fn walk_module(
-    state: &Obj,
-    prefix: &str,
-    depth: usize,
-    out: &mut Vec<(String, TensorRef)>,
-) -> std::result::Result<(), String> {
-    if depth > 64 {
-        return Err("modules nested more than 64 deep".into());
-    }
-    let skip: Vec<String> = dict_get(state, "_non_persistent_buffers_set")
-        .map(|s| match &*s.borrow() {
-            Value::Set(v) => v
-                .iter()
-                .filter_map(|x| x.borrow().as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        })
-        .unwrap_or_default();
-    for field in ["_parameters", "_buffers"] {
-        for (name, v) in
-            dict_items(&dict_get(state, field).unwrap_or_else(|| pickle::obj(Value::None)))
-        {
-            if field == "_buffers" && skip.contains(&name) {
-                continue;
-            }
-            if let Some(t) = as_tensor(&v) {
-                out.push((
-                    format!("{prefix}{name}"),
-                    t.map_err(|e| format!("tensor '{prefix}{name}': {e}"))?,
-                ));
-            }
-        }
-    }
-    for (name, child) in
-        dict_items(&dict_get(state, "_modules").unwrap_or_else(|| pickle::obj(Value::None)))
-    {
-        if let Some((_, child_state)) = module_parts(&child) {
-            walk_module(&child_state, &format!("{prefix}{name}."), depth + 1, out)?;
-        }
-    }
-    Ok(())
-}
-
-fn find_state(root: &Obj, depth: usize) -> std::result::Result<Found, String> {
-    if let Some((class, state)) = module_parts(root) {
-        let mut found = Found {
-            model_class: Some(class),
-            ..Found::default()
-        };
-        walk_module(&state, "", 0, &mut found.tensors)?;
-        // torchxrayvision keeps its label list as a plain attribute.
-        found.labels = ["targets", "pathologies"].iter().find_map(|k| {
-            tuple_items(&dict_get(&state, k)?)?
-                .iter()
-                .map(|s| s.borrow().as_str().map(str::to_string))
-                .collect()
-        });
-        // ... and its operating points as a plain tensor attribute where it has them.
-        if let Some(Some(Ok(t))) = dict_get(&state, "op_threshs").map(|o| as_tensor(&o))
-            && !found.tensors.iter().any(|(k, _)| k == "op_threshs")
-        {
-            found.tensors.push(("op_threshs".into(), t));
-        }
-        return Ok(found);
-    }
-    let items = dict_items(root);
-    // A training checkpoint keeps the model under a usual key, next to tensors of its own
-    // (an RNG state, optimizer moments): look there first.
-    if depth < 2 {
-        for key in STATE_KEYS {
-            if let Some((_, v)) = items.iter().find(|(k, _)| k == key) {
-                let found = find_state(v, depth + 1)?;
-                if !found.tensors.is_empty() {
-                    return Ok(found);
-                }
-            }
-        }
-    }
-    let tensors: Vec<(String, TensorRef)> = items
-        .iter()
-        .filter_map(|(k, v)| Some(as_tensor(v)?.map(|t| (k.clone(), t))))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| format!("a tensor {e}"))?;
-    Ok(Found {
-        tensors,
-        ..Found::default()
-    })
-}
-
 /// Reads one tensor from its storage's bytes and applies its view (shape, strides, offset):
 /// views of a larger storage, transposes and slices are common in real checkpoints. Every size
 /// is checked before anything is allocated: the view may hold at most as many elements as its

@@ -1,13 +1,24 @@
 //! Reading a checkpoint file into named tensors, without executing anything. The format is
 //! recognised from the file's first bytes, whatever its name (`.pth.tar`, `.ckpt`, `.bin`, ...).
+//!
+//! Layout: `pth` (`torch.save` files, zip and legacy: storages and tensor views, sizes checked
+//! before allocating), `pickle` (a pickle VM that builds data and never calls) with `value`
+//! (what it builds; the allowlist of globals), `state` (the state dict inside the object
+//! graph, whole models walked as data).
+
+mod pickle;
+mod pth;
+mod state;
+mod value;
 
 use std::io::Read;
 use std::path::Path;
 
 use candle_core::Device;
 
+pub use pth::Checkpoint;
+
 use super::layers::Weights;
-use super::pth::{self, Checkpoint};
 use crate::error::{Error, Result};
 
 /// What a file's first bytes say it is.

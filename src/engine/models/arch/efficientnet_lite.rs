@@ -4,17 +4,53 @@
 //! Tensor names follow the lukemelas PyTorch port (`_conv_stem`, `_blocks.N._depthwise_conv`,
 //! ...) so its checkpoints load unchanged. BatchNorm (eps 1e-3) is folded into the convolutions
 //! at load time, padding is TensorFlow "SAME" (asymmetric) as in the original, and every ReLU6
-//! is our own op so that guided backprop reaches all of them.
+//! is our own op so that guided backprop reaches all of them. Recognised by `_conv_stem`; fed
+//! `(x - 0.5) / 0.5` as the port was trained; the bundled ImageNet model is built on it.
 
 use candle_core::{Device, Tensor};
 
-use super::Network;
-use super::layers::{Body, Conv, Graph, Linear, PadMode, Weights};
+use super::{Architecture, Defaults, Detection};
+use crate::engine::models::classifier::Network;
+use crate::engine::models::layers::{Body, Conv, Graph, Layer, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 const BN_EPS: f64 = 1e-3;
+
+pub(crate) struct Lite0;
+
+pub(crate) static EFFICIENTNET_LITE0: Lite0 = Lite0;
+
+impl Architecture for Lite0 {
+    fn name(&self) -> &'static str {
+        "efficientnet-lite0"
+    }
+
+    fn about(&self) -> &'static str {
+        "the lukemelas PyTorch port's names"
+    }
+
+    fn detect(&self, w: &Weights, _: Option<&str>) -> Detection {
+        if w.shape("_conv_stem.weight").is_ok() {
+            Detection::Yes
+        } else {
+            Detection::No
+        }
+    }
+
+    fn build(&self, w: &Weights, device: &Device, backend: Backend) -> Result<Box<dyn Network>> {
+        Ok(Box::new(EfficientNetLite::lite0(w, device, backend)?))
+    }
+
+    fn defaults(&self, _: usize, _: &Weights) -> Defaults {
+        Defaults {
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            ..Defaults::imagenet()
+        }
+    }
+}
 
 /// One stage of the network: `repeats` MBConv blocks (stride applies to the first).
 #[derive(Debug)]
@@ -103,7 +139,7 @@ impl MbConv {
 }
 
 #[derive(Debug)]
-pub struct EfficientNetLite {
+struct EfficientNetLite {
     stem: Conv,
     blocks: Vec<MbConv>,
     head: Conv,
@@ -112,12 +148,8 @@ pub struct EfficientNetLite {
 }
 
 impl EfficientNetLite {
-    pub fn lite0(
-        w: &Weights,
-        num_classes: usize,
-        device: &Device,
-        backend: Backend,
-    ) -> Result<Self> {
+    /// The head's width comes from `_fc.weight`.
+    fn lite0(w: &Weights, device: &Device, backend: Backend) -> Result<Self> {
         let same = PadMode::TfSame;
         let stem = Conv::with_bn(
             w,
@@ -178,7 +210,13 @@ impl EfficientNetLite {
             same,
             device,
         )?;
-        let fc = Linear::load(w, "_fc", (HEAD, num_classes), device)?;
+        let fc_shape = w.shape("_fc.weight")?;
+        if fc_shape.len() != 2 || fc_shape[1] != HEAD {
+            return Err(Error::Weights(format!(
+                "tensor '_fc.weight' has shape {fc_shape:?}, expected [classes, {HEAD}]"
+            )));
+        }
+        let fc = Linear::load(w, "_fc", (HEAD, fc_shape[0]), device)?;
         Ok(EfficientNetLite {
             stem,
             blocks,
@@ -209,6 +247,20 @@ impl Network for EfficientNetLite {
 
     fn last_stage(&self) -> &'static [&'static str] {
         &["_blocks.15.", "_conv_head.", "_bn1."]
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        let blocks = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.expand.iter().chain([&b.depthwise, &b.project]));
+        [&self.stem]
+            .into_iter()
+            .chain(blocks)
+            .chain([&self.head])
+            .map(Conv::layer)
+            .chain([self.fc.layer()])
+            .collect()
     }
 }
 
