@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use unveil::Result;
 use unveil::engine::device::{self, DeviceChoice};
 use unveil::engine::explainer::Explainer;
-use unveil::engine::models::{DEFAULT_MODEL, ModelDescription, ModelSource};
+use unveil::engine::models::{self, DEFAULT_MODEL, ModelDescription, ModelSource};
 use unveil::engine::params::{
     FillMode, MaskParams, Method, Reduction, SaliencyParams, StopParams, UnveilParams,
 };
@@ -157,11 +157,12 @@ pub(crate) enum DeviceArg {
     Metal,
 }
 
+/// `--arch`'s help, from the one list of architectures.
 fn arch_help() -> String {
-    "Architecture of --weights: resnet18, resnet34, resnet50, resnet101, densenet121 (any \
-     torchvision DenseNet, CheXNet included), xrv-densenet121 (TorchXRayVision). Default: \
-     recognised from the weights."
-        .into()
+    format!(
+        "Architecture of --weights: {}. Default: recognised from the weights.",
+        models::arch_help()
+    )
 }
 
 fn parse_window(s: &str) -> std::result::Result<Window, String> {

@@ -33,6 +33,13 @@ pub(crate) fn models(action: Option<&ModelsAction>) -> Result<()> {
                 };
                 println!("{}\t{}\t{state}", e.name, e.description);
             }
+            println!(
+                "\nArchitectures of your own weights (--weights FILE, recognised from the file \
+                 or named with --arch):"
+            );
+            for a in models::Arch::all() {
+                println!("{}\t{}", a.name(), a.about());
+            }
             Ok(())
         }
         Some(ModelsAction::Fetch { name }) => {
