@@ -759,7 +759,11 @@ pub fn models_command(action: Option<&ModelsAction>) -> Result<()> {
             Ok(())
         }
         Some(ModelsAction::Fetch { name }) => {
-            models::fetch::fetch(name, &mut |line| eprintln!("{line}"))?;
+            unveil::install::fetch(
+                name,
+                &mut |line| eprintln!("{line}"),
+                &AtomicBool::new(false),
+            )?;
             Ok(())
         }
     }

@@ -13,7 +13,6 @@ mod classifier;
 pub mod densenet;
 mod description;
 pub mod efficientnet_lite;
-pub mod fetch;
 mod info;
 pub mod layers;
 mod pickle;
