@@ -1,5 +1,6 @@
 //! Background work that is not a run: file dialogs (which block) and exports. Each runs on its
-//! own thread; a finished dialog becomes an [`Action`], a finished export a notice.
+//! own thread; a finished dialog becomes an [`Action`], a finished export an [`Event`] with
+//! its message.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use crate::engine::summary::{ImageRecord, RunInfo};
 use crate::error::Result;
 use crate::gui::action::{Action, Export, PathPrompt};
 use crate::gui::dialogs::Dialogs;
-use crate::gui::notices::Notices;
+use crate::gui::settings::Settings;
+use crate::gui::workspace::{Event, Workspace};
 
 /// Everything an export needs, copied out of the workspace so the UI goes on.
 pub struct ExportRequest {
@@ -34,6 +36,33 @@ pub struct ExportRequest {
     /// The image (for pictures at its own resolution) and the regions' opacity.
     pub source: Option<Arc<SourceImage>>,
     pub regions_opacity: f32,
+}
+
+impl ExportRequest {
+    /// The finished run on screen, with `params` (the settings and the chosen class) and the
+    /// way `settings` draw it; `None` before a run has finished.
+    pub fn new(ws: &Workspace, settings: &Settings, params: UnveilParams) -> Option<Self> {
+        let (explainer, outcome) = (ws.model.explainer()?, ws.run.outcome()?);
+        let image = ws.image.loaded();
+        Some(ExportRequest {
+            explainer: explainer.clone(),
+            outcome: outcome.clone(),
+            params,
+            image_name: image
+                .map(|i| {
+                    i.path
+                        .as_ref()
+                        .map_or(i.name.clone(), |p| p.display().to_string())
+                })
+                .unwrap_or_default(),
+            image_path: image.and_then(|i| i.path.clone()),
+            windows: (ws.image.model_window(), ws.image.window()),
+            total_ms: ws.run.run_ms(),
+            heatmap: settings.heatmap,
+            source: image.map(|i| i.source.clone()),
+            regions_opacity: settings.overlay_opacity,
+        })
+    }
 }
 
 /// An open file dialog: its answer, and the action it becomes.
@@ -189,14 +218,14 @@ impl Jobs {
         self.dialog.is_some() || self.export.is_some()
     }
 
-    /// Answered dialogs as actions; finished exports as notices.
-    pub fn poll(&mut self, notices: &mut Notices) -> Vec<Action> {
+    /// Answered dialogs as actions; finished exports as events with their messages.
+    pub fn poll(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
         if let Some(d) = self.dialog.take() {
             match d.answer.try_take() {
                 Ok(Some(path)) => actions.push((d.then)(path)),
                 Ok(None) if d.asked.elapsed() < NO_DIALOG => {
-                    notices.info("No file dialog could be opened (this desktop has no file-chooser portal): type the path instead, drop the file on the window, or give it on the command line (`unveil FILE`).");
+                    actions.push(Action::Happened(Event::Info("No file dialog could be opened (this desktop has no file-chooser portal): type the path instead, drop the file on the window, or give it on the command line (`unveil FILE`).".into())));
                     actions.push(Action::PromptPath(PathPrompt {
                         title: d.title,
                         text: String::new(),
@@ -209,8 +238,10 @@ impl Jobs {
         }
         if let Some(p) = self.export.take() {
             match p.try_take() {
-                Ok(Ok(msg)) => notices.info(msg),
-                Ok(Err(e)) => notices.error(format!("Export failed: {e}")),
+                Ok(Ok(msg)) => actions.push(Action::Happened(Event::Info(msg))),
+                Ok(Err(e)) => actions.push(Action::Happened(Event::Error(format!(
+                    "Export failed: {e}"
+                )))),
                 Err(p) => self.export = Some(p),
             }
         }

@@ -84,7 +84,7 @@ fn step_until(h: &mut Harness<'static, App>, secs: u64, what: &str, done: impl F
 }
 
 fn idle(a: &App) -> bool {
-    !a.is_busy() && a.workspace.outcome.is_some()
+    !a.is_busy() && a.workspace.run.outcome().is_some()
 }
 
 #[test]
@@ -92,8 +92,8 @@ fn first_start_loads_the_sample_and_runs_to_completion() {
     let mut h = app(settings(2, 8, 2), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
     let a = h.state();
-    assert_eq!(a.workspace.steps.len(), 2);
-    assert!(a.workspace.image.as_ref().unwrap().name.contains("chelsea"));
+    assert_eq!(a.workspace.run.steps().len(), 2);
+    assert!(a.workspace.image.loaded().unwrap().name.contains("chelsea"));
     assert!((281..=285).contains(&a.target().unwrap()), "a cat class");
     h.get_by_label_contains("Iteration 0 · p(target)");
     h.get_by_label_contains("Iteration 1 · p(target)");
@@ -106,13 +106,13 @@ fn first_start_loads_the_sample_and_runs_to_completion() {
 fn moving_the_kernel_slider_updates_the_first_mask_at_once_without_a_new_gradient() {
     let mut h = app(settings(2, 8, 2), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
-    let before = h.state().workspace.steps[0].step.mask.clone();
+    let before = h.state().workspace.run.steps()[0].step.mask.clone();
     h.get_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
         .set_value_accesskit(31.0);
     h.step();
     let a = h.state();
     assert_eq!(a.settings.params.mask.kernel, 31);
-    let now = &a.workspace.steps[0].step.mask;
+    let now = &a.workspace.run.steps()[0].step.mask;
     assert_ne!(*now, before, "iteration 0's mask changes in the same frame");
     assert!(
         now.count() > before.count(),
@@ -121,37 +121,40 @@ fn moving_the_kernel_slider_updates_the_first_mask_at_once_without_a_new_gradien
     step_until(&mut h, 180, "the rerun", idle);
     let a = h.state();
     assert!(
-        a.workspace.steps[0].step.cached,
+        a.workspace.run.steps()[0].step.cached,
         "iteration 0 reused its gradient"
     );
-    assert_eq!(a.workspace.steps[0].step.mask.count(), now_count(a));
-    assert!(a.workspace.steps.iter().all(|s| !s.stale));
+    assert_eq!(a.workspace.run.steps()[0].step.mask.count(), now_count(a));
+    assert!(a.workspace.run.steps().iter().all(|s| !s.stale));
 }
 
 fn now_count(a: &App) -> usize {
-    unveil::engine::mask::make_mask(&a.workspace.steps[0].step.saliency, &a.settings.params.mask)
-        .count()
+    unveil::engine::mask::make_mask(
+        &a.workspace.run.steps()[0].step.saliency,
+        &a.settings.params.mask,
+    )
+    .count()
 }
 
 #[test]
 fn cancel_stops_a_run_and_keeps_finished_iterations() {
     let mut h = app(settings(16, 2, 5), Arc::default());
     step_until(&mut h, 180, "iteration 1 to start", |a| {
-        a.workspace.progress.is_some_and(|p| p.iteration >= 1)
+        a.workspace.run.progress().is_some_and(|p| p.iteration >= 1)
     });
     h.get_by_label("Cancel").click();
     h.step();
-    assert!(!h.state().workspace.is_running());
+    assert!(!h.state().workspace.run.is_running());
     step_until(&mut h, 300, "worker threads to finish", |a| {
         a.workspace.live_worker_threads() == 0
     });
     let a = h.state();
     assert!(
-        !a.workspace.steps.is_empty() && a.workspace.steps.len() < 5,
+        !a.workspace.run.steps().is_empty() && a.workspace.run.steps().len() < 5,
         "kept {} iterations",
-        a.workspace.steps.len()
+        a.workspace.run.steps().len()
     );
-    assert!(a.workspace.steps.iter().all(|s| !s.stale));
+    assert!(a.workspace.run.steps().iter().all(|s| !s.stale));
     h.get_by_label_contains("Run cancelled");
 }
 
@@ -172,10 +175,10 @@ fn a_corrupt_file_shows_an_error_notice_and_keeps_the_current_image() {
     h.get_by_label_contains("not a PNG, JPEG, TIFF or DICOM image");
     let a = h.state();
     assert!(
-        a.workspace.image.as_ref().unwrap().name.contains("chelsea"),
+        a.workspace.image.loaded().unwrap().name.contains("chelsea"),
         "the sample stays open"
     );
-    assert_eq!(a.workspace.steps.len(), 1, "results stay visible");
+    assert_eq!(a.workspace.run.steps().len(), 1, "results stay visible");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -209,7 +212,7 @@ fn a_dicom_xray_opens_with_its_window_and_only_the_model_window_reruns() {
         idle(a)
             && a.workspace
                 .image
-                .as_ref()
+                .loaded()
                 .is_some_and(|i| i.name.ends_with(".dcm"))
     });
     let file = unveil::engine::source_image::Window {
@@ -217,38 +220,41 @@ fn a_dicom_xray_opens_with_its_window_and_only_the_model_window_reruns() {
         width: 6001.0,
     };
     let a = h.state();
-    assert_eq!(a.workspace.window, Some(file), "the file's window");
-    assert_eq!(a.workspace.model_window, Some(file));
+    assert_eq!(a.workspace.image.window(), Some(file), "the file's window");
+    assert_eq!(a.workspace.image.model_window(), Some(file));
     h.get_by_label_contains("Window / level");
-    let runs = h.state().workspace.runs_started();
+    let runs = h.state().workspace.run.started();
     h.get_by_role_and_label(egui::accesskit::Role::Slider, "Window (width)")
         .set_value_accesskit(1000.0);
     for _ in 0..5 {
         h.step();
     }
     let a = h.state();
-    assert_eq!(a.workspace.window.unwrap().width, 1000.0);
+    assert_eq!(a.workspace.image.window().unwrap().width, 1000.0);
     assert_eq!(
-        a.workspace.model_window,
+        a.workspace.image.model_window(),
         Some(file),
         "the model's window is unchanged"
     );
-    assert_eq!(a.workspace.runs_started(), runs, "no rerun for the display");
+    assert_eq!(a.workspace.run.started(), runs, "no rerun for the display");
     assert!(!a.is_busy());
     h.get_by_label("Model: use display window").click();
     h.step();
-    assert_eq!(h.state().workspace.model_window.unwrap().width, 1000.0);
+    assert_eq!(
+        h.state().workspace.image.model_window().unwrap().width,
+        1000.0
+    );
     step_until(&mut h, 180, "the rerun", idle);
     assert!(
-        h.state().workspace.runs_started() > runs,
+        h.state().workspace.run.started() > runs,
         "the model sees the chosen window"
     );
     h.get_by_label("Reset display").click();
     h.step();
-    assert_eq!(h.state().workspace.window.unwrap().width, 6001.0);
+    assert_eq!(h.state().workspace.image.window().unwrap().width, 6001.0);
     h.get_by_label("Model: file's window").click();
     h.step();
-    assert_eq!(h.state().workspace.model_window, Some(file));
+    assert_eq!(h.state().workspace.image.model_window(), Some(file));
 }
 
 #[test]
@@ -272,9 +278,9 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
                 step_until(&mut h, 300, &name, |a| {
                     dialogs.next_image.lock().unwrap().is_none()
                         && idle(a)
-                        && a.workspace.image.as_ref().is_some_and(|i| i.name == name)
+                        && a.workspace.image.loaded().is_some_and(|i| i.name == name)
                 });
-                assert!(!h.state().workspace.steps.is_empty(), "{name} runs");
+                assert!(!h.state().workspace.run.steps().is_empty(), "{name} runs");
             }
             corpus::Expect::Fails(msg) => {
                 // This file's own notice: its dialog answered, nothing in flight, and the newest
@@ -293,7 +299,7 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
                     "{name}: the notice is on screen"
                 );
                 assert!(
-                    h.state().workspace.image.is_some(),
+                    h.state().workspace.image.loaded().is_some(),
                     "{name}: the previous image stays open"
                 );
             }
@@ -344,14 +350,14 @@ fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left
     let a = h.state();
     assert_eq!(a.settings.params.mask.kernel, 37);
     assert!(
-        a.workspace.runs_started() > 10,
+        a.workspace.run.started() > 10,
         "runs were started and cancelled: {}",
-        a.workspace.runs_started()
+        a.workspace.run.started()
     );
-    assert!(a.workspace.steps.iter().all(|s| !s.stale));
+    assert!(a.workspace.run.steps().iter().all(|s| !s.stale));
     // The same settings computed directly, from scratch.
-    let model = a.workspace.explainer.as_ref().unwrap().model().clone();
-    let img = a.workspace.image.as_ref().unwrap().source.clone();
+    let model = a.workspace.model.explainer().unwrap().model().clone();
+    let img = a.workspace.image.loaded().unwrap().source.clone();
     let x = unveil::engine::image::to_model_input(&img, model.info(), &candle_core::Device::Cpu)
         .unwrap();
     let want = Explainer::uncached(model)
@@ -362,8 +368,8 @@ fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left
             &std::sync::atomic::AtomicBool::new(false),
         )
         .unwrap();
-    assert_eq!(a.workspace.steps.len(), want.steps.len());
-    for (got, want) in a.workspace.steps.iter().zip(&want.steps) {
+    assert_eq!(a.workspace.run.steps().len(), want.steps.len());
+    for (got, want) in a.workspace.run.steps().iter().zip(&want.steps) {
         assert_eq!(
             got.step.cumulative, want.cumulative,
             "iteration {}",
@@ -478,10 +484,10 @@ fn the_sanity_check_runs_from_one_click_and_shows_its_verdict() {
     step_until(&mut h, 180, "the first run", idle);
     h.get_by_label("Sanity check").click();
     step_until(&mut h, 300, "the sanity check", |a| {
-        !a.workspace.is_checking() && a.workspace.check.is_some()
+        !a.workspace.check.is_running() && a.workspace.check.result().is_some()
     });
     let a = h.state();
-    let report = &a.workspace.check.as_ref().unwrap().check.report;
+    let report = &a.workspace.check.result().unwrap().check.report;
     assert_eq!(report.randomisation.len(), 3);
     assert!(
         report.randomisation[0].spearman.unwrap() > 0.9,
@@ -511,7 +517,7 @@ fn picking_a_method_reruns_with_it() {
     step_until(&mut h, 180, "the Grad-CAM run", idle);
     let a = h.state();
     assert_eq!(
-        a.workspace.steps[0].step.attribution.dims()[0],
+        a.workspace.run.steps()[0].step.attribution.dims()[0],
         1,
         "a Grad-CAM map has one channel"
     );
@@ -542,8 +548,8 @@ fn a_multi_label_xray_model_lists_its_findings_and_switching_one_reruns() {
     let info = h
         .state()
         .workspace
-        .explainer
-        .as_ref()
+        .model
+        .explainer()
         .unwrap()
         .info()
         .clone();
@@ -560,13 +566,9 @@ fn a_multi_label_xray_model_lists_its_findings_and_switching_one_reruns() {
     let other = (0..18).find(|&c| c != first).unwrap();
     h.get_by_label(&info.labels[other]).click();
     h.step();
-    assert_eq!(h.state().settings.params.target, Some(other));
+    assert_eq!(h.state().workspace.run.target(), Some(other));
     step_until(&mut h, 180, "the rerun", |a| {
-        idle(a)
-            && a.workspace
-                .outcome
-                .as_ref()
-                .is_some_and(|o| o.target == other)
+        idle(a) && a.workspace.run.outcome().is_some_and(|o| o.target == other)
     });
     h.get_by_label_contains(&format!("Explaining {}", info.labels[other]));
 }
@@ -627,7 +629,7 @@ fn an_xray_with_the_imagenet_model_shows_a_mismatch_warning() {
         idle(a)
             && a.workspace
                 .image
-                .as_ref()
+                .loaded()
                 .is_some_and(|i| i.name.starts_with("chest-xray"))
     });
     h.get_by_label_contains("This is a grayscale image (an X-ray?), but efficientnet-lite0");
@@ -643,22 +645,22 @@ fn an_xray_with_the_imagenet_model_shows_a_mismatch_warning() {
 fn a_pinned_run_is_shown_next_to_the_new_one() {
     let mut h = app(settings(1, 8, 2), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
-    let first_p = h.state().workspace.steps[0].step.p_target;
+    let first_p = h.state().workspace.run.steps()[0].step.p_target;
     h.get_by_label("Pin this run").click();
     h.step();
-    assert!(h.state().workspace.pinned.is_some());
+    assert!(h.state().workspace.run.pinned().is_some());
     h.get_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
         .set_value_accesskit(31.0);
     h.step();
     step_until(&mut h, 180, "the rerun", idle);
     let a = h.state();
     assert_eq!(a.settings.params.mask.kernel, 31);
-    assert_eq!(a.workspace.pinned.as_ref().unwrap().steps.len(), 2);
+    assert_eq!(a.workspace.run.pinned().unwrap().steps.len(), 2);
     h.get_by_label_contains("Pinned: vanilla, kernel 11");
     h.get_by_label(&format!("Pinned saliency · p {first_p:.3}"));
     h.get_by_label("Unpin").click();
     h.step();
-    assert!(h.state().workspace.pinned.is_none());
+    assert!(h.state().workspace.run.pinned().is_none());
 }
 
 /// Presenter mode hides the side panel and shows one iteration large; F11 toggles it.
@@ -674,14 +676,68 @@ fn presenter_mode_hides_the_side_panel() {
     h.get_by_label("Presenter").click();
     h.step();
     h.step();
-    assert!(h.state().presenter);
+    assert!(h.state().presenter.on);
     assert!(!panel(&h), "the side panel is hidden");
     h.get_by_label_contains("· p = ");
     h.key_press(egui::Key::F11);
     h.step();
     h.step();
-    assert!(!h.state().presenter);
+    assert!(!h.state().presenter.on);
     assert!(panel(&h));
+}
+
+/// In presenter mode the iterations step by themselves (the app asks for the frame of the next
+/// one) until Space pauses them.
+#[test]
+fn presenter_mode_steps_by_itself_until_space_pauses_it() {
+    let mut h = app_with(AppOptions {
+        dialogs: Arc::new(Scripted::default()),
+        settings: Some(settings(1, 8, 2)),
+        presenter: true,
+        ..Default::default()
+    });
+    step_until(&mut h, 180, "the first run", idle);
+    assert!(h.state().presenter.on && h.state().presenter.playing);
+    let start = h.state().iterations.selected;
+    step_until(&mut h, 10, "the next iteration", |a| {
+        a.iterations.selected != start
+    });
+    h.key_press(egui::Key::Space);
+    h.step();
+    h.step();
+    assert!(!h.state().presenter.playing);
+    h.get_by_label_contains("paused: Space plays");
+    h.key_press(egui::Key::Escape);
+    h.step();
+    assert!(!h.state().presenter.on);
+}
+
+/// Dismissing a notice is an action like any other: that notice goes, the app stays as it was.
+#[test]
+fn dismissing_a_notice_removes_it() {
+    let dir = std::env::temp_dir().join(format!("unveil-gui-dismiss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("notes.png");
+    std::fs::write(&bad, "this is not an image").unwrap();
+    let dialogs = Arc::new(Scripted::default());
+    let mut h = app(settings(1, 8, 1), dialogs.clone());
+    step_until(&mut h, 180, "the first run", idle);
+    *dialogs.next_image.lock().unwrap() = Some(bad);
+    h.get_by_label("Open image…").click();
+    step_until(&mut h, 60, "the error notice", |a| {
+        !a.notices.items().is_empty()
+    });
+    h.get_by_label_contains("not a PNG, JPEG, TIFF or DICOM image");
+    h.get_by_label("Dismiss").click();
+    h.step();
+    h.step();
+    assert!(h.state().notices.items().is_empty());
+    assert!(
+        h.query_by_label_contains("not a PNG, JPEG, TIFF or DICOM image")
+            .is_none()
+    );
+    assert_eq!(h.state().workspace.run.steps().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Without a desktop file-dialog portal the dialog answers "nothing" at once: the app says so
@@ -704,7 +760,7 @@ fn without_a_file_dialog_the_app_offers_a_path_field() {
         idle(a)
             && a.workspace
                 .image
-                .as_ref()
+                .loaded()
                 .is_some_and(|i| i.name == "coffee.png")
     });
 }
@@ -722,7 +778,7 @@ fn the_apps_summary_records_the_time_the_path_and_the_hash() {
         idle(a)
             && a.workspace
                 .image
-                .as_ref()
+                .loaded()
                 .is_some_and(|i| i.name == "coffee.png")
     });
     let out = std::env::temp_dir().join(format!("unveil-app-export-{}", std::process::id()));

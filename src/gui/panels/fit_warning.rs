@@ -7,7 +7,7 @@ use crate::gui::action::Action;
 use crate::gui::workspace::Workspace;
 
 pub fn ui(ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
-    let (Some(e), Some(img)) = (&ws.explainer, &ws.image) else {
+    let (Some(e), Some(img)) = (ws.model.explainer(), ws.image.loaded()) else {
         return;
     };
     let Some(m) = suitability::mismatch_of(e.info(), img.looks_gray) else {
