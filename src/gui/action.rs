@@ -20,6 +20,9 @@ pub enum Action {
     PickModel,
     /// A registered model name or a description path.
     SetModel(String),
+    /// Install a model that must be fetched (then switch to it).
+    FetchModel(String),
+    CancelFetch,
     SetDevice(DeviceChoice),
     /// New run parameters; the app decides what they require ([`UnveilParams::change_from`]).
     /// Their class is ignored: the class is chosen per image with [`Action::SetTarget`].

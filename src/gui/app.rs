@@ -25,6 +25,7 @@ use crate::gui::panels::top_bar::TopBarView;
 use crate::gui::panels::{controls, fit_warning, presenter, status};
 use crate::gui::settings::{Settings, View};
 use crate::gui::textures::Textures;
+use crate::gui::workspace::fetch::load_failed;
 use crate::gui::workspace::{Event, Workspace};
 
 pub struct App {
@@ -54,7 +55,7 @@ impl App {
         let settings = options.settings_over(cc.storage);
         let mut app = App {
             settings,
-            workspace: Workspace::default(),
+            workspace: Workspace::new(options.installer.clone()),
             notices: Notices::default(),
             iterations: IterationsView::default(),
             presenter: Presenter::new(options.presenter),
@@ -140,6 +141,12 @@ impl App {
                 ws.run.reset();
                 self.iterations.reset();
                 self.load_model();
+            }
+            Action::FetchModel(name) => ws.fetch.start(ctx, &name),
+            Action::CancelFetch => {
+                if ws.fetch.cancel() {
+                    self.notices.info("Fetch cancelled; nothing was installed.");
+                }
             }
             Action::SetDevice(d) => {
                 self.settings.device = d;
@@ -227,10 +234,7 @@ impl App {
                     ws.model.set(explainer);
                     ws.run.request();
                 }
-                Event::ModelLoaded(name, Err(e)) => {
-                    self.notices
-                        .error(format!("Cannot load model '{name}': {e}"));
-                }
+                Event::ModelLoaded(name, Err(e)) => self.notices.error(load_failed(&name, &e)),
                 Event::FellBack(why) => {
                     ws.model.told_fell_back();
                     self.notices.info(format!("Moved to the CPU: {why}."));
@@ -257,6 +261,15 @@ impl App {
                         self.notices.error(e);
                     }
                 }
+                Event::Fetch(job, msg) => match ws.fetch.absorb(job, msg) {
+                    Some(Ok(name)) => {
+                        self.notices
+                            .info(format!("Fetched {name}; it is the model now."));
+                        self.apply(Action::SetModel(name), ctx);
+                    }
+                    Some(Err(e)) => self.notices.error(e),
+                    None => {}
+                },
                 Event::Info(text) => self.notices.info(text),
                 Event::Error(text) => self.notices.error(text),
             },

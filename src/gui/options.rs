@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::gui::dialogs::{Dialogs, NativeDialogs};
 use crate::gui::settings::{Settings, View};
+use crate::install::Installer;
 
 /// How the app starts; tests replace the dialogs and skip persisted settings.
 pub struct AppOptions {
@@ -25,6 +26,9 @@ pub struct AppOptions {
     pub presenter: bool,
     /// Text and widget size to start with (remembered like a choice in the app).
     pub font_scale: Option<f32>,
+    /// Where models are fetched to, with which Python (default: the engine's model folder
+    /// and `$UNVEIL_PYTHON`; tests give an empty folder instead of setting variables).
+    pub installer: Installer,
 }
 
 impl Default for AppOptions {
@@ -39,6 +43,7 @@ impl Default for AppOptions {
             sanity_check: false,
             presenter: false,
             font_scale: None,
+            installer: Installer::default(),
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Background jobs (runs, sanity checks): one thread per job, results streamed over a
-//! channel, latest job wins: starting one cancels the one before.
+//! Background jobs (runs, sanity checks, model fetches): one thread per job, results streamed
+//! over a channel, latest job wins: starting one cancels the one before.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
@@ -13,6 +14,7 @@ use crate::engine::params::UnveilParams;
 use crate::engine::sanity::{Check, CheckProgress};
 use crate::engine::source_image::{SourceImage, Window};
 use crate::error::{Error, Result};
+use crate::install::Installer;
 
 /// What a job thread reports; the last message of a job is its `done` one.
 pub trait Message: Send + 'static {
@@ -53,6 +55,22 @@ impl Message for CheckMsg {
 
     fn died() -> Self {
         CheckMsg::Done(Err(died()))
+    }
+}
+
+/// What a model fetch reports: the installer's progress lines, then where it installed.
+pub enum FetchMsg {
+    Line(String),
+    Done(Result<PathBuf>),
+}
+
+impl Message for FetchMsg {
+    fn is_done(&self) -> bool {
+        matches!(self, FetchMsg::Done(_))
+    }
+
+    fn died() -> Self {
+        FetchMsg::Done(Err(died()))
     }
 }
 
@@ -222,6 +240,20 @@ impl Worker<CheckMsg> {
                 cancel,
             );
             send(CheckMsg::Done(result.map(Box::new)));
+        });
+    }
+}
+
+impl Worker<FetchMsg> {
+    /// Cancels any fetch in flight and starts fetching model `name` with `installer`.
+    pub fn start_fetch(&mut self, ctx: &egui::Context, installer: Installer, name: String) {
+        self.start(ctx, "fetch", move |send, cancel| {
+            let result = installer.fetch(
+                &name,
+                &mut |line| send(FetchMsg::Line(line.to_string())),
+                cancel,
+            );
+            send(FetchMsg::Done(result));
         });
     }
 }

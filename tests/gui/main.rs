@@ -13,6 +13,7 @@ use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
 use unveil::gui::dialogs::Dialogs;
 use unveil::gui::settings::Settings;
 use unveil::gui::{App, AppOptions};
+use unveil::install::Installer;
 
 /// Dialogs that answer with whatever the test put in.
 #[derive(Default)]
@@ -635,9 +636,208 @@ fn an_xray_with_the_imagenet_model_shows_a_mismatch_warning() {
     h.get_by_label_contains("This is a grayscale image (an X-ray?), but efficientnet-lite0");
     assert!(
         h.query_by_label("Use pneumonia-xception").is_some()
-            || h.query_by_label_contains("unveil models fetch pneumonia-xception")
+            || h.query_by_label("Fetch pneumonia-xception (about 85 MB from PyPI)")
                 .is_some()
     );
+}
+
+/// An installer with an empty model folder and `python` as its Python: given to the app, not
+/// set in the environment, which every test of this process shares.
+fn installer_without_models(what: &str, python: &str) -> Installer {
+    let dir = std::env::temp_dir().join(format!("unveil-gui-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Installer {
+        models_dir: dir,
+        python: python.into(),
+    }
+}
+
+/// The app with `installer`, the chest X-ray sample open with the default (photo) model.
+fn xray_with(installer: Installer) -> Harness<'static, App> {
+    let mut h = app_with(AppOptions {
+        dialogs: Arc::new(Scripted::default()),
+        settings: Some(settings(1, 8, 1)),
+        installer,
+        ..Default::default()
+    });
+    step_until(&mut h, 180, "the first run", idle);
+    h.get_by_label("Samples").click();
+    h.step();
+    h.step();
+    h.get_by_label("chest-xray-pneumonia.jpeg").click();
+    step_until(&mut h, 180, "the X-ray run", |a| {
+        idle(a) && a.workspace.image.name().starts_with("chest-xray")
+    });
+    h
+}
+
+const FETCH: &str = "Fetch pneumonia-xception (about 85 MB from PyPI)";
+
+/// Regression (issue 23, 6b): the mismatch warning told a clinician to run `unveil models
+/// fetch` in a terminal. It offers the fetch in the app; without Python the fetch ends at once
+/// in an error that says so, and the app goes on as it was (no repaints once idle).
+#[test]
+fn an_xray_offers_its_model_for_fetching_and_a_missing_python_is_named() {
+    let installer = installer_without_models("fetch-no-python", "/nonexistent/python3");
+    let dir = installer.models_dir.clone();
+    let mut h = xray_with(installer);
+    h.get_by_label_contains("This is a grayscale image (an X-ray?), but efficientnet-lite0");
+    assert!(h.query_by_label("Use pneumonia-xception").is_none());
+    assert!(h.query_by_label_contains("unveil models fetch").is_none());
+    h.get_by_label(FETCH).click();
+    step_until(&mut h, 30, "the fetch to fail", |a| {
+        !a.is_busy() && !a.notices.items().is_empty()
+    });
+    let a = h.state();
+    let n = a.notices.items().last().unwrap();
+    assert_eq!(n.level, unveil::gui::notices::Level::Error);
+    assert_eq!(
+        n.text,
+        "Cannot fetch pneumonia-xception: Python 3 was not found (tried /nonexistent/python3): \
+         install Python 3.10+ with venv, or set UNVEIL_PYTHON"
+    );
+    h.get_by_label_contains("Python 3 was not found");
+    assert_eq!(
+        a.settings.model, "efficientnet-lite0",
+        "still the model it had"
+    );
+    assert!(!a.workspace.run.steps().is_empty(), "the results stay");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing installed"
+    );
+    // The model picker offers the fetch too, and tries again.
+    let first = n.id;
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Model")
+        .click();
+    h.step();
+    h.step();
+    h.get_by_label_contains("(not installed: choosing it fetches it, about 85 MB from PyPI)")
+        .click();
+    step_until(&mut h, 30, "the second try to fail", |a| {
+        !a.is_busy()
+            && a.notices
+                .items()
+                .last()
+                .is_some_and(|n| n.id != first && n.text.contains("Python 3 was not found"))
+    });
+    // Still usable: the button is there again, and a change reruns.
+    h.get_by_label(FETCH);
+    assert_eq!(h.state().workspace.live_worker_threads(), 0);
+    for _ in 0..10 {
+        h.step();
+    }
+    assert!(
+        !h.ctx.has_requested_repaint(),
+        "idle after a failed fetch, yet a repaint was requested: {:?}",
+        h.ctx.repaint_causes()
+    );
+    let runs = h.state().workspace.run.started();
+    h.get_by_role_and_label(egui::accesskit::Role::Slider, "Smoothing passes")
+        .set_value_accesskit(2.0);
+    h.step();
+    step_until(&mut h, 180, "the rerun", idle);
+    assert!(h.state().workspace.run.started() > runs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fetch that ends well switches to the model and says so. (A stand-in Python does each
+/// installer step offline; the model then loads from the registry's own folder, which this
+/// test does not choose, so only the switch is checked here.)
+#[cfg(unix)]
+#[test]
+fn a_fetch_from_the_app_that_ends_well_switches_to_the_model() {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = std::env::temp_dir().join(format!("unveil-gui-fakepy-{}", std::process::id()));
+    std::fs::create_dir_all(&scripts).unwrap();
+    let python = scripts.join("python3");
+    std::fs::write(
+        &python,
+        r#"#!/bin/sh
+case "$1" in
+  -c) case "$2" in *zipfile*) : > "$4" ;; esac ;;
+  -m) case "$2" in venv) mkdir -p "$3/bin" && cp "$0" "$3/bin/python" ;; esac ;;
+  *) printf converted > "$5" ;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let installer = installer_without_models("fetch-ok", python.to_str().unwrap());
+    let dir = installer.models_dir.clone();
+    let mut h = xray_with(installer);
+    h.get_by_label(FETCH).click();
+    step_until(&mut h, 30, "the fetch to end", |a| {
+        !a.workspace.fetch.is_running() && a.settings.model == "pneumonia-xception"
+    });
+    h.get_by_label_contains("Fetched pneumonia-xception; it is the model now.");
+    let installed = dir.join("pneumonia-xception.safetensors");
+    assert_eq!(std::fs::read_to_string(installed).unwrap(), "converted");
+    assert!(
+        !h.state()
+            .workspace
+            .fetch
+            .installer()
+            .needs_fetch("pneumonia-xception")
+    );
+    // Nothing of the fetch's work is left beside the weights and the environment.
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".venv-fetch", "pneumonia-xception.safetensors"]);
+    drop(h);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scripts);
+}
+
+/// Cancel stops a fetch at once: the installer's Python (here one that would take a minute)
+/// is killed, nothing is installed or left half-made, and the app is as it was.
+#[cfg(unix)]
+#[test]
+fn a_fetch_from_the_app_can_be_cancelled() {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = std::env::temp_dir().join(format!("unveil-gui-slowpy-{}", std::process::id()));
+    std::fs::create_dir_all(&scripts).unwrap();
+    let python = scripts.join("python3");
+    std::fs::write(&python, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let installer = installer_without_models("fetch-cancel", python.to_str().unwrap());
+    let dir = installer.models_dir.clone();
+    let mut h = xray_with(installer);
+    h.get_by_label(FETCH).click();
+    step_until(&mut h, 10, "the fetch to start", |a| {
+        a.workspace.fetch.fetching() == Some("pneumonia-xception")
+    });
+    h.get_by_label_contains("Fetching pneumonia-xception: progress and Cancel at the bottom");
+    assert!(h.state().is_busy());
+    h.get_by_label("Cancel fetch").click();
+    h.step();
+    let a = h.state();
+    assert!(!a.workspace.fetch.is_running());
+    assert!(
+        a.notices
+            .items()
+            .iter()
+            .any(|n| n.text == "Fetch cancelled; nothing was installed.")
+    );
+    let asked = Instant::now();
+    step_until(&mut h, 10, "the fetch thread to end", |a| {
+        a.workspace.live_worker_threads() == 0
+    });
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left");
+    assert_eq!(h.state().settings.model, "efficientnet-lite0");
+    h.get_by_label(FETCH);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scripts);
 }
 
 /// A pinned run stays next to the rerun with other settings, row by row.

@@ -1,4 +1,5 @@
-//! Bottom bar: progress with Cancel, why the run stopped, and notices.
+//! Bottom bar: progress with Cancel (runs, sanity checks, model fetches), why the run stopped,
+//! and notices.
 
 use crate::gui::action::Action;
 use crate::gui::notices::Notices;
@@ -39,6 +40,20 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &Notices, actions: &mut Ve
                     .clicked()
                 {
                     actions.push(Action::CancelCheck);
+                }
+                ui.separator();
+            }
+            if let Some(name) = ws.fetch.fetching() {
+                ui.spinner();
+                let line = ws.fetch.log().last().map_or("starting…", String::as_str);
+                ui.label(format!("Fetching {name}: {line}"))
+                    .on_hover_text(ws.fetch.log().join("\n"));
+                if ui
+                    .button("Cancel fetch")
+                    .on_hover_text("Stop fetching: nothing is installed, nothing half-made is left")
+                    .clicked()
+                {
+                    actions.push(Action::CancelFetch);
                 }
                 ui.separator();
             }

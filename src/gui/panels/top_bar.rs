@@ -5,6 +5,7 @@ use crate::engine::models::{self, ModelInfo};
 use crate::gui::action::Action;
 use crate::gui::settings::{Settings, View};
 use crate::gui::workspace::Workspace;
+use crate::install;
 
 /// The bar's own state.
 pub struct TopBarView {
@@ -276,6 +277,7 @@ fn text_size_menu(ui: &mut egui::Ui, scale: f32, actions: &mut Vec<Action>) {
 
 fn model_picker(ui: &mut egui::Ui, ws: &Workspace, current: &str, actions: &mut Vec<Action>) {
     let mut chosen = current.to_string();
+    let installer = ws.fetch.installer();
     // A weights file or description by its file name (the full path is in the tooltip).
     let shown = std::path::Path::new(current)
         .file_name()
@@ -285,14 +287,14 @@ fn model_picker(ui: &mut egui::Ui, ws: &Workspace, current: &str, actions: &mut 
         .selected_text(shown)
         .show_ui(ui, |ui| {
             for e in models::entries() {
-                let label = if models::is_installed(e.name) {
-                    format!("{}: {}", e.name, e.description)
-                } else {
-                    format!(
-                        "{}: {} (not installed; run `unveil models fetch {}`)",
-                        e.name, e.description, e.name
-                    )
-                };
+                let label =
+                    match install::fetchable(e.name).filter(|_| installer.needs_fetch(e.name)) {
+                        None => format!("{}: {}", e.name, e.description),
+                        Some(f) => format!(
+                            "{}: {} (not installed: choosing it fetches it, {})",
+                            e.name, e.description, f.download
+                        ),
+                    };
                 ui.selectable_value(&mut chosen, e.name.to_string(), label);
             }
         })
@@ -305,6 +307,10 @@ fn model_picker(ui: &mut egui::Ui, ws: &Workspace, current: &str, actions: &mut 
                 }),
         );
     if chosen != current {
-        actions.push(Action::SetModel(chosen));
+        actions.push(if installer.needs_fetch(&chosen) {
+            Action::FetchModel(chosen)
+        } else {
+            Action::SetModel(chosen)
+        });
     }
 }

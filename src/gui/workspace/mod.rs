@@ -1,11 +1,12 @@
 //! What the app is working on, in slots: the model, the image, the run (with its pinned run and
-//! chosen class) and the sanity check. Each slot owns its state and the background work
+//! chosen class), the sanity check and a model being fetched. Each slot owns its state and the background work
 //! producing it, bumps its own version whenever what it shows changes (views key their caches
 //! by it), and reports what finished in the background from its `poll` as [`Event`] values,
 //! which the app applies like actions ([`crate::gui::app::App`]). Panels read the slots; only
 //! the app changes them.
 
 pub mod check;
+pub mod fetch;
 pub mod image;
 pub mod model;
 pub mod run;
@@ -15,9 +16,11 @@ use std::sync::Arc;
 use crate::engine::explainer::Explainer;
 use crate::engine::params::UnveilParams;
 use crate::error::Result;
-use crate::gui::worker::{CheckMsg, Msg};
+use crate::gui::worker::{CheckMsg, FetchMsg, Msg};
+use crate::install::Installer;
 
 pub use check::{CheckSlot, CheckedFor};
+pub use fetch::FetchSlot;
 pub use image::{ImageSlot, Loaded, SAMPLES};
 pub use model::ModelSlot;
 pub use run::{Pinned, RunSlot, StepState};
@@ -34,6 +37,8 @@ pub enum Event {
     Run(u64, Msg),
     /// A message of sanity check number `.0`.
     Check(u64, CheckMsg),
+    /// A message of model fetch number `.0`.
+    Fetch(u64, FetchMsg),
     /// A finished job to tell the user about.
     Info(String),
     Error(String),
@@ -45,15 +50,25 @@ pub struct Workspace {
     pub image: ImageSlot,
     pub run: RunSlot,
     pub check: CheckSlot,
+    pub fetch: FetchSlot,
 }
 
 impl Workspace {
+    /// An empty workspace whose fetches install with `installer`.
+    pub fn new(installer: Installer) -> Self {
+        Workspace {
+            fetch: FetchSlot::new(installer),
+            ..Default::default()
+        }
+    }
+
     /// What finished in every slot since the last frame, in the order the app applies it.
     pub fn poll(&mut self) -> Vec<Event> {
         let mut events = self.model.poll();
         events.extend(self.image.poll());
         events.extend(self.run.poll());
         events.extend(self.check.poll());
+        events.extend(self.fetch.poll());
         events
     }
 
@@ -120,9 +135,13 @@ impl Workspace {
             .or_else(|| self.run.steps().first().map(|s| s.step.top5[0].class))
     }
 
-    /// Busy with anything in the background (a run, a check, or loading a model or an image).
+    /// Busy with anything in the background (a run, a check, a fetch, or loading a model or an
+    /// image).
     pub fn is_busy(&self) -> bool {
-        self.run.is_busy() || self.check.is_running() || self.is_loading()
+        self.run.is_busy()
+            || self.check.is_running()
+            || self.fetch.is_running()
+            || self.is_loading()
     }
 
     /// Loading a model or decoding an image: promises, which do not wake the app by themselves.
@@ -131,6 +150,6 @@ impl Workspace {
     }
 
     pub fn live_worker_threads(&self) -> usize {
-        self.run.live_threads() + self.check.live_threads()
+        self.run.live_threads() + self.check.live_threads() + self.fetch.live_threads()
     }
 }
