@@ -12,7 +12,7 @@ use crate::engine::sanity::{Check, CheckProgress};
 use crate::engine::source_image::{SourceImage, Window};
 use crate::error::Error;
 use crate::gui::worker::{CheckMsg, Worker};
-use crate::gui::workspace::Event;
+use crate::gui::workspace::event::Event;
 
 /// A finished sanity check and what it was computed for.
 pub struct CheckView {

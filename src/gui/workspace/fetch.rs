@@ -8,7 +8,7 @@
 
 use crate::error::Error;
 use crate::gui::worker::{FetchMsg, Worker};
-use crate::gui::workspace::Event;
+use crate::gui::workspace::event::Event;
 use crate::install::{self, Installer};
 
 /// Why model `name` did not load, in words; for a model that is fetched, where to fetch it

@@ -15,8 +15,8 @@ use crate::engine::image;
 use crate::engine::source_image::{Grayscale, SourceImage, Window};
 use crate::engine::suitability;
 use crate::error::Result;
-use crate::gui::textures;
-use crate::gui::workspace::Event;
+use crate::gui::workspace::event::Event;
+use crate::gui::workspace::loaded::Loaded;
 
 /// The bundled sample images, compiled in so the app works from any folder, offline: the
 /// first is shown on first start. (CC0 photos from scikit-image, CC BY 4.0 X-rays from Kermany
@@ -34,20 +34,6 @@ pub const SAMPLES: [(&str, &[u8]); 4] = [
     ),
 ];
 
-/// The opened image, decoded with its display copy (both made off the UI thread).
-pub struct Loaded {
-    pub name: String,
-    /// None for a bundled sample.
-    pub path: Option<PathBuf>,
-    pub source: Arc<SourceImage>,
-    /// What the screen shows: at most 1024 px, under the display window.
-    pub preview: ::image::RgbImage,
-    /// Display-size intensities of a grayscale image, re-windowed as the window changes.
-    pub preview_gray: Option<Grayscale>,
-    /// A grayscale file, or colour pixels that are all gray (what X-ray models expect).
-    pub looks_gray: bool,
-}
-
 /// Decodes and makes the (at most 1024 px) display copy: both can take a while on big files.
 fn decode(
     name: String,
@@ -59,8 +45,8 @@ fn decode(
     Ok(Box::new(Loaded {
         name,
         path,
-        preview: textures::fit(&rgb, 1024),
-        preview_gray: source.gray.as_ref().map(|g| textures::fit_gray(g, 1024)),
+        preview: fit(&rgb, 1024),
+        preview_gray: source.gray.as_ref().map(|g| fit_gray(g, 1024)),
         looks_gray: suitability::looks_gray(&source),
         source: Arc::new(source),
     }))
@@ -184,5 +170,47 @@ fn positive(w: Window) -> Window {
     Window {
         center: w.center,
         width: w.width.max(1e-6),
+    }
+}
+
+/// Shrinks an image so that its longer side is at most `max` (display only).
+fn fit(img: &::image::RgbImage, max: u32) -> ::image::RgbImage {
+    let (w, h) = img.dimensions();
+    if w.max(h) <= max {
+        return img.clone();
+    }
+    let s = max as f32 / w.max(h) as f32;
+    let (nw, nh) = (
+        ((w as f32 * s).round() as u32).max(1),
+        ((h as f32 * s).round() as u32).max(1),
+    );
+    ::image::imageops::resize(img, nw, nh, ::image::imageops::FilterType::Triangle)
+}
+
+/// Nearest-neighbour shrink of grayscale intensities to at most `max` pixels on the long side.
+fn fit_gray(g: &Grayscale, max: u32) -> Grayscale {
+    let (w, h) = (g.width, g.height);
+    let s = (max as f32 / w.max(h) as f32).min(1.0);
+    let (nw, nh) = (
+        ((w as f32 * s).round() as u32).max(1),
+        ((h as f32 * s).round() as u32).max(1),
+    );
+    let values = (0..nh)
+        .flat_map(|y| {
+            (0..nw).map(move |x| {
+                let sx = ((x as u64 * w as u64) / nw as u64) as u32;
+                let sy = ((y as u64 * h as u64) / nh as u64) as u32;
+                g.values[(sy * w + sx) as usize]
+            })
+        })
+        .collect();
+    Grayscale {
+        width: nw,
+        height: nh,
+        values,
+        invert: g.invert,
+        function: g.function,
+        default_window: g.default_window,
+        range: g.range,
     }
 }

@@ -6,8 +6,10 @@
 //! the app changes them.
 
 pub mod check;
+pub mod event;
 pub mod fetch;
 pub mod image;
+pub mod loaded;
 pub mod model;
 pub mod run;
 
@@ -16,33 +18,15 @@ use std::sync::Arc;
 use crate::engine::explainer::Explainer;
 use crate::engine::params::UnveilParams;
 use crate::error::Result;
-use crate::gui::worker::{CheckMsg, FetchMsg, Msg};
 use crate::install::Installer;
 
 pub use check::{CheckSlot, CheckedFor};
+pub use event::Event;
 pub use fetch::FetchSlot;
-pub use image::{ImageSlot, Loaded, SAMPLES};
+pub use image::{ImageSlot, SAMPLES};
+pub use loaded::Loaded;
 pub use model::ModelSlot;
 pub use run::{Pinned, RunSlot, StepState};
-
-/// What finished in the background (or went wrong on the way), as a value the app applies.
-pub enum Event {
-    /// A model load ended (the name, for its message).
-    ModelLoaded(String, Result<Box<Explainer>>),
-    /// The model's GPU failed and its work moved to the CPU (why): said once per model.
-    FellBack(String),
-    /// An image was decoded, or could not be.
-    ImageOpened(Result<Box<Loaded>>),
-    /// A message of run number `.0` (only the live run's count).
-    Run(u64, Msg),
-    /// A message of sanity check number `.0`.
-    Check(u64, CheckMsg),
-    /// A message of model fetch number `.0`.
-    Fetch(u64, FetchMsg),
-    /// A finished job to tell the user about.
-    Info(String),
-    Error(String),
-}
 
 #[derive(Default)]
 pub struct Workspace {

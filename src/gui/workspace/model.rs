@@ -10,7 +10,7 @@ use crate::engine::device::DeviceChoice;
 use crate::engine::explainer::Explainer;
 use crate::engine::models::ModelSource;
 use crate::error::Result;
-use crate::gui::workspace::Event;
+use crate::gui::workspace::event::Event;
 
 #[derive(Default)]
 pub struct ModelSlot {

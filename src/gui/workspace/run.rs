@@ -16,7 +16,7 @@ use crate::engine::params::UnveilParams;
 use crate::engine::source_image::{SourceImage, Window};
 use crate::error::{Error, Result};
 use crate::gui::worker::{Msg, Worker};
-use crate::gui::workspace::Event;
+use crate::gui::workspace::event::Event;
 
 /// One iteration on screen.
 #[derive(Clone)]
