@@ -1,9 +1,9 @@
 //! What the app is working on, in slots: the model, the image, the run (with its pinned run and
-//! chosen class), the sanity check and a model being fetched. Each slot owns its state and the background work
-//! producing it, bumps its own version whenever what it shows changes (views key their caches
-//! by it), and reports what finished in the background from its `poll` as [`Event`] values,
-//! which the app applies like actions ([`crate::gui::app::App`]). Panels read the slots; only
-//! the app changes them.
+//! chosen class), the sanity check and a model being fetched. Each slot owns its state and the
+//! background work producing it, bumps its own version whenever what it shows changes (views
+//! key their caches by it), and reports what finished in the background from its `poll` as
+//! [`Event`] values, which the app applies like actions ([`crate::gui::app::App`]). Panels read
+//! the slots; only the app changes them.
 
 pub mod check;
 pub mod event;
