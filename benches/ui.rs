@@ -42,7 +42,7 @@ fn main() {
             )
         });
     let start = Instant::now();
-    while h.state().is_busy() || h.state().workspace.outcome.is_none() {
+    while h.state().is_busy() || h.state().workspace.run.outcome().is_none() {
         assert!(
             start.elapsed() < Duration::from_secs(600),
             "the first run never ended"
@@ -54,14 +54,14 @@ fn main() {
 
     let mut frames = Vec::new();
     for i in 0..60 {
-        let before = h.state().workspace.steps[0].step.mask.clone();
+        let before = h.state().workspace.run.steps()[0].step.mask.clone();
         let kernel = if i % 2 == 0 { 31.0 } else { 11.0 };
         h.get_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
             .set_value_accesskit(kernel);
         let t = Instant::now();
         h.step();
         frames.push(t.elapsed().as_secs_f64() * 1e3);
-        let now = &h.state().workspace.steps[0].step.mask;
+        let now = &h.state().workspace.run.steps()[0].step.mask;
         assert_ne!(
             *now, before,
             "the new mask is on screen in the frame of the change"

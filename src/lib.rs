@@ -14,5 +14,6 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "gui")]
 pub mod gui;
+pub mod install;
 
 pub use error::{Error, Result};

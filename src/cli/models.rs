@@ -43,8 +43,11 @@ pub(crate) fn models(action: Option<&ModelsAction>) -> Result<()> {
             Ok(())
         }
         Some(ModelsAction::Fetch { name }) => {
-            let _never = AtomicBool::new(false);
-            models::fetch::fetch(name, &mut |line| eprintln!("{line}"))?;
+            unveil::install::fetch(
+                name,
+                &mut |line| eprintln!("{line}"),
+                &AtomicBool::new(false),
+            )?;
             Ok(())
         }
     }

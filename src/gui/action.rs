@@ -1,6 +1,7 @@
-//! What panels ask for. Panels read the workspace and the settings but change neither: they
-//! return actions, and the app applies them ([`crate::gui::app::App`]), so every change of
-//! state happens in one place, in one order, once per frame.
+//! What panels ask for, and what finished in the background. Panels read the workspace and the
+//! settings but change neither: they return actions; the slots' polls return events, carried
+//! here as [`Action::Happened`]; and the app applies both ([`crate::gui::app::App`]), so every
+//! change of state happens in one place, in one order, once per frame.
 
 use std::path::PathBuf;
 
@@ -8,8 +9,9 @@ use crate::engine::device::DeviceChoice;
 use crate::engine::params::UnveilParams;
 use crate::engine::source_image::Window;
 use crate::gui::settings::View;
+use crate::gui::workspace::Event;
 
-#[derive(Clone, Debug, PartialEq)]
+#[must_use]
 pub enum Action {
     /// Ask for an image with the file dialog.
     PickImage,
@@ -18,9 +20,15 @@ pub enum Action {
     PickModel,
     /// A registered model name or a description path.
     SetModel(String),
+    /// Install a model that must be fetched (then switch to it).
+    FetchModel(String),
+    CancelFetch,
     SetDevice(DeviceChoice),
     /// New run parameters; the app decides what they require ([`UnveilParams::change_from`]).
+    /// Their class is ignored: the class is chosen per image with [`Action::SetTarget`].
     SetParams(UnveilParams),
+    /// The class to explain for this image and model (`None`: the model's top-1).
+    SetTarget(Option<usize>),
     /// The display window (no rerun).
     SetWindow(Window),
     /// The window the model sees (reruns).
@@ -48,27 +56,27 @@ pub enum Action {
     StartWithDefaults,
     /// Presenter mode on or off: full screen, no side panel, one large iteration at a time.
     TogglePresenter,
+    /// Presenter mode: pause or resume stepping through the iterations.
+    TogglePlaying,
+    /// Presenter mode: the next iteration (after the last, the first).
+    NextIteration,
     /// Text and widget size (1 = normal).
     SetFontScale(f32),
     /// Show or hide the side panel (the controls).
     ShowControls(bool),
     /// The file dialog could not open (no desktop portal): ask for a path in the window.
     PromptPath(PathPrompt),
+    /// Remove the notice with this id.
+    DismissNotice(u64),
+    /// Something finished in the background.
+    Happened(Event),
 }
 
 /// A path typed into the app instead of a file dialog, and what it becomes.
-#[derive(Clone, Debug)]
 pub struct PathPrompt {
     pub title: &'static str,
     pub text: String,
     pub then: fn(PathBuf) -> Action,
-}
-
-impl PartialEq for PathPrompt {
-    /// Function addresses are not comparable; the title says what the path is for.
-    fn eq(&self, other: &Self) -> bool {
-        (self.title, &self.text) == (other.title, &other.text)
-    }
 }
 
 /// What an export writes.

@@ -1,144 +1,83 @@
 //! The application: who owns what, and the frame.
 //!
-//! State is split three ways, as in egui's demo app and rerun: [`Settings`] (persisted), the
-//! [`Workspace`] (model, image, results, the run in flight), and each panel's own view state.
-//! Panels read the workspace and the settings and return [`Action`]s; [`App::apply`] is the one
-//! place where state changes. Actions from the bars and the side panel are applied before the
-//! results are drawn, so a slider's effect is on screen in the frame it moved.
+//! State is split as in egui's demo app: [`Settings`] (persisted), the [`Workspace`]'s slots
+//! (model, image, run, check: runtime state with the background work producing it), the view
+//! cache ([`Textures`]) and each panel's own view state. Panels read and return [`Action`]s;
+//! the slots' polls return [`Event`]s, carried as actions. [`App::apply`] is the one place
+//! where state changes. What finished in the background is applied before anything is drawn,
+//! and the bars' and the side panel's actions before the results are drawn, so a slider's
+//! effect is on screen in the frame it moved.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::engine::device;
 use crate::engine::models::ModelSource;
-use crate::engine::params::Change;
-use crate::gui::action::{Action, Export, PathPrompt};
-use crate::gui::dialogs::{Dialogs, NativeDialogs};
+use crate::engine::params::{Change, UnveilParams};
+use crate::gui::action::{Action, Export};
 use crate::gui::jobs::{ExportRequest, Jobs};
 use crate::gui::notices::Notices;
+use crate::gui::options::AppOptions;
 use crate::gui::panels::iterations::IterationsView;
+use crate::gui::panels::path_prompt::PathPromptView;
+use crate::gui::panels::presenter::Presenter;
 use crate::gui::panels::regions::RegionsView;
 use crate::gui::panels::top_bar::TopBarView;
 use crate::gui::panels::{controls, fit_warning, presenter, status};
 use crate::gui::settings::{Settings, View};
-use crate::gui::workspace::{Happened, Workspace};
-
-/// How the app starts; tests replace the dialogs and skip persisted settings.
-pub struct AppOptions {
-    pub dialogs: Arc<dyn Dialogs>,
-    /// Load the sample image and start a run at once (a newcomer sees results immediately).
-    pub open_sample: bool,
-    /// Settings to start from instead of the persisted ones.
-    pub settings: Option<Settings>,
-    /// An image to open instead of the sample (e.g. from the command line).
-    pub image: Option<PathBuf>,
-    /// The view to start in, overriding the persisted one.
-    pub view: Option<View>,
-    /// The model to start with, overriding the persisted one.
-    pub model: Option<String>,
-    /// Run the sanity check once the model and the image are loaded.
-    pub sanity_check: bool,
-    /// Start in presenter mode.
-    pub presenter: bool,
-    /// Text and widget size to start with (remembered like a choice in the app).
-    pub font_scale: Option<f32>,
-}
-
-impl Default for AppOptions {
-    fn default() -> Self {
-        AppOptions {
-            dialogs: Arc::new(NativeDialogs),
-            open_sample: true,
-            settings: None,
-            image: None,
-            view: None,
-            model: None,
-            sanity_check: false,
-            presenter: false,
-            font_scale: None,
-        }
-    }
-}
+use crate::gui::textures::Textures;
+use crate::gui::workspace::fetch::load_failed;
+use crate::gui::workspace::{Event, Workspace};
 
 pub struct App {
     pub settings: Settings,
     pub workspace: Workspace,
     pub notices: Notices,
     pub iterations: IterationsView,
+    /// Presenter mode: full screen, side panel hidden, iterations one at a time.
+    pub presenter: Presenter,
+    textures: Textures,
     regions: RegionsView,
     top_bar: TopBarView,
+    path_prompt: PathPromptView,
     jobs: Jobs,
     /// A sanity check asked for at start, waiting for the model and the image.
     check_at_start: bool,
-    /// A path being typed because no file dialog could open.
-    path_prompt: Option<PathPrompt>,
-    /// Presenter mode: full screen, side panel hidden, iterations one at a time.
-    pub presenter: bool,
     /// The side panel shown or hidden by the user; `None`: shown when the window is wide
     /// enough (at 2x text on 1024 x 768 it would leave the results a sliver).
     side_panel: Option<bool>,
-    /// Presenter mode steps through the iterations by itself until paused (Space).
-    playing: bool,
-    last_advance: std::time::Instant,
 }
 
 /// Below this width (in points, after text scaling) the side panel starts hidden.
 const NARROW: f32 = 760.0;
 
-/// Presenter mode's pace through the iterations.
-const ADVANCE: std::time::Duration = std::time::Duration::from_secs(4);
-
 impl App {
-    pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
-        let settings = options
-            .settings
-            .or_else(|| {
-                cc.storage
-                    .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
-            })
-            .unwrap_or_default();
+    pub fn new(cc: &eframe::CreationContext<'_>, mut options: AppOptions) -> Self {
+        let settings = options.settings_over(cc.storage);
         let mut app = App {
             settings,
-            workspace: Workspace::default(),
+            workspace: Workspace::new(options.installer.clone()),
             notices: Notices::default(),
             iterations: IterationsView::default(),
+            presenter: Presenter::new(options.presenter),
+            textures: Textures::default(),
             regions: RegionsView::default(),
             top_bar: TopBarView::new(device::probe().options()),
+            path_prompt: PathPromptView::default(),
             jobs: Jobs::new(options.dialogs),
             check_at_start: options.sanity_check,
-            path_prompt: None,
-            presenter: options.presenter,
             side_panel: None,
-            playing: true,
-            last_advance: std::time::Instant::now(),
         };
-        app.settings.params.target = None;
-        app.workspace.heatmap = app.settings.heatmap;
-        if let Some(v) = options.view {
-            app.settings.view = v;
-        }
-        if let Some(m) = options.model {
-            app.settings.model = m;
-        }
-        if let Some(f) = options.font_scale {
-            app.settings.font_scale = f.clamp(0.75, 3.0);
-        }
-        if app.presenter {
+        if app.presenter.on {
             cc.egui_ctx
                 .send_viewport_cmd(egui::ViewportCommand::Fullscreen(true));
         }
         app.load_model();
-        if let Some(path) = options.image {
-            app.workspace.open_path(path);
-        } else if options.open_sample {
-            app.workspace.open_sample();
+        match options.image {
+            Some(path) => app.workspace.image.open_path(path),
+            None if options.open_sample => app.workspace.image.open_sample(0),
+            None => {}
         }
         app
-    }
-
-    fn load_model(&mut self) {
-        let source = ModelSource::Named(self.settings.model.clone());
-        self.workspace.load_model(source, self.settings.device);
     }
 
     /// Busy with anything in the background (a run, loading, a dialog, an export).
@@ -148,208 +87,219 @@ impl App {
 
     /// The class being explained.
     pub fn target(&self) -> Option<usize> {
-        self.workspace.target(self.settings.params.target)
+        self.workspace.target()
+    }
+
+    /// The parameters a run uses: the settings, with the class chosen for this image.
+    pub fn run_params(&self) -> UnveilParams {
+        UnveilParams {
+            target: self.workspace.run.target(),
+            ..self.settings.params.clone()
+        }
+    }
+
+    /// (Re)loads the model of the settings on their device; the results and the check go.
+    fn load_model(&mut self) {
+        let source = ModelSource::Named(self.settings.model.clone());
+        self.workspace.model.load(source, self.settings.device);
+        self.workspace.run.clear();
+        self.workspace.check.clear();
+    }
+
+    /// Applies a frame's actions in order.
+    fn apply_all(&mut self, actions: &mut Vec<Action>, ctx: &egui::Context) {
+        for action in actions.drain(..) {
+            self.apply(action, ctx);
+        }
+    }
+
+    /// What the frame's actions asked for that waits until the frame is drawn: a requested
+    /// run starts (the latest settings win, however many changes came in the frame), so the
+    /// frame that shows a change does not share the cores with the run it starts; and a
+    /// sanity check asked for at start, once there are results.
+    fn end_frame(&mut self, ctx: &egui::Context) {
+        let params = self.run_params();
+        if let Err(e) = self.workspace.start_requested_run(ctx, &params) {
+            self.notices.error(e.to_string());
+        }
+        if self.check_at_start && self.workspace.run.outcome().is_some() {
+            self.check_at_start = false;
+            self.apply(Action::CheckMap, ctx);
+        }
     }
 
     /// The one place where state changes.
     fn apply(&mut self, action: Action, ctx: &egui::Context) {
+        let ws = &mut self.workspace;
         match action {
             Action::PickImage => self.jobs.pick_image(),
-            Action::OpenImage(path) => self.workspace.open_path(path),
+            Action::OpenImage(path) => ws.image.open_path(path),
             Action::PickModel => self.jobs.pick_model(),
             Action::SetModel(name) => {
                 self.settings.model = name;
                 // Class numbers belong to a model.
-                self.settings.params.target = None;
+                ws.run.reset();
                 self.iterations.reset();
                 self.load_model();
+            }
+            Action::FetchModel(name) => ws.fetch.start(ctx, &name),
+            Action::CancelFetch => {
+                if ws.fetch.cancel() {
+                    self.notices.info("Fetch cancelled; nothing was installed.");
+                }
             }
             Action::SetDevice(d) => {
                 self.settings.device = d;
                 self.load_model();
             }
             Action::SetParams(params) => {
+                let params = UnveilParams {
+                    target: None,
+                    ..params
+                };
                 let change = params.change_from(&self.settings.params);
                 self.settings.params = params;
                 if change == Change::MaskOnly
-                    && let Err(e) = self.workspace.remask_first(ctx, &self.settings.params)
+                    && let Err(e) = self.workspace.remask_first(&self.run_params())
                 {
                     self.notices.error(e.to_string());
                 }
                 if change != Change::None {
-                    self.workspace.request_run();
+                    self.workspace.run.request();
                 }
             }
-            Action::SetWindow(w) => self.workspace.set_window(ctx, w),
-            Action::SetModelWindow(w) => self.workspace.set_model_window(w),
+            Action::SetTarget(t) => {
+                if ws.run.set_target(t) {
+                    ws.run.request();
+                }
+            }
+            Action::SetWindow(w) => ws.image.set_window(w),
+            Action::SetModelWindow(w) => {
+                if ws.image.set_model_window(w) {
+                    ws.run.request();
+                }
+            }
             Action::SetView(v) => self.settings.view = v,
             Action::SetOverlayOpacity(o) => self.settings.overlay_opacity = o,
-            Action::SetHeatmap(o) => {
-                self.settings.heatmap = o;
-                self.workspace.set_heatmap(ctx, o);
+            Action::SetHeatmap(o) => self.settings.heatmap = o,
+            Action::CancelRun => {
+                if ws.run.cancel() {
+                    self.notices
+                        .info("Run cancelled; iterations computed so far are kept.");
+                }
             }
-            Action::CancelRun => self.workspace.cancel_run(&mut self.notices),
             Action::CheckMap => {
-                self.workspace
-                    .start_check(ctx, &self.settings.params, &mut self.notices)
+                let params = self.run_params();
+                if let Err(e) = self.workspace.start_check(ctx, &params) {
+                    self.notices.error(e);
+                }
             }
-            Action::CancelCheck => self.workspace.cancel_check(),
-            Action::PickMontageFile => {
-                let name = self.workspace.image.as_ref().map(|i| i.name.as_str());
-                self.jobs.pick_montage_file(name.unwrap_or_default());
-            }
+            Action::CancelCheck => ws.check.cancel(),
+            Action::PickMontageFile => self.jobs.pick_montage_file(ws.image.name()),
             Action::PickExportFolder => self.jobs.pick_export_folder(),
-            Action::PickRegionsFile => {
-                let name = self.workspace.image.as_ref().map(|i| i.name.as_str());
-                self.jobs.pick_regions_file(name.unwrap_or_default());
-            }
+            Action::PickRegionsFile => self.jobs.pick_regions_file(ws.image.name()),
             Action::Export(kind, path) => self.export(kind, path),
-            Action::PromptPath(p) => self.path_prompt = Some(p),
-            Action::OpenSample(i) => self.workspace.open_sample_at(i),
-            Action::Pin(on) => {
-                let params = self.settings.params.clone();
-                self.workspace.pin(on.then_some(&params));
-            }
+            Action::PromptPath(p) => self.path_prompt.open(p),
+            Action::OpenSample(i) => ws.image.open_sample(i),
+            Action::Pin(true) => ws.run.pin(&self.settings.params),
+            Action::Pin(false) => ws.run.unpin(),
             Action::StartWithDefaults => {
                 let recent = std::mem::take(&mut self.settings.recent);
                 self.settings = Settings {
                     recent,
                     ..Settings::default()
                 };
-                self.workspace.heatmap = 0.0;
+                ws.run.reset();
                 self.iterations.reset();
                 self.load_model();
-                self.workspace.open_sample();
+                self.workspace.image.open_sample(0);
                 self.notices
                     .info("Default settings, the default model and the sample image.");
             }
             Action::TogglePresenter => {
-                self.presenter = !self.presenter;
-                self.playing = true;
-                self.last_advance = std::time::Instant::now();
-                ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(self.presenter));
+                self.presenter.toggle();
+                ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(self.presenter.on));
+            }
+            Action::TogglePlaying => self.presenter.toggle_playing(),
+            Action::NextIteration => {
+                let rows = ws.run.steps().len().max(1);
+                self.iterations.selected = (self.iterations.selected + 1) % rows;
+                self.presenter.advanced();
             }
             Action::SetFontScale(f) => self.settings.font_scale = f.clamp(0.75, 3.0),
             Action::ShowControls(on) => self.side_panel = Some(on),
-        }
-    }
-
-    /// F11 toggles presenter mode; in it, Space pauses or resumes the automatic stepping
-    /// and Escape leaves. While playing, the next iteration comes every [`ADVANCE`].
-    fn presenter_keys(&mut self, ctx: &egui::Context, actions: &mut Vec<Action>) {
-        let (f11, space, esc) = ctx.input(|i| {
-            (
-                i.key_pressed(egui::Key::F11),
-                i.key_pressed(egui::Key::Space),
-                i.key_pressed(egui::Key::Escape),
-            )
-        });
-        if f11 || (esc && self.presenter && self.iterations.enlarged.is_none()) {
-            actions.push(Action::TogglePresenter);
-        }
-        if !self.presenter {
-            return;
-        }
-        if space && ctx.memory(|m| m.focused().is_none()) {
-            self.playing = !self.playing;
-            self.last_advance = std::time::Instant::now();
-        }
-        let rows = self.workspace.steps.len();
-        if self.playing && rows > 1 {
-            let since = self.last_advance.elapsed();
-            if since >= ADVANCE {
-                self.iterations.selected = (self.iterations.selected + 1) % rows;
-                self.last_advance = std::time::Instant::now();
-                ctx.request_repaint_after(ADVANCE);
-            } else {
-                ctx.request_repaint_after(ADVANCE - since);
-            }
-        }
-    }
-
-    /// The built-in stand-in for a file dialog: a path field.
-    fn path_prompt_window(&mut self, ctx: &egui::Context, actions: &mut Vec<Action>) {
-        let Some(prompt) = &mut self.path_prompt else {
-            return;
-        };
-        let (mut open, mut done, mut cancel) = (true, false, false);
-        egui::Window::new(prompt.title)
-            .open(&mut open)
-            .collapsible(false)
-            .show(ctx, |ui| {
-                ui.label("Full path of the file:");
-                let r = ui.add(
-                    egui::TextEdit::singleline(&mut prompt.text)
-                        .desired_width(420.0)
-                        .hint_text("/home/me/xray.dcm"),
-                );
-                r.request_focus();
-                let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-                ui.horizontal(|ui| {
-                    done = ui.button("Open").clicked() || enter;
-                    cancel = ui.button("Cancel").clicked();
-                });
-            });
-        if done && !prompt.text.trim().is_empty() {
-            actions.push((prompt.then)(PathBuf::from(prompt.text.trim())));
-            self.path_prompt = None;
-        } else if cancel || !open {
-            self.path_prompt = None;
-        }
-    }
-
-    fn export(&mut self, kind: Export, path: PathBuf) {
-        let ws = &self.workspace;
-        let (Some(explainer), Some(outcome)) = (ws.explainer.clone(), ws.outcome.clone()) else {
-            self.notices
-                .error("Nothing to export yet: wait for the run to finish.");
-            return;
-        };
-        let image = ws.image.as_ref();
-        let request = ExportRequest {
-            explainer,
-            outcome,
-            params: self.settings.params.clone(),
-            image_name: image
-                .map(|i| {
-                    i.path
-                        .as_ref()
-                        .map_or(i.name.clone(), |p| p.display().to_string())
-                })
-                .unwrap_or_default(),
-            image_path: image.and_then(|i| i.path.clone()),
-            windows: (ws.model_window, ws.window),
-            total_ms: ws.run_ms,
-            heatmap: self.settings.heatmap,
-            source: image.map(|i| i.source.clone()),
-            regions_opacity: self.settings.overlay_opacity,
-        };
-        self.jobs.export(kind, path, request);
-    }
-
-    /// What finished in the background since the last frame, turned into actions (answered
-    /// dialogs) or applied to the settings and views (a new image).
-    fn poll(&mut self, ctx: &egui::Context) -> Vec<Action> {
-        let actions = self.jobs.poll(&mut self.notices);
-        for happened in self.workspace.poll(ctx, &mut self.notices) {
-            match happened {
-                Happened::ImageOpened(path) => {
-                    if let Some(p) = path {
-                        self.settings.remember(p);
+            Action::DismissNotice(id) => self.notices.dismiss(id),
+            Action::Happened(event) => match event {
+                Event::ModelLoaded(_, Ok(explainer)) => {
+                    ws.model.set(explainer);
+                    ws.run.request();
+                }
+                Event::ModelLoaded(name, Err(e)) => self.notices.error(load_failed(&name, &e)),
+                Event::FellBack(why) => {
+                    ws.model.told_fell_back();
+                    self.notices.info(format!("Moved to the CPU: {why}."));
+                }
+                Event::ImageOpened(Ok(image)) => {
+                    if let Some(p) = &image.path {
+                        self.settings.remember(p.clone());
                     }
-                    self.settings.params.target = None;
+                    ws.image.set(*image);
+                    // Regions and class numbers belong to an image.
+                    ws.run.reset();
+                    ws.check.cancel();
+                    ws.run.request();
                     self.iterations.reset();
                 }
-            }
+                Event::ImageOpened(Err(e)) => self.notices.error(e.to_string()),
+                Event::Run(job, msg) => {
+                    if let Some(e) = ws.run.absorb(job, msg) {
+                        self.notices.error(e);
+                    }
+                }
+                Event::Check(job, msg) => {
+                    if let Some(e) = ws.check.absorb(job, msg) {
+                        self.notices.error(e);
+                    }
+                }
+                Event::Fetch(job, msg) => match ws.fetch.absorb(job, msg) {
+                    Some(Ok(name)) => {
+                        self.notices
+                            .info(format!("Fetched {name}; it is the model now."));
+                        self.apply(Action::SetModel(name), ctx);
+                    }
+                    Some(Err(e)) => self.notices.error(e),
+                    None => {}
+                },
+                Event::Info(text) => self.notices.info(text),
+                Event::Error(text) => self.notices.error(text),
+            },
         }
-        actions
+    }
+
+    /// Writes the finished run off the UI thread (the export job holds the engine's calls).
+    fn export(&mut self, kind: Export, path: PathBuf) {
+        match ExportRequest::new(&self.workspace, &self.settings) {
+            Some(request) => self.jobs.export(kind, path, request),
+            None => self
+                .notices
+                .error("Nothing to export yet: wait for the run to finish."),
+        }
     }
 }
 
 impl eframe::App for App {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
-        let mut actions = self.poll(&ctx);
+        // What finished in the background, applied before anything is drawn.
+        let mut actions: Vec<Action> = self
+            .workspace
+            .poll()
+            .into_iter()
+            .map(Action::Happened)
+            .collect();
+        actions.extend(self.jobs.poll());
+        self.apply_all(&mut actions, &ctx);
+
         // Files dropped from disk carry a path; they open like picked ones.
         let dropped = ctx.input(|i| i.raw.dropped_files.clone());
         if let Some(f) = dropped.first() {
@@ -358,67 +308,67 @@ impl eframe::App for App {
         if (ctx.zoom_factor() - self.settings.font_scale).abs() > 1e-3 {
             ctx.set_zoom_factor(self.settings.font_scale);
         }
-        self.presenter_keys(&ctx, &mut actions);
-        self.iterations
-            .handle_keys(&ctx, self.workspace.steps.len());
+        let rows = self.workspace.run.steps().len();
+        let enlarged = self.iterations.enlarged.is_some();
+        self.presenter.keys(&ctx, rows, enlarged, &mut actions);
+        self.iterations.handle_keys(&ctx, rows);
 
         let wide = ctx.content_rect().width() >= NARROW;
-        let show_panel = !self.presenter && self.side_panel.unwrap_or(wide);
+        let show_panel = !self.presenter.on && self.side_panel.unwrap_or(wide);
+        let ws = &self.workspace;
         self.top_bar.ui(
             ui,
-            &self.workspace,
+            ws,
             &self.settings,
-            (self.presenter, show_panel),
+            (self.presenter.on, show_panel),
             &mut actions,
         );
-        status::ui(ui, &self.workspace, &mut self.notices, &mut actions);
+        status::ui(ui, ws, &self.notices, &mut actions);
         if show_panel {
             egui::Panel::left("controls")
                 .resizable(true)
                 .default_size(300.0)
                 .show(ui, |ui| {
                     egui::ScrollArea::vertical().show(ui, |ui| {
-                        controls::ui(ui, &self.workspace, &self.settings.params, &mut actions)
+                        controls::ui(ui, ws, &self.settings.params, &mut actions)
                     });
                 });
         }
-        for action in actions.drain(..) {
-            self.apply(action, &ctx);
-        }
+        self.apply_all(&mut actions, &ctx);
 
-        let ws = &self.workspace;
+        // The pictures of what is on screen, drawn once per change, before the results.
+        for e in self
+            .textures
+            .sync(&ctx, &self.workspace, self.settings.heatmap)
+        {
+            actions.push(Action::Happened(Event::Error(e)));
+        }
+        let shown = (&self.workspace, &self.textures);
         egui::CentralPanel::default().show(ui, |ui| {
-            fit_warning::ui(ui, ws, &mut actions);
-            if self.presenter {
-                presenter::ui(ui, ws, self.iterations.selected, self.playing);
+            fit_warning::ui(ui, shown.0, &mut actions);
+            if self.presenter.on {
+                presenter::ui(ui, shown, self.iterations.selected, self.presenter.playing);
                 return;
             }
             match self.settings.view {
                 View::Iterations => self.iterations.ui(
                     ui,
-                    ws,
+                    shown,
                     &self.settings.params,
                     self.settings.heatmap,
                     &mut actions,
                 ),
                 View::AllRegions => {
                     self.regions
-                        .ui(ui, ws, self.settings.overlay_opacity, &mut actions)
+                        .ui(ui, shown.0, self.settings.overlay_opacity, &mut actions)
                 }
             }
         });
-        self.iterations.enlarged_window(&ctx, ws);
-        self.path_prompt_window(&ctx, &mut actions);
-        for action in actions.drain(..) {
-            self.apply(action, &ctx);
-        }
+        self.iterations.enlarged_window(&ctx, shown.0, shown.1);
+        self.path_prompt.ui(&ctx, &mut actions);
+        self.apply_all(&mut actions, &ctx);
+        self.end_frame(&ctx);
 
-        self.workspace
-            .start_requested_run(&ctx, &self.settings.params, &mut self.notices);
-        if self.check_at_start && self.workspace.outcome.is_some() {
-            self.check_at_start = false;
-            self.apply(Action::CheckMap, &ctx);
-        }
         // Runs and checks wake the app with every message (progress included); only promises
         // (dialogs, exports, loading) need polling. Nothing else asks for frames.
         if self.jobs.is_busy() || self.workspace.is_loading() {

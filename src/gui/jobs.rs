@@ -1,39 +1,48 @@
 //! Background work that is not a run: file dialogs (which block) and exports. Each runs on its
-//! own thread; a finished dialog becomes an [`Action`], a finished export a notice.
+//! own thread; a finished dialog becomes an [`Action`], a finished export an [`Event`] with
+//! its message.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use poll_promise::Promise;
 
-use crate::engine::explainer::Explainer;
 use crate::engine::export;
-use crate::engine::outcome::Outcome;
-use crate::engine::params::UnveilParams;
 use crate::engine::render;
-use crate::engine::run::{ImageRecord, Provenance, RunRecord};
+use crate::engine::run::RunRecord;
 use crate::engine::source_image::{SourceImage, Window};
 use crate::error::Result;
 use crate::gui::action::{Action, Export, PathPrompt};
 use crate::gui::dialogs::Dialogs;
-use crate::gui::notices::Notices;
+use crate::gui::settings::Settings;
+use crate::gui::workspace::{Event, Workspace};
 
 /// Everything an export needs, copied out of the workspace so the UI goes on.
 pub struct ExportRequest {
-    pub explainer: Arc<Explainer>,
-    pub outcome: Outcome,
-    pub params: UnveilParams,
-    /// The full path, or the sample's name.
-    pub image_name: String,
-    pub image_path: Option<PathBuf>,
-    /// The windows the model saw and the screen showed (grayscale images).
-    pub windows: (Option<Window>, Option<Window>),
-    pub total_ms: f64,
+    /// The finished run with its provenance, as the engine recorded it.
+    pub record: RunRecord,
+    /// The window on screen now (grayscale images): recorded beside the model's.
+    pub display_window: Option<Window>,
     /// The saliency column's opacity over the image, as on screen.
     pub heatmap: f32,
     /// The image (for pictures at its own resolution) and the regions' opacity.
     pub source: Option<Arc<SourceImage>>,
     pub regions_opacity: f32,
+}
+
+impl ExportRequest {
+    /// The finished run on screen, drawn the way `settings` draw it; `None` before a run has
+    /// finished.
+    pub fn new(ws: &Workspace, settings: &Settings) -> Option<Self> {
+        let record = ws.run.record()?.clone();
+        Some(ExportRequest {
+            record,
+            display_window: ws.image.window(),
+            heatmap: settings.heatmap,
+            source: ws.image.loaded().map(|i| i.source.clone()),
+            regions_opacity: settings.overlay_opacity,
+        })
+    }
 }
 
 /// An open file dialog: its answer, and the action it becomes.
@@ -136,11 +145,12 @@ impl Jobs {
     /// Writes an export off the UI thread; the outcome arrives as a notice.
     pub fn export(&mut self, kind: Export, path: PathBuf, r: ExportRequest) {
         self.export = Some(Promise::spawn_thread("export", move || {
-            let info = r.explainer.info();
+            let info = &r.record.provenance.model;
+            let outcome = &r.record.outcome;
             match kind {
                 Export::Montage => {
                     let path = path.with_extension("png");
-                    let img = render::run_montage(&r.outcome, info, r.heatmap)?;
+                    let img = render::run_montage(outcome, info, r.heatmap)?;
                     export::save_png_atomically(&img, &path)?;
                     Ok(format!("Saved montage to {}", path.display()))
                 }
@@ -152,12 +162,12 @@ impl Jobs {
                         ));
                     };
                     // The image at its own resolution, as displayed, as the model framed it.
-                    let shown = match r.windows.1 {
+                    let shown = match r.display_window {
                         Some(w) => source.windowed(w),
                         None => (**source).clone(),
                     };
                     let rgb = ::image::DynamicImage::ImageRgb32F(shown.rgb).to_rgb8();
-                    let steps: Vec<_> = r.outcome.steps.iter().collect();
+                    let steps: Vec<_> = outcome.steps.iter().collect();
                     let pic = render::regions_picture(&rgb, info.crop, &steps, r.regions_opacity);
                     export::save_png_atomically(&pic, &path)?;
                     Ok(format!(
@@ -168,23 +178,13 @@ impl Jobs {
                     ))
                 }
                 Export::Run => {
-                    let run = RunRecord {
-                        provenance: Provenance {
-                            image: r.image_name.clone(),
-                            // Hashing the file happens here, off the UI thread.
-                            record: ImageRecord::of(
-                                r.image_path.as_deref(),
-                                r.windows.0,
-                                r.windows.1,
-                            ),
-                            model: info.clone(),
-                            device: crate::engine::device::describe(r.explainer.device()),
-                            params: r.params.clone(),
-                            total_ms: r.total_ms,
-                            fell_back: r.explainer.fell_back().map(str::to_string),
-                        },
-                        outcome: r.outcome.clone(),
-                    };
+                    // The run as the engine recorded it, with the window on screen now.
+                    let mut run = r.record;
+                    if let (Some(w), Some(display)) =
+                        (run.provenance.record.window.as_mut(), r.display_window)
+                    {
+                        w.display = display;
+                    }
                     export::write_run(&path, &run, true, false)?;
                     Ok(format!("Exported the run to {}", path.display()))
                 }
@@ -196,14 +196,14 @@ impl Jobs {
         self.dialog.is_some() || self.export.is_some()
     }
 
-    /// Answered dialogs as actions; finished exports as notices.
-    pub fn poll(&mut self, notices: &mut Notices) -> Vec<Action> {
+    /// Answered dialogs as actions; finished exports as events with their messages.
+    pub fn poll(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
         if let Some(d) = self.dialog.take() {
             match d.answer.try_take() {
                 Ok(Some(path)) => actions.push((d.then)(path)),
                 Ok(None) if d.asked.elapsed() < NO_DIALOG => {
-                    notices.info("No file dialog could be opened (this desktop has no file-chooser portal): type the path instead, drop the file on the window, or give it on the command line (`unveil FILE`).");
+                    actions.push(Action::Happened(Event::Info("No file dialog could be opened (this desktop has no file-chooser portal): type the path instead, drop the file on the window, or give it on the command line (`unveil FILE`).".into())));
                     actions.push(Action::PromptPath(PathPrompt {
                         title: d.title,
                         text: String::new(),
@@ -216,8 +216,10 @@ impl Jobs {
         }
         if let Some(p) = self.export.take() {
             match p.try_take() {
-                Ok(Ok(msg)) => notices.info(msg),
-                Ok(Err(e)) => notices.error(format!("Export failed: {e}")),
+                Ok(Ok(msg)) => actions.push(Action::Happened(Event::Info(msg))),
+                Ok(Err(e)) => actions.push(Action::Happened(Event::Error(format!(
+                    "Export failed: {e}"
+                )))),
                 Err(p) => self.export = Some(p),
             }
         }

@@ -1,4 +1,7 @@
-//! User-facing messages: errors and confirmations shown in the window, never panics.
+//! User-facing messages: errors and confirmations shown in the window, never panics. The list
+//! is the app's; the status bar draws it and asks for a dismissal with an action.
+
+use crate::gui::action::Action;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -8,6 +11,8 @@ pub enum Level {
 
 #[derive(Clone, Debug)]
 pub struct Notice {
+    /// Names this notice for its dismissal, whatever came or went before it.
+    pub id: u64,
     pub level: Level,
     pub text: String,
 }
@@ -15,6 +20,7 @@ pub struct Notice {
 #[derive(Default)]
 pub struct Notices {
     items: Vec<Notice>,
+    next: u64,
 }
 
 impl Notices {
@@ -28,10 +34,19 @@ impl Notices {
 
     fn push(&mut self, level: Level, text: String) {
         self.items.retain(|n| n.text != text);
-        self.items.push(Notice { level, text });
+        self.next += 1;
+        self.items.push(Notice {
+            id: self.next,
+            level,
+            text,
+        });
         if self.items.len() > 5 {
             self.items.remove(0);
         }
+    }
+
+    pub fn dismiss(&mut self, id: u64) {
+        self.items.retain(|n| n.id != id);
     }
 
     pub fn items(&self) -> &[Notice] {
@@ -39,9 +54,8 @@ impl Notices {
     }
 
     /// Draws the notices, each with a dismiss button.
-    pub fn ui(&mut self, ui: &mut egui::Ui) {
-        let mut dismiss = None;
-        for (i, n) in self.items.iter().enumerate() {
+    pub fn ui(&self, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
+        for n in &self.items {
             // The button first, so a long message wraps beside it instead of pushing it off.
             ui.horizontal_top(|ui| {
                 if ui
@@ -49,7 +63,7 @@ impl Notices {
                     .on_hover_text("Dismiss this message")
                     .clicked()
                 {
-                    dismiss = Some(i);
+                    actions.push(Action::DismissNotice(n.id));
                 }
                 let (icon, color) = match n.level {
                     Level::Error => ("Error:", ui.visuals().error_fg_color),
@@ -62,9 +76,6 @@ impl Notices {
                     .wrap(),
                 );
             });
-        }
-        if let Some(i) = dismiss {
-            self.items.remove(i);
         }
     }
 }

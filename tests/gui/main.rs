@@ -13,6 +13,7 @@ use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
 use unveil::gui::dialogs::Dialogs;
 use unveil::gui::settings::Settings;
 use unveil::gui::{App, AppOptions};
+use unveil::install::Installer;
 
 /// Dialogs that answer with whatever the test put in.
 #[derive(Default)]
@@ -84,7 +85,7 @@ fn step_until(h: &mut Harness<'static, App>, secs: u64, what: &str, done: impl F
 }
 
 fn idle(a: &App) -> bool {
-    !a.is_busy() && a.workspace.outcome.is_some()
+    !a.is_busy() && a.workspace.run.outcome().is_some()
 }
 
 #[test]
@@ -92,8 +93,8 @@ fn first_start_loads_the_sample_and_runs_to_completion() {
     let mut h = app(settings(2, 8, 2), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
     let a = h.state();
-    assert_eq!(a.workspace.steps.len(), 2);
-    assert!(a.workspace.image.as_ref().unwrap().name.contains("chelsea"));
+    assert_eq!(a.workspace.run.steps().len(), 2);
+    assert!(a.workspace.image.loaded().unwrap().name.contains("chelsea"));
     assert!((281..=285).contains(&a.target().unwrap()), "a cat class");
     h.get_by_label_contains("Iteration 0 · p(target)");
     h.get_by_label_contains("Iteration 1 · p(target)");
@@ -106,13 +107,13 @@ fn first_start_loads_the_sample_and_runs_to_completion() {
 fn moving_the_kernel_slider_updates_the_first_mask_at_once_without_a_new_gradient() {
     let mut h = app(settings(2, 8, 2), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
-    let before = h.state().workspace.steps[0].step.mask.clone();
+    let before = h.state().workspace.run.steps()[0].step.mask.clone();
     h.get_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
         .set_value_accesskit(31.0);
     h.step();
     let a = h.state();
     assert_eq!(a.settings.params.mask.kernel, 31);
-    let now = &a.workspace.steps[0].step.mask;
+    let now = &a.workspace.run.steps()[0].step.mask;
     assert_ne!(*now, before, "iteration 0's mask changes in the same frame");
     assert!(
         now.count() > before.count(),
@@ -121,37 +122,40 @@ fn moving_the_kernel_slider_updates_the_first_mask_at_once_without_a_new_gradien
     step_until(&mut h, 180, "the rerun", idle);
     let a = h.state();
     assert!(
-        a.workspace.steps[0].step.cached,
+        a.workspace.run.steps()[0].step.cached,
         "iteration 0 reused its gradient"
     );
-    assert_eq!(a.workspace.steps[0].step.mask.count(), now_count(a));
-    assert!(a.workspace.steps.iter().all(|s| !s.stale));
+    assert_eq!(a.workspace.run.steps()[0].step.mask.count(), now_count(a));
+    assert!(a.workspace.run.steps().iter().all(|s| !s.stale));
 }
 
 fn now_count(a: &App) -> usize {
-    unveil::engine::mask::make_mask(&a.workspace.steps[0].step.saliency, &a.settings.params.mask)
-        .count()
+    unveil::engine::mask::make_mask(
+        &a.workspace.run.steps()[0].step.saliency,
+        &a.settings.params.mask,
+    )
+    .count()
 }
 
 #[test]
 fn cancel_stops_a_run_and_keeps_finished_iterations() {
     let mut h = app(settings(16, 2, 5), Arc::default());
     step_until(&mut h, 180, "iteration 1 to start", |a| {
-        a.workspace.progress.is_some_and(|p| p.iteration >= 1)
+        a.workspace.run.progress().is_some_and(|p| p.iteration >= 1)
     });
     h.get_by_label("Cancel").click();
     h.step();
-    assert!(!h.state().workspace.is_running());
+    assert!(!h.state().workspace.run.is_running());
     step_until(&mut h, 300, "worker threads to finish", |a| {
         a.workspace.live_worker_threads() == 0
     });
     let a = h.state();
     assert!(
-        !a.workspace.steps.is_empty() && a.workspace.steps.len() < 5,
+        !a.workspace.run.steps().is_empty() && a.workspace.run.steps().len() < 5,
         "kept {} iterations",
-        a.workspace.steps.len()
+        a.workspace.run.steps().len()
     );
-    assert!(a.workspace.steps.iter().all(|s| !s.stale));
+    assert!(a.workspace.run.steps().iter().all(|s| !s.stale));
     h.get_by_label_contains("Run cancelled");
 }
 
@@ -172,10 +176,10 @@ fn a_corrupt_file_shows_an_error_notice_and_keeps_the_current_image() {
     h.get_by_label_contains("not a PNG, JPEG, TIFF or DICOM image");
     let a = h.state();
     assert!(
-        a.workspace.image.as_ref().unwrap().name.contains("chelsea"),
+        a.workspace.image.loaded().unwrap().name.contains("chelsea"),
         "the sample stays open"
     );
-    assert_eq!(a.workspace.steps.len(), 1, "results stay visible");
+    assert_eq!(a.workspace.run.steps().len(), 1, "results stay visible");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -209,7 +213,7 @@ fn a_dicom_xray_opens_with_its_window_and_only_the_model_window_reruns() {
         idle(a)
             && a.workspace
                 .image
-                .as_ref()
+                .loaded()
                 .is_some_and(|i| i.name.ends_with(".dcm"))
     });
     let file = unveil::engine::source_image::Window {
@@ -217,38 +221,60 @@ fn a_dicom_xray_opens_with_its_window_and_only_the_model_window_reruns() {
         width: 6001.0,
     };
     let a = h.state();
-    assert_eq!(a.workspace.window, Some(file), "the file's window");
-    assert_eq!(a.workspace.model_window, Some(file));
+    assert_eq!(a.workspace.image.window(), Some(file), "the file's window");
+    assert_eq!(a.workspace.image.model_window(), Some(file));
     h.get_by_label_contains("Window / level");
-    let runs = h.state().workspace.runs_started();
+    let runs = h.state().workspace.run.started();
     h.get_by_role_and_label(egui::accesskit::Role::Slider, "Window (width)")
         .set_value_accesskit(1000.0);
     for _ in 0..5 {
         h.step();
     }
     let a = h.state();
-    assert_eq!(a.workspace.window.unwrap().width, 1000.0);
+    assert_eq!(a.workspace.image.window().unwrap().width, 1000.0);
     assert_eq!(
-        a.workspace.model_window,
+        a.workspace.image.model_window(),
         Some(file),
         "the model's window is unchanged"
     );
-    assert_eq!(a.workspace.runs_started(), runs, "no rerun for the display");
+    assert_eq!(a.workspace.run.started(), runs, "no rerun for the display");
     assert!(!a.is_busy());
+    // An export records both windows: the model's and the one on screen.
+    let out = std::env::temp_dir().join(format!("unveil-app-windows-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    *dialogs.next_folder.lock().unwrap() = Some(out.clone());
+    h.get_by_label("Export run…").click();
+    step_until(&mut h, 60, "the export", |a| {
+        !a.is_busy()
+            && a.notices
+                .items()
+                .iter()
+                .any(|n| n.text.contains("Exported"))
+    });
+    let s = unveil::engine::summary::Summary::read(&out.join("summary.json")).unwrap();
+    let w = s
+        .record
+        .window
+        .expect("a grayscale image records its windows");
+    assert_eq!((w.model_input, w.display.width), (file, 1000.0));
+    let _ = std::fs::remove_dir_all(&out);
     h.get_by_label("Model: use display window").click();
     h.step();
-    assert_eq!(h.state().workspace.model_window.unwrap().width, 1000.0);
+    assert_eq!(
+        h.state().workspace.image.model_window().unwrap().width,
+        1000.0
+    );
     step_until(&mut h, 180, "the rerun", idle);
     assert!(
-        h.state().workspace.runs_started() > runs,
+        h.state().workspace.run.started() > runs,
         "the model sees the chosen window"
     );
     h.get_by_label("Reset display").click();
     h.step();
-    assert_eq!(h.state().workspace.window.unwrap().width, 6001.0);
+    assert_eq!(h.state().workspace.image.window().unwrap().width, 6001.0);
     h.get_by_label("Model: file's window").click();
     h.step();
-    assert_eq!(h.state().workspace.model_window, Some(file));
+    assert_eq!(h.state().workspace.image.model_window(), Some(file));
 }
 
 #[test]
@@ -272,9 +298,9 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
                 step_until(&mut h, 300, &name, |a| {
                     dialogs.next_image.lock().unwrap().is_none()
                         && idle(a)
-                        && a.workspace.image.as_ref().is_some_and(|i| i.name == name)
+                        && a.workspace.image.loaded().is_some_and(|i| i.name == name)
                 });
-                assert!(!h.state().workspace.steps.is_empty(), "{name} runs");
+                assert!(!h.state().workspace.run.steps().is_empty(), "{name} runs");
             }
             corpus::Expect::Fails(msg) => {
                 // This file's own notice: its dialog answered, nothing in flight, and the newest
@@ -293,7 +319,7 @@ fn every_bad_input_shows_a_notice_and_never_crashes_the_app() {
                     "{name}: the notice is on screen"
                 );
                 assert!(
-                    h.state().workspace.image.is_some(),
+                    h.state().workspace.image.loaded().is_some(),
                     "{name}: the previous image stays open"
                 );
             }
@@ -344,14 +370,14 @@ fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left
     let a = h.state();
     assert_eq!(a.settings.params.mask.kernel, 37);
     assert!(
-        a.workspace.runs_started() > 10,
+        a.workspace.run.started() > 10,
         "runs were started and cancelled: {}",
-        a.workspace.runs_started()
+        a.workspace.run.started()
     );
-    assert!(a.workspace.steps.iter().all(|s| !s.stale));
+    assert!(a.workspace.run.steps().iter().all(|s| !s.stale));
     // The same settings computed directly, from scratch.
-    let model = a.workspace.explainer.as_ref().unwrap().model().clone();
-    let img = a.workspace.image.as_ref().unwrap().source.clone();
+    let model = a.workspace.model.explainer().unwrap().model().clone();
+    let img = a.workspace.image.loaded().unwrap().source.clone();
     let x = unveil::engine::image::to_model_input(&img, model.info(), &candle_core::Device::Cpu)
         .unwrap();
     let want = Explainer::new(model)
@@ -362,8 +388,8 @@ fn five_hundred_quick_slider_moves_end_with_the_last_setting_and_no_threads_left
             &std::sync::atomic::AtomicBool::new(false),
         )
         .unwrap();
-    assert_eq!(a.workspace.steps.len(), want.steps.len());
-    for (got, want) in a.workspace.steps.iter().zip(&want.steps) {
+    assert_eq!(a.workspace.run.steps().len(), want.steps.len());
+    for (got, want) in a.workspace.run.steps().iter().zip(&want.steps) {
         assert_eq!(
             got.step.cumulative, want.cumulative,
             "iteration {}",
@@ -379,7 +405,7 @@ fn a_run_thread_that_panics_ends_the_run_with_an_error() {
     use unveil::engine::explainer::Explainer;
     use unveil::engine::models::{Classifier, ModelInfo};
     use unveil::engine::ops::activation::ReluMode;
-    use unveil::gui::worker::{Msg, Worker};
+    use unveil::gui::worker::{Msg, Subject, Worker};
 
     struct Panics(Arc<dyn Classifier>);
     impl Classifier for Panics {
@@ -412,8 +438,12 @@ fn a_run_thread_that_panics_ends_the_run_with_an_error() {
     worker.start_run(
         &egui::Context::default(),
         Arc::new(Explainer::new(Arc::new(Panics(lite)))),
-        Arc::new(img),
-        None,
+        Subject {
+            image: Arc::new(img),
+            path: None,
+            name: "coffee.png".into(),
+            window: None,
+        },
         UnveilParams::default(),
     );
     let start = Instant::now();
@@ -478,10 +508,10 @@ fn the_sanity_check_runs_from_one_click_and_shows_its_verdict() {
     step_until(&mut h, 180, "the first run", idle);
     h.get_by_label("Sanity check").click();
     step_until(&mut h, 300, "the sanity check", |a| {
-        !a.workspace.is_checking() && a.workspace.check.is_some()
+        !a.workspace.check.is_running() && a.workspace.check.result().is_some()
     });
     let a = h.state();
-    let report = &a.workspace.check.as_ref().unwrap().check.report;
+    let report = &a.workspace.check.result().unwrap().check.report;
     assert_eq!(report.randomisation.len(), 3);
     assert!(
         report.randomisation[0].spearman.unwrap() > 0.9,
@@ -511,7 +541,7 @@ fn picking_a_method_reruns_with_it() {
     step_until(&mut h, 180, "the Grad-CAM run", idle);
     let a = h.state();
     assert_eq!(
-        a.workspace.steps[0].step.attribution.dims()[0],
+        a.workspace.run.steps()[0].step.attribution.dims()[0],
         1,
         "a Grad-CAM map has one channel"
     );
@@ -542,8 +572,8 @@ fn a_multi_label_xray_model_lists_its_findings_and_switching_one_reruns() {
     let info = h
         .state()
         .workspace
-        .explainer
-        .as_ref()
+        .model
+        .explainer()
         .unwrap()
         .info()
         .clone();
@@ -560,13 +590,9 @@ fn a_multi_label_xray_model_lists_its_findings_and_switching_one_reruns() {
     let other = (0..18).find(|&c| c != first).unwrap();
     h.get_by_label(&info.labels[other]).click();
     h.step();
-    assert_eq!(h.state().settings.params.target, Some(other));
+    assert_eq!(h.state().workspace.run.target(), Some(other));
     step_until(&mut h, 180, "the rerun", |a| {
-        idle(a)
-            && a.workspace
-                .outcome
-                .as_ref()
-                .is_some_and(|o| o.target == other)
+        idle(a) && a.workspace.run.outcome().is_some_and(|o| o.target == other)
     });
     h.get_by_label_contains(&format!("Explaining {}", info.labels[other]));
 }
@@ -627,15 +653,214 @@ fn an_xray_with_the_imagenet_model_shows_a_mismatch_warning() {
         idle(a)
             && a.workspace
                 .image
-                .as_ref()
+                .loaded()
                 .is_some_and(|i| i.name.starts_with("chest-xray"))
     });
     h.get_by_label_contains("This is a grayscale image (an X-ray?), but efficientnet-lite0");
     assert!(
         h.query_by_label("Use pneumonia-xception").is_some()
-            || h.query_by_label_contains("unveil models fetch pneumonia-xception")
+            || h.query_by_label("Fetch pneumonia-xception (about 85 MB from PyPI)")
                 .is_some()
     );
+}
+
+/// An installer with an empty model folder and `python` as its Python: given to the app, not
+/// set in the environment, which every test of this process shares.
+fn installer_without_models(what: &str, python: &str) -> Installer {
+    let dir = std::env::temp_dir().join(format!("unveil-gui-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Installer {
+        models_dir: dir,
+        python: python.into(),
+    }
+}
+
+/// The app with `installer`, the chest X-ray sample open with the default (photo) model.
+fn xray_with(installer: Installer) -> Harness<'static, App> {
+    let mut h = app_with(AppOptions {
+        dialogs: Arc::new(Scripted::default()),
+        settings: Some(settings(1, 8, 1)),
+        installer,
+        ..Default::default()
+    });
+    step_until(&mut h, 180, "the first run", idle);
+    h.get_by_label("Samples").click();
+    h.step();
+    h.step();
+    h.get_by_label("chest-xray-pneumonia.jpeg").click();
+    step_until(&mut h, 180, "the X-ray run", |a| {
+        idle(a) && a.workspace.image.name().starts_with("chest-xray")
+    });
+    h
+}
+
+const FETCH: &str = "Fetch pneumonia-xception (about 85 MB from PyPI)";
+
+/// Regression (issue 23, 6b): the mismatch warning told a clinician to run `unveil models
+/// fetch` in a terminal. It offers the fetch in the app; without Python the fetch ends at once
+/// in an error that says so, and the app goes on as it was (no repaints once idle).
+#[test]
+fn an_xray_offers_its_model_for_fetching_and_a_missing_python_is_named() {
+    let installer = installer_without_models("fetch-no-python", "/nonexistent/python3");
+    let dir = installer.models_dir.clone();
+    let mut h = xray_with(installer);
+    h.get_by_label_contains("This is a grayscale image (an X-ray?), but efficientnet-lite0");
+    assert!(h.query_by_label("Use pneumonia-xception").is_none());
+    assert!(h.query_by_label_contains("unveil models fetch").is_none());
+    h.get_by_label(FETCH).click();
+    step_until(&mut h, 30, "the fetch to fail", |a| {
+        !a.is_busy() && !a.notices.items().is_empty()
+    });
+    let a = h.state();
+    let n = a.notices.items().last().unwrap();
+    assert_eq!(n.level, unveil::gui::notices::Level::Error);
+    assert_eq!(
+        n.text,
+        "Cannot fetch pneumonia-xception: Python 3 was not found (tried /nonexistent/python3): \
+         install Python 3.10+ with venv, or set UNVEIL_PYTHON"
+    );
+    h.get_by_label_contains("Python 3 was not found");
+    assert_eq!(
+        a.settings.model, "efficientnet-lite0",
+        "still the model it had"
+    );
+    assert!(!a.workspace.run.steps().is_empty(), "the results stay");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing installed"
+    );
+    // The model picker offers the fetch too, and tries again.
+    let first = n.id;
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Model")
+        .click();
+    h.step();
+    h.step();
+    h.get_by_label_contains("(not installed: choosing it fetches it, about 85 MB from PyPI)")
+        .click();
+    step_until(&mut h, 30, "the second try to fail", |a| {
+        !a.is_busy()
+            && a.notices
+                .items()
+                .last()
+                .is_some_and(|n| n.id != first && n.text.contains("Python 3 was not found"))
+    });
+    // Still usable: the button is there again, and a change reruns.
+    h.get_by_label(FETCH);
+    assert_eq!(h.state().workspace.live_worker_threads(), 0);
+    for _ in 0..10 {
+        h.step();
+    }
+    assert!(
+        !h.ctx.has_requested_repaint(),
+        "idle after a failed fetch, yet a repaint was requested: {:?}",
+        h.ctx.repaint_causes()
+    );
+    let runs = h.state().workspace.run.started();
+    h.get_by_role_and_label(egui::accesskit::Role::Slider, "Smoothing passes")
+        .set_value_accesskit(2.0);
+    h.step();
+    step_until(&mut h, 180, "the rerun", idle);
+    assert!(h.state().workspace.run.started() > runs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fetch that ends well switches to the model and says so. (A stand-in Python does each
+/// installer step offline; the model then loads from the registry's own folder, which this
+/// test does not choose, so only the switch is checked here.)
+#[cfg(unix)]
+#[test]
+fn a_fetch_from_the_app_that_ends_well_switches_to_the_model() {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = std::env::temp_dir().join(format!("unveil-gui-fakepy-{}", std::process::id()));
+    std::fs::create_dir_all(&scripts).unwrap();
+    let python = scripts.join("python3");
+    std::fs::write(
+        &python,
+        r#"#!/bin/sh
+case "$1" in
+  -c) case "$2" in *zipfile*) : > "$4" ;; esac ;;
+  -m) case "$2" in venv) mkdir -p "$3/bin" && cp "$0" "$3/bin/python" ;; esac ;;
+  *) printf converted > "$5" ;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let installer = installer_without_models("fetch-ok", python.to_str().unwrap());
+    let dir = installer.models_dir.clone();
+    let mut h = xray_with(installer);
+    h.get_by_label(FETCH).click();
+    step_until(&mut h, 30, "the fetch to end", |a| {
+        !a.workspace.fetch.is_running() && a.settings.model == "pneumonia-xception"
+    });
+    h.get_by_label_contains("Fetched pneumonia-xception; it is the model now.");
+    let installed = dir.join("pneumonia-xception.safetensors");
+    assert_eq!(std::fs::read_to_string(installed).unwrap(), "converted");
+    assert!(
+        !h.state()
+            .workspace
+            .fetch
+            .installer()
+            .needs_fetch("pneumonia-xception")
+    );
+    // Nothing of the fetch's work is left beside the weights and the environment.
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".venv-fetch", "pneumonia-xception.safetensors"]);
+    drop(h);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scripts);
+}
+
+/// Cancel stops a fetch at once: the installer's Python (here one that would take a minute)
+/// is killed, nothing is installed or left half-made, and the app is as it was.
+#[cfg(unix)]
+#[test]
+fn a_fetch_from_the_app_can_be_cancelled() {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = std::env::temp_dir().join(format!("unveil-gui-slowpy-{}", std::process::id()));
+    std::fs::create_dir_all(&scripts).unwrap();
+    let python = scripts.join("python3");
+    std::fs::write(&python, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let installer = installer_without_models("fetch-cancel", python.to_str().unwrap());
+    let dir = installer.models_dir.clone();
+    let mut h = xray_with(installer);
+    h.get_by_label(FETCH).click();
+    step_until(&mut h, 10, "the fetch to start", |a| {
+        a.workspace.fetch.fetching() == Some("pneumonia-xception")
+    });
+    h.get_by_label_contains("Fetching pneumonia-xception: progress and Cancel at the bottom");
+    assert!(h.state().is_busy());
+    h.get_by_label("Cancel fetch").click();
+    h.step();
+    let a = h.state();
+    assert!(!a.workspace.fetch.is_running());
+    assert!(
+        a.notices
+            .items()
+            .iter()
+            .any(|n| n.text == "Fetch cancelled; nothing was installed.")
+    );
+    let asked = Instant::now();
+    step_until(&mut h, 10, "the fetch thread to end", |a| {
+        a.workspace.live_worker_threads() == 0
+    });
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left");
+    assert_eq!(h.state().settings.model, "efficientnet-lite0");
+    h.get_by_label(FETCH);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scripts);
 }
 
 /// A pinned run stays next to the rerun with other settings, row by row.
@@ -643,22 +868,22 @@ fn an_xray_with_the_imagenet_model_shows_a_mismatch_warning() {
 fn a_pinned_run_is_shown_next_to_the_new_one() {
     let mut h = app(settings(1, 8, 2), Arc::default());
     step_until(&mut h, 180, "the first run", idle);
-    let first_p = h.state().workspace.steps[0].step.p_target;
+    let first_p = h.state().workspace.run.steps()[0].step.p_target;
     h.get_by_label("Pin this run").click();
     h.step();
-    assert!(h.state().workspace.pinned.is_some());
+    assert!(h.state().workspace.run.pinned().is_some());
     h.get_by_role_and_label(egui::accesskit::Role::Slider, "Kernel size")
         .set_value_accesskit(31.0);
     h.step();
     step_until(&mut h, 180, "the rerun", idle);
     let a = h.state();
     assert_eq!(a.settings.params.mask.kernel, 31);
-    assert_eq!(a.workspace.pinned.as_ref().unwrap().steps.len(), 2);
+    assert_eq!(a.workspace.run.pinned().unwrap().steps.len(), 2);
     h.get_by_label_contains("Pinned: vanilla, kernel 11");
     h.get_by_label(&format!("Pinned saliency · p {first_p:.3}"));
     h.get_by_label("Unpin").click();
     h.step();
-    assert!(h.state().workspace.pinned.is_none());
+    assert!(h.state().workspace.run.pinned().is_none());
 }
 
 /// Presenter mode hides the side panel and shows one iteration large; F11 toggles it.
@@ -674,14 +899,68 @@ fn presenter_mode_hides_the_side_panel() {
     h.get_by_label("Presenter").click();
     h.step();
     h.step();
-    assert!(h.state().presenter);
+    assert!(h.state().presenter.on);
     assert!(!panel(&h), "the side panel is hidden");
     h.get_by_label_contains("· p = ");
     h.key_press(egui::Key::F11);
     h.step();
     h.step();
-    assert!(!h.state().presenter);
+    assert!(!h.state().presenter.on);
     assert!(panel(&h));
+}
+
+/// In presenter mode the iterations step by themselves (the app asks for the frame of the next
+/// one) until Space pauses them.
+#[test]
+fn presenter_mode_steps_by_itself_until_space_pauses_it() {
+    let mut h = app_with(AppOptions {
+        dialogs: Arc::new(Scripted::default()),
+        settings: Some(settings(1, 8, 2)),
+        presenter: true,
+        ..Default::default()
+    });
+    step_until(&mut h, 180, "the first run", idle);
+    assert!(h.state().presenter.on && h.state().presenter.playing);
+    let start = h.state().iterations.selected;
+    step_until(&mut h, 10, "the next iteration", |a| {
+        a.iterations.selected != start
+    });
+    h.key_press(egui::Key::Space);
+    h.step();
+    h.step();
+    assert!(!h.state().presenter.playing);
+    h.get_by_label_contains("paused: Space plays");
+    h.key_press(egui::Key::Escape);
+    h.step();
+    assert!(!h.state().presenter.on);
+}
+
+/// Dismissing a notice is an action like any other: that notice goes, the app stays as it was.
+#[test]
+fn dismissing_a_notice_removes_it() {
+    let dir = std::env::temp_dir().join(format!("unveil-gui-dismiss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("notes.png");
+    std::fs::write(&bad, "this is not an image").unwrap();
+    let dialogs = Arc::new(Scripted::default());
+    let mut h = app(settings(1, 8, 1), dialogs.clone());
+    step_until(&mut h, 180, "the first run", idle);
+    *dialogs.next_image.lock().unwrap() = Some(bad);
+    h.get_by_label("Open image…").click();
+    step_until(&mut h, 60, "the error notice", |a| {
+        !a.notices.items().is_empty()
+    });
+    h.get_by_label_contains("not a PNG, JPEG, TIFF or DICOM image");
+    h.get_by_label("Dismiss").click();
+    h.step();
+    h.step();
+    assert!(h.state().notices.items().is_empty());
+    assert!(
+        h.query_by_label_contains("not a PNG, JPEG, TIFF or DICOM image")
+            .is_none()
+    );
+    assert_eq!(h.state().workspace.run.steps().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Without a desktop file-dialog portal the dialog answers "nothing" at once: the app says so
@@ -704,7 +983,7 @@ fn without_a_file_dialog_the_app_offers_a_path_field() {
         idle(a)
             && a.workspace
                 .image
-                .as_ref()
+                .loaded()
                 .is_some_and(|i| i.name == "coffee.png")
     });
 }
@@ -722,7 +1001,7 @@ fn the_apps_summary_records_the_time_the_path_and_the_hash() {
         idle(a)
             && a.workspace
                 .image
-                .as_ref()
+                .loaded()
                 .is_some_and(|i| i.name == "coffee.png")
     });
     let out = std::env::temp_dir().join(format!("unveil-app-export-{}", std::process::id()));
@@ -745,6 +1024,35 @@ fn the_apps_summary_records_the_time_the_path_and_the_hash() {
     );
     assert_eq!(s.record.image_sha256.as_ref().map(String::len), Some(64));
     assert!(s.readout.is_some());
+    // The same record the command line writes: the engine's run of the same file with the
+    // same settings gives the same summary, timings aside.
+    let explainer = unveil::engine::explainer::Explainer::load(
+        &unveil::engine::models::ModelSource::Named(unveil::engine::models::DEFAULT_MODEL.into()),
+        unveil::engine::device::DeviceChoice::Cpu,
+    )
+    .unwrap();
+    let img = unveil::engine::image::load(&coffee).unwrap();
+    let name = coffee.display().to_string();
+    let req = unveil::engine::run::RunRequest::file(&img, &coffee, &name, &s.params);
+    let cli = explainer
+        .run(
+            &req,
+            &mut |_| {},
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+    let cli = unveil::engine::summary::Summary::new(&cli);
+    assert_eq!(
+        (&cli.image, &cli.record, &cli.model),
+        (&s.image, &s.record, &s.model)
+    );
+    assert_eq!((cli.target, &cli.target_label), (s.target, &s.target_label));
+    assert_eq!(cli.stop, s.stop);
+    assert_eq!(cli.iterations.len(), s.iterations.len());
+    for (c, a) in cli.iterations.iter().zip(&s.iterations) {
+        assert_eq!((c.p_target, &c.top5), (a.p_target, &a.top5));
+        assert_eq!(c.mask_coverage, a.mask_coverage);
+    }
     // Parameters read as typed: f32 values written as f32 ("0.05"), not widened to f64
     // ("0.05000000074505806").
     let text = std::fs::read_to_string(out.join("summary.json")).unwrap();

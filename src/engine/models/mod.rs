@@ -7,15 +7,15 @@
 //! the one model type), `arch` (one file per architecture and the one list of them: adding an
 //! architecture is a file there and a line in that list), `registry` (models known by name,
 //! built on those architectures), `description` (models people bring), `checkpoint` (reading
-//! weights safely: safetensors, and PyTorch's pickles read as data), `layers` (shared building blocks and the layers networks
-//! declare), `reinit` (the sanity check's re-initialisations), and `fetch` (weights that may
-//! not be redistributed).
+//! weights safely: safetensors, and PyTorch's pickles read as data), `layers` (shared building
+//! blocks and the layers networks declare) and `reinit` (the sanity check's
+//! re-initialisations). Fetching weights that may not be redistributed is installer work, in
+//! `crate::install`: the engine only reads the file it writes.
 
 mod arch;
 mod checkpoint;
 mod classifier;
 mod description;
-pub mod fetch;
 mod info;
 pub mod layers;
 mod registry;

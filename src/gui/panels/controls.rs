@@ -23,7 +23,7 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
         .response
         .on_hover_text(method_help(p.saliency.method));
     ui.horizontal(|ui| {
-        let checking = ws.is_checking();
+        let checking = ws.check.is_running();
         if ui
             .add_enabled(!checking, egui::Button::new("Sanity check"))
             .on_hover_text("Does this map show the model's reasons? Recomputes iteration 0's map with the model's last layers randomised (head, last stage, last quarter) and for the runner-up class, and compares (Adebayo et al., 2018). Takes about five maps' time.")
@@ -97,15 +97,13 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
             ui.selectable_value(&mut p.fill, FillMode::Black, "Black").on_hover_text("Black pixels");
             ui.selectable_value(&mut p.fill, FillMode::Blur, "Blur").on_hover_text("A heavy blur of the image");
         });
+        // The class is not a setting: it stays as chosen for this image (the run slot's).
         ui.horizontal(|ui| {
-            let target = p.target;
             if ui.button("Recommended settings").on_hover_text("Vanilla SmoothGrad (passes the sanity checks), kernel 11, 3 passes").clicked() {
                 *p = UnveilParams::default();
-                p.target = target;
             }
             if ui.button("The paper's settings").on_hover_text("Guided backprop with SmoothGrad, kernel 11, 3 passes (Bordes et al., 2018)").clicked() {
                 *p = UnveilParams::paper();
-                p.target = target;
             }
         });
     });
@@ -114,7 +112,7 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
         actions.push(Action::SetParams(edited));
     }
 
-    if let Some(explainer) = &ws.explainer {
+    if let Some(explainer) = ws.model.explainer() {
         ui.separator();
         ui.label(
             egui::RichText::new(&explainer.info().description)
@@ -127,10 +125,10 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
 /// Window / level for grayscale images (X-rays). The display window changes only the screen,
 /// as in a PACS viewer; what the model sees is a separate, explicit choice.
 fn window_level(ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
-    let (Some(w), Some(model_w)) = (ws.window, ws.model_window) else {
+    let (Some(w), Some(model_w)) = (ws.image.window(), ws.image.model_window()) else {
         return;
     };
-    let Some(g) = ws.image.as_ref().and_then(|i| i.source.gray.as_ref()) else {
+    let Some(g) = ws.image.loaded().and_then(|i| i.source.gray.as_ref()) else {
         return;
     };
     let (lo, hi) = g.range;

@@ -8,6 +8,7 @@ use crate::gui::panels::plots::{curves_plot, plot};
 use crate::gui::panels::run_header::{
     check_box, head_rho, heatmap_controls, pin_controls, readout_box, verdict_colour,
 };
+use crate::gui::textures::Textures;
 use crate::gui::workspace::Workspace;
 
 pub const COLUMNS: [&str; 4] = ["Model input", "Saliency", "Mask", "Masked"];
@@ -64,15 +65,15 @@ impl IterationsView {
     pub fn ui(
         &mut self,
         ui: &mut egui::Ui,
-        ws: &Workspace,
+        (ws, textures): (&Workspace, &Textures),
         params: &UnveilParams,
         heatmap: f32,
         actions: &mut Vec<Action>,
     ) {
         let stop_threshold = params.stop.threshold;
-        if ws.steps.is_empty() {
+        if ws.run.steps().is_empty() {
             ui.centered_and_justified(|ui| {
-                if ws.is_running() {
+                if ws.run.is_running() {
                     ui.spinner();
                 } else {
                     ui.label("No results yet.");
@@ -99,12 +100,12 @@ impl IterationsView {
                     curves_plot(ws, self.selected, height, ui);
                 });
         }
-        check_box(ui, ws, params);
+        check_box(ui, ws, textures, params);
         readout_box(ui, ws, params);
         // A multi-label model scores each finding on its own: say which one is explained.
-        if let (Some(e), Some(first)) = (&ws.explainer, ws.steps.first())
+        if let (Some(e), Some(first)) = (ws.model.explainer(), ws.run.steps().first())
             && e.info().multi_label
-            && let Some(t) = ws.target(params.target)
+            && let Some(t) = ws.target()
         {
             let n = (0..first.step.probs.len())
                 .filter(|&c| e.info().predicts(c))
@@ -123,12 +124,12 @@ impl IterationsView {
         pin_controls(ui, ws, actions);
         ui.separator();
         // A pinned run adds its saliency and mask to each row.
-        let pinned = ws.pinned.as_ref();
+        let pinned = ws.run.pinned();
         let columns = if pinned.is_some() { 6.0 } else { 4.0 };
         let cell = ((width - 40.0 - 8.0 * columns) / columns).clamp(64.0, 320.0);
         let (mut clicked, mut clicked_row) = (None, None);
         egui::ScrollArea::vertical().show(ui, |ui| {
-            for (i, view) in ws.steps.iter().enumerate() {
+            for (i, view) in ws.run.steps().iter().enumerate() {
                 let s = &view.step;
                 let selected = i == self.selected;
                 let frame = egui::Frame::group(ui.style()).stroke(if selected {
@@ -173,7 +174,7 @@ impl IterationsView {
                         clicked_row = Some(i);
                     }
                     ui.horizontal(|ui| {
-                        for (c, tex) in view.textures.iter().enumerate() {
+                        for (c, tex) in (0..4).map(|c| (c, textures.step(view, c))) {
                             ui.vertical(|ui| {
                                 let mut label = egui::RichText::new(COLUMNS[c]).small();
                                 if c == 1
@@ -188,20 +189,11 @@ impl IterationsView {
                                     .color(verdict_colour(ui, Verdict::of_rho(Some(rho))));
                                 }
                                 ui.label(label);
-                                let r = ui
-                                    .add(
-                                        egui::Image::new(tex)
-                                            .fit_to_exact_size(egui::vec2(cell, cell))
-                                            .alt_text(format!(
-                                                "{} of iteration {}",
-                                                COLUMNS[c], s.index
-                                            ))
-                                            .sense(egui::Sense::click()),
-                                    )
-                                    .on_hover_text(format!(
-                                        "{} of iteration {} (click to enlarge)",
-                                        COLUMNS[c], s.index
-                                    ));
+                                let alt = format!("{} of iteration {}", COLUMNS[c], s.index);
+                                let r = picture(ui, tex, cell, Some(alt)).on_hover_text(format!(
+                                    "{} of iteration {} (click to enlarge)",
+                                    COLUMNS[c], s.index
+                                ));
                                 if r.clicked() {
                                     clicked = Some((i, c));
                                 }
@@ -221,14 +213,11 @@ impl IterationsView {
                                                 ))
                                                 .small(),
                                             );
-                                            ui.add(
-                                                egui::Image::new(&pv.textures[c])
-                                                    .fit_to_exact_size(egui::vec2(cell, cell)),
-                                            )
-                                            .on_hover_text(format!(
-                                                "The pinned run ({}), iteration {i}",
-                                                pin.label
-                                            ));
+                                            picture(ui, textures.step(pv, c), cell, None)
+                                                .on_hover_text(format!(
+                                                    "The pinned run ({}), iteration {i}",
+                                                    pin.label
+                                                ));
                                         });
                                     }
                                 }
@@ -261,14 +250,14 @@ impl IterationsView {
 
     /// The enlarged image, in its own window: scroll or pinch to zoom, drag to pan, arrow keys
     /// for the other iterations; Escape or the close button dismisses it.
-    pub fn enlarged_window(&mut self, ctx: &egui::Context, ws: &Workspace) {
+    pub fn enlarged_window(&mut self, ctx: &egui::Context, ws: &Workspace, textures: &Textures) {
         let Some((i, c)) = self.enlarged else { return };
-        let Some(view) = ws.steps.get(i) else {
+        let Some(view) = ws.run.steps().get(i) else {
             self.enlarged = None;
             return;
         };
         let mut open = true;
-        let tex = view.textures[c].clone();
+        let tex = textures.step(view, c).cloned();
         let scene = self.scene.get_or_insert(egui::Rect::ZERO);
         egui::Window::new(format!("{} · iteration {i}", COLUMNS[c]))
             .open(&mut open)
@@ -286,11 +275,29 @@ impl IterationsView {
                 egui::Scene::new()
                     .zoom_range(0.1..=16.0)
                     .show(ui, scene, |ui| {
-                        ui.add(egui::Image::new(&tex).fit_to_exact_size(egui::vec2(side, side)));
+                        picture(ui, tex.as_ref(), side, None);
                     });
             });
         if !open {
             self.enlarged = None;
         }
+    }
+}
+
+/// A picture at `size` x `size` (clickable, named `alt`, when `alt` is given), or a note where
+/// it could not be drawn.
+pub fn picture(
+    ui: &mut egui::Ui,
+    tex: Option<&egui::TextureHandle>,
+    size: f32,
+    alt: Option<String>,
+) -> egui::Response {
+    let Some(tex) = tex else {
+        return ui.add_sized([size, size], egui::Label::new("(cannot be drawn)"));
+    };
+    let image = egui::Image::new(tex).fit_to_exact_size(egui::vec2(size, size));
+    match alt {
+        Some(alt) => ui.add(image.alt_text(alt).sense(egui::Sense::click())),
+        None => ui.add(image),
     }
 }

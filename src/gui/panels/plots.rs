@@ -8,12 +8,13 @@ use crate::gui::workspace::Workspace;
 /// p(target) per iteration (the last point: every mask applied) against the stop threshold.
 pub fn plot(ws: &Workspace, stop_threshold: f32, height: f32, ui: &mut egui::Ui) {
     let mut pts: Vec<[f64; 2]> = ws
-        .steps
+        .run
+        .steps()
         .iter()
         .map(|s| [s.step.index as f64, s.step.p_target as f64])
         .collect();
-    if let Some(after) = ws.outcome.as_ref().and_then(|o| o.after.as_ref()) {
-        pts.push([ws.steps.len() as f64, after.p_target as f64]);
+    if let Some(after) = ws.run.outcome().and_then(|o| o.after.as_ref()) {
+        pts.push([ws.run.steps().len() as f64, after.p_target as f64]);
     }
     let stop = stop_threshold as f64;
     let last = pts.len().max(2) as f64 - 1.0;
@@ -58,7 +59,8 @@ pub fn plot(ws: &Workspace, stop_threshold: f32, height: f32, ui: &mut egui::Ui)
 /// pixels are hidden (deletion) or put back into a blur (insertion).
 pub fn curves_plot(ws: &Workspace, selected: usize, height: f32, ui: &mut egui::Ui) {
     let Some(curves) = ws
-        .steps
+        .run
+        .steps()
         .get(selected)
         .and_then(|v| v.step.faithfulness.as_ref())
     else {

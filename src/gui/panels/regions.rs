@@ -9,10 +9,11 @@ use crate::gui::action::Action;
 use crate::gui::textures;
 use crate::gui::workspace::Workspace;
 
-/// The view's own state: the composed picture, kept until the results or the opacity change.
+/// The view's own state: the composed picture, kept until the model, the image (or its display
+/// window), the results or the opacity change (the slots' versions and the opacity).
 #[derive(Default)]
 pub struct RegionsView {
-    picture: Option<((u64, u32), TextureHandle)>,
+    picture: Option<((u64, u64, u64, u32), TextureHandle)>,
 }
 
 impl RegionsView {
@@ -28,7 +29,10 @@ impl RegionsView {
             ui.add(egui::Slider::new(&mut new_opacity, 0.0..=1.0).text("Opacity"))
                 .on_hover_text("Opacity of the coloured regions over the image");
             if ui
-                .add_enabled(ws.outcome.is_some(), egui::Button::new("Save picture…"))
+                .add_enabled(
+                    ws.run.outcome().is_some(),
+                    egui::Button::new("Save picture…"),
+                )
                 .on_hover_text("Save this picture as a PNG at the image's own resolution")
                 .clicked()
             {
@@ -52,7 +56,7 @@ impl RegionsView {
             }
             ui.vertical(|ui| {
                 ui.heading("Legend");
-                for view in &ws.steps {
+                for view in ws.run.steps() {
                     let s = &view.step;
                     ui.horizontal(|ui| {
                         let [r, g, b] = render::iteration_color(s.index);
@@ -63,10 +67,10 @@ impl RegionsView {
                         ui.label(format!("iteration {} · p = {:.3}", s.index, s.p_target));
                     });
                 }
-                if let Some(after) = ws.outcome.as_ref().and_then(|o| o.after.as_ref()) {
+                if let Some(after) = ws.run.outcome().and_then(|o| o.after.as_ref()) {
                     ui.label(format!("all masked · p = {:.3}", after.p_target));
                 }
-                if let Some(u) = ws.outcome.as_ref().and_then(|o| o.unveiling) {
+                if let Some(u) = ws.run.outcome().and_then(|o| o.unveiling) {
                     ui.separator();
                     ui.label(egui::RichText::new("Unveiling against one map").strong())
                         .on_hover_text("p(target) with only a region visible (the rest filled), and with it hidden: the union of every iteration's region against a region of the same area from iteration 0's map alone, smoothed the same way. If unveiling finds evidence one map misses, hiding the union lowers p more.");
@@ -97,16 +101,21 @@ impl RegionsView {
         ws: &Workspace,
         opacity: f32,
     ) -> Option<TextureHandle> {
-        let img = ws.image.as_ref()?;
-        let key = (ws.generation, opacity.to_bits());
+        let img = ws.image.loaded()?;
+        let key = (
+            ws.model.version(),
+            ws.image.version(),
+            ws.run.version(),
+            opacity.to_bits(),
+        );
         if let Some((k, t)) = &self.picture
             && *k == key
         {
             return Some(t.clone());
         }
         // The model's view of the image (TorchXRayVision models see its centre square).
-        let crop = ws.explainer.as_ref().map_or(Crop::None, |e| e.info().crop);
-        let steps: Vec<_> = ws.steps.iter().map(|s| &s.step).collect();
+        let crop = ws.model.explainer().map_or(Crop::None, |e| e.info().crop);
+        let steps: Vec<_> = ws.run.steps().iter().map(|s| &s.step).collect();
         let pic = render::regions_picture(&img.preview, crop, &steps, opacity);
         let t = textures::upload(ctx, "regions", &pic);
         self.picture = Some((key, t.clone()));
@@ -119,8 +128,8 @@ fn dragged_window(ws: &Workspace, delta: egui::Vec2) -> Option<Window> {
     if delta == egui::Vec2::ZERO {
         return None;
     }
-    let w = ws.window?;
-    let g = ws.image.as_ref()?.source.gray.as_ref()?;
+    let w = ws.image.window()?;
+    let g = ws.image.loaded()?.source.gray.as_ref()?;
     let span = (g.range.1 - g.range.0).max(1e-3);
     Some(Window {
         center: w.center - delta.y * span * 0.002,

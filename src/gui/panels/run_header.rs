@@ -7,14 +7,15 @@ use crate::engine::readout::readout;
 use crate::engine::render;
 use crate::engine::sanity::Verdict;
 use crate::gui::action::Action;
+use crate::gui::textures::Textures;
 use crate::gui::workspace::Workspace;
 
 /// Pin the finished run to compare the next settings or method with it, row by row.
 pub fn pin_controls(ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
-    ui.horizontal(|ui| match &ws.pinned {
+    ui.horizontal(|ui| match ws.run.pinned() {
         None => {
             if ui
-                .add_enabled(ws.outcome.is_some(), egui::Button::new("Pin this run"))
+                .add_enabled(ws.run.outcome().is_some(), egui::Button::new("Pin this run"))
                 .on_hover_text("Keep this run's maps and masks on screen; change the settings or method and compare them row by row")
                 .clicked()
             {
@@ -88,7 +89,7 @@ pub fn readout_box(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams) {
         })
         .response
         .on_hover_text("What p(target) and each column mean");
-        if let (Some(o), Some(e)) = (&ws.outcome, &ws.explainer) {
+        if let (Some(o), Some(e)) = (ws.run.outcome(), ws.model.explainer()) {
             let r = readout(o, e.info(), params.stop.threshold);
             ui.label(egui::RichText::new(r.text).strong());
             for f in &r.flags {
@@ -104,7 +105,7 @@ pub fn readout_box(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams) {
 /// Spearman's ρ between iteration 0's map and the map with a random classifier head, when a
 /// current sanity check has it.
 pub fn head_rho(ws: &Workspace, params: &UnveilParams) -> Option<f64> {
-    let view = ws.check.as_ref().filter(|_| ws.check_is_current(params))?;
+    let view = ws.check.result().filter(|_| ws.check_is_current(params))?;
     view.check.report.rho(Cascade::Head)
 }
 
@@ -119,8 +120,10 @@ pub fn verdict_colour(ui: &egui::Ui, verdict: Verdict) -> egui::Color32 {
 }
 
 /// The sanity check's verdict in plain words, with its numbers and maps on request.
-pub fn check_box(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams) {
-    let Some(view) = &ws.check else { return };
+pub fn check_box(ui: &mut egui::Ui, ws: &Workspace, textures: &Textures, params: &UnveilParams) {
+    let Some(view) = ws.check.result() else {
+        return;
+    };
     let report = &view.check.report;
     let current = ws.check_is_current(params);
     egui::Frame::group(ui.style()).show(ui, |ui| {
@@ -157,7 +160,7 @@ pub fn check_box(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams) {
                 ui.label("");
                 ui.end_row();
             });
-            let tex = &view.picture;
+            let Some(tex) = textures.check() else { return };
             let size = tex.size_vec2();
             let scale = (ui.available_width() / size.x).min(1.0);
             ui.add(egui::Image::new(tex).fit_to_exact_size(size * scale))

@@ -1,15 +1,15 @@
-//! Bottom bar: progress with Cancel, why the run stopped, and notices.
+//! Bottom bar: progress with Cancel (runs, sanity checks, model fetches), why the run stopped,
+//! and notices.
 
 use crate::gui::action::Action;
 use crate::gui::notices::Notices;
 use crate::gui::workspace::Workspace;
 
-/// The notices are the panel's own to dismiss; everything else it only reads.
-pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mut Vec<Action>) {
+pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &Notices, actions: &mut Vec<Action>) {
     egui::Panel::bottom("status").show(ui, |ui| {
         ui.horizontal(|ui| {
             // The image first: the message after it is cut to the window, never over it.
-            if let Some(img) = &ws.image {
+            if let Some(img) = ws.image.loaded() {
                 ui.label(format!(
                     "{} · {} x {}{}",
                     img.name,
@@ -23,7 +23,7 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mu
                 ));
                 ui.separator();
             }
-            if let Some(p) = ws.check_progress.filter(|_| ws.is_checking()) {
+            if let Some(p) = ws.check.progress().filter(|_| ws.check.is_running()) {
                 ui.add(
                     egui::ProgressBar::new(p.fraction())
                         .text(format!(
@@ -43,8 +43,22 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mu
                 }
                 ui.separator();
             }
-            if ws.is_running() {
-                let (fraction, text) = match ws.progress {
+            if let Some(name) = ws.fetch.fetching() {
+                ui.spinner();
+                let line = ws.fetch.log().last().map_or("starting…", String::as_str);
+                ui.label(format!("Fetching {name}: {line}"))
+                    .on_hover_text(ws.fetch.log().join("\n"));
+                if ui
+                    .button("Cancel fetch")
+                    .on_hover_text("Stop fetching: nothing is installed, nothing half-made is left")
+                    .clicked()
+                {
+                    actions.push(Action::CancelFetch);
+                }
+                ui.separator();
+            }
+            if ws.run.is_running() {
+                let (fraction, text) = match ws.run.progress() {
                     Some(p) => {
                         let done = p.iteration as f32 + p.chunk as f32 / p.chunks.max(1) as f32;
                         (
@@ -73,7 +87,7 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mu
                 {
                     actions.push(Action::CancelRun);
                 }
-            } else if let Some(o) = &ws.outcome {
+            } else if let Some(o) = ws.run.outcome() {
                 let why = o.stop.describe();
                 let after = o.after.as_ref().map_or(String::new(), |a| {
                     format!("; p(target) with every mask applied: {:.3}", a.p_target)
@@ -85,14 +99,14 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &mut Notices, actions: &mu
                 );
                 ui.add(egui::Label::new(text.clone()).truncate())
                     .on_hover_text(text);
-            } else if ws.explainer.is_none() {
+            } else if ws.model.explainer().is_none() {
                 ui.spinner();
                 ui.label("Loading the model…");
-            } else if ws.image.is_none() {
+            } else if ws.image.loaded().is_none() {
                 ui.label("Open an image (button above, or drop a file on the window).");
             }
 
         });
-        notices.ui(ui);
+        notices.ui(ui, actions);
     });
 }

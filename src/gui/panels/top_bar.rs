@@ -5,6 +5,7 @@ use crate::engine::models::{self, ModelInfo};
 use crate::gui::action::Action;
 use crate::gui::settings::{Settings, View};
 use crate::gui::workspace::Workspace;
+use crate::install;
 
 /// The bar's own state.
 pub struct TopBarView {
@@ -60,7 +61,7 @@ impl TopBarView {
                 samples_menu(ui, actions);
                 text_size_menu(ui, settings.font_scale, actions);
                 if presenter {
-                    self.class_picker(ui, ws, settings, actions);
+                    self.class_picker(ui, ws, actions);
                     return;
                 }
                 if ui.button("Open image…").on_hover_text("Open a PNG, JPEG or TIFF image (or drop one on the window)").clicked() {
@@ -88,9 +89,9 @@ impl TopBarView {
                     actions.push(Action::PickModel);
                 }
                 self.device_picker(ui, ws, settings.device, actions);
-                self.class_picker(ui, ws, settings, actions);
+                self.class_picker(ui, ws, actions);
                 ui.separator();
-                let done = ws.outcome.is_some();
+                let done = ws.run.outcome().is_some();
                 if ui.add_enabled(done, egui::Button::new("Save montage…")).on_hover_text("Save all iterations side by side as one PNG").clicked() {
                     actions.push(Action::PickMontageFile);
                 }
@@ -123,7 +124,7 @@ impl TopBarView {
         actions: &mut Vec<Action>,
     ) {
         let mut chosen = current;
-        let in_use = ws.explainer.as_ref().map_or("loading".to_string(), |e| {
+        let in_use = ws.model.explainer().map_or("loading".to_string(), |e| {
             crate::engine::device::describe(e.device())
         });
         egui::ComboBox::from_label(format!("Device ({in_use})"))
@@ -147,20 +148,14 @@ impl TopBarView {
         }
     }
 
-    fn class_picker(
-        &mut self,
-        ui: &mut egui::Ui,
-        ws: &Workspace,
-        settings: &Settings,
-        actions: &mut Vec<Action>,
-    ) {
-        let Some(explainer) = &ws.explainer else {
+    fn class_picker(&mut self, ui: &mut egui::Ui, ws: &Workspace, actions: &mut Vec<Action>) {
+        let Some(explainer) = ws.model.explainer() else {
             return;
         };
         let info = explainer.info();
-        let before = settings.params.target;
+        let before = ws.run.target();
         let text = ws
-            .target(before)
+            .target()
             .map_or("top-1".to_string(), |c| format!("{c}: {}", info.label(c)));
         let mut target = before;
         let combo = egui::ComboBox::from_label("Class")
@@ -176,10 +171,10 @@ impl TopBarView {
             .show_ui(ui, |ui| {
                 ui.selectable_value(&mut target, None, "Top-1 of the image");
                 if info.multi_label
-                    && let Some(first) = ws.steps.first()
+                    && let Some(first) = ws.run.steps().first()
                 {
                     findings(ui, info, &first.step.probs, &mut target);
-                } else if let Some(first) = ws.steps.first() {
+                } else if let Some(first) = ws.run.steps().first() {
                     ui.label("Top-5 of the original image:");
                     for p in &first.step.top5 {
                         ui.selectable_value(
@@ -211,10 +206,7 @@ impl TopBarView {
                 "The class whose evidence is unveiled (default: the model's top-1 for the image)",
             );
         if target != before {
-            actions.push(Action::SetParams(crate::engine::params::UnveilParams {
-                target,
-                ..settings.params.clone()
-            }));
+            actions.push(Action::SetTarget(target));
         }
     }
 }
@@ -285,6 +277,7 @@ fn text_size_menu(ui: &mut egui::Ui, scale: f32, actions: &mut Vec<Action>) {
 
 fn model_picker(ui: &mut egui::Ui, ws: &Workspace, current: &str, actions: &mut Vec<Action>) {
     let mut chosen = current.to_string();
+    let installer = ws.fetch.installer();
     // A weights file or description by its file name (the full path is in the tooltip).
     let shown = std::path::Path::new(current)
         .file_name()
@@ -294,26 +287,30 @@ fn model_picker(ui: &mut egui::Ui, ws: &Workspace, current: &str, actions: &mut 
         .selected_text(shown)
         .show_ui(ui, |ui| {
             for e in models::entries() {
-                let label = if models::is_installed(e.name) {
-                    format!("{}: {}", e.name, e.description)
-                } else {
-                    format!(
-                        "{}: {} (not installed; run `unveil models fetch {}`)",
-                        e.name, e.description, e.name
-                    )
-                };
+                let label =
+                    match install::fetchable(e.name).filter(|_| installer.needs_fetch(e.name)) {
+                        None => format!("{}: {}", e.name, e.description),
+                        Some(f) => format!(
+                            "{}: {} (not installed: choosing it fetches it, {})",
+                            e.name, e.description, f.download
+                        ),
+                    };
                 ui.selectable_value(&mut chosen, e.name.to_string(), label);
             }
         })
         .response
         .on_hover_text(
-            ws.explainer
-                .as_ref()
+            ws.model
+                .explainer()
                 .map_or("Loading the model…".to_string(), |e| {
                     e.info().description.clone()
                 }),
         );
     if chosen != current {
-        actions.push(Action::SetModel(chosen));
+        actions.push(if installer.needs_fetch(&chosen) {
+            Action::FetchModel(chosen)
+        } else {
+            Action::SetModel(chosen)
+        });
     }
 }
