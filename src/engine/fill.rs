@@ -13,7 +13,7 @@ use crate::engine::params::FillMode;
 use crate::error::Result;
 
 /// The image with masked pixels replaced per `fill`. Works on the CPU.
-pub struct Filler {
+pub(super) struct Filler {
     original: Vec<f32>,
     fill: Vec<f32>,
     shape: (usize, usize, usize),
@@ -21,7 +21,7 @@ pub struct Filler {
 
 impl Filler {
     /// For the normalised image `x` (`[c, h, w]`) of a model described by `info`.
-    pub fn new(info: &ModelInfo, x: &Tensor, mode: FillMode) -> Result<Self> {
+    pub(super) fn new(info: &ModelInfo, x: &Tensor, mode: FillMode) -> Result<Self> {
         let (c, h, w) = x.dims3()?;
         let original: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let plane = h * w;
@@ -51,18 +51,18 @@ impl Filler {
 
     /// The fill itself: the image with every pixel hidden, `[c, h, w]` on `device` (integrated
     /// gradients' baseline).
-    pub fn baseline(&self, device: &Device) -> Result<Tensor> {
+    pub(super) fn baseline(&self, device: &Device) -> Result<Tensor> {
         let (c, h, w) = self.shape;
         Ok(Tensor::from_vec(self.fill.clone(), (c, h, w), device)?)
     }
 
     /// The fill's values, `[c, h, w]` flattened.
-    pub fn fill_values(&self) -> &[f32] {
+    pub(super) fn fill_values(&self) -> &[f32] {
         &self.fill
     }
 
     /// The image with `m` filled, `[c, h, w]` on `device`.
-    pub fn apply(&self, m: &Mask, device: &Device) -> Result<Tensor> {
+    pub(super) fn apply(&self, m: &Mask, device: &Device) -> Result<Tensor> {
         let (c, h, w) = self.shape;
         let plane = h * w;
         let data: Vec<f32> = (0..c * plane)

@@ -18,8 +18,12 @@ pub mod image;
 mod iterate;
 pub mod maps;
 pub mod mask;
+// Allocator settings: a libc call (see the module's SAFETY note).
+#[allow(unsafe_code)]
 pub mod memory;
 pub mod models;
+// The kernels: SIMD intrinsics and raw buffers, each block with its SAFETY note.
+#[allow(unsafe_code)]
 pub mod ops;
 pub mod outcome;
 pub mod params;

@@ -67,7 +67,7 @@ mod without_class {
 
     use crate::engine::params::UnveilParams;
 
-    pub fn serialize<S: Serializer>(p: &UnveilParams, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(p: &UnveilParams, s: S) -> Result<S::Ok, S::Error> {
         UnveilParams {
             target: None,
             ..p.clone()
@@ -75,7 +75,7 @@ mod without_class {
         .serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<UnveilParams, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<UnveilParams, D::Error> {
         Ok(UnveilParams {
             target: None,
             ..UnveilParams::deserialize(d)?

@@ -10,14 +10,14 @@ use unveil::engine::ops::activation::ReluMode;
 
 /// A file of the repository: the checkout this binary was built in, or `$UNVEIL_REPO` (a test
 /// binary built here and run on another machine, as `scripts/gpu_check.sh` does).
-pub fn repo(path: &str) -> PathBuf {
+pub(crate) fn repo(path: &str) -> PathBuf {
     std::env::var_os("UNVEIL_REPO")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join(path)
 }
 
 /// The bundled model with the fast ops, loaded once per test binary.
-pub fn lite0() -> Arc<dyn Classifier> {
+pub(crate) fn lite0() -> Arc<dyn Classifier> {
     static MODEL: OnceLock<Arc<dyn Classifier>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
@@ -27,16 +27,16 @@ pub fn lite0() -> Arc<dyn Classifier> {
 }
 
 /// Tensors of a safetensors fixture under tests/fixtures.
-pub fn fixture(name: &str) -> std::collections::HashMap<String, Tensor> {
+pub(crate) fn fixture(name: &str) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(repo(&format!("tests/fixtures/{name}")), &Device::Cpu)
         .expect("fixture loads")
 }
 
-pub fn to_vec(t: &Tensor) -> Vec<f32> {
+pub(crate) fn to_vec(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
 }
 
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -44,7 +44,7 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -53,7 +53,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Deterministic pseudo-random values in [-scale, scale].
-pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+pub(crate) fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -68,7 +68,7 @@ pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// Input gradient of logit `target` of a batch of one, ReLUs back-propagating per `mode`.
-pub fn logit_gradient(
+pub(crate) fn logit_gradient(
     model: &dyn Classifier,
     x: &Tensor,
     target: usize,

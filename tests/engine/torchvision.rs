@@ -54,7 +54,7 @@ fn json() -> serde_json::Value {
 }
 
 /// Writes the generated weights of `arch_name` to `dir/{arch_name}.safetensors`.
-pub fn write_generated(arch_name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn write_generated(arch_name: &str, dir: &std::path::Path) -> std::path::PathBuf {
     let j = json();
     let mut tensors = HashMap::new();
     for entry in j["models"][arch_name]["weights"]["keys_sorted"]
@@ -78,23 +78,23 @@ pub fn write_generated(arch_name: &str, dir: &std::path::Path) -> std::path::Pat
 }
 
 /// A folder of its own for each call: tests run in parallel and several load one model.
-pub fn scratch(name: &str) -> std::path::PathBuf {
+pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     std::env::temp_dir().join(format!("unveil-tv-{}-{name}-{n}", std::process::id()))
 }
 
 /// The architecture called `name`.
-pub fn arch(name: &str) -> Arch {
+pub(crate) fn arch(name: &str) -> Arch {
     name.parse().unwrap()
 }
 
 /// The generated checkpoint of the architecture `arch_name`, loaded as it.
-pub fn load(arch_name: &str, backend: Backend) -> std::sync::Arc<dyn Classifier> {
+pub(crate) fn load(arch_name: &str, backend: Backend) -> std::sync::Arc<dyn Classifier> {
     load_on(arch_name, backend, &Device::Cpu)
 }
 
-pub fn load_on(
+pub(crate) fn load_on(
     arch_name: &str,
     backend: Backend,
     device: &Device,

@@ -16,7 +16,7 @@ use unveil::engine::predict::classify;
 
 use crate::common::{cosine, fixture, logit_gradient, max_abs_diff, repo, to_vec};
 
-pub fn model() -> Arc<dyn Classifier> {
+pub(crate) fn model() -> Arc<dyn Classifier> {
     static MODEL: OnceLock<Arc<dyn Classifier>> = OnceLock::new();
     MODEL
         .get_or_init(|| load_with(Backend::Fast, &Device::Cpu))
@@ -24,7 +24,7 @@ pub fn model() -> Arc<dyn Classifier> {
 }
 
 /// The model on `device` with `backend`, fetched and converted first if need be.
-pub fn load_with(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
+pub(crate) fn load_with(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
     static FETCH: Mutex<()> = Mutex::new(());
     {
         let _guard = FETCH.lock().unwrap();

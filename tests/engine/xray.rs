@@ -16,7 +16,7 @@ use unveil::engine::predict::{classify_batch, top_k};
 use crate::common::{cosine, fixture, logit_gradient, max_abs_diff, repo, to_vec};
 use crate::torchvision::{scratch, write_generated};
 
-pub fn path(name: &str) -> PathBuf {
+pub(crate) fn path(name: &str) -> PathBuf {
     repo(&format!("tests/fixtures/xray/{name}"))
 }
 
@@ -25,7 +25,7 @@ fn described(p: PathBuf) -> Arc<dyn Classifier> {
 }
 
 /// A fixture model file, loaded on `device` with `backend`.
-pub fn described_with(p: PathBuf, backend: Backend, device: &Device) -> Arc<dyn Classifier> {
+pub(crate) fn described_with(p: PathBuf, backend: Backend, device: &Device) -> Arc<dyn Classifier> {
     let mut d = ModelDescription::ad_hoc(p.clone(), None, None, false);
     if !p.to_string_lossy().contains("xrv") {
         d.input_size = [64, 64];

@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 /// What a file should do: load fine, or fail with an error containing the text.
-pub enum Expect {
+pub(crate) enum Expect {
     Loads,
     Fails(&'static str),
 }
 
-pub struct Case {
+pub(crate) struct Case {
     pub path: PathBuf,
     pub expect: Expect,
 }
@@ -58,11 +58,12 @@ fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 }
 
 /// The colours of [`palette_png`]: index `(x + y) % 4`.
-pub const PALETTE: [[u8; 3]; 4] = [[230, 20, 20], [20, 200, 40], [30, 40, 220], [250, 250, 250]];
+pub(crate) const PALETTE: [[u8; 3]; 4] =
+    [[230, 20, 20], [20, 200, 40], [30, 40, 220], [250, 250, 250]];
 
 /// An 8-bit palette (colour type 3) PNG, pixel `(x, y)` = `PALETTE[(x + y) % 4]`. Written by
 /// hand (zlib with stored blocks) because the image crate's encoder writes no palette PNGs.
-pub fn palette_png(w: u32, h: u32) -> Vec<u8> {
+pub(crate) fn palette_png(w: u32, h: u32) -> Vec<u8> {
     let mut raw = Vec::new();
     for y in 0..h {
         raw.push(0); // filter: none
@@ -94,7 +95,7 @@ pub fn palette_png(w: u32, h: u32) -> Vec<u8> {
 }
 
 /// A JPEG with an EXIF APP1 segment saying "rotate 90 degrees clockwise" (orientation 6).
-pub fn jpeg_with_orientation_6(w: u32, h: u32) -> Vec<u8> {
+pub(crate) fn jpeg_with_orientation_6(w: u32, h: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, _| {
         if x < w / 2 {
             image::Rgb([220, 30, 30])
@@ -139,7 +140,7 @@ fn png(img: image::DynamicImage) -> Vec<u8> {
 }
 
 /// Writes the image corpus into `dir`.
-pub fn images(dir: &Path, repo: &Path) -> Vec<Case> {
+pub(crate) fn images(dir: &Path, repo: &Path) -> Vec<Case> {
     std::fs::create_dir_all(dir).unwrap();
     let chelsea = std::fs::read(repo.join("assets/chelsea.png")).unwrap();
     let jpeg = std::fs::read(repo.join("assets/chest-xray-pneumonia.jpeg")).unwrap();
@@ -229,7 +230,7 @@ pub fn images(dir: &Path, repo: &Path) -> Vec<Case> {
 }
 
 /// Writes the weights corpus into `dir`: files that must be refused as resnet18 weights.
-pub fn weights(dir: &Path, repo: &Path) -> Vec<Case> {
+pub(crate) fn weights(dir: &Path, repo: &Path) -> Vec<Case> {
     use candle_core::{DType, Device, Tensor};
     std::fs::create_dir_all(dir).unwrap();
     let lite = std::fs::read(repo.join("models/efficientnet-lite0.safetensors")).unwrap();

@@ -143,7 +143,7 @@ pub(crate) struct Taps {
 }
 
 impl Taps {
-    pub fn new((h, w): (usize, usize), k: usize, s: usize, pad: Padding) -> Result<Self> {
+    pub(crate) fn new((h, w): (usize, usize), k: usize, s: usize, pad: Padding) -> Result<Self> {
         let (hp, wp) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
         if hp < k || wp < k || s == 0 {
             candle_core::bail!("a {k} x {k} window does not fit a {h} x {w} input")
@@ -173,14 +173,14 @@ impl Taps {
     }
 
     /// `x` `[n, c, h, w]` padded with `value` and viewed as `[n, c, hq, s, wq, s]`.
-    pub fn padded(&self, x: &Tensor, value: f32) -> Result<Tensor> {
+    pub(crate) fn padded(&self, x: &Tensor, value: f32) -> Result<Tensor> {
         let (n, c, _, _) = x.dims4()?;
         let s = self.s;
         pad2d(x, self.full_pad(), value)?.reshape((n, c, self.hq, s, self.wq, s))
     }
 
     /// Tap `(dy, dx)` of a [`Taps::padded`] input: `[n, c, oh, ow]`, a strided view.
-    pub fn view(&self, xq: &Tensor, dy: usize, dx: usize) -> Result<Tensor> {
+    pub(crate) fn view(&self, xq: &Tensor, dy: usize, dx: usize) -> Result<Tensor> {
         let s = self.s;
         xq.narrow(2, dy / s, self.oh)?
             .narrow(3, dy % s, 1)?
@@ -191,14 +191,14 @@ impl Taps {
     }
 
     /// The taps in row-major window order.
-    pub fn all(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
         let k = self.k;
         (0..k * k).map(move |t| (t / k, t % k))
     }
 
     /// The sum of `parts[tap]` `[n, c, oh, ow]`, each put back where its tap read: the adjoint
     /// of [`Taps::view`], as a gradient for the unpadded input `[n, c, h, w]`.
-    pub fn scatter(&self, parts: Vec<Option<Tensor>>) -> Result<Tensor> {
+    pub(crate) fn scatter(&self, parts: Vec<Option<Tensor>>) -> Result<Tensor> {
         let (s, k) = (self.s, self.k);
         // One slab per residue (dy % s, dx % s): the taps sharing it land on the same phase.
         let mut slabs: Vec<Option<Tensor>> = vec![None; s * s];

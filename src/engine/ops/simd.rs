@@ -10,7 +10,7 @@ pub(crate) fn has_avx2_fma() -> bool {
 }
 
 /// `dst[i] += a * src[i]` over the shorter of the two.
-pub fn axpy(dst: &mut [f32], src: &[f32], a: f32) {
+pub(crate) fn axpy(dst: &mut [f32], src: &[f32], a: f32) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
@@ -30,7 +30,13 @@ fn axpy_avx2(dst: &mut [f32], src: &[f32], a: f32) {
 /// The backward of a ReLU (`cap` = infinity) or ReLU6 (`cap` = 6) from its output `y`:
 /// `dst = g` where `0 < y < cap`, else 0; with `guided`, negative `g` become 0 too. Writes
 /// every element of `dst` (which may start uninitialised) up to the shorter input.
-pub fn relu_grad(dst: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32], cap: f32, guided: bool) {
+pub(crate) fn relu_grad(
+    dst: &mut [MaybeUninit<f32>],
+    y: &[f32],
+    g: &[f32],
+    cap: f32,
+    guided: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.

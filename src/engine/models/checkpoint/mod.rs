@@ -16,14 +16,14 @@ use std::path::Path;
 
 use candle_core::Device;
 
-pub use pth::Checkpoint;
+pub(super) use pth::Checkpoint;
 
 use super::layers::Weights;
 use crate::error::{Error, Result};
 
 /// What a file's first bytes say it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub(super) enum Format {
     Safetensors,
     /// `torch.save`, PyTorch >= 1.6 (a zip archive).
     TorchZip,
@@ -32,7 +32,7 @@ pub enum Format {
 }
 
 /// Recognises a weights file from its first bytes.
-pub fn sniff(path: &Path) -> Result<Format> {
+pub(super) fn sniff(path: &Path) -> Result<Format> {
     let mut head = [0u8; 16];
     let n = std::fs::File::open(path)
         .and_then(|mut f| {
@@ -67,7 +67,7 @@ pub fn sniff(path: &Path) -> Result<Format> {
 }
 
 /// Reads any supported weights file, with what a whole pickled model says about itself.
-pub fn read_checkpoint(path: &Path) -> Result<(Weights, Checkpoint)> {
+pub(super) fn read_checkpoint(path: &Path) -> Result<(Weights, Checkpoint)> {
     let mut ck = match sniff(path)? {
         Format::Safetensors => {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;

@@ -14,7 +14,7 @@ use super::value::{Obj, Value, allowed, obj};
 
 /// Why a pickle could not be read.
 #[derive(Debug)]
-pub enum PickleError {
+pub(super) enum PickleError {
     /// A global outside the allowlist (`module.name`).
     Forbidden(String),
     /// Malformed, truncated or unsupported.
@@ -28,7 +28,7 @@ fn corrupt<T>(m: impl Into<String>) -> Result<T> {
 }
 
 /// Reads one pickle from `bytes` starting at `*pos`, leaving `*pos` after its STOP.
-pub fn read(bytes: &[u8], pos: &mut usize) -> Result<Obj> {
+pub(super) fn read(bytes: &[u8], pos: &mut usize) -> Result<Obj> {
     let mut m = Machine {
         r: Reader { bytes, pos: *pos },
         stack: Vec::new(),

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 
 /// What a checkpoint holds besides its tensors.
 #[derive(Clone, Debug, Default)]
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     /// Tensors by their state-dict name (prefixes as saved).
     pub tensors: HashMap<String, Tensor>,
     /// The class of a whole pickled model (`torchxrayvision.models.DenseNet`).
@@ -36,7 +36,7 @@ pub struct Checkpoint {
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 
 /// A zip-format `torch.save` file (the file starts with `PK`).
-pub fn load_zip(path: &Path) -> Result<Checkpoint> {
+pub(super) fn load_zip(path: &Path) -> Result<Checkpoint> {
     let fail = |m: String| Error::Weights(format!("{}: {m}", path.display()));
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
@@ -80,7 +80,7 @@ pub fn load_zip(path: &Path) -> Result<Checkpoint> {
 /// A legacy (pre-1.6) `torch.save` file: five pickles (magic number, protocol version, system
 /// info, the object, the storage keys sorted as strings), then for each key a u64 element
 /// count and the storage's bytes.
-pub fn load_legacy(path: &Path) -> Result<Checkpoint> {
+pub(super) fn load_legacy(path: &Path) -> Result<Checkpoint> {
     let fail = |m: String| Error::Weights(format!("{}: {m}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let mut pos = 0;

@@ -9,10 +9,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// A pickled object, shared as Python shares it.
-pub type Obj = Rc<RefCell<Value>>;
+pub(super) type Obj = Rc<RefCell<Value>>;
 
 #[derive(Debug, Default)]
-pub enum Value {
+pub(super) enum Value {
     #[default]
     None,
     Bool(bool),
@@ -51,19 +51,19 @@ pub enum Value {
     Persistent(Obj),
 }
 
-pub fn obj(v: Value) -> Obj {
+pub(super) fn obj(v: Value) -> Obj {
     Rc::new(RefCell::new(v))
 }
 
 impl Value {
-    pub fn as_str(&self) -> Option<&str> {
+    pub(super) fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
             _ => None,
         }
     }
 
-    pub fn as_int(&self) -> Option<i64> {
+    pub(super) fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
             Value::Bool(b) => Some(*b as i64),
@@ -72,7 +72,7 @@ impl Value {
     }
 
     /// `module.name` of a global.
-    pub fn global_name(&self) -> Option<String> {
+    pub(super) fn global_name(&self) -> Option<String> {
         match self {
             Value::Global { module, name } => Some(format!("{module}.{name}")),
             _ => None,
@@ -117,7 +117,7 @@ impl Drop for Value {
 
 /// Globals a checkpoint may name: tensors and their storages, containers, and (as names only,
 /// for whole-model files) module classes from PyTorch, torchvision and TorchXRayVision.
-pub fn allowed(module: &str, name: &str) -> bool {
+pub(super) fn allowed(module: &str, name: &str) -> bool {
     match module {
         "collections" => matches!(name, "OrderedDict" | "defaultdict"),
         "torch._utils" => matches!(
