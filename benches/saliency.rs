@@ -4,8 +4,8 @@
 //! 224 x 224 and the chest X-ray Xception at 150 x 150 (seeded weights; our ops, and stock
 //! candle ops for comparison); one 25-sample ResNet-50 map; mask smoothing per pass at
 //! 512 / 1024 / 2048 px for k = 3, 11, 51, 101. `--device cuda` runs the models on the GPU,
-//! `--backend generic` runs the GPU's path on the CPU. `scripts/bench.sh` runs the PyTorch
-//! reference beside it and prints the ratios; `scripts/gpu_check.sh` does so on a GPU.
+//! `--backend generic` runs the GPU's path on the CPU. `scripts/bench/bench.sh` runs the PyTorch
+//! reference beside it and prints the ratios; `scripts/bench/gpu_check.sh` does so on a GPU.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use unveil::engine::predict::{classify, top_k};
 use unveil::engine::saliency::input_gradient;
 
 /// A file of the repository: the checkout this was built in, or `$UNVEIL_REPO` (a bench binary
-/// built here and run on another machine, as `scripts/gpu_check.sh` does).
+/// built here and run on another machine, as `scripts/bench/gpu_check.sh` does).
 fn repo(path: &str) -> std::path::PathBuf {
     std::env::var_os("UNVEIL_REPO")
         .map_or_else(
@@ -52,7 +52,7 @@ fn peak_rss_mib() -> f64 {
 /// skips dead channels, so unlike PyTorch's, our time depends on the weights' statistics.
 #[derive(Clone, Copy)]
 enum ResNetInit {
-    /// torchvision's initialisation, as `scripts/bench_pytorch.py` uses: convolutions Kaiming
+    /// torchvision's initialisation, as `scripts/bench/bench_pytorch.py` uses: convolutions Kaiming
     /// normal (fan out), BatchNorm the identity. Every channel is live: our worst case.
     Torchvision,
     /// Random BatchNorm statistics (shift up to +-1 per channel): about 40 % of the channels

@@ -64,7 +64,7 @@ pub struct Pinned<'a> {
     pub sha256: &'a str,
 }
 
-const CONVERTER: &str = include_str!("../scripts/convert_pneumonia_xception.py");
+const CONVERTER: &str = include_str!("../scripts/fetch/convert_pneumonia_xception.py");
 const PIP_PINS: [&str; 2] = ["numpy==2.2.6", "h5py==3.14.0"];
 
 /// The private environment, in the model folder.

@@ -1,6 +1,6 @@
 //! Seeded random numbers that are the same on every platform and every crate version: the
 //! SmoothGrad noise and the sanity check's re-initialised weights must not change under a
-//! dependency update (scripts/make_method_fixtures.py ports this generator to numpy).
+//! dependency update (scripts/fixtures/make_method_fixtures.py ports this generator to numpy).
 
 /// Standard normal samples from SplitMix64 + Box-Muller: tiny, seeded and identical on every
 /// platform (the noise must not depend on a crate's version).

@@ -9,7 +9,7 @@ use unveil::engine::ops::Backend;
 use unveil::engine::ops::activation::ReluMode;
 
 /// A file of the repository: the checkout this binary was built in, or `$UNVEIL_REPO` (a test
-/// binary built here and run on another machine, as `scripts/gpu_check.sh` does).
+/// binary built here and run on another machine, as `scripts/bench/gpu_check.sh` does).
 pub(crate) fn repo(path: &str) -> PathBuf {
     std::env::var_os("UNVEIL_REPO")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)

@@ -1,5 +1,6 @@
 //! DICOM and grayscale input: windowing per DICOM PS3.3 against fixtures made with pydicom and
-//! cross-checked with dcmtk (scripts/make_dicom_fixtures.py, tests/fixtures/dicom/README.md).
+//! cross-checked with dcmtk (scripts/fixtures/make_dicom_fixtures.py,
+//! tests/fixtures/dicom/README.md).
 
 use candle_core::Device;
 use unveil::Error;

@@ -4,7 +4,7 @@
 //!
 //! By default the generic side runs on the CPU (`Backend::Generic`). With
 //! `UNVEIL_TEST_DEVICE=cuda` (or `metal`) it runs on that GPU instead, where the fast backend
-//! is the generic path: `scripts/gpu_check.sh` runs these tests so on a GPU machine.
+//! is the generic path: `scripts/bench/gpu_check.sh` runs these tests so on a GPU machine.
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
-//! The rival saliency methods against independent references (scripts/make_method_fixtures.py:
-//! Captum's integrated gradients, Grad-CAM in plain PyTorch, SmoothGrad recomputed with
-//! unveil's noise ported to numpy), through the whole loop's first iteration.
+//! The rival saliency methods against independent references
+//! (scripts/fixtures/make_method_fixtures.py: Captum's integrated gradients, Grad-CAM in plain
+//! PyTorch, SmoothGrad recomputed with unveil's noise ported to numpy), through the whole
+//! loop's first iteration.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The bundled EfficientNet-Lite0 against PyTorch fixtures (scripts/make_fixtures.py).
+//! The bundled EfficientNet-Lite0 against PyTorch fixtures (scripts/fixtures/make_fixtures.py).
 
 use candle_core::{Device, Tensor};
 use unveil::engine::image;

@@ -1,4 +1,5 @@
-//! PyTorch checkpoints read as data only (scripts/make_pth_fixtures.py, real torch.save files).
+//! PyTorch checkpoints read as data only (scripts/fixtures/make_pth_fixtures.py, real torch.save
+//! files).
 
 use std::collections::HashMap;
 

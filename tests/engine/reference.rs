@@ -1,5 +1,5 @@
 //! Faithfulness and sanity-check numbers against an independent recomputation
-//! (scripts/make_eval_fixtures.py: numpy, PyTorch, scipy, scikit-image) on two photos.
+//! (scripts/fixtures/make_eval_fixtures.py: numpy, PyTorch, scipy, scikit-image) on two photos.
 
 use std::sync::atomic::AtomicBool;
 

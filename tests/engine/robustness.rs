@@ -109,7 +109,7 @@ fn palette_png_decodes_to_its_colours() {
 }
 
 /// CMYK JPEGs (Adobe's inverted encoding, as Photoshop and Pillow write them) come out in the
-/// right colours, not inverted or channel-swapped (scripts/make_image_fixtures.py).
+/// right colours, not inverted or channel-swapped (scripts/fixtures/make_image_fixtures.py).
 #[test]
 fn cmyk_jpeg_decodes_to_the_right_colours() {
     let img = unveil::engine::image::load(&repo("tests/fixtures/images/cmyk.jpeg")).unwrap();

@@ -1,4 +1,5 @@
-//! ResNet-18/34/50/101 and DenseNet-121 against torchvision (scripts/make_torchvision_fixtures.py).
+//! ResNet-18/34/50/101 and DenseNet-121 against torchvision
+//! (scripts/fixtures/make_torchvision_fixtures.py).
 //!
 //! The weights are not stored: both sides generate them from the same formula (FNV-1a of the
 //! tensor name seeds SplitMix64), so only inputs, logits and gradients are fixtures. The Rust
@@ -20,7 +21,7 @@ fn fnv1a64(s: &str) -> u64 {
     })
 }
 
-/// The generator of scripts/make_torchvision_fixtures.py.
+/// The generator of scripts/fixtures/make_torchvision_fixtures.py.
 fn generate(name: &str, shape: &[usize]) -> Vec<f32> {
     let seed = fnv1a64(name);
     let n: usize = shape.iter().product();

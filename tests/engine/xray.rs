@@ -1,7 +1,7 @@
-//! Chest X-ray models as they are published (scripts/make_xray_checkpoint_fixtures.py, real
-//! torch.save files with seeded weights): CheXNet checkpoints in the legacy format and as whole
-//! pickled models, TorchXRayVision whole models with their labels and operating points, xrv's
-//! preprocessing, and malicious or broken files in these formats.
+//! Chest X-ray models as they are published (scripts/fixtures/make_xray_checkpoint_fixtures.py,
+//! real torch.save files with seeded weights): CheXNet checkpoints in the legacy format and as
+//! whole pickled models, TorchXRayVision whole models with their labels and operating points,
+//! xrv's preprocessing, and malicious or broken files in these formats.
 
 use std::path::PathBuf;
 use std::sync::Arc;

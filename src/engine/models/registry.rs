@@ -258,7 +258,7 @@ fn lite0_weights() -> Result<Cow<'static, [u8]>> {
 }
 
 /// The bundled model's weights read from the checkout (this build's, or `$UNVEIL_REPO`):
-/// binaries 19 MB smaller, for the GPU check's bundle (`scripts/gpu_bundle.sh`).
+/// binaries 19 MB smaller, for the GPU check's bundle (`scripts/bench/gpu_bundle.sh`).
 #[cfg(feature = "lite0-from-file")]
 fn lite0_weights() -> Result<Cow<'static, [u8]>> {
     let path = std::env::var_os("UNVEIL_REPO")

@@ -3,9 +3,10 @@
 //! pooling, Dense(128, ReLU), Dropout, Dense(2).
 //!
 //! Tensor names are the Keras layer names (`block1_conv1`, `block2_sepconv1_bn`, ...), converted
-//! to PyTorch layouts by `scripts/convert_pneumonia_xception.py`. The residual 1 x 1 convolutions,
-//! their BatchNorms and the two Dense layers carry generic Keras names (`conv2d_3`, `dense_1`)
-//! that depend on how the model was built, so they are found by shape (each has a unique width).
+//! to PyTorch layouts by `scripts/fetch/convert_pneumonia_xception.py`. The residual 1 x 1
+//! convolutions, their BatchNorms and the two Dense layers carry generic Keras names
+//! (`conv2d_3`, `dense_1`) that depend on how the model was built, so they are found by shape
+//! (each has a unique width).
 //! BatchNorm (eps 1e-3) is folded into the preceding convolution; every ReLU is our own op.
 //! Recognised by `block1_conv1`; fed `x / 127.5 - 1` (Keras' `xception.preprocess_input`). The
 //! registry's chest X-ray model is built on it.
@@ -35,8 +36,8 @@ impl Architecture for KerasXception {
     }
 
     fn about(&self) -> &'static str {
-        "Keras names and the chest X-ray model's head, as scripts/convert_pneumonia_xception.py \
-         writes them"
+        "Keras names and the chest X-ray model's head, as \
+         scripts/fetch/convert_pneumonia_xception.py writes them"
     }
 
     fn detect(&self, w: &Weights, _: Option<&str>) -> Detection {

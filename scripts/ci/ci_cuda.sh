@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # CI, after the CPU tests: keeps the `cuda` feature compiling and linking on machines without
 # a GPU. Installs the pinned CUDA 13.0 toolkit from PyPI and a stub libcuda.so.1
-# (scripts/setup_cuda.sh), builds the app and CLI with `--features cuda`, runs that build's
+# (scripts/ci/setup_cuda.sh), builds the app and CLI with `--features cuda`, runs that build's
 # CPU-side tests against the stub, and smoke-tests the binary: `--device cuda` must fail with
 # the driver's error, `--device auto` must fall back to the CPU.
 #
-#   bash scripts/ci_cuda.sh
+#   bash scripts/ci/ci_cuda.sh
 #
 # It shares the CPU build's target folder (CARGO_TARGET_DIR): artifacts with different
 # features coexist there, so only candle, its CUDA kernels and unveil are built again; the
@@ -19,7 +19,7 @@
 # On a machine with a real NVIDIA driver the stub is not used (see DIR/env.sh) and the
 # `--device cuda` check only reports what happened.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 CUDA_DIR="${UNVEIL_CUDA_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/unveil-cuda}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -54,7 +54,7 @@ if ! command -v g++ >/dev/null && command -v apt-get >/dev/null; then
         echo "warning: could not install g++ (setup_cuda.sh will say what is missing)"
 fi
 
-step "setup toolkit + stub" bash scripts/setup_cuda.sh "$CUDA_DIR"
+step "setup toolkit + stub" bash scripts/ci/setup_cuda.sh "$CUDA_DIR"
 # shellcheck source=/dev/null
 source "$CUDA_DIR/env.sh"
 

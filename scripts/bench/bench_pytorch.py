@@ -9,22 +9,24 @@ processed in chunks of 4 like unveil (`SaliencyParams { chunk: 4, noise: 0.15, .
     logits = model(x); logits[:, target].sum().backward(); read x.grad (summed, like unveil)
 
 Models (float32, eval mode, every parameter requires_grad=False):
-  efficientnet-lite0  S = 224. The EfficientNet-Lite0 of scripts/make_fixtures.py (TF-SAME
-                      padding, BN eps 1e-3) with models/efficientnet-lite0.safetensors; all 33
+  efficientnet-lite0  S = 224. The EfficientNet-Lite0 of scripts/fixtures/make_fixtures.py
+                      (TF-SAME padding, BN eps 1e-3) with models/efficientnet-lite0.safetensors; all 33
                       ReLU6 are make_fixtures.GuidedReLU6: forward clamp(x, 0, 6),
                       backward relu(grad) * ((x > 0) & (x < 6)).
   resnet50            S = 224. torchvision.models.resnet50(weights=None), weights from
                       torch.manual_seed(0); each of its 17 nn.ReLU modules (used 49 times per
                       forward) replaced by GuidedReLU: forward relu(x),
                       backward relu(grad) * (x > 0). Without torchvision (or with
-                      --no-torchvision): the identical ResNet-50 of scripts/torch_models.py
-                      (same modules, init order and seed, hence bit-identical weights;
-                      `python scripts/torch_models.py` checks this against torchvision).
-  xception            S = 150. The chest X-ray Xception (scripts/pneumonia-xception-
-                      architecture.md: Keras Xception backbone + GAP + Dense(128, relu) +
-                      Dense(2)), scripts/torch_models.py's port (same graph as the XceptionPort
-                      of scripts/make_pneumonia_fixtures.py, which needs Keras). Seeded random
-                      weights: torch.manual_seed(0), Keras' default initialisers (glorot
+                      --no-torchvision): the identical ResNet-50 of
+                      scripts/fixtures/torch_models.py (same modules, init order and seed, hence
+                      bit-identical weights;
+                      `python scripts/fixtures/torch_models.py` checks this against torchvision).
+  xception            S = 150. The chest X-ray Xception
+                      (scripts/fetch/pneumonia-xception-architecture.md: Keras Xception backbone
+                      + GAP + Dense(128, relu) + Dense(2)), scripts/fixtures/torch_models.py's
+                      port (same graph as the XceptionPort of
+                      scripts/fixtures/make_pneumonia_fixtures.py, which needs Keras). Seeded
+                      random weights: torch.manual_seed(0), Keras' default initialisers (glorot
                       uniform kernels, zero biases), BatchNorm the identity (gamma 1, beta 0,
                       running mean 0, var 1). Its 36 ReLUs (35 in the backbone + the Dense(128)
                       one) are all GuidedReLU. The trained weights are not needed: PyTorch's
@@ -60,7 +62,7 @@ The JSON then also records the CUDA version, GPU name, cuDNN version and the pea
 memory allocated per model (torch.cuda.max_memory_allocated).
 
 Run (from the repo root, after scripts/setup_venv.sh):
-    .venv-scripts/bin/python scripts/bench_pytorch.py [--json OUT] [--threads 2]
+    .venv-scripts/bin/python scripts/bench/bench_pytorch.py [--json OUT] [--threads 2]
         [--samples 32] [--chunk 4] [--channels-last] [--device cpu|cuda] [--cudnn-benchmark]
         [--no-torchvision] [--model efficientnet-lite0|resnet50|xception ...]
 Exit status 2 (with a one-line message) for bad arguments or --device cuda without a GPU.
@@ -80,8 +82,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts" / "fixtures"))  # make_fixtures, torch_models
 
 SIZE = 224
 NOISE = 0.15  # unveil SaliencyParams::default().noise (fraction of the input's max - min)
@@ -143,7 +145,7 @@ def build_efficientnet_lite0(no_torchvision: bool = False) -> tuple[nn.Module, c
     try:
         import make_fixtures as mf  # the reference EfficientNet-Lite0 (TF-SAME padding, eps 1e-3)
     except ImportError as e:
-        fail(f"efficientnet-lite0 needs scripts/make_fixtures.py's imports ({e}); "
+        fail(f"efficientnet-lite0 needs scripts/fixtures/make_fixtures.py's imports ({e}); "
              "pick other models with --model resnet50 --model xception")
 
     model = mf.load_model()  # strict load of models/efficientnet-lite0.safetensors, eval, no grads
@@ -161,7 +163,7 @@ def build_efficientnet_lite0(no_torchvision: bool = False) -> tuple[nn.Module, c
         n, calls[0] = calls[0], 0
         return n
 
-    return model, guided_calls, "scripts/make_fixtures.py + models/efficientnet-lite0.safetensors"
+    return model, guided_calls, "scripts/fixtures/make_fixtures.py + models/efficientnet-lite0.safetensors"
 
 
 def build_resnet50(no_torchvision: bool = False) -> tuple[nn.Module, callable, str]:
@@ -177,7 +179,7 @@ def build_resnet50(no_torchvision: bool = False) -> tuple[nn.Module, callable, s
     else:
         import torch_models
 
-        model, impl = torch_models.resnet50(), "scripts/torch_models.py (torchvision-identical)"
+        model, impl = torch_models.resnet50(), "scripts/fixtures/torch_models.py (torchvision-identical)"
     # model.relu + one per Bottleneck (16)
     return guide_relus(model, 17), guided_module_calls, impl
 
@@ -187,7 +189,7 @@ def build_xception(no_torchvision: bool = False) -> tuple[nn.Module, callable, s
 
     torch.manual_seed(SEED)
     model = torch_models.xception()  # 36 separate nn.ReLU modules, one call each
-    return guide_relus(model, 36), guided_module_calls, "scripts/torch_models.py (seeded Keras init)"
+    return guide_relus(model, 36), guided_module_calls, "scripts/fixtures/torch_models.py (seeded Keras init)"
 
 
 # name -> (builder, guided activations per forward, input size)
@@ -333,7 +335,7 @@ def main() -> None:
     ap.add_argument("--cudnn-benchmark", action="store_true",
                     help="torch.backends.cudnn.benchmark = True (default False, PyTorch's default)")
     ap.add_argument("--no-torchvision", action="store_true",
-                    help="build ResNet-50 from scripts/torch_models.py even if torchvision is installed")
+                    help="build ResNet-50 from scripts/fixtures/torch_models.py even if torchvision is installed")
     ap.add_argument("--model", action="append", choices=MODELS,
                     help="only this model (repeatable; default: all)")
     args = ap.parse_args()

@@ -71,6 +71,9 @@ KERAS_PATH_IN_PACKAGE = "pneumonia_model_package/trained_models/" + KERAS_FILE_N
 EXPECTED_KERAS_SHA256 = "d7997cd1923f4d13538f02d64b6d5925e2f87a2a2db8036c074f795c41439e26"
 LABELS = ["NORMAL", "PNEUMONIA"]
 FORMAT = "unveil-keras-xception/1"
+# Written into every converted file's metadata: this format version's name, not a path (the
+# script now lives in scripts/fetch/). Changing it would change the converted file's bytes and
+# its sha256, which models/pneumonia-xception.md and tests/fixtures/pneumonia_xception.json pin.
 CONVERTER = "scripts/convert_pneumonia_xception.py v1"
 
 # Layer classes that must not own any variable.

@@ -8,14 +8,14 @@
 #     pneumonia_model_package-0.3.0-py3-none-any.whl   83,366,975 bytes
 #     pkg/                                              unpacked wheel (the .keras file + 16 val JPEGs)
 #     pneumonia-xception.safetensors                    84,548,320 bytes (converted)
-# Those are the default inputs of scripts/make_pneumonia_fixtures.py,
-# scripts/describe_pneumonia_xception.py and scripts/fetch_pneumonia_samples.py.
+# Those are the default inputs of scripts/fixtures/make_pneumonia_fixtures.py,
+# scripts/fetch/describe_pneumonia_xception.py and scripts/fetch/fetch_pneumonia_samples.py.
 #
-# Usage (repo root):  bash scripts/fetch_pneumonia_xception.sh
+# Usage (repo root):  bash scripts/fetch/fetch_pneumonia_xception.sh
 # Env: PYTHON (default .venv-scripts/bin/python; needs pip, numpy, h5py), CACHE_DIR.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv-scripts/bin/python}"
 CACHE_DIR="${CACHE_DIR:-${UNVEIL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/unveil}/pneumonia-xception}"
 WHEEL_NAME="pneumonia_model_package-0.3.0-py3-none-any.whl"
@@ -40,4 +40,4 @@ echo "wheel: $(stat -c %s "$CACHE_DIR/$WHEEL_NAME") bytes"
 rm -rf "$CACHE_DIR/pkg"
 "$PYTHON" -m zipfile -e "$CACHE_DIR/$WHEEL_NAME" "$CACHE_DIR/pkg"
 
-"$PYTHON" "$REPO/scripts/convert_pneumonia_xception.py" --package-dir "$CACHE_DIR/pkg" --out "$OUT"
+"$PYTHON" "$REPO/scripts/fetch/convert_pneumonia_xception.py" --package-dir "$CACHE_DIR/pkg" --out "$OUT"

@@ -2,10 +2,10 @@
 # unveil vs PyTorch: saliency throughput (forward + guided backward to the input per noisy
 # 224x224 sample, chunks of 4), run back to back on this machine, then a comparison table.
 #
-#   [ROUNDS=3] bash scripts/bench.sh [ARGS for bench_pytorch.py, e.g. --samples 16]
+#   [ROUNDS=3] bash scripts/bench/bench.sh [ARGS for bench_pytorch.py, e.g. --samples 16]
 #
 #   1. cargo bench --bench saliency -- --json target/bench-unveil.json
-#   2. .venv-scripts/bin/python scripts/bench_pytorch.py --threads N --json target/bench-pytorch.json
+#   2. .venv-scripts/bin/python scripts/bench/bench_pytorch.py --threads N --json target/bench-pytorch.json
 #   3. with ROUNDS > 1: steps 1 (saliency sections only) and 2 again, alternating, ROUNDS times
 #      in all, so that a noisy minute on a shared machine hits both sides alike
 #   4. table: per model unveil ms/sample, PyTorch ms/sample, PyTorch/unveil (> 1: unveil
@@ -18,7 +18,7 @@
 # first: both numbers are wall-clock times.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$REPO/.venv-scripts}"
 PY="$VENV/bin/python"
 OUT_DIR="$REPO/target"
@@ -62,8 +62,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
     (cd "$REPO" && cargo bench --bench saliency -- "${only[@]}" --json "$u_json")
     [ -s "$u_json" ] || die "the saliency bench did not write $u_json (does benches/saliency.rs accept --json PATH?)"
 
-    echo "== round $round/$ROUNDS, PyTorch: scripts/bench_pytorch.py --threads $THREADS --json $t_json $*"
-    (cd "$REPO" && "$PY" scripts/bench_pytorch.py --threads "$THREADS" --json "$t_json" "$@")
+    echo "== round $round/$ROUNDS, PyTorch: scripts/bench/bench_pytorch.py --threads $THREADS --json $t_json $*"
+    (cd "$REPO" && "$PY" scripts/bench/bench_pytorch.py --threads "$THREADS" --json "$t_json" "$@")
     [ -s "$t_json" ] || die "bench_pytorch.py did not write $t_json"
     PAIRS+=("$u_json" "$t_json")
 done

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Starts the app under Xvfb (software rendering) and saves what a newcomer sees into
 # screenshots/: the iterations view and the all-regions view of the bundled sample.
-# Needs: xvfb, imagemagick (import), Mesa (apt). Usage: bash scripts/screenshots.sh
+# Needs: xvfb, imagemagick (import), Mesa (apt). Usage: bash scripts/screenshots/screenshots.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cargo build --release --quiet
 
 display=":${SHOT_DISPLAY:-97}"

@@ -4,10 +4,10 @@
 # method x kernel x fill and tabulates, per setting, how often and by how much hiding the
 # unveiled union lowers p(target) more than hiding a region of the same area from iteration 0's
 # map alone (summary.json's "unveiling").
-# Usage (repo root): bash scripts/unveiling_sweep.sh [OUT (default target/unveiling-sweep)]
+# Usage (repo root): bash scripts/bench/unveiling_sweep.sh [OUT (default target/unveiling-sweep)]
 # Needs the scripts venv (scikit-image's photos). About 15 minutes on 2 cores.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${1:-$REPO/target/unveiling-sweep}"
 DATA="$REPO/.venv-scripts/lib/python3.11/site-packages/skimage/data"
 mkdir -p "$OUT"

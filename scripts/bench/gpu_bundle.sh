@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
-# Builds what scripts/gpu_check.sh runs on a GPU machine (which has the NVIDIA driver, the CUDA
-# 13 libraries and PyTorch, but no Rust): the headless `unveil` binary, the engine test binary
-# and the saliency bench binary, built with `--features cuda`, stripped, into gpu-bundle/
+# Builds what scripts/bench/gpu_check.sh runs on a GPU machine (which has the NVIDIA driver, the
+# CUDA 13 libraries and PyTorch, but no Rust): the headless `unveil` binary, the engine test
+# binary and the saliency bench binary, built with `--features cuda`, stripped, into gpu-bundle/
 # (git-ignored; small enough to carry: the device tool carries 64 MiB).
 #
-#   bash scripts/gpu_bundle.sh            # CUDA build (runs scripts/setup_cuda.sh first)
-#   bash scripts/gpu_bundle.sh --cpu      # the same binaries without CUDA, to try
-#                                         # gpu_check.sh here: bash scripts/gpu_check.sh --cpu
+#   bash scripts/bench/gpu_bundle.sh       # CUDA build (runs scripts/ci/setup_cuda.sh first)
+#   bash scripts/bench/gpu_bundle.sh --cpu # the same binaries without CUDA, to try gpu_check.sh
+#                                          # here: bash scripts/bench/gpu_check.sh --cpu
 #
 # Then, on the GPU machine, from the repository root:
-#   bash scripts/gpu_check.sh             # <= 8 minutes; writes $OUT/gpu-check.{json,md}
+#   bash scripts/bench/gpu_check.sh        # <= 8 minutes; writes $OUT/gpu-check.{json,md}
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 repo="$(pwd)"
 mode=cuda
 [ "${1:-}" = --cpu ] && mode=cpu
 
 if [ "$mode" = cuda ]; then
     cuda_dir="${UNVEIL_CUDA_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/unveil-cuda}"
-    bash scripts/setup_cuda.sh "$cuda_dir" >&2
+    bash scripts/ci/setup_cuda.sh "$cuda_dir" >&2
     # shellcheck disable=SC1091
     source "$cuda_dir/env.sh"
     export CARGO_TARGET_DIR="${UNVEIL_CUDA_TARGET:-${XDG_CACHE_HOME:-$HOME/.cache}/unveil-ci-cuda-target}"
@@ -29,7 +29,7 @@ else
 fi
 # Headless. The test and bench binaries also build the dev-dependencies, whose windowing stack
 # needs Wayland loaded at run time (eframe/wayland), as the app's default build has it (see
-# scripts/ci_cuda.sh); the same features as CI's, so its target folder is reused.
+# scripts/ci/ci_cuda.sh); the same features as CI's, so its target folder is reused.
 test_features=("${features[@]}")
 test_features[-1]="${features[-1]},eframe/wayland"
 

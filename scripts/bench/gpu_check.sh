@@ -2,7 +2,7 @@
 # The GPU check, in one run of at most 8 minutes (each step has its own time limit; they add
 # up to 475 s) on a machine with an NVIDIA GPU, its driver,
 # the CUDA 13 libraries (e.g. PyTorch's nvidia-* wheels) and PyTorch, but no Rust. It runs
-# binaries built elsewhere by scripts/gpu_bundle.sh (carried in gpu-bundle/):
+# binaries built elsewhere by scripts/bench/gpu_bundle.sh (carried in gpu-bundle/):
 #
 #   1. the path-equality tests on the GPU: every architecture's logits and guided / vanilla
 #      input gradients on the device-generic path against the fast CPU kernels
@@ -12,15 +12,17 @@
 #      25-sample ResNet-50 map, and an end-to-end loop (benches/saliency.rs --device cuda);
 #   3. a default `unveil run` end to end, three times (the process's wall time and the run's
 #      own total_ms from summary.json);
-#   4. PyTorch CUDA doing the same work on the same GPU (scripts/bench_pytorch.py --device cuda);
+#   4. PyTorch CUDA doing the same work on the same GPU (scripts/bench/bench_pytorch.py
+#      --device cuda);
 #
 # and writes $OUT/gpu-check.json and $OUT/gpu-check.md (a section for BENCHMARKS.md).
 #
-#   bash scripts/gpu_check.sh           # on the GPU machine, from the repository root
-#   bash scripts/gpu_check.sh --cpu     # the same plumbing on the CPU, with gpu-bundle-cpu/
-#                                       # (bash scripts/gpu_bundle.sh --cpu), to try it here
+#   bash scripts/bench/gpu_check.sh        # on the GPU machine, from the repository root
+#   bash scripts/bench/gpu_check.sh --cpu  # the same plumbing on the CPU, with gpu-bundle-cpu/
+#                                          # (bash scripts/bench/gpu_bundle.sh --cpu), to try it
+#                                          # here
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 repo="$(pwd)"
 device=cuda
 bundle="$repo/gpu-bundle"
@@ -40,7 +42,7 @@ started=$SECONDS
 bin="$(mktemp -d)"  # not under $OUT: the device tool sends $OUT back
 trap 'rm -rf "$bin"' EXIT
 for b in unveil engine-tests saliency-bench; do
-    [ -f "$bundle/$b.xz" ] || { say "missing $bundle/$b.xz: run scripts/gpu_bundle.sh first"; exit 1; }
+    [ -f "$bundle/$b.xz" ] || { say "missing $bundle/$b.xz: run scripts/bench/gpu_bundle.sh first"; exit 1; }
     xz -dc "$bundle/$b.xz" >"$bin/$b" && chmod +x "$bin/$b"
 done
 bundle="$bin"
@@ -110,10 +112,10 @@ cat "$OUT/run-1.log" >>"$log"
 
 # --- 4. PyTorch on the same device ------------------------------------------------------------
 say "4/4 PyTorch on $device"
-timeout $((90 * slow)) $python scripts/bench_pytorch.py --device "$device" --samples 32 --chunk 32 \
+timeout $((90 * slow)) $python scripts/bench/bench_pytorch.py --device "$device" --samples 32 --chunk 32 \
     --json "$OUT/torch-bench.json" >"$OUT/torch-bench.log" 2>&1
 torch_rc=$?
-timeout $((45 * slow)) $python scripts/bench_pytorch.py --device "$device" --samples 25 --chunk 25 --model resnet50 \
+timeout $((45 * slow)) $python scripts/bench/bench_pytorch.py --device "$device" --samples 25 --chunk 25 --model resnet50 \
     --json "$OUT/torch-sg25.json" >"$OUT/torch-sg25.log" 2>&1
 tail -n 20 "$OUT/torch-bench.log" >>"$log"
 
@@ -171,7 +173,7 @@ record = {
 json.dump(record, open(os.path.join(out, "gpu-check.json"), "w"), indent=2)
 fmt = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"
 md = [f"## GPU check: {gpu} ({device})", "",
-      f"`bash scripts/gpu_check.sh` ({record['seconds']} s). Path equality: {record['path_equality']['result']}.", "",
+      f"`bash scripts/bench/gpu_check.sh` ({record['seconds']} s). Path equality: {record['path_equality']['result']}.", "",
       "| model | mode | logits (rel.) | gradient cosine | gradient max diff (rel.) |", "|---|---|---|---|---|"]
 md += [f"| {r['model']} | {r['mode']} | {r['logits_rel_diff']:.1e} | {r['gradient_cosine']:.7f} | {r['gradient_max_rel_diff']:.1e} |" for r in equality]
 md += ["", "| model | unveil ms / sample | PyTorch ms / sample | PyTorch / unveil |", "|---|---|---|---|"]
