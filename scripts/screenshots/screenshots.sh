@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --quiet
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release/unveil"
 
 display=":${SHOT_DISPLAY:-97}"
 wait_s="${SHOT_WAIT:-35}"
@@ -22,7 +23,7 @@ export DISPLAY="$display" XDG_DATA_HOME="$tmp" XDG_CONFIG_HOME="$tmp" XDG_RUNTIM
 unset WAYLAND_DISPLAY
 
 shot() {
-  ./target/release/unveil --default-settings --view "$1" "${@:3}" &
+  "$bin" --default-settings --view "$1" "${@:3}" &
   local app=$!
   sleep "${SHOT_WAIT:-$wait_s}"
   # Park the pointer in a corner so no tooltip covers the picture.
@@ -36,16 +37,18 @@ shot iterations main-view.png
 SHOT_WAIT=$((wait_s + 15)) shot iterations sanity-check-view.png --sanity-check
 shot regions all-regions-view.png
 # The chest X-ray model must have been fetched: unveil models fetch pneumonia-xception
-if ./target/release/unveil models | grep -q "^pneumonia-xception.*installed in"; then
+if "$bin" models | grep -q "^pneumonia-xception.*installed in"; then
   SHOT_WAIT=$((wait_s + 60)) shot regions chest-xray-view.png --model pneumonia-xception assets/chest-xray-pneumonia.jpeg
 fi
 # A chest X-ray opened with the ImageNet model: the mismatch warning.
 shot iterations mismatch-warning.png assets/chest-xray-pneumonia.jpeg
+# The same where the chest X-ray model is not installed: the warning offers to fetch it.
+(export UNVEIL_MODELS_DIR="$tmp/no-models" && shot iterations fetch-offer.png assets/chest-xray-pneumonia.jpeg)
 
 # Interactive shots: start the app, click with xdotool (positions at 1280 x 800, default
 # layout), then capture. `start_app ARGS...` leaves the app's pid in $app.
 start_app() {
-  ./target/release/unveil --default-settings "$@" &
+  "$bin" --default-settings "$@" &
   app=$!
   sleep "$wait_s"
 }
