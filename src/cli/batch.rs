@@ -11,9 +11,9 @@ use unveil::Result;
 use unveil::engine::batch;
 use unveil::engine::dataset::{Dataset, Shard};
 
-use super::flags::{Flags, InputFlags, MaskFlags, MethodFlag, ModelFlags, SaliencyFlags};
-use super::plural;
+use super::flags::{ExplainFlags, MaskFlags};
 use super::run::FileRun;
+use super::{Say, plural};
 
 #[derive(Args, Debug)]
 pub(crate) struct BatchArgs {
@@ -21,13 +21,7 @@ pub(crate) struct BatchArgs {
     #[arg(required = true)]
     pub(crate) inputs: Vec<PathBuf>,
     #[command(flatten)]
-    pub(crate) model: ModelFlags,
-    #[command(flatten)]
-    pub(crate) method: MethodFlag,
-    #[command(flatten)]
-    pub(crate) saliency: SaliencyFlags,
-    #[command(flatten)]
-    pub(crate) input: InputFlags,
+    pub(crate) explain: ExplainFlags,
     #[command(flatten)]
     pub(crate) mask: MaskFlags,
     #[command(flatten)]
@@ -60,32 +54,21 @@ pub(crate) struct BatchOutput {
 /// Runs `unveil batch`: every image of `inputs` (this shard's share), skipping finished ones,
 /// then rewrites `results.csv` from every finished image in the folder (all shards').
 pub(crate) fn batch(args: &BatchArgs) -> Result<()> {
-    let o = &args.output;
-    let params = Flags {
-        method: args.method.method.into(),
-        saliency: &args.saliency,
-        input: &args.input,
-        mask: Some(&args.mask),
-        faithfulness: !o.no_faithfulness,
-    }
-    .params()?;
+    let (o, e) = (&args.output, &args.explain);
+    let params = e.params(Some(&args.mask), !o.no_faithfulness)?;
     let data = Dataset::open(&args.inputs, o.shard, &o.out, |out, p| !batch::done(out, p))?;
-    let say = |line: String| {
-        if !o.quiet {
-            eprintln!("{line}");
-        }
-    };
-    say(format!(
+    let say = Say { quiet: o.quiet };
+    say.line(format_args!(
         "{} images, {} in this shard, {} already done, {} to do",
         data.all,
         data.mine,
         data.mine - data.todo.len(),
         data.todo.len()
     ));
-    let explainer = args.model.explainer(o.quiet)?;
+    let explainer = e.model.explainer(o.quiet)?;
     let job = FileRun {
         explainer: &explainer,
-        window: args.input.window,
+        window: e.input.window,
         params: &params,
         raw: o.export_raw,
         verbose: false,
@@ -98,7 +81,7 @@ pub(crate) fn batch(args: &BatchArgs) -> Result<()> {
         match job.run(path, &batch::folder(&o.out, path), false) {
             Ok(r) => {
                 ran_ms += r.provenance.total_ms;
-                say(format!(
+                say.line(format_args!(
                     "[{}/{n}] {}: {}, {:.1} s",
                     k + 1,
                     path.display(),
@@ -123,7 +106,7 @@ pub(crate) fn batch(args: &BatchArgs) -> Result<()> {
         } else {
             String::new()
         };
-        say(format!(
+        say.line(format_args!(
             "done: {} in {secs:.1} s{rate}, {} failed; results.csv has {}",
             plural(ran, "image"),
             failures.count(),

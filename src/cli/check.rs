@@ -12,20 +12,14 @@ use unveil::engine::run::RunRequest;
 use unveil::engine::sanity::CheckEvent;
 use unveil::engine::{export, image};
 
-use super::flags::{Flags, InputFlags, MethodFlag, ModelFlags, SaliencyFlags};
+use super::flags::ExplainFlags;
 
 #[derive(Args, Debug)]
 pub(crate) struct CheckArgs {
     /// Image file (PNG, JPEG, TIFF, DICOM).
     pub(crate) image: PathBuf,
     #[command(flatten)]
-    pub(crate) model: ModelFlags,
-    #[command(flatten)]
-    pub(crate) method: MethodFlag,
-    #[command(flatten)]
-    pub(crate) saliency: SaliencyFlags,
-    #[command(flatten)]
-    pub(crate) input: InputFlags,
+    pub(crate) explain: ExplainFlags,
     /// Output folder.
     #[arg(long, help_heading = "Output")]
     pub(crate) out: PathBuf,
@@ -39,19 +33,13 @@ pub(crate) struct CheckArgs {
 
 /// Runs `unveil check`.
 pub(crate) fn check(args: &CheckArgs) -> Result<()> {
-    let params = Flags {
-        method: args.method.method.into(),
-        saliency: &args.saliency,
-        input: &args.input,
-        mask: None,
-        faithfulness: false,
-    }
-    .params()?;
+    let e = &args.explain;
+    let params = e.params(None, false)?;
     let quiet = args.quiet;
-    let explainer = args.model.explainer(quiet)?;
+    let explainer = e.model.explainer(quiet)?;
     let img = image::load(&args.image)?;
     let name = args.image.display().to_string();
-    let req = RunRequest::file(&img, &args.image, &name, &params).with_window(args.input.window);
+    let req = RunRequest::file(&img, &args.image, &name, &params).with_window(e.input.window);
     let mut stage = usize::MAX;
     let record = explainer.check(
         &req,

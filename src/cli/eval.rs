@@ -16,7 +16,8 @@ use unveil::engine::outcome::Event;
 use unveil::engine::params::{Method, UnveilParams};
 use unveil::engine::run::RunRequest;
 
-use super::flags::{Flags, InputFlags, MaskFlags, MethodArg, ModelFlags, SaliencyFlags};
+use super::Say;
+use super::flags::{self, InputFlags, MaskFlags, MethodArg, ModelFlags, SaliencyFlags};
 
 #[derive(Args, Debug)]
 pub(crate) struct EvalArgs {
@@ -65,14 +66,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     let params: Vec<UnveilParams> = methods
         .iter()
         .map(|&method| {
-            let mut p = Flags {
-                method,
-                saliency: &args.saliency,
-                input: &args.input,
-                mask: Some(&args.mask),
-                faithfulness: true,
-            }
-            .params()?;
+            let mut p = flags::params(method, &args.saliency, &args.input, Some(&args.mask), true)?;
             if method == Method::IntegratedGradients {
                 p.saliency.samples = args.ig_samples;
                 p.validate()?;
@@ -86,12 +80,8 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     let data = Dataset::open(&args.inputs, args.shard, &args.out, |out, p| {
         methods.iter().any(|&m| !eval::done(&folder(out, p, m)))
     })?;
-    let say = |line: String| {
-        if !args.quiet {
-            eprintln!("{line}");
-        }
-    };
-    say(format!(
+    let say = Say { quiet: args.quiet };
+    say.line(format_args!(
         "{} images x {} methods, {} images in this shard, {} with work to do",
         data.all,
         methods.len(),
@@ -130,7 +120,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
                 .evaluate(&req, &mut on_event, &never)
                 .and_then(|e| eval::write(&dir, &e, args.export_raw).map(|()| e.row));
             match result {
-                Ok(r) => say(format!(
+                Ok(r) => say.line(format_args!(
                     "[{}/{n}] {name} {}: deletion AUC {:.3}, insertion AUC {:.3}, head rho {}, {:.1} s",
                     k + 1,
                     m.name(),

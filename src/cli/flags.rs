@@ -1,6 +1,6 @@
 //! Flag definitions, in groups; each command flattens only the groups it uses, so a flag a
 //! command would ignore is a parse error naming that command (ripgrep's `defs` + `hiargs`
-//! split: raw clap values here, validated engine parameters from [`Flags::params`]).
+//! split: raw clap values here, validated engine parameters from [`params`]).
 
 use std::path::PathBuf;
 
@@ -183,56 +183,84 @@ fn parse_window(s: &str) -> std::result::Result<Window, String> {
     Ok(Window { center, width })
 }
 
-/// The groups a command parsed, turned into validated engine parameters (the second stage).
-/// A group a command does not have keeps the engine's defaults.
-pub(crate) struct Flags<'a> {
-    pub(crate) method: Method,
-    pub(crate) saliency: &'a SaliencyFlags,
-    pub(crate) input: &'a InputFlags,
-    pub(crate) mask: Option<&'a MaskFlags>,
-    pub(crate) faithfulness: bool,
+/// What every command that explains with one method takes: the model, the method, how the map
+/// is computed and what is explained (`eval`, which compares methods, takes the parts but
+/// `--method`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ExplainFlags {
+    #[command(flatten)]
+    pub(crate) model: ModelFlags,
+    #[command(flatten)]
+    pub(crate) method: MethodFlag,
+    #[command(flatten)]
+    pub(crate) saliency: SaliencyFlags,
+    #[command(flatten)]
+    pub(crate) input: InputFlags,
 }
 
-impl Flags<'_> {
-    pub(crate) fn params(&self) -> Result<UnveilParams> {
-        let (s, i) = (self.saliency, self.input);
-        let mut p = UnveilParams {
-            saliency: SaliencyParams {
-                method: self.method,
-                samples: s.samples,
-                noise: s.noise,
-                seed: s.seed,
-                reduction: match s.smoothgrad {
-                    ReductionArg::Mean => Reduction::Mean,
-                    ReductionArg::Squared => Reduction::Squared,
-                },
-                ig_steps: s.ig_steps,
-                ..SaliencyParams::default()
-            },
-            fill: match i.fill {
-                FillArg::Mean => FillMode::Mean,
-                FillArg::Black => FillMode::Black,
-                FillArg::Blur => FillMode::Blur,
-            },
-            target: i.class,
-            faithfulness: self.faithfulness,
-            ..UnveilParams::default()
-        };
-        if let Some(m) = self.mask {
-            p.mask = MaskParams {
-                kernel: m.kernel,
-                passes: m.passes,
-                keep: m.keep,
-                threshold: m.pass_threshold,
-            };
-            p.stop = StopParams {
-                threshold: m.stop,
-                max_iter: m.max_iter,
-            };
-        }
-        p.validate()?;
-        Ok(p)
+impl ExplainFlags {
+    /// The second stage: validated engine parameters, with `mask`'s smoothing and loop (the
+    /// engine's defaults without) and faithfulness measured or not.
+    pub(crate) fn params(
+        &self,
+        mask: Option<&MaskFlags>,
+        faithfulness: bool,
+    ) -> Result<UnveilParams> {
+        params(
+            self.method.method.into(),
+            &self.saliency,
+            &self.input,
+            mask,
+            faithfulness,
+        )
     }
+}
+
+/// Validated engine parameters from the groups a command parsed; a group it does not have keeps
+/// the engine's defaults.
+pub(crate) fn params(
+    method: Method,
+    s: &SaliencyFlags,
+    i: &InputFlags,
+    mask: Option<&MaskFlags>,
+    faithfulness: bool,
+) -> Result<UnveilParams> {
+    let mut p = UnveilParams {
+        saliency: SaliencyParams {
+            method,
+            samples: s.samples,
+            noise: s.noise,
+            seed: s.seed,
+            reduction: match s.smoothgrad {
+                ReductionArg::Mean => Reduction::Mean,
+                ReductionArg::Squared => Reduction::Squared,
+            },
+            ig_steps: s.ig_steps,
+            ..SaliencyParams::default()
+        },
+        fill: match i.fill {
+            FillArg::Mean => FillMode::Mean,
+            FillArg::Black => FillMode::Black,
+            FillArg::Blur => FillMode::Blur,
+        },
+        target: i.class,
+        faithfulness,
+        ..UnveilParams::default()
+    };
+    if let Some(m) = mask {
+        p.mask = MaskParams {
+            kernel: m.kernel,
+            passes: m.passes,
+            keep: m.keep,
+            threshold: m.pass_threshold,
+        };
+        p.stop = StopParams {
+            threshold: m.stop,
+            max_iter: m.max_iter,
+        };
+    }
+    p.validate()?;
+    Ok(p)
 }
 
 impl ModelFlags {

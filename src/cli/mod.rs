@@ -92,6 +92,20 @@ pub(crate) fn dispatch(command: &Command) -> Result<()> {
     }
 }
 
+/// Progress lines on stderr, unless `--quiet` (errors are printed either way).
+#[derive(Clone, Copy)]
+struct Say {
+    quiet: bool,
+}
+
+impl Say {
+    fn line(self, text: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+}
+
 /// "1 image", "2 images".
 fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })

@@ -13,7 +13,7 @@ use unveil::engine::run::{RunRecord, RunRequest};
 use unveil::engine::source_image::Window;
 use unveil::engine::{export, image, readout, suitability};
 
-use super::flags::{Flags, InputFlags, MaskFlags, MethodFlag, ModelFlags, SaliencyFlags};
+use super::flags::{ExplainFlags, MaskFlags};
 use super::plural;
 
 #[derive(Args, Debug)]
@@ -21,13 +21,7 @@ pub(crate) struct RunArgs {
     /// Image file (PNG, JPEG, TIFF, DICOM).
     pub(crate) image: PathBuf,
     #[command(flatten)]
-    pub(crate) model: ModelFlags,
-    #[command(flatten)]
-    pub(crate) method: MethodFlag,
-    #[command(flatten)]
-    pub(crate) saliency: SaliencyFlags,
-    #[command(flatten)]
-    pub(crate) input: InputFlags,
+    pub(crate) explain: ExplainFlags,
     #[command(flatten)]
     pub(crate) mask: MaskFlags,
     #[command(flatten)]
@@ -58,19 +52,13 @@ pub(crate) struct RunOutput {
 
 /// Runs `unveil run`.
 pub(crate) fn run(args: &RunArgs) -> Result<()> {
-    let params = Flags {
-        method: args.method.method.into(),
-        saliency: &args.saliency,
-        input: &args.input,
-        mask: Some(&args.mask),
-        faithfulness: !args.output.no_faithfulness,
-    }
-    .params()?;
     let o = &args.output;
-    let explainer = args.model.explainer(o.quiet)?;
+    let e = &args.explain;
+    let params = e.params(Some(&args.mask), !o.no_faithfulness)?;
+    let explainer = e.model.explainer(o.quiet)?;
     let job = FileRun {
         explainer: &explainer,
-        window: args.input.window,
+        window: e.input.window,
         params: &params,
         raw: o.export_raw,
         verbose: !o.quiet,

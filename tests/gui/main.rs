@@ -635,6 +635,34 @@ fn an_idle_app_requests_no_repaint() {
     );
 }
 
+/// A model that fails to load says why, and the app then rests: no spinner left spinning.
+#[test]
+fn after_a_failed_model_load_the_app_says_so_and_rests() {
+    let mut h = app_with(AppOptions {
+        dialogs: Arc::new(Scripted::default()),
+        settings: Some(settings(1, 8, 1)),
+        model: Some("/nonexistent/weights.pth".into()),
+        ..Default::default()
+    });
+    step_until(&mut h, 60, "the failed load", |a| {
+        !a.workspace.model.is_loading()
+            && a.workspace.image.loaded().is_some()
+            && a.notices
+                .items()
+                .iter()
+                .any(|n| n.text.contains("Cannot load model"))
+    });
+    h.get_by_label_contains("No model: choose one under Model");
+    for _ in 0..10 {
+        h.step();
+    }
+    assert!(
+        !h.ctx.has_requested_repaint(),
+        "idle, yet a repaint was requested: {:?}",
+        h.ctx.repaint_causes()
+    );
+}
+
 /// A grayscale X-ray with the ImageNet model (or a photo with the X-ray model) is called out,
 /// with the fitting model offered.
 #[test]

@@ -466,6 +466,18 @@ impl Linear {
         })
     }
 
+    /// A classifier head `{prefix}` over `inputs` features, as wide as its weights say (a
+    /// fine-tuned checkpoint may have any number of classes).
+    pub fn head(w: &Weights, prefix: &str, inputs: usize, device: &Device) -> Result<Self> {
+        let shape = w.shape(&format!("{prefix}.weight"))?;
+        if shape.len() != 2 || shape[1] != inputs {
+            return Err(Error::Weights(format!(
+                "tensor '{prefix}.weight' has shape {shape:?}, expected [classes, {inputs}]"
+            )));
+        }
+        Linear::load(w, prefix, (inputs, shape[0]), device)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.matmul(&self.weight_t)?.broadcast_add(&self.bias)?)
     }

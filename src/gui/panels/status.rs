@@ -99,9 +99,13 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, notices: &Notices, actions: &mut Ve
                 );
                 ui.add(egui::Label::new(text.clone()).truncate())
                     .on_hover_text(text);
-            } else if ws.model.explainer().is_none() {
+            } else if ws.model.is_loading() {
                 ui.spinner();
                 ui.label("Loading the model…");
+            } else if ws.model.explainer().is_none() {
+                // A load that failed said why in a notice; a spinner here would spin (and
+                // repaint) for ever.
+                ui.label("No model: choose one under Model, or Open model….");
             } else if ws.image.loaded().is_none() {
                 ui.label("Open an image (button above, or drop a file on the window).");
             }

@@ -269,14 +269,7 @@ impl DenseNet {
             }
         }
         let norm5 = Norm::load(w, "features.norm5", c, device)?;
-        let head = classifier_name(w);
-        let shape = w.shape(&format!("{head}.weight"))?;
-        if shape.len() != 2 || shape[1] != c {
-            return Err(Error::Weights(format!(
-                "tensor '{head}.weight' has shape {shape:?}, expected [classes, {c}]"
-            )));
-        }
-        let classifier = Linear::load(w, head, (c, shape[0]), device)?;
+        let classifier = Linear::head(w, classifier_name(w), c, device)?;
         Ok(DenseNet {
             conv0,
             norm0,

@@ -14,7 +14,7 @@ use crate::engine::models::classifier::Network;
 use crate::engine::models::layers::{Body, Conv, Graph, Layer, Linear, PadMode, Weights};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const BN_EPS: f64 = 1e-3;
 
@@ -210,13 +210,7 @@ impl EfficientNetLite {
             same,
             device,
         )?;
-        let fc_shape = w.shape("_fc.weight")?;
-        if fc_shape.len() != 2 || fc_shape[1] != HEAD {
-            return Err(Error::Weights(format!(
-                "tensor '_fc.weight' has shape {fc_shape:?}, expected [classes, {HEAD}]"
-            )));
-        }
-        let fc = Linear::load(w, "_fc", (HEAD, fc_shape[0]), device)?;
+        let fc = Linear::head(w, "_fc", HEAD, device)?;
         Ok(EfficientNetLite {
             stem,
             blocks,

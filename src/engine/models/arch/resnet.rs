@@ -14,7 +14,7 @@ use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
 use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const BN_EPS: f64 = 1e-5;
 
@@ -201,13 +201,7 @@ impl ResNet {
                 cin = cout;
             }
         }
-        let fc_shape = w.shape("fc.weight")?;
-        if fc_shape.len() != 2 || fc_shape[1] != cin {
-            return Err(Error::Weights(format!(
-                "tensor 'fc.weight' has shape {fc_shape:?}, expected [classes, {cin}]"
-            )));
-        }
-        let fc = Linear::load(w, "fc", (cin, fc_shape[0]), device)?;
+        let fc = Linear::head(w, "fc", cin, device)?;
         Ok(ResNet {
             stem,
             blocks,
