@@ -249,6 +249,8 @@ mod tests {
             crop: crate::engine::models::Crop::None,
             op_threshs: None,
             domain: crate::engine::models::Domain::Other,
+            assumed: Vec::new(),
+            cam_layers: Vec::new(),
         }
     }
 

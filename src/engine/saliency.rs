@@ -326,13 +326,12 @@ fn target_logits(
 fn grad_cam(model: &dyn Classifier, x: &Tensor, target: usize) -> Result<Tensor> {
     let (_, h, w) = x.dims3()?;
     let input = x.to_device(model.device())?.unsqueeze(0)?;
-    let features = model.features(&input, ReluMode::Plain)?.detach();
-    let a = Var::from_tensor(&features)?;
-    let logits = model.head(a.as_tensor(), ReluMode::Plain)?;
-    let grads = logits.narrow(1, target, 1)?.sum_all()?.backward()?;
-    let g = grads.get(a.as_tensor()).ok_or_else(|| {
+    let pass = model.cam_pass(&input)?;
+    let grads = pass.logits.narrow(1, target, 1)?.sum_all()?.backward()?;
+    let g = grads.get(&pass.activation).ok_or_else(|| {
         Error::Numeric("the model's output does not depend on its feature map".into())
     })?;
+    let (features, g) = (pass.grid.apply(&pass.activation)?, pass.grid.apply(g)?);
     let weights = g.mean_keepdim((2, 3))?;
     let cam = features
         .broadcast_mul(&weights)?

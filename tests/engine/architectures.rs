@@ -485,7 +485,7 @@ fn a_bad_channel_order_or_resize_is_a_parse_error_naming_the_field() {
     assert_eq!(d.arch.map(|a| a.name()), Some("densenet121"));
     assert_eq!(
         (d.channel_order, d.resize),
-        (ChannelOrder::Rgb, Resize::Bilinear)
+        (ChannelOrder::Rgb, Some(Resize::Bilinear))
     );
     assert!(
         matches!(&d.labels, Some(LabelsSpec::File(f)) if f == &dir.join("chestxray14-labels.txt"))
@@ -497,7 +497,7 @@ fn a_bad_channel_order_or_resize_is_a_parse_error_naming_the_field() {
     let d = ModelDescription::read(&json).unwrap();
     assert_eq!(
         (d.channel_order, d.resize),
-        (ChannelOrder::Bgr, Resize::Nearest)
+        (ChannelOrder::Bgr, Some(Resize::Nearest))
     );
     // What a description says is what it writes back.
     let back: serde_json::Value = serde_json::to_value(&d).unwrap();

@@ -107,7 +107,7 @@ pub(crate) fn load_on(
         None,
         arch_name == "densenet121",
     );
-    d.input_size = [64, 64];
+    d.input_size = Some([64, 64]);
     let m = models::load_custom(&d, device, backend).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     m
@@ -337,7 +337,7 @@ fn a_densenet_checkpoint_with_legacy_layer_names_loads_the_same_model() {
     candle_core::safetensors::save(&legacy, &legacy_path).unwrap();
     let load = |p: std::path::PathBuf| {
         let mut d = ModelDescription::ad_hoc(p, Some(arch("densenet121")), None, true);
-        d.input_size = [64, 64];
+        d.input_size = Some([64, 64]);
         models::load_custom(&d, &Device::Cpu, Backend::Fast).unwrap()
     };
     let f = fixture("torchvision/densenet121.safetensors");

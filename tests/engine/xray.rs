@@ -28,7 +28,7 @@ fn described(p: PathBuf) -> Arc<dyn Classifier> {
 pub(crate) fn described_with(p: PathBuf, backend: Backend, device: &Device) -> Arc<dyn Classifier> {
     let mut d = ModelDescription::ad_hoc(p.clone(), None, None, false);
     if !p.to_string_lossy().contains("xrv") {
-        d.input_size = [64, 64];
+        d.input_size = Some([64, 64]);
     }
     models::load_custom(&d, device, backend).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -278,7 +278,7 @@ fn a_single_output_model_is_a_sigmoid_not_a_softmax_of_one() {
     candle_core::safetensors::save(&t, &one).unwrap();
     let mut d =
         ModelDescription::ad_hoc(one, Some(crate::torchvision::arch("resnet18")), None, false);
-    d.input_size = [64, 64];
+    d.input_size = Some([64, 64]);
     let m = models::load_custom(&d, &Device::Cpu, Backend::Fast).unwrap();
     let f = fixture("torchvision/resnet18.safetensors");
     let p = classify_batch(m.as_ref(), &f["input"]).unwrap()[0][0];

@@ -82,16 +82,19 @@ impl Classifier for Model {
         self.net.forward(x, mode)
     }
 
-    fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        self.net.features(x, mode)
-    }
-
-    fn head(&self, features: &Tensor, mode: ReluMode) -> Result<Tensor> {
-        self.net.head(features, mode)
-    }
-
-    fn feature_layer(&self) -> Option<&'static str> {
+    fn feature_layer(&self) -> Option<&str> {
         Some(self.net.feature_layer())
+    }
+
+    fn cam_pass(&self, x: &Tensor) -> Result<CamPass> {
+        let features = self.net.features(x, ReluMode::Plain)?.detach();
+        let a = candle_core::Var::from_tensor(&features)?;
+        let logits = self.net.head(a.as_tensor(), ReluMode::Plain)?;
+        Ok(CamPass {
+            activation: a.as_tensor().clone(),
+            logits,
+            grid: CamGrid::Channels,
+        })
     }
 
     fn reinit_scope(&self, cascade: Cascade) -> Option<HashSet<String>> {
@@ -111,19 +114,20 @@ pub trait Classifier: Send + Sync {
     /// `mode` chooses how every ReLU back-propagates.
     fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor>;
 
-    /// The last convolutional feature map after its activation (Grad-CAM's layer), when the
-    /// model exposes it; `forward` is `head(features)`.
-    fn features(&self, _x: &Tensor, _mode: ReluMode) -> Result<Tensor> {
+    /// Grad-CAM's forward pass: its layer's activation as a variable, and the logits
+    /// computed from it.
+    fn cam_pass(&self, _x: &Tensor) -> Result<CamPass> {
         Err(no_feature_map(self.info()))
     }
 
-    /// Logits from [`Classifier::features`]' output.
-    fn head(&self, _features: &Tensor, _mode: ReluMode) -> Result<Tensor> {
-        Err(no_feature_map(self.info()))
+    /// Which layer Grad-CAM reads, for people.
+    fn feature_layer(&self) -> Option<&str> {
+        None
     }
 
-    /// Which layer [`Classifier::features`] returns, for people.
-    fn feature_layer(&self) -> Option<&'static str> {
+    /// What guided backpropagation means for this model, when it is not simply "every
+    /// nonlinearity is a ReLU" (a model with GELU or SiLU).
+    fn guided_note(&self) -> Option<String> {
         None
     }
 
@@ -131,6 +135,40 @@ pub trait Classifier: Send + Sync {
     /// layers' order (see [`super::reinit`]).
     fn reinit_scope(&self, _cascade: Cascade) -> Option<HashSet<String>> {
         None
+    }
+}
+
+/// Grad-CAM's forward pass (see [`Classifier::cam_pass`]).
+pub struct CamPass {
+    /// The layer's activation, a variable: its gradient is what Grad-CAM weighs.
+    pub activation: Tensor,
+    pub logits: Tensor,
+    /// How the activation reads as a `[n, c, h, w]` grid.
+    pub grid: CamGrid,
+}
+
+/// How Grad-CAM's activation (and its gradient) read as a `[n, c, h, w]` grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CamGrid {
+    /// Already `[n, c, h, w]` (a CNN's feature map).
+    Channels,
+    /// Tokens `[n, t, d]` of a vision transformer: the first `skip` (class and distillation
+    /// tokens) dropped, the rest an `h x w` patch grid (pytorch-grad-cam's `reshape_transform`).
+    Tokens { skip: usize, h: usize, w: usize },
+}
+
+impl CamGrid {
+    pub fn apply(self, t: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            CamGrid::Channels => t.clone(),
+            CamGrid::Tokens { skip, h, w } => {
+                let (n, _, d) = t.dims3()?;
+                t.narrow(1, skip, h * w)?
+                    .reshape((n, h, w, d))?
+                    .permute((0, 3, 1, 2))?
+                    .contiguous()?
+            }
+        })
     }
 }
 

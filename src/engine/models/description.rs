@@ -35,8 +35,9 @@ pub struct ModelDescription {
     /// Weights file (safetensors, or any PyTorch torch.save file: state dict, training
     /// checkpoint or whole model), relative to the description.
     pub weights: PathBuf,
-    #[serde(default = "default_size")]
-    pub input_size: [usize; 2],
+    /// Default: 224 x 224 (an ONNX graph's own size where it has one).
+    #[serde(default)]
+    pub input_size: Option<[usize; 2]>,
     /// Normalisation `(x - mean) / std` of [0, 1] pixels; default: the architecture's
     /// (ImageNet's for torchvision's, TorchXRayVision's [-1024, 1024] scaling for its models).
     #[serde(default)]
@@ -55,11 +56,10 @@ pub struct ModelDescription {
     pub multi_label: bool,
     /// "bilinear" (default) or "nearest".
     #[serde(default, deserialize_with = "resize")]
-    pub resize: Resize,
-}
-
-fn default_size() -> [usize; 2] {
-    [224, 224]
+    pub resize: Option<Resize>,
+    /// Grad-CAM's layer in an ONNX graph (a value name); default: found automatically.
+    #[serde(default)]
+    pub cam_layer: Option<String>,
 }
 
 /// The order of a model's input channels.
@@ -82,12 +82,15 @@ fn channel_order<'de, D: serde::Deserializer<'de>>(
     )
 }
 
-fn resize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Resize, D::Error> {
+fn resize<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Resize>, D::Error> {
     choice(
         d,
         "resize",
         &[("bilinear", Resize::Bilinear), ("nearest", Resize::Nearest)],
     )
+    .map(Some)
 }
 
 /// One of a field's `allowed` values (any case), or an error that names the field and them:
@@ -124,13 +127,14 @@ impl ModelDescription {
             name,
             arch,
             weights,
-            input_size: default_size(),
+            input_size: None,
             mean: None,
             std: None,
             channel_order: ChannelOrder::Rgb,
             labels: labels.map(LabelsSpec::File),
             multi_label,
-            resize: Resize::Bilinear,
+            resize: None,
+            cam_layer: None,
         }
     }
 
@@ -168,6 +172,9 @@ pub(super) fn load_described(
     backend: Backend,
     edit: WeightEdit,
 ) -> Result<Arc<dyn Classifier>> {
+    if super::onnx::is_onnx(&d.weights)? {
+        return super::onnx::load(d, device, backend, edit);
+    }
     let (w, ck) = read_checkpoint(&d.weights)?;
     let arch = Arch::resolve(d.arch, &w, ck.model_class.as_deref())?;
     let mut w = arch.fix_keys(w);
@@ -212,12 +219,12 @@ pub(super) fn load_described(
     let info = ModelInfo {
         name: d.name.clone(),
         description: format!("{arch} from {}", d.weights.display()),
-        input_size: (d.input_size[0], d.input_size[1]),
+        input_size: d.input_size.map_or((224, 224), |[h, w]| (h, w)),
         mean: d.mean.unwrap_or(defaults.mean),
         std: d.std.unwrap_or(defaults.std),
         dataset_mean: d.mean.unwrap_or(defaults.dataset_mean),
         labels,
-        resize: d.resize,
+        resize: d.resize.unwrap_or_default(),
         multi_label: d.multi_label || defaults.multi_label || classes == 1,
         bgr: d.channel_order == ChannelOrder::Bgr,
         crop: defaults.crop,
@@ -229,6 +236,8 @@ pub(super) fn load_described(
         } else {
             Domain::Other
         }),
+        assumed: Vec::new(),
+        cam_layers: Vec::new(),
     };
     Ok(Arc::new(Model::new(net, info, device)?))
 }

@@ -31,6 +31,11 @@ pub struct ModelInfo {
     pub op_threshs: Option<Vec<f32>>,
     /// What kind of image the model was trained on (to warn when an image does not suit it).
     pub domain: Domain,
+    /// What unveil assumed because the model file does not say (an ONNX graph's input size,
+    /// normalisation, labels, resampling), for people: empty when nothing was assumed.
+    pub assumed: Vec<String>,
+    /// The layers Grad-CAM may read, the automatic choice first (empty: the model's own).
+    pub cam_layers: Vec<String>,
 }
 
 /// What kind of image a model was trained on.

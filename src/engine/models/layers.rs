@@ -157,6 +157,8 @@ pub enum PadMode {
     TfSame,
     /// The same number of pixels on every side (PyTorch style).
     Fixed(usize),
+    /// Given per side (ONNX `pads`, which may differ between sides).
+    Explicit(Padding),
 }
 
 /// A convolution with BatchNorm folded into its weight and bias.
@@ -247,6 +249,7 @@ impl Conv {
         match self.pad {
             PadMode::TfSame => Padding::tf_same(h, w, self.k, self.stride),
             PadMode::Fixed(p) => Padding::symmetric(p),
+            PadMode::Explicit(p) => p,
         }
     }
 

@@ -17,6 +17,7 @@ mod checkpoint;
 mod classifier;
 mod description;
 mod info;
+pub mod onnx;
 pub mod layers;
 mod registry;
 pub mod reinit;

@@ -122,6 +122,8 @@ impl Named {
             crop: d.crop,
             op_threshs: None,
             domain: self.domain,
+            assumed: Vec::new(),
+            cam_layers: Vec::new(),
         };
         Model::new(net, info, device)
     }

@@ -70,7 +70,19 @@ fn units(layers: &[Layer]) -> Vec<(bool, Vec<&str>)> {
 /// The tensors re-initialised at `cascade`, given the network's layers in forward order and
 /// the name prefixes of its last stage.
 pub fn scope(layers: &[Layer], last_stage: &[&str], cascade: Cascade) -> HashSet<String> {
-    let units = units(layers);
+    let first = layers.iter().position(|l| {
+        l.tensors
+            .iter()
+            .any(|n| last_stage.iter().any(|p| n.starts_with(p)))
+    });
+    scope_at(layers, first, cascade)
+}
+
+/// [`scope`] with the last stage starting at layer `stage` (None: no stage is known, so it is
+/// the head alone).
+pub fn scope_at(layers: &[Layer], stage: Option<usize>, cascade: Cascade) -> HashSet<String> {
+    let all = units(layers);
+    let units = &all;
     let n = units.len();
     // The head: the trailing linear layers.
     let head = units
@@ -80,25 +92,20 @@ pub fn scope(layers: &[Layer], last_stage: &[&str], cascade: Cascade) -> HashSet
         .count()
         .max(1);
     let before_head = n.saturating_sub(head);
+    // The unit holding layer `stage`: as many units as its predecessors form, less one when
+    // it joins the last of them (a normalisation of its own).
+    let stage_unit = stage.map(|i| {
+        let before = self::units(&layers[..i.min(layers.len())]).len();
+        match layers.get(i) {
+            Some(l) if l.kind == LayerKind::Norm => before.saturating_sub(1),
+            _ => before,
+        }
+    });
+    let stage_from = stage_unit.unwrap_or(before_head).min(before_head);
     let from = match cascade {
         Cascade::Head => before_head,
-        Cascade::LastStage => units
-            .iter()
-            .position(|(_, names)| {
-                names
-                    .iter()
-                    .any(|n| last_stage.iter().any(|p| n.starts_with(p)))
-            })
-            .unwrap_or(before_head)
-            .min(before_head),
-        Cascade::LastQuarter => {
-            let stage = scope(layers, last_stage, Cascade::LastStage);
-            let before_stage = units
-                .iter()
-                .position(|(_, names)| names.iter().any(|n| stage.contains(*n)))
-                .unwrap_or(n);
-            (n - n.div_ceil(4)).min(before_stage)
-        }
+        Cascade::LastStage => stage_from,
+        Cascade::LastQuarter => (n - n.div_ceil(4)).min(stage_from),
     };
     units[from..]
         .iter()

@@ -1,0 +1,224 @@
+//! Rewrites a lowered graph onto the engine's fused layers: a convolution absorbs the
+//! BatchNorm after it (folded into its weights), then the ReLU or ReLU6 after that, or a
+//! residual addition and the ReLU after it, when nothing else reads the values in between.
+//! A fused step runs where the last node it absorbed ran, so every input it reads is ready.
+//! Also: BatchNorms no convolution absorbed become per-channel affine steps, constant `Gemm`
+//! weights are transposed once, and each weight-bearing step records its tensors' names.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::lower::{Program, Step, build_conv, layer_of};
+use super::ops::{Binary, ConvStep, Kind};
+use super::value::Val;
+use crate::engine::models::layers::{LayerKind, Weights};
+use crate::error::{Error, Result};
+
+pub(crate) fn fuse(
+    p: &mut Program,
+    consts: &mut HashMap<usize, Val>,
+    _weights: &Weights,
+    device: &Device,
+) -> Result<()> {
+    let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        for &slot in s.inputs.iter().flatten() {
+            readers.entry(slot).or_default().push(i);
+        }
+    }
+    readers.entry(p.output).or_default().push(usize::MAX);
+    // The one step reading `slot`, if exactly one does.
+    let only_reader = |slot: usize| match readers.get(&slot).map(Vec::as_slice) {
+        Some([r]) if *r != usize::MAX => Some(*r),
+        _ => None,
+    };
+    let float = |slot: Option<usize>, consts: &HashMap<usize, Val>| -> Option<Tensor> {
+        match consts.get(&slot?) {
+            Some(Val::F(t)) => Some(t.clone()),
+            _ => None,
+        }
+    };
+    let name = |slot: Option<usize>, p: &Program| slot.map(|s| p.names[s].clone());
+
+    let mut removed = vec![false; p.steps.len()];
+    let mut moved: Vec<Option<Step>> = (0..p.steps.len()).map(|_| None).collect();
+    for i in 0..p.steps.len() {
+        if removed[i] {
+            continue;
+        }
+        match &p.steps[i].kind {
+            Kind::ConvSpec(spec) => {
+                let spec = spec.clone();
+                let step = &p.steps[i];
+                let err = |m: &str| Error::Weights(format!("Conv '{}': {m}", step.name));
+                let mut weight = float(step.inputs.get(1).copied().flatten(), consts).ok_or_else(|| err("its weight is not a float constant"))?;
+                if weight.rank() != 4 {
+                    return Err(err(&format!("a weight of shape {:?}: only 2-D convolutions are supported", weight.dims())));
+                }
+                let cout = weight.dim(0)?;
+                let bias_slot = step.inputs.get(2).copied().flatten();
+                let mut bias = match bias_slot {
+                    Some(_) => float(bias_slot, consts).ok_or_else(|| err("its bias is not a float constant"))?,
+                    None => Tensor::zeros(cout, DType::F32, &Device::Cpu)?,
+                };
+                if bias.dims() != [cout] {
+                    return Err(err(&format!("a bias of shape {:?} for {cout} filters", bias.dims())));
+                }
+                let mut tensors: Vec<String> = [name(step.inputs[1], p), name(bias_slot, p)].into_iter().flatten().collect();
+                let input = step.inputs[0];
+                let mut out = step.outputs[0];
+                let mut at = i;
+                // BatchNorm.
+                if let Some(j) = only_reader(out).filter(|&j| matches!(p.steps[j].kind, Kind::BatchNorm(_))) {
+                    let bn = &p.steps[j];
+                    let Kind::BatchNorm(eps) = bn.kind else { unreachable!() };
+                    let stats: Vec<Tensor> = (1..5).map(|k| float(bn.inputs.get(k).copied().flatten(), consts).ok_or_else(|| err("BatchNorm statistics are not float constants"))).collect::<Result<_>>()?;
+                    let (scale, shift) = bn_affine(&stats, eps)?;
+                    if scale.dims() != [cout] {
+                        return Err(err("a BatchNorm of another width follows it"));
+                    }
+                    weight = weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+                    bias = ((bias * &scale)? + shift)?;
+                    tensors.extend((1..5).filter_map(|k| name(bn.inputs.get(k).copied().flatten(), p)));
+                    out = bn.outputs[0];
+                    removed[j] = true;
+                    at = j;
+                }
+                let imp = build_conv(weight, bias, &spec, tensors.clone(), device)?;
+                let mut conv = ConvStep { imp, act: None, residual: false };
+                let mut inputs = vec![input];
+                // ReLU, or residual addition (then maybe ReLU).
+                if let Some(j) = only_reader(out) {
+                    match &p.steps[j].kind {
+                        Kind::Relu(r6) => {
+                            conv.act = Some(*r6);
+                            out = p.steps[j].outputs[0];
+                            removed[j] = true;
+                            at = j;
+                        }
+                        Kind::Binary(Binary::Add) => {
+                            let add = &p.steps[j];
+                            let other = add.inputs.iter().flatten().copied().find(|&s| s != out);
+                            let both = add.inputs.iter().flatten().filter(|&&s| s == out).count() == 1;
+                            if let Some(other) = other.filter(|o| both && !consts.contains_key(o)) {
+                                conv.residual = true;
+                                inputs.push(Some(other));
+                                out = add.outputs[0];
+                                removed[j] = true;
+                                at = j;
+                                if let Some(k) = only_reader(out).filter(|&k| matches!(p.steps[k].kind, Kind::Relu(_))) {
+                                    let Kind::Relu(r6) = p.steps[k].kind else { unreachable!() };
+                                    conv.act = Some(r6);
+                                    out = p.steps[k].outputs[0];
+                                    removed[k] = true;
+                                    at = k;
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let step = &p.steps[i];
+                let fused = Step {
+                    name: step.name.clone(),
+                    op_type: "Conv".into(),
+                    kind: Kind::Conv(Box::new(conv)),
+                    inputs,
+                    outputs: vec![out],
+                    layer: layer_of(LayerKind::Conv, tensors),
+                };
+                removed[i] = true;
+                moved[at] = Some(fused);
+            }
+            Kind::BatchNorm(eps) => {
+                let step = &p.steps[i];
+                let stats: Vec<Tensor> = (1..5)
+                    .map(|k| float(step.inputs.get(k).copied().flatten(), consts).ok_or_else(|| Error::Weights(format!("BatchNormalization '{}': statistics are not float constants", step.name))))
+                    .collect::<Result<_>>()?;
+                let (scale, shift) = bn_affine(&stats, *eps)?;
+                let names = (1..5).filter_map(|k| name(step.inputs.get(k).copied().flatten(), p)).collect();
+                moved[i] = Some(Step {
+                    name: step.name.clone(),
+                    op_type: step.op_type.clone(),
+                    kind: Kind::Affine(scale.to_device(device)?, shift.to_device(device)?),
+                    inputs: vec![step.inputs[0]],
+                    outputs: step.outputs.clone(),
+                    layer: layer_of(LayerKind::Norm, names),
+                });
+            }
+            Kind::Gemm { alpha, beta, trans_a, trans_b } => {
+                let (alpha, beta, trans_a, trans_b) = (*alpha, *beta, *trans_a, *trans_b);
+                let step = &p.steps[i];
+                let b_slot = step.inputs.get(1).copied().flatten();
+                let mut inputs = step.inputs.clone();
+                let mut tb = trans_b;
+                if let (Some(b), true) = (float(b_slot, consts), trans_b) {
+                    // Transposed once here rather than copied on every call.
+                    let slot = p.names.len();
+                    p.names.push(format!("{}^T", p.names[b_slot.unwrap_or(0)]));
+                    consts.insert(slot, Val::F(b.t()?.contiguous()?));
+                    inputs[1] = Some(slot);
+                    tb = false;
+                }
+                let names: Vec<String> = [b_slot, step.inputs.get(2).copied().flatten()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| consts.contains_key(s))
+                    .map(|s| p.names[s].clone())
+                    .collect();
+                moved[i] = Some(Step {
+                    name: step.name.clone(),
+                    op_type: step.op_type.clone(),
+                    kind: Kind::Gemm { alpha, beta, trans_a, trans_b: tb },
+                    inputs,
+                    outputs: step.outputs.clone(),
+                    layer: layer_of(LayerKind::Linear, names),
+                });
+            }
+            Kind::MatMul | Kind::LayerNorm { .. } => {
+                let step = &p.steps[i];
+                let mut names: Vec<String> = step.inputs.iter().flatten().filter(|s| consts.contains_key(s)).map(|&s| p.names[s].clone()).collect();
+                let kind = if matches!(step.kind, Kind::MatMul) { LayerKind::Linear } else { LayerKind::Norm };
+                // A linear layer's bias: the constant a lone Add puts on its output.
+                if kind == LayerKind::Linear && !names.is_empty() {
+                    if let Some(j) = only_reader(step.outputs[0]).filter(|&j| matches!(p.steps[j].kind, Kind::Binary(Binary::Add))) {
+                        names.extend(p.steps[j].inputs.iter().flatten().filter(|s| consts.contains_key(s)).map(|&s| p.names[s].clone()));
+                    }
+                }
+                p.steps[i].layer = layer_of(kind, names);
+            }
+            _ => {}
+        }
+    }
+    let steps = std::mem::take(&mut p.steps);
+    p.steps = steps
+        .into_iter()
+        .zip(moved)
+        .zip(removed)
+        .filter_map(|((s, m), gone)| match (m, gone) {
+            (Some(m), _) => Some(m),
+            (None, false) => Some(s),
+            (None, true) => None,
+        })
+        .collect();
+    if p.steps.iter().any(|s| matches!(s.kind, Kind::ConvSpec(_) | Kind::BatchNorm(_))) {
+        return Err(Error::Internal("a convolution or BatchNorm was left unbuilt".into()));
+    }
+    Ok(())
+}
+
+/// A BatchNorm's `(scale, shift)` from `[gamma, beta, mean, var]`.
+fn bn_affine(stats: &[Tensor], eps: f64) -> Result<(Tensor, Tensor)> {
+    let [gamma, beta, mean, var] = stats else {
+        return Err(Error::Internal("BatchNorm statistics".into()));
+    };
+    let n = gamma.elem_count();
+    if [beta, mean, var].iter().any(|t| t.elem_count() != n) {
+        return Err(Error::Weights("BatchNormalization statistics of different lengths".into()));
+    }
+    let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32);
+    let scale = flat(gamma)?.div(&(flat(var)? + eps)?.sqrt()?)?;
+    let shift = (flat(beta)? - flat(mean)?.mul(&scale)?)?;
+    Ok((scale, shift))
+}

@@ -1,0 +1,246 @@
+//! A lowered graph as a classifier: running it (whole, or with Grad-CAM's layer made a
+//! variable), its shapes, Grad-CAM's layer, and its layers in forward order for the sanity
+//! check.
+
+use std::collections::HashSet;
+
+use candle_core::{Device, Tensor, Var};
+
+use super::lower::Program;
+use super::ops::{Ctx, Kind, Unary};
+use super::value::Val;
+use crate::engine::models::classifier::{CamGrid, CamPass, Classifier};
+use crate::engine::models::info::ModelInfo;
+use crate::engine::models::layers::Layer;
+use crate::engine::models::reinit::{self, Cascade};
+use crate::engine::ops::Backend;
+use crate::engine::ops::activation::ReluMode;
+use crate::error::{Error, Result};
+
+impl Program {
+    /// Runs the graph on `x`; the value in slot `tap` (if any) is made a variable, whose
+    /// tensor is returned with the output.
+    pub(crate) fn run(&self, x: &Tensor, ctx: &Ctx, tap: Option<usize>) -> Result<(Tensor, Option<Tensor>)> {
+        let mut vals: Vec<Option<Val>> = vec![None; self.names.len()];
+        let mut tapped = None;
+        let mut put = |slot: usize, v: Val, vals: &mut Vec<Option<Val>>| -> Result<()> {
+            let v = match v {
+                Val::F(t) if tap == Some(slot) => {
+                    let var = Var::from_tensor(&t.detach())?;
+                    tapped = Some(var.as_tensor().clone());
+                    Val::F(var.as_tensor().clone())
+                }
+                v => v,
+            };
+            vals[slot] = Some(v);
+            Ok(())
+        };
+        put(self.input, Val::F(x.clone()), &mut vals)?;
+        for (i, step) in self.steps.iter().enumerate() {
+            let ins: Vec<Option<&Val>> = step
+                .inputs
+                .iter()
+                .map(|s| s.and_then(|s| vals[s].as_ref().or(self.consts[s].as_ref())))
+                .collect();
+            if ins.iter().zip(&step.inputs).any(|(v, s)| v.is_none() && s.is_some()) {
+                return Err(Error::Internal(format!("node '{}' ran before its inputs", step.name)));
+            }
+            let outs = step.kind.run(&ins, ctx).map_err(|e| self.step_error(i, e))?;
+            for (&slot, v) in step.outputs.iter().zip(outs) {
+                put(slot, v, &mut vals)?;
+            }
+            for &slot in step.inputs.iter().flatten() {
+                if self.last_use[slot] == i && slot != self.output {
+                    vals[slot] = None;
+                }
+            }
+        }
+        let out = vals[self.output]
+            .take()
+            .ok_or_else(|| Error::Internal("the graph computed no output".into()))?
+            .float(&ctx.device)?;
+        Ok((out, tapped))
+    }
+
+    fn step_error(&self, i: usize, e: Error) -> Error {
+        let s = &self.steps[i];
+        let msg = e.to_string();
+        let msg = msg.trim_start_matches("cannot load model weights: ");
+        Error::InvalidParam(format!("ONNX node {} '{}': {msg}", s.op_type, s.name))
+    }
+
+    /// Every slot's shape for one `[1, 3, h, w]` input (None: a constant or an unused slot).
+    pub(crate) fn shapes(&self, (h, w): (usize, usize), ctx: &Ctx) -> Result<Vec<Option<Vec<usize>>>> {
+        let x = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &ctx.device)?;
+        let mut shapes: Vec<Option<Vec<usize>>> = vec![None; self.names.len()];
+        let mut vals: Vec<Option<Val>> = vec![None; self.names.len()];
+        vals[self.input] = Some(Val::F(x));
+        shapes[self.input] = Some(vec![1, 3, h, w]);
+        for (i, step) in self.steps.iter().enumerate() {
+            let ins: Vec<Option<&Val>> = step.inputs.iter().map(|s| s.and_then(|s| vals[s].as_ref().or(self.consts[s].as_ref()))).collect();
+            let outs = step.kind.run(&ins, ctx).map_err(|e| self.step_error(i, e))?;
+            for (&slot, v) in step.outputs.iter().zip(outs) {
+                shapes[slot] = Some(v.dims());
+                vals[slot] = Some(v);
+            }
+            for &slot in step.inputs.iter().flatten() {
+                if self.last_use[slot] == i && slot != self.output {
+                    vals[slot] = None;
+                }
+            }
+        }
+        Ok(shapes)
+    }
+
+    /// Layers with weights, in forward order.
+    pub(crate) fn layers(&self) -> Vec<Layer> {
+        self.steps.iter().filter_map(|s| s.layer.clone()).collect()
+    }
+
+    /// Nonlinearities guided backpropagation does not change, with how often each occurs.
+    pub(crate) fn other_activations(&self) -> Vec<(String, usize)> {
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for s in &self.steps {
+            let name = match &s.kind {
+                Kind::Unary(Unary::Gelu(_)) | Kind::Unary(Unary::Erf) => "GELU",
+                Kind::Unary(Unary::Sigmoid) => "sigmoid (SiLU / squeeze-excite)",
+                Kind::Unary(Unary::HardSwish) => "HardSwish",
+                Kind::Unary(Unary::HardSigmoid(..)) => "HardSigmoid",
+                Kind::Unary(Unary::Tanh) => "tanh",
+                Kind::Unary(Unary::Softplus) => "softplus",
+                Kind::Softmax { .. } => "softmax (attention)",
+                _ => continue,
+            };
+            match seen.iter_mut().find(|(n, _)| n == name) {
+                Some((_, c)) => *c += 1,
+                None => seen.push((name.to_string(), 1)),
+            }
+        }
+        seen
+    }
+}
+
+/// Grad-CAM's layer: a slot and how its value is read as a `[n, c, h, w]` grid.
+#[derive(Clone, Debug)]
+pub(crate) struct CamLayer {
+    pub(crate) slot: usize,
+    pub(crate) grid: CamGrid,
+}
+
+/// The candidates for Grad-CAM's layer, best (the automatic choice) first: for a CNN, 4-D
+/// activations with a spatial grid, last first; for a transformer, token activations
+/// `[n, t, d]` whose `t` holds the patch grid (found from the last 4-D activation: the patch
+/// embedding), the inputs of attention (LayerNorm outputs) last first, as pytorch-grad-cam's
+/// recipes choose them (`blocks[-1].norm1`).
+pub(crate) fn cam_candidates(p: &Program, shapes: &[Option<Vec<usize>>]) -> Vec<CamLayer> {
+    let produced: Vec<(usize, &Kind)> = p.steps.iter().flat_map(|s| s.outputs.iter().map(move |&o| (o, &s.kind))).collect();
+    let spatial: Vec<usize> = produced
+        .iter()
+        .filter(|(o, _)| matches!(shapes[*o].as_deref(), Some([_, _, h, w]) if *h > 1 && *w > 1))
+        .map(|(o, _)| *o)
+        .collect();
+    let Some(&last4) = spatial.last() else { return Vec::new() };
+    let position = |slot: usize| produced.iter().position(|(o, _)| *o == slot).unwrap_or(0);
+    // Transformer: many token steps after the last spatial activation.
+    let (gh, gw) = match shapes[last4].as_deref() {
+        Some([_, _, h, w]) => (*h, *w),
+        _ => (0, 0),
+    };
+    let tokens: Vec<CamLayer> = produced[position(last4)..]
+        .iter()
+        .filter(|(_, k)| matches!(k, Kind::LayerNorm { .. }))
+        .filter_map(|&(o, _)| match shapes[o].as_deref() {
+            Some([_, t, _]) if *t >= gh * gw && *t <= gh * gw + 8 && gh * gw > 1 => {
+                Some(CamLayer { slot: o, grid: CamGrid::Tokens { skip: t - gh * gw, h: gh, w: gw } })
+            }
+            _ => None,
+        })
+        .collect();
+    if tokens.len() >= 2 {
+        // The last LayerNorm is the encoder's final one (read only at the class token): skip it.
+        let mut t: Vec<CamLayer> = tokens[..tokens.len() - 1].iter().rev().cloned().collect();
+        t.extend(spatial.iter().rev().map(|&slot| CamLayer { slot, grid: CamGrid::Channels }));
+        return t;
+    }
+    spatial.iter().rev().map(|&slot| CamLayer { slot, grid: CamGrid::Channels }).collect()
+}
+
+/// An ONNX graph as a classifier.
+#[derive(Debug)]
+pub struct OnnxModel {
+    pub(crate) program: Program,
+    pub(crate) info: ModelInfo,
+    pub(crate) device: Device,
+    pub(crate) backend: Backend,
+    /// The graph takes one image at a time (its batch dimension is fixed to 1).
+    pub(crate) batch_one: bool,
+    pub(crate) cam: Option<CamLayer>,
+    pub(crate) cam_name: Option<String>,
+    /// The index of the last stage's first layer (see `load::last_stage`).
+    pub(crate) stage: Option<usize>,
+}
+
+impl OnnxModel {
+    fn ctx(&self, mode: ReluMode) -> Ctx {
+        Ctx { mode, backend: self.backend, device: self.device.clone() }
+    }
+
+    fn run(&self, x: &Tensor, mode: ReluMode, tap: Option<usize>) -> Result<(Tensor, Option<Tensor>)> {
+        let ctx = self.ctx(mode);
+        let n = x.dim(0)?;
+        if !self.batch_one || n == 1 {
+            return self.program.run(x, &ctx, tap);
+        }
+        let mut outs = Vec::with_capacity(n);
+        for i in 0..n {
+            outs.push(self.program.run(&x.narrow(0, i, 1)?, &ctx, None)?.0);
+        }
+        Ok((Tensor::cat(&outs, 0)?, None))
+    }
+}
+
+impl Classifier for OnnxModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
+        let logits = self.run(x, mode, None)?.0;
+        match logits.dims() {
+            [_, c] if *c == self.info.num_classes() => Ok(logits),
+            d => Err(Error::InvalidParam(format!("the graph's output has shape {d:?}, expected [n, {}]", self.info.num_classes()))),
+        }
+    }
+
+    fn cam_pass(&self, x: &Tensor) -> Result<CamPass> {
+        let cam = self.cam.as_ref().ok_or_else(|| {
+            Error::InvalidParam(format!("model '{}' has no activation Grad-CAM can use (no spatial or token grid)", self.info.name))
+        })?;
+        let (logits, a) = self.run(x, ReluMode::Plain, Some(cam.slot))?;
+        let activation = a.ok_or_else(|| Error::Internal("Grad-CAM's layer was not computed".into()))?;
+        Ok(CamPass { activation, logits, grid: cam.grid })
+    }
+
+    fn feature_layer(&self) -> Option<&str> {
+        self.cam_name.as_deref()
+    }
+
+    fn reinit_scope(&self, cascade: Cascade) -> Option<HashSet<String>> {
+        Some(reinit::scope_at(&self.program.layers(), self.stage, cascade))
+    }
+
+    fn guided_note(&self) -> Option<String> {
+        let others = self.program.other_activations();
+        (!others.is_empty()).then(|| {
+            let list: Vec<String> = others.iter().map(|(n, c)| format!("{n} x{c}")).collect();
+            format!(
+                "guided backpropagation changes only ReLU-family activations; this model also uses {}, which back-propagate their true derivative",
+                list.join(", ")
+            )
+        })
+    }
+}

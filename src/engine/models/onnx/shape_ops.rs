@@ -1,0 +1,547 @@
+//! Ops that move values around rather than compute them (reshape, transpose, slice, gather,
+//! concatenate, pad, ...) and the integer arithmetic graphs do on shapes. On floats they are
+//! candle views and copies, all with a backward; on integers they run on the host.
+
+use candle_core::{DType, Tensor};
+
+use super::ops::{Binary, Ctx, input, opt};
+use super::value::{Ints, Val, axis, broadcast};
+use crate::error::{Error, Result};
+
+/// A data-movement or shape op with its attributes.
+#[derive(Clone, Debug)]
+pub(crate) enum Shape {
+    Reshape { allow_zero: bool },
+    Transpose(Option<Vec<usize>>),
+    Flatten(i64),
+    Concat(i64),
+    /// `split` from the attribute (old opsets), else from input 1, else equal parts.
+    Split { axis: i64, split: Option<Vec<i64>>, outputs: usize },
+    /// `starts, ends, axes, steps` from attributes (opset < 10), else from inputs 1-4.
+    Slice(Option<[Vec<i64>; 3]>),
+    Gather(i64),
+    Squeeze(Option<Vec<i64>>),
+    Unsqueeze(Option<Vec<i64>>),
+    Expand,
+    /// Constant padding; `pads` from the attribute (old opsets) else input 1; the value.
+    Pad(Option<Vec<i64>>, f32),
+    ShapeOf { start: i64, end: Option<i64> },
+    /// To a float type (`true`) or an integer / boolean type.
+    Cast { float: bool, boolean: bool },
+    Range,
+    ConstantOfShape(Val),
+    ScatterND,
+}
+
+fn bad(what: &str, msg: impl std::fmt::Display) -> Error {
+    Error::Weights(format!("{what}: {msg}"))
+}
+
+impl Shape {
+    pub(crate) fn run(&self, inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Vec<Val>> {
+        let x = input(inputs, 0)?;
+        let ints = |i: usize, what: &str| -> Result<Vec<i64>> { Ok(input(inputs, i)?.ints(what)?.data) };
+        Ok(vec![match self {
+            Shape::Reshape { allow_zero } => {
+                let dims = reshape_dims(&x.dims(), &ints(1, "Reshape shape")?, *allow_zero)?;
+                reshape(x, dims)?
+            }
+            Shape::Transpose(perm) => {
+                let rank = x.dims().len();
+                let perm = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
+                transpose(x, &perm)?
+            }
+            Shape::Flatten(a) => {
+                let dims = x.dims();
+                let a = if *a == dims.len() as i64 { dims.len() } else { axis(*a, dims.len(), "Flatten")? };
+                let rows = dims[..a].iter().product::<usize>();
+                reshape(x, vec![rows, dims[a..].iter().product()])?
+            }
+            Shape::Concat(a) => concat(inputs, *a, ctx)?,
+            Shape::Split { axis: a, split, outputs } => {
+                let split = match (split, opt(inputs, 1)) {
+                    (Some(s), _) => Some(s.clone()),
+                    (None, Some(s)) => Some(s.ints("Split sizes")?.data),
+                    (None, None) => None,
+                };
+                return split_val(x, *a, split, *outputs);
+            }
+            Shape::Slice(attrs) => {
+                let [starts, ends, axes] = match attrs {
+                    Some(a) => a.clone(),
+                    None => {
+                        let axes = match opt(inputs, 3) {
+                            Some(a) => a.ints("Slice axes")?.data,
+                            None => (0..ints(1, "Slice starts")?.len() as i64).collect(),
+                        };
+                        [ints(1, "Slice starts")?, ints(2, "Slice ends")?, axes]
+                    }
+                };
+                let steps = match opt(inputs, 4) {
+                    Some(s) => s.ints("Slice steps")?.data,
+                    None => vec![1; starts.len()],
+                };
+                slice(x, &starts, &ends, &axes, &steps)?
+            }
+            Shape::Gather(a) => gather(x, &input(inputs, 1)?.ints("Gather indices")?, *a)?,
+            Shape::Squeeze(axes) => {
+                let dims = x.dims();
+                let axes = match (axes, opt(inputs, 1)) {
+                    (Some(a), _) => a.clone(),
+                    (None, Some(a)) => a.ints("Squeeze axes")?.data,
+                    (None, None) => (0..dims.len() as i64).filter(|&i| dims[i as usize] == 1).collect(),
+                };
+                let axes: Vec<usize> = axes.iter().map(|&a| axis(a, dims.len(), "Squeeze")).collect::<Result<_>>()?;
+                let out = dims.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+                reshape(x, out)?
+            }
+            Shape::Unsqueeze(axes) => {
+                let axes = match (axes, opt(inputs, 1)) {
+                    (Some(a), _) => a.clone(),
+                    (None, Some(a)) => a.ints("Unsqueeze axes")?.data,
+                    (None, None) => return Err(bad("Unsqueeze", "no axes")),
+                };
+                let mut dims = x.dims();
+                let rank = dims.len() + axes.len();
+                let mut axes: Vec<usize> = axes.iter().map(|&a| axis(a, rank, "Unsqueeze")).collect::<Result<_>>()?;
+                axes.sort_unstable();
+                for a in axes {
+                    dims.insert(a, 1);
+                }
+                reshape(x, dims)?
+            }
+            Shape::Expand => {
+                let shape: Vec<usize> = to_usize(&ints(1, "Expand shape")?, "Expand")?;
+                let dims = broadcast(&x.dims(), &shape, "Expand")?;
+                match x {
+                    Val::F(t) => Val::F(t.broadcast_as(dims.as_slice())?.contiguous()?),
+                    Val::I(i) => Val::I(broadcast_ints(i, &dims)?),
+                }
+            }
+            Shape::Pad(pads, value) => {
+                let pads = match (pads, opt(inputs, 1)) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(p)) => p.ints("Pad pads")?.data,
+                    (None, None) => return Err(bad("Pad", "no pads")),
+                };
+                let value = match opt(inputs, 2) {
+                    Some(v) => v.float(&ctx.device)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0),
+                    None => *value,
+                };
+                pad(&x.float(&ctx.device)?, &pads, value)?
+            }
+            Shape::ShapeOf { start, end } => {
+                let dims: Vec<i64> = x.dims().iter().map(|&d| d as i64).collect();
+                let n = dims.len() as i64;
+                let clamp = |v: i64| (if v < 0 { v + n } else { v }).clamp(0, n) as usize;
+                let (s, e) = (clamp(*start), clamp(end.unwrap_or(n)));
+                Val::I(Ints::vector(dims[s..e.max(s)].to_vec()))
+            }
+            Shape::Cast { float, boolean } => match (float, x) {
+                (true, v) => Val::F(v.float(&ctx.device)?),
+                (false, v) => {
+                    let mut i = v.ints("Cast")?;
+                    if *boolean {
+                        i.data.iter_mut().for_each(|v| *v = (*v != 0) as i64);
+                    }
+                    Val::I(i)
+                }
+            },
+            Shape::Range => {
+                let (s, l, d) = (ints(0, "Range")?, ints(1, "Range")?, ints(2, "Range")?);
+                let (s, l, d) = (first(&s)?, first(&l)?, first(&d)?);
+                if d == 0 {
+                    return Err(bad("Range", "a step of 0"));
+                }
+                let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+                if n > MAX_INTS {
+                    return Err(bad("Range", format!("{n} values")));
+                }
+                Val::I(Ints::vector((0..n as i64).map(|i| s + i * d).collect()))
+            }
+            Shape::ConstantOfShape(value) => {
+                let dims = to_usize(&x.ints("ConstantOfShape")?.data, "ConstantOfShape")?;
+                match value {
+                    Val::F(v) => {
+                        let v = v.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0);
+                        Val::F(Tensor::full(v, dims.as_slice(), &ctx.device)?)
+                    }
+                    Val::I(v) => {
+                        let n = checked_count(&dims, "ConstantOfShape")?;
+                        Val::I(Ints::new(dims, vec![v.data.first().copied().unwrap_or(0); n])?)
+                    }
+                }
+            }
+            Shape::ScatterND => scatter_nd(inputs, ctx)?,
+        }])
+    }
+}
+
+/// The most integers a host op may create (shape arithmetic is tiny; a file asking for more
+/// is refused rather than allowed to exhaust memory).
+const MAX_INTS: usize = 1 << 24;
+
+fn checked_count(dims: &[usize], what: &str) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_INTS * 16)
+        .ok_or_else(|| bad(what, format!("a shape of {dims:?} is too large")))
+}
+
+fn first(v: &[i64]) -> Result<i64> {
+    v.first().copied().ok_or_else(|| bad("Range", "an empty input"))
+}
+
+fn to_usize(v: &[i64], what: &str) -> Result<Vec<usize>> {
+    v.iter()
+        .map(|&d| usize::try_from(d).map_err(|_| bad(what, format!("a negative size {d}"))))
+        .collect()
+}
+
+/// ONNX Reshape's target: 0 copies the input's size (unless `allow_zero`), -1 is inferred.
+fn reshape_dims(dims: &[usize], shape: &[i64], allow_zero: bool) -> Result<Vec<usize>> {
+    let total: usize = dims.iter().product();
+    let mut out = Vec::with_capacity(shape.len());
+    let mut infer = None;
+    for (i, &s) in shape.iter().enumerate() {
+        match s {
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            0 if !allow_zero => out.push(*dims.get(i).ok_or_else(|| bad("Reshape", "0 past the input's rank"))?),
+            s if s >= 0 => out.push(s as usize),
+            s => return Err(bad("Reshape", format!("size {s}"))),
+        }
+    }
+    let known: usize = out.iter().product();
+    if let Some(i) = infer {
+        if known == 0 || total % known != 0 {
+            return Err(bad("Reshape", format!("cannot reshape {dims:?} to {shape:?}")));
+        }
+        out[i] = total / known;
+    }
+    if out.iter().product::<usize>() != total {
+        return Err(bad("Reshape", format!("cannot reshape {dims:?} to {shape:?}")));
+    }
+    Ok(out)
+}
+
+fn reshape(x: &Val, dims: Vec<usize>) -> Result<Val> {
+    Ok(match x {
+        Val::F(t) => Val::F(t.reshape(dims)?),
+        Val::I(i) => Val::I(Ints::new(dims, i.data.clone())?),
+    })
+}
+
+fn transpose(x: &Val, perm: &[usize]) -> Result<Val> {
+    let dims = x.dims();
+    let mut seen = vec![false; dims.len()];
+    if perm.len() != dims.len() || perm.iter().any(|&p| p >= dims.len() || std::mem::replace(&mut seen[p], true)) {
+        return Err(bad("Transpose", format!("perm {perm:?} for a rank-{} tensor", dims.len())));
+    }
+    Ok(match x {
+        Val::F(t) => Val::F(t.permute(perm.to_vec())?),
+        Val::I(i) => {
+            let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+            let strides = strides(&dims);
+            let data = indices(&out_dims)
+                .map(|idx| i.data[idx.iter().zip(perm).map(|(&v, &p)| v * strides[p]).sum::<usize>()])
+                .collect();
+            Val::I(Ints::new(out_dims, data)?)
+        }
+    })
+}
+
+fn strides(dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * dims[i + 1];
+    }
+    s
+}
+
+/// Every multi-index of `dims`, row-major.
+fn indices(dims: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
+    let n: usize = dims.iter().product();
+    (0..n).map(move |mut flat| {
+        let mut idx = vec![0; dims.len()];
+        for a in (0..dims.len()).rev() {
+            idx[a] = flat % dims[a];
+            flat /= dims[a];
+        }
+        idx
+    })
+}
+
+fn concat(inputs: &[Option<&Val>], a: i64, ctx: &Ctx) -> Result<Val> {
+    let vals: Vec<&Val> = inputs.iter().flatten().copied().collect();
+    let rank = vals.first().map_or(0, |v| v.dims().len());
+    let a = axis(a, rank, "Concat")?;
+    if vals.iter().all(|v| matches!(v, Val::I(_))) {
+        let parts: Vec<Ints> = vals.iter().map(|v| v.ints("Concat")).collect::<Result<_>>()?;
+        let mut dims = parts[0].dims.clone();
+        dims[a] = parts.iter().map(|p| p.dims.get(a).copied().unwrap_or(0)).sum();
+        let outer: usize = dims[..a].iter().product();
+        let mut data = Vec::new();
+        for o in 0..outer {
+            for p in &parts {
+                let chunk: usize = p.dims[a..].iter().product();
+                data.extend_from_slice(&p.data[o * chunk..(o + 1) * chunk]);
+            }
+        }
+        return Ok(Val::I(Ints::new(dims, data)?));
+    }
+    let ts: Vec<Tensor> = vals.iter().map(|v| v.float(&ctx.device)).collect::<Result<_>>()?;
+    Ok(Val::F(Tensor::cat(&ts, a)?))
+}
+
+fn split_val(x: &Val, a: i64, split: Option<Vec<i64>>, outputs: usize) -> Result<Vec<Val>> {
+    let dims = x.dims();
+    let a = axis(a, dims.len(), "Split")?;
+    let n = dims[a];
+    let sizes: Vec<usize> = match split {
+        Some(s) => to_usize(&s, "Split")?,
+        None => {
+            let part = n.div_ceil(outputs.max(1));
+            (0..outputs).map(|i| part.min(n.saturating_sub(i * part))).collect()
+        }
+    };
+    if sizes.iter().sum::<usize>() != n {
+        return Err(bad("Split", format!("sizes {sizes:?} do not add up to {n}")));
+    }
+    let mut start = 0;
+    sizes
+        .iter()
+        .map(|&len| {
+            let v = narrow(x, a, start, len, 1)?;
+            start += len;
+            Ok(v)
+        })
+        .collect()
+}
+
+/// `len` elements from `start` along `a`, every `step`-th (step may be negative).
+fn narrow(x: &Val, a: usize, start: usize, len: usize, step: i64) -> Result<Val> {
+    let dims = x.dims();
+    let picks: Vec<usize> = (0..len).map(|i| (start as i64 + i as i64 * step) as usize).collect();
+    match x {
+        Val::F(t) if step == 1 => Ok(Val::F(t.narrow(a, start, len)?)),
+        Val::F(t) => {
+            let idx: Vec<u32> = picks.iter().map(|&p| p as u32).collect();
+            let idx = Tensor::from_vec(idx, len, t.device())?;
+            Ok(Val::F(t.contiguous()?.index_select(&idx, a)?))
+        }
+        Val::I(i) => {
+            let mut out = dims.clone();
+            out[a] = len;
+            let outer: usize = dims[..a].iter().product();
+            let inner: usize = dims[a + 1..].iter().product();
+            let mut data = Vec::with_capacity(outer * len * inner);
+            for o in 0..outer {
+                for &p in &picks {
+                    let at = (o * dims[a] + p) * inner;
+                    data.extend_from_slice(&i.data[at..at + inner]);
+                }
+            }
+            Ok(Val::I(Ints::new(out, data)?))
+        }
+    }
+}
+
+fn slice(x: &Val, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> Result<Val> {
+    if starts.len() != ends.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        return Err(bad("Slice", "starts, ends, axes and steps differ in length"));
+    }
+    let mut v = x.clone();
+    for i in 0..starts.len() {
+        let dims = v.dims();
+        let a = axis(axes[i], dims.len(), "Slice")?;
+        let n = dims[a] as i64;
+        let step = steps[i];
+        if step == 0 {
+            return Err(bad("Slice", "a step of 0"));
+        }
+        let fix = |s: i64| if s < 0 { s + n } else { s };
+        let (start, end, len) = if step > 0 {
+            let s = fix(starts[i]).clamp(0, n);
+            let e = fix(ends[i]).clamp(0, n);
+            (s, e, ((e - s).max(0) + step - 1) / step)
+        } else {
+            let s = fix(starts[i]).clamp(-1, n - 1);
+            let e = fix(ends[i]).clamp(-1, n - 1);
+            (s, e, ((s - e).max(0) + (-step) - 1) / (-step))
+        };
+        let _ = end;
+        v = narrow(&v, a, start.max(0) as usize, len as usize, step)?;
+    }
+    Ok(v)
+}
+
+fn gather(x: &Val, idx: &Ints, a: i64) -> Result<Val> {
+    let dims = x.dims();
+    let a = axis(a, dims.len(), "Gather")?;
+    let n = dims[a] as i64;
+    let flat: Vec<usize> = idx
+        .data
+        .iter()
+        .map(|&i| {
+            let j = if i < 0 { i + n } else { i };
+            (0..n).contains(&j).then_some(j as usize).ok_or_else(|| bad("Gather", format!("index {i} out of range for {n}")))
+        })
+        .collect::<Result<_>>()?;
+    let picked = narrow_many(x, a, &flat)?;
+    let mut out: Vec<usize> = dims[..a].to_vec();
+    out.extend_from_slice(&idx.dims);
+    out.extend_from_slice(&dims[a + 1..]);
+    reshape(&picked, out)
+}
+
+fn narrow_many(x: &Val, a: usize, picks: &[usize]) -> Result<Val> {
+    match x {
+        Val::F(t) => {
+            let idx: Vec<u32> = picks.iter().map(|&p| p as u32).collect();
+            let idx = Tensor::from_vec(idx, picks.len(), t.device())?;
+            Ok(Val::F(t.contiguous()?.index_select(&idx, a)?))
+        }
+        Val::I(_) if picks.is_empty() => {
+            let mut d = x.dims();
+            d[a] = 0;
+            Ok(Val::I(Ints::new(d, vec![])?))
+        }
+        Val::I(_) => {
+            let parts: Vec<Val> = picks.iter().map(|&p| narrow(x, a, p, 1, 1)).collect::<Result<_>>()?;
+            let refs: Vec<Option<&Val>> = parts.iter().map(Some).collect();
+            let ctx = Ctx { mode: Default::default(), backend: Default::default(), device: candle_core::Device::Cpu };
+            concat(&refs, a as i64, &ctx)
+        }
+    }
+}
+
+fn broadcast_ints(i: &Ints, dims: &[usize]) -> Result<Ints> {
+    checked_count(dims, "Expand")?;
+    let off = dims.len() - i.dims.len();
+    let src_strides = strides(&i.dims);
+    let data = indices(dims)
+        .map(|idx| {
+            let at: usize = (0..i.dims.len())
+                .map(|k| if i.dims[k] == 1 { 0 } else { idx[k + off] * src_strides[k] })
+                .sum();
+            i.data[at]
+        })
+        .collect();
+    Ints::new(dims.to_vec(), data)
+}
+
+/// Elementwise integer arithmetic and comparisons with broadcasting.
+pub(crate) fn binary_ints(op: Binary, a: &Ints, b: &Ints) -> Result<Ints> {
+    let dims = broadcast(&a.dims, &b.dims, "integer op")?;
+    let (a, b) = (broadcast_ints(a, &dims)?, broadcast_ints(b, &dims)?);
+    let f = |x: i64, y: i64| -> Result<i64> {
+        Ok(match op {
+            Binary::Add => x.wrapping_add(y),
+            Binary::Sub => x.wrapping_sub(y),
+            Binary::Mul => x.wrapping_mul(y),
+            Binary::Div | Binary::Mod if y == 0 => return Err(bad("integer op", "division by zero")),
+            Binary::Div => x.wrapping_div(y),
+            Binary::Mod => x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 },
+            Binary::Pow => x.checked_pow(u32::try_from(y).unwrap_or(u32::MAX)).unwrap_or(i64::MAX),
+            Binary::Equal => (x == y) as i64,
+            Binary::Less => (x < y) as i64,
+            Binary::Greater => (x > y) as i64,
+            Binary::And => (x != 0 && y != 0) as i64,
+            Binary::Or => (x != 0 || y != 0) as i64,
+        })
+    };
+    let data = a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect::<Result<_>>()?;
+    Ints::new(dims, data)
+}
+
+pub(crate) fn where_ints(c: &Ints, a: &Ints, b: &Ints) -> Result<Ints> {
+    let dims = broadcast(&broadcast(&c.dims, &a.dims, "Where")?, &b.dims, "Where")?;
+    let (c, a, b) = (broadcast_ints(c, &dims)?, broadcast_ints(a, &dims)?, broadcast_ints(b, &dims)?);
+    let data = (0..c.data.len()).map(|i| if c.data[i] != 0 { a.data[i] } else { b.data[i] }).collect();
+    Ints::new(dims, data)
+}
+
+/// Constant padding of every dimension (`pads`: all the befores, then all the afters).
+fn pad(x: &Tensor, pads: &[i64], value: f32) -> Result<Val> {
+    let rank = x.rank();
+    if pads.len() != 2 * rank || pads.iter().any(|&p| p < 0) {
+        return Err(bad("Pad", format!("pads {pads:?} for a rank-{rank} tensor (negative pads are not supported)")));
+    }
+    let mut y = x.clone();
+    for a in 0..rank {
+        let (l, r) = (pads[a] as usize, pads[a + rank] as usize);
+        if l == 0 && r == 0 {
+            continue;
+        }
+        y = if value == 0.0 {
+            y.pad_with_zeros(a, l, r)?
+        } else {
+            let mut side = y.dims().to_vec();
+            let mut parts = Vec::new();
+            side[a] = l;
+            parts.push(Tensor::full(value, side.as_slice(), y.device())?);
+            parts.push(y.clone());
+            side[a] = r;
+            parts.push(Tensor::full(value, side.as_slice(), y.device())?);
+            Tensor::cat(&parts, a)?
+        };
+    }
+    Ok(Val::F(y))
+}
+
+/// ScatterND on constants and shapes (Swin's attention masks), on the host.
+fn scatter_nd(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
+    let data = input(inputs, 0)?;
+    let idx = input(inputs, 1)?.ints("ScatterND indices")?;
+    let updates = input(inputs, 2)?;
+    let dims = data.dims();
+    let k = *idx.dims.last().ok_or_else(|| bad("ScatterND", "scalar indices"))?;
+    if k > dims.len() {
+        return Err(bad("ScatterND", "indices deeper than the data"));
+    }
+    let inner: usize = dims[k..].iter().product();
+    let st = strides(&dims[..k]);
+    let outer: usize = dims[..k].iter().product();
+    let at = |row: &[i64]| -> Result<usize> {
+        let mut flat = 0;
+        for (j, &i) in row.iter().enumerate() {
+            let n = dims[j] as i64;
+            let i = if i < 0 { i + n } else { i };
+            if !(0..n).contains(&i) {
+                return Err(bad("ScatterND", format!("index {i} out of range")));
+            }
+            flat += i as usize * st[j];
+        }
+        Ok(flat.min(outer) * inner)
+    };
+    let rows: Vec<&[i64]> = if k == 0 { vec![&[]] } else { idx.data.chunks(k).collect() };
+    match (data, updates) {
+        (Val::I(d), u) => {
+            let u = u.ints("ScatterND updates")?;
+            let mut out = d.data.clone();
+            for (r, row) in rows.iter().enumerate() {
+                let o = at(row)?;
+                let src = u.data.get(r * inner..(r + 1) * inner).ok_or_else(|| bad("ScatterND", "too few updates"))?;
+                out[o..o + inner].copy_from_slice(src);
+            }
+            Ok(Val::I(Ints::new(dims, out)?))
+        }
+        (Val::F(d), u) => {
+            let u = u.float(&ctx.device)?;
+            if d.track_op() || u.track_op() {
+                return Err(bad("ScatterND", "on an activation (only on constants and shapes)"));
+            }
+            let mut out = d.flatten_all()?.to_vec1::<f32>()?;
+            let u = u.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            for (r, row) in rows.iter().enumerate() {
+                let o = at(row)?;
+                let src = u.get(r * inner..(r + 1) * inner).ok_or_else(|| bad("ScatterND", "too few updates"))?;
+                out[o..o + inner].copy_from_slice(src);
+            }
+            Ok(Val::F(Tensor::from_vec(out, dims, d.device())?))
+        }
+    }
+}
