@@ -18,6 +18,7 @@ mod classifier;
 mod description;
 mod info;
 pub mod layers;
+pub mod onnx;
 mod registry;
 pub mod reinit;
 
