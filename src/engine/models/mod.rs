@@ -19,6 +19,7 @@ mod description;
 mod info;
 pub mod onnx;
 pub mod layers;
+pub mod onnx;
 mod registry;
 pub mod reinit;
 

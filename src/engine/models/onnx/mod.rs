@@ -1,0 +1,101 @@
+//! ONNX models read as data: the protobuf parsed by hand ([`proto`], no `protoc` and no code
+//! generated at build time) and the initializers made tensors ([`tensor`]), with every length,
+//! element count and external file checked before anything is allocated or opened. Running a
+//! graph is not this module's job.
+//!
+//! Errors are one [`Error::Weights`] line naming the file and, where there is one, the tensor.
+
+pub mod proto;
+pub mod tensor;
+mod wire;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+
+pub use proto::{
+    Attr, AttributeProto, DataType, Dim, GraphProto, ModelProto, NodeProto, OperatorSet,
+    TensorData, TensorProto, ValueInfo, parse_model,
+};
+pub use tensor::{ExternalFiles, out_dtype, to_tensor, to_tensor_with, type_name};
+
+use crate::error::{Error, Result};
+use wire::{Msg, Reader, Value};
+
+/// A parsed `.onnx` file with its initializers as tensors.
+#[derive(Debug)]
+pub struct OnnxFile {
+    pub model: ModelProto,
+    /// The graph's initializers by name (their `TensorProto`s stay in `model`).
+    pub initializers: HashMap<String, Tensor>,
+    /// The folder the file is in: external data is read from here only.
+    pub dir: PathBuf,
+}
+
+/// Reads an `.onnx` file and its initializers (external data included).
+pub fn read_onnx(path: &Path) -> Result<OnnxFile> {
+    let in_file = |e: Error| match e {
+        Error::Weights(m) => Error::Weights(format!("{}: {m}", path.display())),
+        e => e,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let model = parse_model(&bytes).map_err(in_file)?;
+    drop(bytes);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut files = ExternalFiles::new(Some(&dir));
+    let mut initializers = HashMap::with_capacity(model.graph.initializer.len());
+    for t in &model.graph.initializer {
+        let tensor = to_tensor_with(t, &mut files).map_err(in_file)?;
+        if initializers.insert(t.name.clone(), tensor).is_some() {
+            return Err(in_file(Error::Weights(format!(
+                "two initializers are named '{}'",
+                t.name
+            ))));
+        }
+    }
+    Ok(OnnxFile {
+        model,
+        initializers,
+        dir,
+    })
+}
+
+/// Whether `head` (a file's first bytes; give it a few hundred, the graph field comes after
+/// the producer's name and version) looks like an ONNX `ModelProto`: the first field is a
+/// plausible `ir_version` (tag 0x08), then only `ModelProto`'s own fields with their wire
+/// types, up to the `graph` field's tag and length (its body may lie past `head`). Writers
+/// serialise fields in number order, so `graph` (7) comes before `opset_import` (8).
+/// Safetensors (a little-endian u64 then `{`), zip (`PK`) and pickle (0x80) files fail on
+/// their first bytes.
+pub fn sniff(head: &[u8]) -> bool {
+    if head.first() != Some(&0x08) {
+        return false;
+    }
+    let mut r = Reader::new(Msg { bytes: head, at: 0 }, "ModelProto");
+    let mut first = true;
+    loop {
+        let Ok((num, wire)) = r.tag() else {
+            return false;
+        };
+        if (num, wire) == (7, 2) {
+            return r.length().is_ok();
+        }
+        let Ok(v) = r.value(wire) else {
+            return false;
+        };
+        let ok = match (num, v) {
+            (1, Value::Varint(v)) => first && (1..=64).contains(&v),
+            (5, Value::Varint(_)) => true,
+            (2 | 3 | 4 | 6 | 8 | 14 | 20 | 25 | 26, Value::Bytes(_)) => true,
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+        first = false;
+    }
+}
