@@ -17,7 +17,12 @@ use unveil::engine::params::{Method, Reduction, SaliencyParams, StopParams, Unve
 use crate::common::{cosine, fixture, lite0, to_vec};
 
 /// Iteration 0 of a run of `method` on `x` (`[1, 3, h, w]`) for `target`.
-fn first_step(model: Arc<dyn Classifier>, x: &Tensor, target: usize, s: SaliencyParams) -> Step {
+pub(crate) fn first_step(
+    model: Arc<dyn Classifier>,
+    x: &Tensor,
+    target: usize,
+    s: SaliencyParams,
+) -> Step {
     let params = UnveilParams {
         saliency: s,
         stop: StopParams {

@@ -93,9 +93,8 @@ fn guided_maps_ignore_a_random_head_and_vanilla_maps_do_not() {
 fn randomised_models_are_seeded_and_change_only_their_layers() {
     let e = explainer();
     let x = chelsea(&e).unsqueeze(0).unwrap();
-    let features = |m: &dyn unveil::engine::models::Classifier| {
-        to_vec(&m.cam_pass(&x).unwrap().activation)
-    };
+    let features =
+        |m: &dyn unveil::engine::models::Classifier| to_vec(&m.cam_pass(&x).unwrap().activation);
     let logits = |m: &dyn unveil::engine::models::Classifier| {
         to_vec(&m.forward(&x, ReluMode::Plain).unwrap())
     };

@@ -82,9 +82,7 @@ fn channel_order<'de, D: serde::Deserializer<'de>>(
     )
 }
 
-fn resize<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Resize>, D::Error> {
+fn resize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Resize>, D::Error> {
     choice(
         d,
         "resize",

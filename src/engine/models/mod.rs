@@ -17,7 +17,6 @@ mod checkpoint;
 mod classifier;
 mod description;
 mod info;
-pub mod onnx;
 pub mod layers;
 pub mod onnx;
 mod registry;

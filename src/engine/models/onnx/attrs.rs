@@ -4,7 +4,7 @@
 
 use super::ops::{AvgConvs, Binary, Kind, Pads, Reduce, Unary, Window};
 use super::proto::{Attr, DataType, NodeProto};
-use super::shape_ops::Shape;
+use super::shape_ops::Arrange;
 use super::value::{Ints, Val};
 use crate::engine::ops::geometry::Padding;
 use crate::error::{Error, Result};
@@ -28,12 +28,20 @@ impl<'a> Attrs<'a> {
     }
 
     fn get(&self, name: &str) -> Option<&'a Attr> {
-        self.node.attribute.iter().find(|a| a.name == name).map(|a| &a.value)
+        self.node
+            .attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| &a.value)
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
         let n = self.node;
-        let what = if n.name.is_empty() { n.op_type.clone() } else { format!("{} '{}'", n.op_type, n.name) };
+        let what = if n.name.is_empty() {
+            n.op_type.clone()
+        } else {
+            format!("{} '{}'", n.op_type, n.name)
+        };
         Error::Weights(format!("{what}: {msg}"))
     }
 
@@ -73,14 +81,26 @@ impl<'a> Attrs<'a> {
 
     /// A `Constant` node's value.
     pub(crate) fn constant(&self) -> Result<Val> {
-        match (self.get("value"), self.get("value_float"), self.get("value_int"), self.get("value_ints"), self.get("value_floats")) {
+        match (
+            self.get("value"),
+            self.get("value_float"),
+            self.get("value_int"),
+            self.get("value_ints"),
+            self.get("value_floats"),
+        ) {
             (Some(Attr::Tensor(t)), ..) => {
                 Val::from_tensor(super::tensor::to_tensor(t, None).map_err(|e| self.err(e))?)
             }
-            (_, Some(Attr::Float(v)), ..) => Ok(Val::F(candle_core::Tensor::new(*v, &candle_core::Device::Cpu)?)),
+            (_, Some(Attr::Float(v)), ..) => Ok(Val::F(candle_core::Tensor::new(
+                *v,
+                &candle_core::Device::Cpu,
+            )?)),
             (_, _, Some(Attr::Int(v)), ..) => Ok(Val::I(Ints::scalar(*v))),
             (_, _, _, Some(Attr::Ints(v)), _) => Ok(Val::I(Ints::vector(v.clone()))),
-            (.., Some(Attr::Floats(v))) => Ok(Val::F(candle_core::Tensor::new(v.as_slice(), &candle_core::Device::Cpu)?)),
+            (.., Some(Attr::Floats(v))) => Ok(Val::F(candle_core::Tensor::new(
+                v.as_slice(),
+                &candle_core::Device::Cpu,
+            )?)),
             _ => Err(self.err("a Constant without a supported value")),
         }
     }
@@ -89,8 +109,12 @@ impl<'a> Attrs<'a> {
     fn pair(&self, name: &str, default: usize) -> Result<(usize, usize)> {
         match self.ints(name)?.as_deref() {
             None => Ok((default, default)),
-            Some([a, b]) if *a > 0 && *b > 0 && *a < 1 << 16 && *b < 1 << 16 => Ok((*a as usize, *b as usize)),
-            Some(v) => Err(self.err(format!("{name} {v:?}: only 2-D (image) ops with positive sizes are supported"))),
+            Some([a, b]) if *a > 0 && *b > 0 && *a < 1 << 16 && *b < 1 << 16 => {
+                Ok((*a as usize, *b as usize))
+            }
+            Some(v) => Err(self.err(format!(
+                "{name} {v:?}: only 2-D (image) ops with positive sizes are supported"
+            ))),
         }
     }
 
@@ -104,13 +128,17 @@ impl<'a> Attrs<'a> {
         }
         match self.ints("pads")?.as_deref() {
             None => Ok(Pads::Explicit(Padding::default())),
-            Some([t, l, b, r]) if [t, l, b, r].iter().all(|&&p| (0..1 << 16).contains(&p)) => Ok(Pads::Explicit(Padding {
-                top: *t as usize,
-                left: *l as usize,
-                bottom: *b as usize,
-                right: *r as usize,
-            })),
-            Some(p) => Err(self.err(format!("pads {p:?}: only 2-D, non-negative padding is supported"))),
+            Some([t, l, b, r]) if [t, l, b, r].iter().all(|&&p| (0..1 << 16).contains(&p)) => {
+                Ok(Pads::Explicit(Padding {
+                    top: *t as usize,
+                    left: *l as usize,
+                    bottom: *b as usize,
+                    right: *r as usize,
+                }))
+            }
+            Some(p) => Err(self.err(format!(
+                "pads {p:?}: only 2-D, non-negative padding is supported"
+            ))),
         }
     }
 
@@ -127,7 +155,11 @@ impl<'a> Attrs<'a> {
         if !(1..1 << 20).contains(&group) {
             return Err(self.err(format!("group {group}")));
         }
-        Ok(ConvSpec { strides: self.pair("strides", 1)?, pads: self.pads()?, group: group as usize })
+        Ok(ConvSpec {
+            strides: self.pair("strides", 1)?,
+            pads: self.pads()?,
+            group: group as usize,
+        })
     }
 
     fn window(&self) -> Result<Window> {
@@ -137,27 +169,45 @@ impl<'a> Attrs<'a> {
         if kh != kw || sh != sw {
             return Err(self.err(format!("a {kh} x {kw} pool with strides ({sh}, {sw}): only square pools with one stride are supported")));
         }
-        Ok(Window { k: kh, stride: sh, pads: self.pads()?, ceil: self.int("ceil_mode", 0)? != 0 })
+        Ok(Window {
+            k: kh,
+            stride: sh,
+            pads: self.pads()?,
+            ceil: self.int("ceil_mode", 0)? != 0,
+        })
     }
 }
 
 /// The scalar value of a constant input, if the node has one.
 fn scalar(c: Option<&Val>) -> Option<f32> {
     match c? {
-        Val::F(t) if t.elem_count() == 1 => t.flatten_all().ok()?.to_vec1::<f32>().ok()?.first().copied(),
+        Val::F(t) if t.elem_count() == 1 => t
+            .flatten_all()
+            .ok()?
+            .to_vec1::<f32>()
+            .ok()?
+            .first()
+            .copied(),
         Val::I(i) if i.data.len() == 1 => Some(i.data[0] as f32),
         _ => None,
     }
 }
 
 /// Parses `node` into its op. `consts[i]` is input `i`'s value when it is a constant.
-pub(crate) fn parse_kind(node: &NodeProto, a: &Attrs, opset: i64, consts: &[Option<&Val>]) -> Result<Kind> {
+pub(crate) fn parse_kind(
+    node: &NodeProto,
+    a: &Attrs,
+    opset: i64,
+    consts: &[Option<&Val>],
+) -> Result<Kind> {
     let c = |i: usize| consts.get(i).copied().flatten();
     let axes = |name: &str| a.ints(name);
     Ok(match node.op_type.as_str() {
         "Conv" => {
             if c(1).is_none() {
-                return Err(a.err("a convolution whose weights are computed at run time is not supported"));
+                return Err(
+                    a.err("a convolution whose weights are computed at run time is not supported")
+                );
             }
             Kind::ConvSpec(a.conv_spec()?)
         }
@@ -169,13 +219,31 @@ pub(crate) fn parse_kind(node: &NodeProto, a: &Attrs, opset: i64, consts: &[Opti
         }
         "Relu" => Kind::Relu(false),
         "Clip" => {
-            let lo = if opset < 11 { Some(a.float("min", f32::NEG_INFINITY)?) } else { node.input.get(1).filter(|n| !n.is_empty()).map_or(Some(f32::NEG_INFINITY), |_| scalar(c(1))) };
-            let hi = if opset < 11 { Some(a.float("max", f32::INFINITY)?) } else { node.input.get(2).filter(|n| !n.is_empty()).map_or(Some(f32::INFINITY), |_| scalar(c(2))) };
+            let lo = if opset < 11 {
+                Some(a.float("min", f32::NEG_INFINITY)?)
+            } else {
+                node.input
+                    .get(1)
+                    .filter(|n| !n.is_empty())
+                    .map_or(Some(f32::NEG_INFINITY), |_| scalar(c(1)))
+            };
+            let hi = if opset < 11 {
+                Some(a.float("max", f32::INFINITY)?)
+            } else {
+                node.input
+                    .get(2)
+                    .filter(|n| !n.is_empty())
+                    .map_or(Some(f32::INFINITY), |_| scalar(c(2)))
+            };
             match (lo, hi) {
                 (Some(l), Some(h)) if l == 0.0 && h == 6.0 => Kind::Relu(true),
                 (Some(l), Some(h)) if l == 0.0 && h == f32::INFINITY => Kind::Relu(false),
                 (Some(l), Some(h)) => Kind::Clip(l, h),
-                _ => return Err(a.err("a Clip whose bounds are computed at run time is not supported")),
+                _ => {
+                    return Err(
+                        a.err("a Clip whose bounds are computed at run time is not supported")
+                    );
+                }
             }
         }
         "LeakyRelu" => Kind::LeakyRelu(a.float("alpha", 0.01)?),
@@ -185,7 +253,11 @@ pub(crate) fn parse_kind(node: &NodeProto, a: &Attrs, opset: i64, consts: &[Opti
             }
             Kind::MaxPool(a.window()?)
         }
-        "AveragePool" => Kind::AvgPool(a.window()?, a.int("count_include_pad", 0)? != 0, AvgConvs::default()),
+        "AveragePool" => Kind::AvgPool(
+            a.window()?,
+            a.int("count_include_pad", 0)? != 0,
+            AvgConvs::default(),
+        ),
         "GlobalAveragePool" => Kind::GlobalAvgPool,
         "GlobalMaxPool" => Kind::GlobalMaxPool,
         "Gemm" => Kind::Gemm {
@@ -219,14 +291,27 @@ pub(crate) fn parse_kind(node: &NodeProto, a: &Attrs, opset: i64, consts: &[Opti
         "Tanh" => Kind::Unary(Unary::Tanh),
         "Softplus" => Kind::Unary(Unary::Softplus),
         "HardSwish" => Kind::Unary(Unary::HardSwish),
-        "HardSigmoid" => Kind::Unary(Unary::HardSigmoid(a.float("alpha", 0.2)?, a.float("beta", 0.5)?)),
-        "Gelu" => Kind::Unary(Unary::Gelu(a.string("approximate")?.as_deref() == Some("tanh"))),
-        "Softmax" => Kind::Softmax { axis: a.int("axis", if opset < 13 { 1 } else { -1 })?, legacy: opset < 13 },
+        "HardSigmoid" => Kind::Unary(Unary::HardSigmoid(
+            a.float("alpha", 0.2)?,
+            a.float("beta", 0.5)?,
+        )),
+        "Gelu" => Kind::Unary(Unary::Gelu(
+            a.string("approximate")?.as_deref() == Some("tanh"),
+        )),
+        "Softmax" => Kind::Softmax {
+            axis: a.int("axis", if opset < 13 { 1 } else { -1 })?,
+            legacy: opset < 13,
+        },
         "LayerNormalization" => {
             if node.output.iter().skip(1).any(|o| !o.is_empty()) {
-                return Err(a.err("LayerNormalization's mean and inverse-deviation outputs are not supported"));
+                return Err(a.err(
+                    "LayerNormalization's mean and inverse-deviation outputs are not supported",
+                ));
             }
-            Kind::LayerNorm { axis: a.int("axis", -1)?, eps: a.float("epsilon", 1e-5)? as f64 }
+            Kind::LayerNorm {
+                axis: a.int("axis", -1)?,
+                eps: a.float("epsilon", 1e-5)? as f64,
+            }
         }
         op @ ("ReduceMean" | "ReduceSum" | "ReduceMax") => Kind::Reduce {
             op: match op {
@@ -239,14 +324,20 @@ pub(crate) fn parse_kind(node: &NodeProto, a: &Attrs, opset: i64, consts: &[Opti
             noop_with_empty_axes: a.int("noop_with_empty_axes", 0)? != 0,
         },
         "Identity" | "Dropout" => Kind::Identity,
-        "Reshape" => Kind::Shape(Shape::Reshape { allow_zero: a.int("allowzero", 0)? != 0 }),
-        "Transpose" => Kind::Shape(Shape::Transpose(
+        "Reshape" => Kind::Arrange(Arrange::Reshape {
+            allow_zero: a.int("allowzero", 0)? != 0,
+        }),
+        "Transpose" => Kind::Arrange(Arrange::Transpose(
             axes("perm")?.map(|p| p.iter().map(|&v| v.max(0) as usize).collect()),
         )),
-        "Flatten" => Kind::Shape(Shape::Flatten(a.int("axis", 1)?)),
-        "Concat" => Kind::Shape(Shape::Concat(a.int("axis", 0)?)),
-        "Split" => Kind::Shape(Shape::Split { axis: a.int("axis", 0)?, split: axes("split")?, outputs: node.output.len() }),
-        "Slice" => Kind::Shape(Shape::Slice(if opset < 10 {
+        "Flatten" => Kind::Arrange(Arrange::Flatten(a.int("axis", 1)?)),
+        "Concat" => Kind::Arrange(Arrange::Concat(a.int("axis", 0)?)),
+        "Split" => Kind::Arrange(Arrange::Split {
+            axis: a.int("axis", 0)?,
+            split: axes("split")?,
+            outputs: node.output.len(),
+        }),
+        "Slice" => Kind::Arrange(Arrange::Slice(if opset < 10 {
             let starts = axes("starts")?.ok_or_else(|| a.err("no starts"))?;
             let ends = axes("ends")?.ok_or_else(|| a.err("no ends"))?;
             let ax = axes("axes")?.unwrap_or_else(|| (0..starts.len() as i64).collect());
@@ -254,10 +345,10 @@ pub(crate) fn parse_kind(node: &NodeProto, a: &Attrs, opset: i64, consts: &[Opti
         } else {
             None
         })),
-        "Gather" => Kind::Shape(Shape::Gather(a.int("axis", 0)?)),
-        "Squeeze" => Kind::Shape(Shape::Squeeze(axes("axes")?)),
-        "Unsqueeze" => Kind::Shape(Shape::Unsqueeze(axes("axes")?)),
-        "Expand" => Kind::Shape(Shape::Expand),
+        "Gather" => Kind::Arrange(Arrange::Gather(a.int("axis", 0)?)),
+        "Squeeze" => Kind::Arrange(Arrange::Squeeze(axes("axes")?)),
+        "Unsqueeze" => Kind::Arrange(Arrange::Unsqueeze(axes("axes")?)),
+        "Expand" => Kind::Arrange(Arrange::Expand),
         "Pad" => {
             let mode = a.string("mode")?.unwrap_or_else(|| "constant".into());
             if mode != "constant" {
@@ -266,28 +357,38 @@ pub(crate) fn parse_kind(node: &NodeProto, a: &Attrs, opset: i64, consts: &[Opti
             if node.input.get(3).is_some_and(|n| !n.is_empty()) {
                 return Err(a.err("Pad with axes is not supported"));
             }
-            Kind::Shape(Shape::Pad(axes("pads")?, a.float("value", 0.0)?))
+            Kind::Arrange(Arrange::Pad(axes("pads")?, a.float("value", 0.0)?))
         }
-        "Shape" => Kind::Shape(Shape::ShapeOf { start: a.int("start", 0)?, end: a.ints("end")?.and_then(|v| v.first().copied()) }),
+        "Shape" => Kind::Arrange(Arrange::ShapeOf {
+            start: a.int("start", 0)?,
+            end: a.ints("end")?.and_then(|v| v.first().copied()),
+        }),
         "Cast" => {
             let to = a.int("to", 1)?;
             let float = matches!(to, 1 | 10 | 11 | 16);
-            Kind::Shape(Shape::Cast { float, boolean: to == 9 })
+            Kind::Arrange(Arrange::Cast {
+                float,
+                boolean: to == 9,
+            })
         }
-        "Range" => Kind::Shape(Shape::Range),
-        "ConstantOfShape" => Kind::Shape(Shape::ConstantOfShape(match node.attribute.iter().find(|x| x.name == "value") {
-            Some(x) => match &x.value {
-                Attr::Tensor(t) if t.data_type == DataType::Float => Val::from_tensor(super::tensor::to_tensor(t, None)?)?,
-                Attr::Tensor(t) => Val::from_tensor(super::tensor::to_tensor(t, None)?)?,
-                _ => return Err(a.err("value is not a tensor")),
+        "Range" => Kind::Arrange(Arrange::Range),
+        "ConstantOfShape" => Kind::Arrange(Arrange::ConstantOfShape(
+            match node.attribute.iter().find(|x| x.name == "value") {
+                Some(x) => match &x.value {
+                    Attr::Tensor(t) if t.data_type == DataType::Float => {
+                        Val::from_tensor(super::tensor::to_tensor(t, None)?)?
+                    }
+                    Attr::Tensor(t) => Val::from_tensor(super::tensor::to_tensor(t, None)?)?,
+                    _ => return Err(a.err("value is not a tensor")),
+                },
+                None => Val::F(candle_core::Tensor::new(0f32, &candle_core::Device::Cpu)?),
             },
-            None => Val::F(candle_core::Tensor::new(0f32, &candle_core::Device::Cpu)?),
-        })),
+        )),
         "ScatterND" => {
             if a.string("reduction")?.is_some_and(|r| r != "none") {
                 return Err(a.err("ScatterND with a reduction is not supported"));
             }
-            Kind::Shape(Shape::ScatterND)
+            Kind::Arrange(Arrange::ScatterND)
         }
         other => return Err(a.err(format!("{other} is not supported"))),
     })

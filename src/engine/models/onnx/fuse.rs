@@ -52,44 +52,70 @@ pub(crate) fn fuse(
                 let spec = spec.clone();
                 let step = &p.steps[i];
                 let err = |m: &str| Error::Weights(format!("Conv '{}': {m}", step.name));
-                let mut weight = float(step.inputs.get(1).copied().flatten(), consts).ok_or_else(|| err("its weight is not a float constant"))?;
+                let mut weight = float(step.inputs.get(1).copied().flatten(), consts)
+                    .ok_or_else(|| err("its weight is not a float constant"))?;
                 if weight.rank() != 4 {
-                    return Err(err(&format!("a weight of shape {:?}: only 2-D convolutions are supported", weight.dims())));
+                    return Err(err(&format!(
+                        "a weight of shape {:?}: only 2-D convolutions are supported",
+                        weight.dims()
+                    )));
                 }
                 let cout = weight.dim(0)?;
                 let bias_slot = step.inputs.get(2).copied().flatten();
                 let mut bias = match bias_slot {
-                    Some(_) => float(bias_slot, consts).ok_or_else(|| err("its bias is not a float constant"))?,
+                    Some(_) => float(bias_slot, consts)
+                        .ok_or_else(|| err("its bias is not a float constant"))?,
                     None => Tensor::zeros(cout, DType::F32, &Device::Cpu)?,
                 };
                 if bias.dims() != [cout] {
-                    return Err(err(&format!("a bias of shape {:?} for {cout} filters", bias.dims())));
+                    return Err(err(&format!(
+                        "a bias of shape {:?} for {cout} filters",
+                        bias.dims()
+                    )));
                 }
-                let mut tensors: Vec<String> = [name(step.inputs[1], p), name(bias_slot, p)].into_iter().flatten().collect();
+                let mut tensors: Vec<String> = [name(step.inputs[1], p), name(bias_slot, p)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 let input = step.inputs[0];
                 let mut out = step.outputs[0];
                 let mut at = i;
                 // BatchNorm.
-                if let Some(j) = only_reader(out).filter(|&j| matches!(p.steps[j].kind, Kind::BatchNorm(_))) {
+                if let Some(j) = only_reader(out)
+                    .filter(|&j| !removed[j] && matches!(p.steps[j].kind, Kind::BatchNorm(_)))
+                {
                     let bn = &p.steps[j];
-                    let Kind::BatchNorm(eps) = bn.kind else { unreachable!() };
-                    let stats: Vec<Tensor> = (1..5).map(|k| float(bn.inputs.get(k).copied().flatten(), consts).ok_or_else(|| err("BatchNorm statistics are not float constants"))).collect::<Result<_>>()?;
+                    let Kind::BatchNorm(eps) = bn.kind else {
+                        unreachable!()
+                    };
+                    let stats: Vec<Tensor> = (1..5)
+                        .map(|k| {
+                            float(bn.inputs.get(k).copied().flatten(), consts)
+                                .ok_or_else(|| err("BatchNorm statistics are not float constants"))
+                        })
+                        .collect::<Result<_>>()?;
                     let (scale, shift) = bn_affine(&stats, eps)?;
                     if scale.dims() != [cout] {
                         return Err(err("a BatchNorm of another width follows it"));
                     }
                     weight = weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
                     bias = ((bias * &scale)? + shift)?;
-                    tensors.extend((1..5).filter_map(|k| name(bn.inputs.get(k).copied().flatten(), p)));
+                    tensors.extend(
+                        (1..5).filter_map(|k| name(bn.inputs.get(k).copied().flatten(), p)),
+                    );
                     out = bn.outputs[0];
                     removed[j] = true;
                     at = j;
                 }
                 let imp = build_conv(weight, bias, &spec, tensors.clone(), device)?;
-                let mut conv = ConvStep { imp, act: None, residual: false };
+                let mut conv = ConvStep {
+                    imp,
+                    act: None,
+                    residual: false,
+                };
                 let mut inputs = vec![input];
                 // ReLU, or residual addition (then maybe ReLU).
-                if let Some(j) = only_reader(out) {
+                if let Some(j) = only_reader(out).filter(|&j| !removed[j]) {
                     match &p.steps[j].kind {
                         Kind::Relu(r6) => {
                             conv.act = Some(*r6);
@@ -100,15 +126,20 @@ pub(crate) fn fuse(
                         Kind::Binary(Binary::Add) => {
                             let add = &p.steps[j];
                             let other = add.inputs.iter().flatten().copied().find(|&s| s != out);
-                            let both = add.inputs.iter().flatten().filter(|&&s| s == out).count() == 1;
+                            let both =
+                                add.inputs.iter().flatten().filter(|&&s| s == out).count() == 1;
                             if let Some(other) = other.filter(|o| both && !consts.contains_key(o)) {
                                 conv.residual = true;
                                 inputs.push(Some(other));
                                 out = add.outputs[0];
                                 removed[j] = true;
                                 at = j;
-                                if let Some(k) = only_reader(out).filter(|&k| matches!(p.steps[k].kind, Kind::Relu(_))) {
-                                    let Kind::Relu(r6) = p.steps[k].kind else { unreachable!() };
+                                if let Some(k) = only_reader(out).filter(|&k| {
+                                    !removed[k] && matches!(p.steps[k].kind, Kind::Relu(_))
+                                }) {
+                                    let Kind::Relu(r6) = p.steps[k].kind else {
+                                        unreachable!()
+                                    };
                                     conv.act = Some(r6);
                                     out = p.steps[k].outputs[0];
                                     removed[k] = true;
@@ -134,10 +165,19 @@ pub(crate) fn fuse(
             Kind::BatchNorm(eps) => {
                 let step = &p.steps[i];
                 let stats: Vec<Tensor> = (1..5)
-                    .map(|k| float(step.inputs.get(k).copied().flatten(), consts).ok_or_else(|| Error::Weights(format!("BatchNormalization '{}': statistics are not float constants", step.name))))
+                    .map(|k| {
+                        float(step.inputs.get(k).copied().flatten(), consts).ok_or_else(|| {
+                            Error::Weights(format!(
+                                "BatchNormalization '{}': statistics are not float constants",
+                                step.name
+                            ))
+                        })
+                    })
                     .collect::<Result<_>>()?;
                 let (scale, shift) = bn_affine(&stats, *eps)?;
-                let names = (1..5).filter_map(|k| name(step.inputs.get(k).copied().flatten(), p)).collect();
+                let names = (1..5)
+                    .filter_map(|k| name(step.inputs.get(k).copied().flatten(), p))
+                    .collect();
                 moved[i] = Some(Step {
                     name: step.name.clone(),
                     op_type: step.op_type.clone(),
@@ -147,7 +187,12 @@ pub(crate) fn fuse(
                     layer: layer_of(LayerKind::Norm, names),
                 });
             }
-            Kind::Gemm { alpha, beta, trans_a, trans_b } => {
+            Kind::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+            } => {
                 let (alpha, beta, trans_a, trans_b) = (*alpha, *beta, *trans_a, *trans_b);
                 let step = &p.steps[i];
                 let b_slot = step.inputs.get(1).copied().flatten();
@@ -170,7 +215,12 @@ pub(crate) fn fuse(
                 moved[i] = Some(Step {
                     name: step.name.clone(),
                     op_type: step.op_type.clone(),
-                    kind: Kind::Gemm { alpha, beta, trans_a, trans_b: tb },
+                    kind: Kind::Gemm {
+                        alpha,
+                        beta,
+                        trans_a,
+                        trans_b: tb,
+                    },
                     inputs,
                     outputs: step.outputs.clone(),
                     layer: layer_of(LayerKind::Linear, names),
@@ -178,13 +228,32 @@ pub(crate) fn fuse(
             }
             Kind::MatMul | Kind::LayerNorm { .. } => {
                 let step = &p.steps[i];
-                let mut names: Vec<String> = step.inputs.iter().flatten().filter(|s| consts.contains_key(s)).map(|&s| p.names[s].clone()).collect();
-                let kind = if matches!(step.kind, Kind::MatMul) { LayerKind::Linear } else { LayerKind::Norm };
+                let mut names: Vec<String> = step
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .filter(|s| consts.contains_key(s))
+                    .map(|&s| p.names[s].clone())
+                    .collect();
+                let kind = if matches!(step.kind, Kind::MatMul) {
+                    LayerKind::Linear
+                } else {
+                    LayerKind::Norm
+                };
                 // A linear layer's bias: the constant a lone Add puts on its output.
-                if kind == LayerKind::Linear && !names.is_empty() {
-                    if let Some(j) = only_reader(step.outputs[0]).filter(|&j| matches!(p.steps[j].kind, Kind::Binary(Binary::Add))) {
-                        names.extend(p.steps[j].inputs.iter().flatten().filter(|s| consts.contains_key(s)).map(|&s| p.names[s].clone()));
-                    }
+                if kind == LayerKind::Linear
+                    && !names.is_empty()
+                    && let Some(j) = only_reader(step.outputs[0])
+                        .filter(|&j| matches!(p.steps[j].kind, Kind::Binary(Binary::Add)))
+                {
+                    names.extend(
+                        p.steps[j]
+                            .inputs
+                            .iter()
+                            .flatten()
+                            .filter(|s| consts.contains_key(s))
+                            .map(|&s| p.names[s].clone()),
+                    );
                 }
                 p.steps[i].layer = layer_of(kind, names);
             }
@@ -202,8 +271,13 @@ pub(crate) fn fuse(
             (None, true) => None,
         })
         .collect();
-    if p.steps.iter().any(|s| matches!(s.kind, Kind::ConvSpec(_) | Kind::BatchNorm(_))) {
-        return Err(Error::Internal("a convolution or BatchNorm was left unbuilt".into()));
+    if p.steps
+        .iter()
+        .any(|s| matches!(s.kind, Kind::ConvSpec(_) | Kind::BatchNorm(_)))
+    {
+        return Err(Error::Internal(
+            "a convolution or BatchNorm was left unbuilt".into(),
+        ));
     }
     Ok(())
 }
@@ -215,7 +289,9 @@ fn bn_affine(stats: &[Tensor], eps: f64) -> Result<(Tensor, Tensor)> {
     };
     let n = gamma.elem_count();
     if [beta, mean, var].iter().any(|t| t.elem_count() != n) {
-        return Err(Error::Weights("BatchNormalization statistics of different lengths".into()));
+        return Err(Error::Weights(
+            "BatchNormalization statistics of different lengths".into(),
+        ));
     }
     let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32);
     let scale = flat(gamma)?.div(&(flat(var)? + eps)?.sqrt()?)?;

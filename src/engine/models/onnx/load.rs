@@ -111,7 +111,11 @@ pub(crate) fn load(
     };
     let cam_name = cam.as_ref().map(|c| program.names[c.slot].clone());
     let stage = last_stage(&program);
-    let domain = if classes == 1000 { Domain::Photo } else { Domain::Other };
+    let domain = if classes == 1000 {
+        Domain::Photo
+    } else {
+        Domain::Other
+    };
     let mut description = format!("ONNX graph from {}", d.weights.display());
     if !assumed.is_empty() {
         description.push_str(&format!(" (assumed: {})", assumed.join(", ")));
@@ -131,7 +135,10 @@ pub(crate) fn load(
         op_threshs: None,
         domain,
         assumed,
-        cam_layers: candidates.iter().map(|c| program.names[c.slot].clone()).collect(),
+        cam_layers: candidates
+            .iter()
+            .map(|c| program.names[c.slot].clone())
+            .collect(),
     };
     Ok(Arc::new(OnnxModel {
         program,
@@ -235,17 +242,18 @@ fn choose_cam(
 /// at least two and at most half of the layers share. The index of its first layer.
 fn last_stage(p: &super::lower::Program) -> Option<usize> {
     let weighted: Vec<&super::lower::Step> = p.steps.iter().filter(|s| s.layer.is_some()).collect();
-    let Some(last) = weighted
-        .iter()
-        .rev()
-        .find(|s| s.layer.as_ref().is_some_and(|l| l.kind != LayerKind::Linear))
-    else {
-        return None;
-    };
+    let last = weighted.iter().rev().find(|s| {
+        s.layer
+            .as_ref()
+            .is_some_and(|l| l.kind != LayerKind::Linear)
+    })?;
     let parts: Vec<&str> = last.name.split('/').filter(|s| !s.is_empty()).collect();
     for len in 1..parts.len() {
         let prefix = format!("/{}/", parts[..len].join("/"));
-        let members = weighted.iter().filter(|s| s.name.starts_with(&prefix)).count();
+        let members = weighted
+            .iter()
+            .filter(|s| s.name.starts_with(&prefix))
+            .count();
         if members >= 2 && members * 2 <= weighted.len() {
             return weighted.iter().position(|s| s.name.starts_with(&prefix));
         }

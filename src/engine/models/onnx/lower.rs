@@ -46,13 +46,66 @@ pub(crate) struct Program {
 
 /// Ops the engine runs (the default ONNX domain).
 pub(crate) const SUPPORTED: &[&str] = &[
-    "Conv", "BatchNormalization", "Relu", "Clip", "LeakyRelu", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Pow",
-    "Sqrt", "Exp", "Log", "Neg", "Reciprocal", "Abs", "Erf", "Gelu", "Sigmoid", "HardSigmoid",
-    "HardSwish", "Tanh", "Softplus", "Softmax", "LayerNormalization", "ReduceMean", "ReduceSum",
-    "ReduceMax", "Reshape", "Transpose", "Flatten", "Concat", "Split", "Slice", "Gather",
-    "Squeeze", "Unsqueeze", "Expand", "Pad", "Identity", "Dropout", "Constant", "Shape", "Cast",
-    "Range", "ConstantOfShape", "Where", "Equal", "Less", "Greater", "Not", "And", "Or", "Mod",
+    "Conv",
+    "BatchNormalization",
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Neg",
+    "Reciprocal",
+    "Abs",
+    "Erf",
+    "Gelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Softplus",
+    "Softmax",
+    "LayerNormalization",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "Squeeze",
+    "Unsqueeze",
+    "Expand",
+    "Pad",
+    "Identity",
+    "Dropout",
+    "Constant",
+    "Shape",
+    "Cast",
+    "Range",
+    "ConstantOfShape",
+    "Where",
+    "Equal",
+    "Less",
+    "Greater",
+    "Not",
+    "And",
+    "Or",
+    "Mod",
     "ScatterND",
 ];
 
@@ -60,15 +113,29 @@ pub(crate) const SUPPORTED: &[&str] = &[
 const MAX_NODES: usize = 1 << 20;
 
 /// Lowers `graph` (opset `opset` of the default domain) with its initializers in `weights`.
-pub(crate) fn lower(graph: &GraphProto, opset: i64, weights: &Weights, device: &Device) -> Result<Program> {
+pub(crate) fn lower(
+    graph: &GraphProto,
+    opset: i64,
+    weights: &Weights,
+    device: &Device,
+) -> Result<Program> {
     check_ops(&graph.node)?;
     if graph.node.len() > MAX_NODES {
-        return Err(Error::Weights(format!("the graph has {} nodes", graph.node.len())));
+        return Err(Error::Weights(format!(
+            "the graph has {} nodes",
+            graph.node.len()
+        )));
     }
     let mut b = Builder::default();
     // Constants: initializers, then Constant nodes as they come.
     let mut consts: HashMap<usize, Val> = HashMap::new();
-    for (name, t) in weights.shapes().map(|(n, _)| n.to_string()).collect::<Vec<_>>().iter().map(|n| (n, weights.peek(n))) {
+    for (name, t) in weights
+        .shapes()
+        .map(|(n, _)| n.to_string())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|n| (n, weights.peek(n)))
+    {
         if let Some(t) = t {
             let slot = b.slot(name);
             consts.insert(slot, Val::from_tensor(t.clone())?);
@@ -95,16 +162,22 @@ pub(crate) fn lower(graph: &GraphProto, opset: i64, weights: &Weights, device: &
         )));
     };
     let order = topological(&graph.node, input, &consts, &mut b)?;
-    let output = b.existing(&output.name).ok_or_else(|| {
-        Error::Weights(format!("the graph's output '{}' is computed by no node", output.name))
-    })?;
+    let output_name = output.name.as_str();
 
     // Parse, folding what depends only on constants (on the CPU, once).
-    let cpu = Ctx { mode: ReluMode::Plain, backend: Backend::Fast, device: Device::Cpu };
+    let cpu = Ctx {
+        mode: ReluMode::Plain,
+        backend: Backend::Fast,
+        device: Device::Cpu,
+    };
     let mut steps: Vec<Step> = Vec::new();
     for &i in &order {
         let node = &graph.node[i];
-        let ins: Vec<Option<usize>> = node.input.iter().map(|n| (!n.is_empty()).then(|| b.slot(n))).collect();
+        let ins: Vec<Option<usize>> = node
+            .input
+            .iter()
+            .map(|n| (!n.is_empty()).then(|| b.slot(n)))
+            .collect();
         let outs: Vec<usize> = node.output.iter().map(|n| b.slot(n)).collect();
         let attrs = Attrs::new(node);
         if node.op_type == "Constant" {
@@ -113,9 +186,15 @@ pub(crate) fn lower(graph: &GraphProto, opset: i64, weights: &Weights, device: &
             continue;
         }
         let const_of = |s: &Option<usize>| s.and_then(|s| consts.get(&s));
-        let kind = parse_kind(node, &attrs, opset, &ins.iter().map(const_of).collect::<Vec<_>>())?;
-        let foldable = !matches!(kind, Kind::ConvSpec(_) | Kind::BatchNorm(_)) && ins.iter().flatten().all(|s| consts.contains_key(s));
-        if foldable && !outs.contains(&output) {
+        let kind = parse_kind(
+            node,
+            &attrs,
+            opset,
+            &ins.iter().map(const_of).collect::<Vec<_>>(),
+        )?;
+        let foldable = !matches!(kind, Kind::ConvSpec(_) | Kind::BatchNorm(_))
+            && ins.iter().flatten().all(|s| consts.contains_key(s));
+        if foldable && !node.output.iter().any(|o| o == output_name) {
             let vals: Vec<Option<&Val>> = ins.iter().map(const_of).collect();
             let res = kind.run(&vals, &cpu).map_err(|e| node_error(node, e))?;
             for (s, v) in outs.iter().zip(res) {
@@ -123,8 +202,23 @@ pub(crate) fn lower(graph: &GraphProto, opset: i64, weights: &Weights, device: &
             }
             continue;
         }
-        steps.push(Step { name: node.name.clone(), op_type: node.op_type.clone(), kind, inputs: ins, outputs: outs, layer: None });
+        steps.push(Step {
+            name: node.name.clone(),
+            op_type: node.op_type.clone(),
+            kind,
+            inputs: ins,
+            outputs: outs,
+            layer: None,
+        });
     }
+    let output = b
+        .existing(output_name)
+        .filter(|s| *s == input || steps.iter().any(|st| st.outputs.contains(s)))
+        .ok_or_else(|| {
+            Error::Weights(format!(
+                "the graph's output '{output_name}' is computed by no node"
+            ))
+        })?;
     let mut p = Program {
         steps,
         consts: Vec::new(),
@@ -148,8 +242,16 @@ pub(crate) fn lower(graph: &GraphProto, opset: i64, weights: &Weights, device: &
 }
 
 fn node_error(node: &NodeProto, e: Error) -> Error {
-    let what = if node.name.is_empty() { node.op_type.clone() } else { format!("{} '{}'", node.op_type, node.name) };
-    Error::Weights(format!("{what}: {}", e.to_string().trim_start_matches("cannot load model weights: ")))
+    let what = if node.name.is_empty() {
+        node.op_type.clone()
+    } else {
+        format!("{} '{}'", node.op_type, node.name)
+    };
+    Error::Weights(format!(
+        "{what}: {}",
+        e.to_string()
+            .trim_start_matches("cannot load model weights: ")
+    ))
 }
 
 /// Every unsupported op type with its nodes' names, in one line, before anything runs.
@@ -157,9 +259,16 @@ fn check_ops(nodes: &[NodeProto]) -> Result<()> {
     let mut custom: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for n in nodes {
-        let name = if n.name.is_empty() { "(unnamed)" } else { n.name.as_str() };
+        let name = if n.name.is_empty() {
+            "(unnamed)"
+        } else {
+            n.name.as_str()
+        };
         if !n.domain.is_empty() && n.domain != "ai.onnx" {
-            custom.entry(format!("{} (domain {})", n.op_type, n.domain)).or_default().push(name);
+            custom
+                .entry(format!("{} (domain {})", n.op_type, n.domain))
+                .or_default()
+                .push(name);
         } else if !SUPPORTED.contains(&n.op_type.as_str()) {
             missing.entry(n.op_type.as_str()).or_default().push(name);
         }
@@ -168,7 +277,11 @@ fn check_ops(nodes: &[NodeProto]) -> Result<()> {
         m.into_iter()
             .map(|(op, names)| {
                 let shown: Vec<&str> = names.iter().take(3).copied().collect();
-                let more = if names.len() > 3 { format!(" and {} more", names.len() - 3) } else { String::new() };
+                let more = if names.len() > 3 {
+                    format!(" and {} more", names.len() - 3)
+                } else {
+                    String::new()
+                };
                 format!("{op} ({}{more})", shown.join(", "))
             })
             .collect::<Vec<_>>()
@@ -183,7 +296,12 @@ fn check_ops(nodes: &[NodeProto]) -> Result<()> {
     if !missing.is_empty() {
         return Err(Error::Weights(format!(
             "the graph uses ops unveil does not support: {}",
-            list(missing.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            list(
+                missing
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect()
+            )
         )));
     }
     Ok(())
@@ -213,7 +331,12 @@ impl Builder {
 
 /// The nodes in an order where every input is computed first; a name no node computes, or
 /// a cycle, is one clear error.
-fn topological(nodes: &[NodeProto], input: usize, consts: &HashMap<usize, Val>, b: &mut Builder) -> Result<Vec<usize>> {
+fn topological(
+    nodes: &[NodeProto],
+    input: usize,
+    consts: &HashMap<usize, Val>,
+    b: &mut Builder,
+) -> Result<Vec<usize>> {
     let mut producer: HashMap<&str, usize> = HashMap::new();
     for (i, n) in nodes.iter().enumerate() {
         for o in n.output.iter().filter(|o| !o.is_empty()) {
@@ -223,7 +346,8 @@ fn topological(nodes: &[NodeProto], input: usize, consts: &HashMap<usize, Val>, 
         }
     }
     let known = |name: &str, b: &Builder| {
-        b.existing(name).is_some_and(|s| s == input || consts.contains_key(&s))
+        b.existing(name)
+            .is_some_and(|s| s == input || consts.contains_key(&s))
     };
     let mut deps: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
@@ -236,7 +360,11 @@ fn topological(nodes: &[NodeProto], input: usize, consts: &HashMap<usize, Val>, 
                 }
                 None if known(name, b) => {}
                 None => {
-                    let node = if n.name.is_empty() { n.op_type.as_str() } else { n.name.as_str() };
+                    let node = if n.name.is_empty() {
+                        n.op_type.as_str()
+                    } else {
+                        n.name.as_str()
+                    };
                     return Err(Error::Weights(format!(
                         "node '{node}' reads '{name}', which no node, initializer or input provides"
                     )));
@@ -245,7 +373,8 @@ fn topological(nodes: &[NodeProto], input: usize, consts: &HashMap<usize, Val>, 
         }
     }
     let mut pending: Vec<usize> = deps.iter().map(Vec::len).collect();
-    let mut ready: std::collections::VecDeque<usize> = (0..nodes.len()).filter(|&i| pending[i] == 0).collect();
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..nodes.len()).filter(|&i| pending[i] == 0).collect();
     let mut order = Vec::with_capacity(nodes.len());
     while let Some(i) = ready.pop_front() {
         order.push(i);
@@ -257,8 +386,12 @@ fn topological(nodes: &[NodeProto], input: usize, consts: &HashMap<usize, Val>, 
         }
     }
     if order.len() != nodes.len() {
-        let stuck = (0..nodes.len()).find(|&i| pending[i] > 0).map_or("", |i| nodes[i].name.as_str());
-        return Err(Error::Weights(format!("the graph has a cycle (through node '{stuck}')")));
+        let stuck = (0..nodes.len())
+            .find(|&i| pending[i] > 0)
+            .map_or("", |i| nodes[i].name.as_str());
+        return Err(Error::Weights(format!(
+            "the graph has a cycle (through node '{stuck}')"
+        )));
     }
     Ok(order)
 }
@@ -297,7 +430,9 @@ pub(crate) fn build_conv(
     let g = spec.group;
     if kh != kw || spec.strides.0 != spec.strides.1 {
         let super::ops::Pads::Explicit(p) = spec.pads else {
-            return Err(Error::Weights("a non-square convolution with auto_pad SAME is not supported".into()));
+            return Err(Error::Weights(
+                "a non-square convolution with auto_pad SAME is not supported".into(),
+            ));
         };
         if g != 1 || spec.strides.0 != spec.strides.1 {
             return Err(Error::Weights(format!(
@@ -305,14 +440,23 @@ pub(crate) fn build_conv(
                 spec.strides
             )));
         }
-        return Ok(ConvImpl::Stock { weight: weight.to_device(device)?, bias: bias.to_device(device)?, stride: spec.strides.0, pad: p });
+        return Ok(ConvImpl::Stock {
+            weight: weight.to_device(device)?,
+            bias: bias.to_device(device)?,
+            stride: spec.strides.0,
+            pad: p,
+        });
     }
     let s = spec.strides.0;
     if g == 1 || (g == cout && cin_g == 1) {
-        return Ok(ConvImpl::Layer(Conv::new(tensors, weight, bias, s, g, pad, device)?));
+        return Ok(ConvImpl::Layer(Conv::new(
+            tensors, weight, bias, s, g, pad, device,
+        )?));
     }
     if cout % g != 0 {
-        return Err(Error::Weights(format!("{cout} output channels in {g} groups")));
+        return Err(Error::Weights(format!(
+            "{cout} output channels in {g} groups"
+        )));
     }
     let per = cout / g;
     let convs = (0..g)

@@ -1,12 +1,24 @@
 //! ONNX models read as data: the protobuf parsed by hand ([`proto`], no `protoc` and no code
 //! generated at build time) and the initializers made tensors ([`tensor`]), with every length,
-//! element count and external file checked before anything is allocated or opened. Running a
-//! graph is not this module's job.
+//! element count and external file checked before anything is allocated or opened.
+//!
+//! Running a graph: [`lower`] checks it and turns it into steps over the engine's own layers
+//! ([`attrs`] parses each op, [`fuse`] folds BatchNorms and fuses activations into
+//! convolutions), [`ops`] and [`shape_ops`] run the steps, [`net`] is the classifier, and
+//! [`load`] fills in what ONNX does not carry (preprocessing, labels).
 //!
 //! Errors are one [`Error::Weights`] line naming the file and, where there is one, the tensor.
 
+mod attrs;
+mod fuse;
+mod load;
+mod lower;
+mod net;
+mod ops;
 pub mod proto;
+mod shape_ops;
 pub mod tensor;
+mod value;
 mod wire;
 
 use std::collections::HashMap;
@@ -21,6 +33,8 @@ pub use proto::{
 pub use tensor::{ExternalFiles, out_dtype, to_tensor, to_tensor_with, type_name};
 
 use crate::error::{Error, Result};
+pub(crate) use load::load;
+pub use net::OnnxModel;
 use wire::{Msg, Reader, Value};
 
 /// A parsed `.onnx` file with its initializers as tensors.
@@ -98,4 +112,20 @@ pub fn sniff(head: &[u8]) -> bool {
         }
         first = false;
     }
+}
+
+/// True when `path` holds an ONNX model (by its extension, else its first bytes).
+pub(crate) fn is_onnx(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        return Ok(true);
+    }
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 12).read_to_end(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(sniff(&head))
 }

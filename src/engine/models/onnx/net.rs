@@ -20,7 +20,12 @@ use crate::error::{Error, Result};
 impl Program {
     /// Runs the graph on `x`; the value in slot `tap` (if any) is made a variable, whose
     /// tensor is returned with the output.
-    pub(crate) fn run(&self, x: &Tensor, ctx: &Ctx, tap: Option<usize>) -> Result<(Tensor, Option<Tensor>)> {
+    pub(crate) fn run(
+        &self,
+        x: &Tensor,
+        ctx: &Ctx,
+        tap: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let mut vals: Vec<Option<Val>> = vec![None; self.names.len()];
         let mut tapped = None;
         let mut put = |slot: usize, v: Val, vals: &mut Vec<Option<Val>>| -> Result<()> {
@@ -42,10 +47,20 @@ impl Program {
                 .iter()
                 .map(|s| s.and_then(|s| vals[s].as_ref().or(self.consts[s].as_ref())))
                 .collect();
-            if ins.iter().zip(&step.inputs).any(|(v, s)| v.is_none() && s.is_some()) {
-                return Err(Error::Internal(format!("node '{}' ran before its inputs", step.name)));
+            if ins
+                .iter()
+                .zip(&step.inputs)
+                .any(|(v, s)| v.is_none() && s.is_some())
+            {
+                return Err(Error::Internal(format!(
+                    "node '{}' ran before its inputs",
+                    step.name
+                )));
             }
-            let outs = step.kind.run(&ins, ctx).map_err(|e| self.step_error(i, e))?;
+            let outs = step
+                .kind
+                .run(&ins, ctx)
+                .map_err(|e| self.step_error(i, e))?;
             for (&slot, v) in step.outputs.iter().zip(outs) {
                 put(slot, v, &mut vals)?;
             }
@@ -70,15 +85,26 @@ impl Program {
     }
 
     /// Every slot's shape for one `[1, 3, h, w]` input (None: a constant or an unused slot).
-    pub(crate) fn shapes(&self, (h, w): (usize, usize), ctx: &Ctx) -> Result<Vec<Option<Vec<usize>>>> {
+    pub(crate) fn shapes(
+        &self,
+        (h, w): (usize, usize),
+        ctx: &Ctx,
+    ) -> Result<Vec<Option<Vec<usize>>>> {
         let x = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &ctx.device)?;
         let mut shapes: Vec<Option<Vec<usize>>> = vec![None; self.names.len()];
         let mut vals: Vec<Option<Val>> = vec![None; self.names.len()];
         vals[self.input] = Some(Val::F(x));
         shapes[self.input] = Some(vec![1, 3, h, w]);
         for (i, step) in self.steps.iter().enumerate() {
-            let ins: Vec<Option<&Val>> = step.inputs.iter().map(|s| s.and_then(|s| vals[s].as_ref().or(self.consts[s].as_ref()))).collect();
-            let outs = step.kind.run(&ins, ctx).map_err(|e| self.step_error(i, e))?;
+            let ins: Vec<Option<&Val>> = step
+                .inputs
+                .iter()
+                .map(|s| s.and_then(|s| vals[s].as_ref().or(self.consts[s].as_ref())))
+                .collect();
+            let outs = step
+                .kind
+                .run(&ins, ctx)
+                .map_err(|e| self.step_error(i, e))?;
             for (&slot, v) in step.outputs.iter().zip(outs) {
                 shapes[slot] = Some(v.dims());
                 vals[slot] = Some(v);
@@ -133,13 +159,19 @@ pub(crate) struct CamLayer {
 /// embedding), the inputs of attention (LayerNorm outputs) last first, as pytorch-grad-cam's
 /// recipes choose them (`blocks[-1].norm1`).
 pub(crate) fn cam_candidates(p: &Program, shapes: &[Option<Vec<usize>>]) -> Vec<CamLayer> {
-    let produced: Vec<(usize, &Kind)> = p.steps.iter().flat_map(|s| s.outputs.iter().map(move |&o| (o, &s.kind))).collect();
+    let produced: Vec<(usize, &Kind)> = p
+        .steps
+        .iter()
+        .flat_map(|s| s.outputs.iter().map(move |&o| (o, &s.kind)))
+        .collect();
     let spatial: Vec<usize> = produced
         .iter()
         .filter(|(o, _)| matches!(shapes[*o].as_deref(), Some([_, _, h, w]) if *h > 1 && *w > 1))
         .map(|(o, _)| *o)
         .collect();
-    let Some(&last4) = spatial.last() else { return Vec::new() };
+    let Some(&last4) = spatial.last() else {
+        return Vec::new();
+    };
     let position = |slot: usize| produced.iter().position(|(o, _)| *o == slot).unwrap_or(0);
     // Transformer: many token steps after the last spatial activation.
     let (gh, gw) = match shapes[last4].as_deref() {
@@ -151,7 +183,14 @@ pub(crate) fn cam_candidates(p: &Program, shapes: &[Option<Vec<usize>>]) -> Vec<
         .filter(|(_, k)| matches!(k, Kind::LayerNorm { .. }))
         .filter_map(|&(o, _)| match shapes[o].as_deref() {
             Some([_, t, _]) if *t >= gh * gw && *t <= gh * gw + 8 && gh * gw > 1 => {
-                Some(CamLayer { slot: o, grid: CamGrid::Tokens { skip: t - gh * gw, h: gh, w: gw } })
+                Some(CamLayer {
+                    slot: o,
+                    grid: CamGrid::Tokens {
+                        skip: t - gh * gw,
+                        h: gh,
+                        w: gw,
+                    },
+                })
             }
             _ => None,
         })
@@ -159,10 +198,20 @@ pub(crate) fn cam_candidates(p: &Program, shapes: &[Option<Vec<usize>>]) -> Vec<
     if tokens.len() >= 2 {
         // The last LayerNorm is the encoder's final one (read only at the class token): skip it.
         let mut t: Vec<CamLayer> = tokens[..tokens.len() - 1].iter().rev().cloned().collect();
-        t.extend(spatial.iter().rev().map(|&slot| CamLayer { slot, grid: CamGrid::Channels }));
+        t.extend(spatial.iter().rev().map(|&slot| CamLayer {
+            slot,
+            grid: CamGrid::Channels,
+        }));
         return t;
     }
-    spatial.iter().rev().map(|&slot| CamLayer { slot, grid: CamGrid::Channels }).collect()
+    spatial
+        .iter()
+        .rev()
+        .map(|&slot| CamLayer {
+            slot,
+            grid: CamGrid::Channels,
+        })
+        .collect()
 }
 
 /// An ONNX graph as a classifier.
@@ -182,10 +231,19 @@ pub struct OnnxModel {
 
 impl OnnxModel {
     fn ctx(&self, mode: ReluMode) -> Ctx {
-        Ctx { mode, backend: self.backend, device: self.device.clone() }
+        Ctx {
+            mode,
+            backend: self.backend,
+            device: self.device.clone(),
+        }
     }
 
-    fn run(&self, x: &Tensor, mode: ReluMode, tap: Option<usize>) -> Result<(Tensor, Option<Tensor>)> {
+    fn run(
+        &self,
+        x: &Tensor,
+        mode: ReluMode,
+        tap: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let ctx = self.ctx(mode);
         let n = x.dim(0)?;
         if !self.batch_one || n == 1 {
@@ -212,17 +270,28 @@ impl Classifier for OnnxModel {
         let logits = self.run(x, mode, None)?.0;
         match logits.dims() {
             [_, c] if *c == self.info.num_classes() => Ok(logits),
-            d => Err(Error::InvalidParam(format!("the graph's output has shape {d:?}, expected [n, {}]", self.info.num_classes()))),
+            d => Err(Error::InvalidParam(format!(
+                "the graph's output has shape {d:?}, expected [n, {}]",
+                self.info.num_classes()
+            ))),
         }
     }
 
     fn cam_pass(&self, x: &Tensor) -> Result<CamPass> {
         let cam = self.cam.as_ref().ok_or_else(|| {
-            Error::InvalidParam(format!("model '{}' has no activation Grad-CAM can use (no spatial or token grid)", self.info.name))
+            Error::InvalidParam(format!(
+                "model '{}' has no activation Grad-CAM can use (no spatial or token grid)",
+                self.info.name
+            ))
         })?;
         let (logits, a) = self.run(x, ReluMode::Plain, Some(cam.slot))?;
-        let activation = a.ok_or_else(|| Error::Internal("Grad-CAM's layer was not computed".into()))?;
-        Ok(CamPass { activation, logits, grid: cam.grid })
+        let activation =
+            a.ok_or_else(|| Error::Internal("Grad-CAM's layer was not computed".into()))?;
+        Ok(CamPass {
+            activation,
+            logits,
+            grid: cam.grid,
+        })
     }
 
     fn feature_layer(&self) -> Option<&str> {
@@ -230,7 +299,11 @@ impl Classifier for OnnxModel {
     }
 
     fn reinit_scope(&self, cascade: Cascade) -> Option<HashSet<String>> {
-        Some(reinit::scope_at(&self.program.layers(), self.stage, cascade))
+        Some(reinit::scope_at(
+            &self.program.layers(),
+            self.stage,
+            cascade,
+        ))
     }
 
     fn guided_note(&self) -> Option<String> {

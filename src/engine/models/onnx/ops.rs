@@ -114,7 +114,9 @@ impl ConvStep {
     fn run(&self, x: &Tensor, skip: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
         let act = self.act.map(|r6| relu_op(r6, ctx.mode));
         let y = match &self.imp {
-            ConvImpl::Layer(conv) => return Ok(conv.forward_residual(x, skip, act, ctx.backend)?),
+            ConvImpl::Layer(conv) => {
+                return conv.forward_residual(x, skip, act, ctx.backend);
+            }
             ConvImpl::Groups(convs) => {
                 let cin = x.dim(1)? / convs.len();
                 let parts = convs
@@ -233,7 +235,7 @@ pub(crate) enum Kind {
         noop_with_empty_axes: bool,
     },
     Identity,
-    Shape(shape_ops::Shape),
+    Arrange(shape_ops::Arrange),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,13 +265,9 @@ impl Kind {
                 };
                 one(pool.forward(&x, ctx.backend)?)
             }
-            Kind::AvgPool(win, include_pad, convs) => one(avg_pool(
-                &f(0)?,
-                *win,
-                *include_pad,
-                convs,
-                ctx,
-            )?),
+            Kind::AvgPool(win, include_pad, convs) => {
+                one(avg_pool(&f(0)?, *win, *include_pad, convs, ctx)?)
+            }
             Kind::GlobalAvgPool => one(f(0)?.mean_keepdim((2, 3))?),
             Kind::GlobalMaxPool => {
                 let x = f(0)?;
@@ -280,12 +278,7 @@ impl Kind {
             Kind::Clip(lo, hi) => one(f(0)?.clamp(*lo, *hi)?),
             Kind::LeakyRelu(alpha) => one(leaky_relu(&f(0)?, *alpha, ctx.mode)?),
             Kind::Unary(u) => one(unary(&f(0)?, *u)?),
-            Kind::Binary(b) => Ok(vec![binary(
-                *b,
-                input(inputs, 0)?,
-                input(inputs, 1)?,
-                ctx,
-            )?]),
+            Kind::Binary(b) => Ok(vec![binary(*b, input(inputs, 0)?, input(inputs, 1)?, ctx)?]),
             Kind::Not => {
                 let mut i = input(inputs, 0)?.ints("Not")?;
                 i.data.iter_mut().for_each(|v| *v = (*v == 0) as i64);
@@ -340,10 +333,10 @@ impl Kind {
                 one(reduce(&x, *op, axes, *keepdims, *noop_with_empty_axes)?)
             }
             Kind::Identity => Ok(vec![input(inputs, 0)?.clone()]),
-            Kind::Shape(op) => op.run(inputs, ctx),
-            Kind::ConvSpec(_) | Kind::BatchNorm(_) => {
-                Err(Error::Internal("an unbuilt convolution or BatchNorm ran".into()))
-            }
+            Kind::Arrange(op) => op.run(inputs, ctx),
+            Kind::ConvSpec(_) | Kind::BatchNorm(_) => Err(Error::Internal(
+                "an unbuilt convolution or BatchNorm ran".into(),
+            )),
         }
     }
 }
@@ -375,7 +368,10 @@ fn avg_pool(
         ));
     }
     let conv = {
-        let mut map = convs.0.lock().map_err(|_| Error::Internal("pool lock".into()))?;
+        let mut map = convs
+            .0
+            .lock()
+            .map_err(|_| Error::Internal("pool lock".into()))?;
         match map.get(&c) {
             Some(conv) => conv.clone(),
             None => {
@@ -422,17 +418,21 @@ impl Window {
 fn leaky_relu(x: &Tensor, alpha: f32, mode: ReluMode) -> Result<Tensor> {
     let d = x.detach();
     let y = d.maximum(&(&d * alpha as f64)?)?;
-    Ok(crate::engine::ops::generic::attach(x, y, move |x, _, g| {
-        let slope = x
-            .ge(0f32)?
-            .to_dtype(DType::F32)?
-            .affine(1.0 - alpha as f64, alpha as f64)?;
-        let g = match mode {
-            ReluMode::Plain => g.clone(),
-            ReluMode::Guided => g.relu()?,
-        };
-        g * slope
-    })?)
+    Ok(crate::engine::ops::generic::attach(
+        x,
+        y,
+        move |x, _, g| {
+            let slope = x
+                .ge(0f32)?
+                .to_dtype(DType::F32)?
+                .affine(1.0 - alpha as f64, alpha as f64)?;
+            let g = match mode {
+                ReluMode::Plain => g.clone(),
+                ReluMode::Guided => g.relu()?,
+            };
+            g * slope
+        },
+    )?)
 }
 
 fn unary(x: &Tensor, u: Unary) -> Result<Tensor> {
@@ -503,7 +503,11 @@ fn where_(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
         return Ok(Val::I(shape_ops::where_ints(&cond, a, b)?));
     }
     let (a, b) = (a.float(&ctx.device)?, b.float(&ctx.device)?);
-    let dims = broadcast(&broadcast(&cond.dims, a.dims(), "Where")?, b.dims(), "Where")?;
+    let dims = broadcast(
+        &broadcast(&cond.dims, a.dims(), "Where")?,
+        b.dims(),
+        "Where",
+    )?;
     let c: Vec<u8> = cond.data.iter().map(|&v| (v != 0) as u8).collect();
     let c = Tensor::from_vec(c, cond.dims.as_slice(), &ctx.device)?;
     let c = c.broadcast_as(dims.as_slice())?.contiguous()?;
@@ -529,7 +533,13 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// Normalises over the dimensions from `axis` on, then scales and shifts. Written in tensor
 /// ops (candle-nn's fused `layer_norm` has no backward).
-fn layer_norm(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, a: i64, eps: f64) -> Result<Tensor> {
+fn layer_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    a: i64,
+    eps: f64,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let a = axis(a, dims.len(), "LayerNormalization")?;
     let rows: usize = dims[..a].iter().product();

@@ -10,13 +10,19 @@ use crate::error::{Error, Result};
 
 /// A data-movement or shape op with its attributes.
 #[derive(Clone, Debug)]
-pub(crate) enum Shape {
-    Reshape { allow_zero: bool },
+pub(crate) enum Arrange {
+    Reshape {
+        allow_zero: bool,
+    },
     Transpose(Option<Vec<usize>>),
     Flatten(i64),
     Concat(i64),
     /// `split` from the attribute (old opsets), else from input 1, else equal parts.
-    Split { axis: i64, split: Option<Vec<i64>>, outputs: usize },
+    Split {
+        axis: i64,
+        split: Option<Vec<i64>>,
+        outputs: usize,
+    },
     /// `starts, ends, axes, steps` from attributes (opset < 10), else from inputs 1-4.
     Slice(Option<[Vec<i64>; 3]>),
     Gather(i64),
@@ -25,9 +31,15 @@ pub(crate) enum Shape {
     Expand,
     /// Constant padding; `pads` from the attribute (old opsets) else input 1; the value.
     Pad(Option<Vec<i64>>, f32),
-    ShapeOf { start: i64, end: Option<i64> },
+    ShapeOf {
+        start: i64,
+        end: Option<i64>,
+    },
     /// To a float type (`true`) or an integer / boolean type.
-    Cast { float: bool, boolean: bool },
+    Cast {
+        float: bool,
+        boolean: bool,
+    },
     Range,
     ConstantOfShape(Val),
     ScatterND,
@@ -37,28 +49,37 @@ fn bad(what: &str, msg: impl std::fmt::Display) -> Error {
     Error::Weights(format!("{what}: {msg}"))
 }
 
-impl Shape {
+impl Arrange {
     pub(crate) fn run(&self, inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Vec<Val>> {
         let x = input(inputs, 0)?;
-        let ints = |i: usize, what: &str| -> Result<Vec<i64>> { Ok(input(inputs, i)?.ints(what)?.data) };
+        let ints =
+            |i: usize, what: &str| -> Result<Vec<i64>> { Ok(input(inputs, i)?.ints(what)?.data) };
         Ok(vec![match self {
-            Shape::Reshape { allow_zero } => {
+            Arrange::Reshape { allow_zero } => {
                 let dims = reshape_dims(&x.dims(), &ints(1, "Reshape shape")?, *allow_zero)?;
                 reshape(x, dims)?
             }
-            Shape::Transpose(perm) => {
+            Arrange::Transpose(perm) => {
                 let rank = x.dims().len();
                 let perm = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
                 transpose(x, &perm)?
             }
-            Shape::Flatten(a) => {
+            Arrange::Flatten(a) => {
                 let dims = x.dims();
-                let a = if *a == dims.len() as i64 { dims.len() } else { axis(*a, dims.len(), "Flatten")? };
+                let a = if *a == dims.len() as i64 {
+                    dims.len()
+                } else {
+                    axis(*a, dims.len(), "Flatten")?
+                };
                 let rows = dims[..a].iter().product::<usize>();
                 reshape(x, vec![rows, dims[a..].iter().product()])?
             }
-            Shape::Concat(a) => concat(inputs, *a, ctx)?,
-            Shape::Split { axis: a, split, outputs } => {
+            Arrange::Concat(a) => concat(inputs, *a, ctx)?,
+            Arrange::Split {
+                axis: a,
+                split,
+                outputs,
+            } => {
                 let split = match (split, opt(inputs, 1)) {
                     (Some(s), _) => Some(s.clone()),
                     (None, Some(s)) => Some(s.ints("Split sizes")?.data),
@@ -66,7 +87,7 @@ impl Shape {
                 };
                 return split_val(x, *a, split, *outputs);
             }
-            Shape::Slice(attrs) => {
+            Arrange::Slice(attrs) => {
                 let [starts, ends, axes] = match attrs {
                     Some(a) => a.clone(),
                     None => {
@@ -83,19 +104,29 @@ impl Shape {
                 };
                 slice(x, &starts, &ends, &axes, &steps)?
             }
-            Shape::Gather(a) => gather(x, &input(inputs, 1)?.ints("Gather indices")?, *a)?,
-            Shape::Squeeze(axes) => {
+            Arrange::Gather(a) => gather(x, &input(inputs, 1)?.ints("Gather indices")?, *a)?,
+            Arrange::Squeeze(axes) => {
                 let dims = x.dims();
                 let axes = match (axes, opt(inputs, 1)) {
                     (Some(a), _) => a.clone(),
                     (None, Some(a)) => a.ints("Squeeze axes")?.data,
-                    (None, None) => (0..dims.len() as i64).filter(|&i| dims[i as usize] == 1).collect(),
+                    (None, None) => (0..dims.len() as i64)
+                        .filter(|&i| dims[i as usize] == 1)
+                        .collect(),
                 };
-                let axes: Vec<usize> = axes.iter().map(|&a| axis(a, dims.len(), "Squeeze")).collect::<Result<_>>()?;
-                let out = dims.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+                let axes: Vec<usize> = axes
+                    .iter()
+                    .map(|&a| axis(a, dims.len(), "Squeeze"))
+                    .collect::<Result<_>>()?;
+                let out = dims
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !axes.contains(i))
+                    .map(|(_, &d)| d)
+                    .collect();
                 reshape(x, out)?
             }
-            Shape::Unsqueeze(axes) => {
+            Arrange::Unsqueeze(axes) => {
                 let axes = match (axes, opt(inputs, 1)) {
                     (Some(a), _) => a.clone(),
                     (None, Some(a)) => a.ints("Unsqueeze axes")?.data,
@@ -103,14 +134,17 @@ impl Shape {
                 };
                 let mut dims = x.dims();
                 let rank = dims.len() + axes.len();
-                let mut axes: Vec<usize> = axes.iter().map(|&a| axis(a, rank, "Unsqueeze")).collect::<Result<_>>()?;
+                let mut axes: Vec<usize> = axes
+                    .iter()
+                    .map(|&a| axis(a, rank, "Unsqueeze"))
+                    .collect::<Result<_>>()?;
                 axes.sort_unstable();
                 for a in axes {
                     dims.insert(a, 1);
                 }
                 reshape(x, dims)?
             }
-            Shape::Expand => {
+            Arrange::Expand => {
                 let shape: Vec<usize> = to_usize(&ints(1, "Expand shape")?, "Expand")?;
                 let dims = broadcast(&x.dims(), &shape, "Expand")?;
                 match x {
@@ -118,26 +152,32 @@ impl Shape {
                     Val::I(i) => Val::I(broadcast_ints(i, &dims)?),
                 }
             }
-            Shape::Pad(pads, value) => {
+            Arrange::Pad(pads, value) => {
                 let pads = match (pads, opt(inputs, 1)) {
                     (Some(p), _) => p.clone(),
                     (None, Some(p)) => p.ints("Pad pads")?.data,
                     (None, None) => return Err(bad("Pad", "no pads")),
                 };
                 let value = match opt(inputs, 2) {
-                    Some(v) => v.float(&ctx.device)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0),
+                    Some(v) => v
+                        .float(&ctx.device)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?
+                        .first()
+                        .copied()
+                        .unwrap_or(0.0),
                     None => *value,
                 };
                 pad(&x.float(&ctx.device)?, &pads, value)?
             }
-            Shape::ShapeOf { start, end } => {
+            Arrange::ShapeOf { start, end } => {
                 let dims: Vec<i64> = x.dims().iter().map(|&d| d as i64).collect();
                 let n = dims.len() as i64;
                 let clamp = |v: i64| (if v < 0 { v + n } else { v }).clamp(0, n) as usize;
                 let (s, e) = (clamp(*start), clamp(end.unwrap_or(n)));
                 Val::I(Ints::vector(dims[s..e.max(s)].to_vec()))
             }
-            Shape::Cast { float, boolean } => match (float, x) {
+            Arrange::Cast { float, boolean } => match (float, x) {
                 (true, v) => Val::F(v.float(&ctx.device)?),
                 (false, v) => {
                     let mut i = v.ints("Cast")?;
@@ -147,7 +187,7 @@ impl Shape {
                     Val::I(i)
                 }
             },
-            Shape::Range => {
+            Arrange::Range => {
                 let (s, l, d) = (ints(0, "Range")?, ints(1, "Range")?, ints(2, "Range")?);
                 let (s, l, d) = (first(&s)?, first(&l)?, first(&d)?);
                 if d == 0 {
@@ -159,20 +199,28 @@ impl Shape {
                 }
                 Val::I(Ints::vector((0..n as i64).map(|i| s + i * d).collect()))
             }
-            Shape::ConstantOfShape(value) => {
+            Arrange::ConstantOfShape(value) => {
                 let dims = to_usize(&x.ints("ConstantOfShape")?.data, "ConstantOfShape")?;
                 match value {
                     Val::F(v) => {
-                        let v = v.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0);
+                        let v = v
+                            .flatten_all()?
+                            .to_vec1::<f32>()?
+                            .first()
+                            .copied()
+                            .unwrap_or(0.0);
                         Val::F(Tensor::full(v, dims.as_slice(), &ctx.device)?)
                     }
                     Val::I(v) => {
                         let n = checked_count(&dims, "ConstantOfShape")?;
-                        Val::I(Ints::new(dims, vec![v.data.first().copied().unwrap_or(0); n])?)
+                        Val::I(Ints::new(
+                            dims,
+                            vec![v.data.first().copied().unwrap_or(0); n],
+                        )?)
                     }
                 }
             }
-            Shape::ScatterND => scatter_nd(inputs, ctx)?,
+            Arrange::ScatterND => scatter_nd(inputs, ctx)?,
         }])
     }
 }
@@ -189,7 +237,9 @@ fn checked_count(dims: &[usize], what: &str) -> Result<usize> {
 }
 
 fn first(v: &[i64]) -> Result<i64> {
-    v.first().copied().ok_or_else(|| bad("Range", "an empty input"))
+    v.first()
+        .copied()
+        .ok_or_else(|| bad("Range", "an empty input"))
 }
 
 fn to_usize(v: &[i64], what: &str) -> Result<Vec<usize>> {
@@ -209,20 +259,30 @@ fn reshape_dims(dims: &[usize], shape: &[i64], allow_zero: bool) -> Result<Vec<u
                 infer = Some(i);
                 out.push(1);
             }
-            0 if !allow_zero => out.push(*dims.get(i).ok_or_else(|| bad("Reshape", "0 past the input's rank"))?),
+            0 if !allow_zero => out.push(
+                *dims
+                    .get(i)
+                    .ok_or_else(|| bad("Reshape", "0 past the input's rank"))?,
+            ),
             s if s >= 0 => out.push(s as usize),
             s => return Err(bad("Reshape", format!("size {s}"))),
         }
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
-            return Err(bad("Reshape", format!("cannot reshape {dims:?} to {shape:?}")));
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(bad(
+                "Reshape",
+                format!("cannot reshape {dims:?} to {shape:?}"),
+            ));
         }
         out[i] = total / known;
     }
     if out.iter().product::<usize>() != total {
-        return Err(bad("Reshape", format!("cannot reshape {dims:?} to {shape:?}")));
+        return Err(bad(
+            "Reshape",
+            format!("cannot reshape {dims:?} to {shape:?}"),
+        ));
     }
     Ok(out)
 }
@@ -237,8 +297,15 @@ fn reshape(x: &Val, dims: Vec<usize>) -> Result<Val> {
 fn transpose(x: &Val, perm: &[usize]) -> Result<Val> {
     let dims = x.dims();
     let mut seen = vec![false; dims.len()];
-    if perm.len() != dims.len() || perm.iter().any(|&p| p >= dims.len() || std::mem::replace(&mut seen[p], true)) {
-        return Err(bad("Transpose", format!("perm {perm:?} for a rank-{} tensor", dims.len())));
+    if perm.len() != dims.len()
+        || perm
+            .iter()
+            .any(|&p| p >= dims.len() || std::mem::replace(&mut seen[p], true))
+    {
+        return Err(bad(
+            "Transpose",
+            format!("perm {perm:?} for a rank-{} tensor", dims.len()),
+        ));
     }
     Ok(match x {
         Val::F(t) => Val::F(t.permute(perm.to_vec())?),
@@ -246,7 +313,13 @@ fn transpose(x: &Val, perm: &[usize]) -> Result<Val> {
             let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
             let strides = strides(&dims);
             let data = indices(&out_dims)
-                .map(|idx| i.data[idx.iter().zip(perm).map(|(&v, &p)| v * strides[p]).sum::<usize>()])
+                .map(|idx| {
+                    i.data[idx
+                        .iter()
+                        .zip(perm)
+                        .map(|(&v, &p)| v * strides[p])
+                        .sum::<usize>()]
+                })
                 .collect();
             Val::I(Ints::new(out_dims, data)?)
         }
@@ -279,9 +352,15 @@ fn concat(inputs: &[Option<&Val>], a: i64, ctx: &Ctx) -> Result<Val> {
     let rank = vals.first().map_or(0, |v| v.dims().len());
     let a = axis(a, rank, "Concat")?;
     if vals.iter().all(|v| matches!(v, Val::I(_))) {
-        let parts: Vec<Ints> = vals.iter().map(|v| v.ints("Concat")).collect::<Result<_>>()?;
+        let parts: Vec<Ints> = vals
+            .iter()
+            .map(|v| v.ints("Concat"))
+            .collect::<Result<_>>()?;
         let mut dims = parts[0].dims.clone();
-        dims[a] = parts.iter().map(|p| p.dims.get(a).copied().unwrap_or(0)).sum();
+        dims[a] = parts
+            .iter()
+            .map(|p| p.dims.get(a).copied().unwrap_or(0))
+            .sum();
         let outer: usize = dims[..a].iter().product();
         let mut data = Vec::new();
         for o in 0..outer {
@@ -292,7 +371,10 @@ fn concat(inputs: &[Option<&Val>], a: i64, ctx: &Ctx) -> Result<Val> {
         }
         return Ok(Val::I(Ints::new(dims, data)?));
     }
-    let ts: Vec<Tensor> = vals.iter().map(|v| v.float(&ctx.device)).collect::<Result<_>>()?;
+    let ts: Vec<Tensor> = vals
+        .iter()
+        .map(|v| v.float(&ctx.device))
+        .collect::<Result<_>>()?;
     Ok(Val::F(Tensor::cat(&ts, a)?))
 }
 
@@ -304,11 +386,16 @@ fn split_val(x: &Val, a: i64, split: Option<Vec<i64>>, outputs: usize) -> Result
         Some(s) => to_usize(&s, "Split")?,
         None => {
             let part = n.div_ceil(outputs.max(1));
-            (0..outputs).map(|i| part.min(n.saturating_sub(i * part))).collect()
+            (0..outputs)
+                .map(|i| part.min(n.saturating_sub(i * part)))
+                .collect()
         }
     };
     if sizes.iter().sum::<usize>() != n {
-        return Err(bad("Split", format!("sizes {sizes:?} do not add up to {n}")));
+        return Err(bad(
+            "Split",
+            format!("sizes {sizes:?} do not add up to {n}"),
+        ));
     }
     let mut start = 0;
     sizes
@@ -324,7 +411,9 @@ fn split_val(x: &Val, a: i64, split: Option<Vec<i64>>, outputs: usize) -> Result
 /// `len` elements from `start` along `a`, every `step`-th (step may be negative).
 fn narrow(x: &Val, a: usize, start: usize, len: usize, step: i64) -> Result<Val> {
     let dims = x.dims();
-    let picks: Vec<usize> = (0..len).map(|i| (start as i64 + i as i64 * step) as usize).collect();
+    let picks: Vec<usize> = (0..len)
+        .map(|i| (start as i64 + i as i64 * step) as usize)
+        .collect();
     match x {
         Val::F(t) if step == 1 => Ok(Val::F(t.narrow(a, start, len)?)),
         Val::F(t) => {
@@ -351,7 +440,10 @@ fn narrow(x: &Val, a: usize, start: usize, len: usize, step: i64) -> Result<Val>
 
 fn slice(x: &Val, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> Result<Val> {
     if starts.len() != ends.len() || axes.len() != starts.len() || steps.len() != starts.len() {
-        return Err(bad("Slice", "starts, ends, axes and steps differ in length"));
+        return Err(bad(
+            "Slice",
+            "starts, ends, axes and steps differ in length",
+        ));
     }
     let mut v = x.clone();
     for i in 0..starts.len() {
@@ -387,7 +479,10 @@ fn gather(x: &Val, idx: &Ints, a: i64) -> Result<Val> {
         .iter()
         .map(|&i| {
             let j = if i < 0 { i + n } else { i };
-            (0..n).contains(&j).then_some(j as usize).ok_or_else(|| bad("Gather", format!("index {i} out of range for {n}")))
+            (0..n)
+                .contains(&j)
+                .then_some(j as usize)
+                .ok_or_else(|| bad("Gather", format!("index {i} out of range for {n}")))
         })
         .collect::<Result<_>>()?;
     let picked = narrow_many(x, a, &flat)?;
@@ -410,9 +505,16 @@ fn narrow_many(x: &Val, a: usize, picks: &[usize]) -> Result<Val> {
             Ok(Val::I(Ints::new(d, vec![])?))
         }
         Val::I(_) => {
-            let parts: Vec<Val> = picks.iter().map(|&p| narrow(x, a, p, 1, 1)).collect::<Result<_>>()?;
+            let parts: Vec<Val> = picks
+                .iter()
+                .map(|&p| narrow(x, a, p, 1, 1))
+                .collect::<Result<_>>()?;
             let refs: Vec<Option<&Val>> = parts.iter().map(Some).collect();
-            let ctx = Ctx { mode: Default::default(), backend: Default::default(), device: candle_core::Device::Cpu };
+            let ctx = Ctx {
+                mode: Default::default(),
+                backend: Default::default(),
+                device: candle_core::Device::Cpu,
+            };
             concat(&refs, a as i64, &ctx)
         }
     }
@@ -425,7 +527,13 @@ fn broadcast_ints(i: &Ints, dims: &[usize]) -> Result<Ints> {
     let data = indices(dims)
         .map(|idx| {
             let at: usize = (0..i.dims.len())
-                .map(|k| if i.dims[k] == 1 { 0 } else { idx[k + off] * src_strides[k] })
+                .map(|k| {
+                    if i.dims[k] == 1 {
+                        0
+                    } else {
+                        idx[k + off] * src_strides[k]
+                    }
+                })
                 .sum();
             i.data[at]
         })
@@ -442,10 +550,14 @@ pub(crate) fn binary_ints(op: Binary, a: &Ints, b: &Ints) -> Result<Ints> {
             Binary::Add => x.wrapping_add(y),
             Binary::Sub => x.wrapping_sub(y),
             Binary::Mul => x.wrapping_mul(y),
-            Binary::Div | Binary::Mod if y == 0 => return Err(bad("integer op", "division by zero")),
+            Binary::Div | Binary::Mod if y == 0 => {
+                return Err(bad("integer op", "division by zero"));
+            }
             Binary::Div => x.wrapping_div(y),
             Binary::Mod => x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 },
-            Binary::Pow => x.checked_pow(u32::try_from(y).unwrap_or(u32::MAX)).unwrap_or(i64::MAX),
+            Binary::Pow => x
+                .checked_pow(u32::try_from(y).unwrap_or(u32::MAX))
+                .unwrap_or(i64::MAX),
             Binary::Equal => (x == y) as i64,
             Binary::Less => (x < y) as i64,
             Binary::Greater => (x > y) as i64,
@@ -453,14 +565,25 @@ pub(crate) fn binary_ints(op: Binary, a: &Ints, b: &Ints) -> Result<Ints> {
             Binary::Or => (x != 0 || y != 0) as i64,
         })
     };
-    let data = a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect::<Result<_>>()?;
+    let data = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| f(x, y))
+        .collect::<Result<_>>()?;
     Ints::new(dims, data)
 }
 
 pub(crate) fn where_ints(c: &Ints, a: &Ints, b: &Ints) -> Result<Ints> {
     let dims = broadcast(&broadcast(&c.dims, &a.dims, "Where")?, &b.dims, "Where")?;
-    let (c, a, b) = (broadcast_ints(c, &dims)?, broadcast_ints(a, &dims)?, broadcast_ints(b, &dims)?);
-    let data = (0..c.data.len()).map(|i| if c.data[i] != 0 { a.data[i] } else { b.data[i] }).collect();
+    let (c, a, b) = (
+        broadcast_ints(c, &dims)?,
+        broadcast_ints(a, &dims)?,
+        broadcast_ints(b, &dims)?,
+    );
+    let data = (0..c.data.len())
+        .map(|i| if c.data[i] != 0 { a.data[i] } else { b.data[i] })
+        .collect();
     Ints::new(dims, data)
 }
 
@@ -468,7 +591,10 @@ pub(crate) fn where_ints(c: &Ints, a: &Ints, b: &Ints) -> Result<Ints> {
 fn pad(x: &Tensor, pads: &[i64], value: f32) -> Result<Val> {
     let rank = x.rank();
     if pads.len() != 2 * rank || pads.iter().any(|&p| p < 0) {
-        return Err(bad("Pad", format!("pads {pads:?} for a rank-{rank} tensor (negative pads are not supported)")));
+        return Err(bad(
+            "Pad",
+            format!("pads {pads:?} for a rank-{rank} tensor (negative pads are not supported)"),
+        ));
     }
     let mut y = x.clone();
     for a in 0..rank {
@@ -498,7 +624,10 @@ fn scatter_nd(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
     let idx = input(inputs, 1)?.ints("ScatterND indices")?;
     let updates = input(inputs, 2)?;
     let dims = data.dims();
-    let k = *idx.dims.last().ok_or_else(|| bad("ScatterND", "scalar indices"))?;
+    let k = *idx
+        .dims
+        .last()
+        .ok_or_else(|| bad("ScatterND", "scalar indices"))?;
     if k > dims.len() {
         return Err(bad("ScatterND", "indices deeper than the data"));
     }
@@ -517,14 +646,21 @@ fn scatter_nd(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
         }
         Ok(flat.min(outer) * inner)
     };
-    let rows: Vec<&[i64]> = if k == 0 { vec![&[]] } else { idx.data.chunks(k).collect() };
+    let rows: Vec<&[i64]> = if k == 0 {
+        vec![&[]]
+    } else {
+        idx.data.chunks(k).collect()
+    };
     match (data, updates) {
         (Val::I(d), u) => {
             let u = u.ints("ScatterND updates")?;
             let mut out = d.data.clone();
             for (r, row) in rows.iter().enumerate() {
                 let o = at(row)?;
-                let src = u.data.get(r * inner..(r + 1) * inner).ok_or_else(|| bad("ScatterND", "too few updates"))?;
+                let src = u
+                    .data
+                    .get(r * inner..(r + 1) * inner)
+                    .ok_or_else(|| bad("ScatterND", "too few updates"))?;
                 out[o..o + inner].copy_from_slice(src);
             }
             Ok(Val::I(Ints::new(dims, out)?))
@@ -532,13 +668,18 @@ fn scatter_nd(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
         (Val::F(d), u) => {
             let u = u.float(&ctx.device)?;
             if d.track_op() || u.track_op() {
-                return Err(bad("ScatterND", "on an activation (only on constants and shapes)"));
+                return Err(bad(
+                    "ScatterND",
+                    "on an activation (only on constants and shapes)",
+                ));
             }
             let mut out = d.flatten_all()?.to_vec1::<f32>()?;
             let u = u.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             for (r, row) in rows.iter().enumerate() {
                 let o = at(row)?;
-                let src = u.get(r * inner..(r + 1) * inner).ok_or_else(|| bad("ScatterND", "too few updates"))?;
+                let src = u
+                    .get(r * inner..(r + 1) * inner)
+                    .ok_or_else(|| bad("ScatterND", "too few updates"))?;
                 out[o..o + inner].copy_from_slice(src);
             }
             Ok(Val::F(Tensor::from_vec(out, dims, d.device())?))
