@@ -169,11 +169,22 @@ pub(crate) fn cam_candidates(p: &Program, shapes: &[Option<Vec<usize>>]) -> Vec<
         .filter(|(o, _)| matches!(shapes[*o].as_deref(), Some([_, _, h, w]) if *h > 1 && *w > 1))
         .map(|(o, _)| *o)
         .collect();
-    let Some(&last4) = spatial.last() else {
-        return Vec::new();
+    let channels = |slots: &mut dyn Iterator<Item = usize>| -> Vec<CamLayer> {
+        slots
+            .map(|slot| CamLayer {
+                slot,
+                grid: CamGrid::Channels,
+            })
+            .collect()
+    };
+    // The patch grid: the last output of a convolution or pool (a transformer's patch
+    // embedding); attention's own 4-D tensors are not grids.
+    let Some(&(last4, _)) = produced.iter().rev().find(|(o, k)| {
+        spatial.contains(o) && matches!(k, Kind::Conv(_) | Kind::MaxPool(_) | Kind::AvgPool(..))
+    }) else {
+        return channels(&mut spatial.iter().rev().copied());
     };
     let position = |slot: usize| produced.iter().position(|(o, _)| *o == slot).unwrap_or(0);
-    // Transformer: many token steps after the last spatial activation.
     let (gh, gw) = match shapes[last4].as_deref() {
         Some([_, _, h, w]) => (*h, *w),
         _ => (0, 0),
@@ -195,23 +206,28 @@ pub(crate) fn cam_candidates(p: &Program, shapes: &[Option<Vec<usize>>]) -> Vec<
             _ => None,
         })
         .collect();
-    if tokens.len() >= 2 {
-        // The last LayerNorm is the encoder's final one (read only at the class token): skip it.
-        let mut t: Vec<CamLayer> = tokens[..tokens.len() - 1].iter().rev().cloned().collect();
-        t.extend(spatial.iter().rev().map(|&slot| CamLayer {
-            slot,
+    // Attention's inputs: token LayerNorms followed by a softmax before the next LayerNorm
+    // (the MLP's and the final norm's outputs reach the head through the class token only,
+    // so their patch tokens get no gradient).
+    let attention: Vec<CamLayer> = tokens
+        .into_iter()
+        .filter(|c| {
+            produced[position(c.slot) + 1..]
+                .iter()
+                .map(|(_, k)| k)
+                .take_while(|k| !matches!(k, Kind::LayerNorm { .. }))
+                .any(|k| matches!(k, Kind::Softmax { .. }))
+        })
+        .collect();
+    if !attention.is_empty() {
+        let mut t: Vec<CamLayer> = attention.into_iter().rev().collect();
+        t.push(CamLayer {
+            slot: last4,
             grid: CamGrid::Channels,
-        }));
+        });
         return t;
     }
-    spatial
-        .iter()
-        .rev()
-        .map(|&slot| CamLayer {
-            slot,
-            grid: CamGrid::Channels,
-        })
-        .collect()
+    channels(&mut spatial.iter().rev().copied())
 }
 
 /// An ONNX graph as a classifier.
