@@ -38,6 +38,11 @@ pub(crate) struct ModelFlags {
     /// (implied for TorchXRayVision, CheXNet-style and single-output models).
     #[arg(long, requires = "weights")]
     pub(crate) multi_label: bool,
+    /// Grad-CAM's layer in an ONNX model: a value name from the graph (default: the last 4-D
+    /// activation before the pooling that feeds the head; for a vision transformer, its last
+    /// block's attention input). A wrong name is refused with the candidates listed.
+    #[arg(long)]
+    pub(crate) cam_layer: Option<String>,
     /// Compute device.
     #[arg(long, value_enum, default_value = "auto")]
     pub(crate) device: DeviceArg,
@@ -266,7 +271,7 @@ pub(crate) fn params(
 impl ModelFlags {
     /// The model named by `--model`, or the ad hoc one of `--weights --arch`.
     fn source(&self) -> Result<ModelSource> {
-        Ok(match &self.weights {
+        let source = match &self.weights {
             Some(w) => ModelSource::Described(ModelDescription::ad_hoc(
                 w.clone(),
                 self.arch.as_deref().map(str::parse).transpose()?,
@@ -274,7 +279,17 @@ impl ModelFlags {
                 self.multi_label,
             )),
             None => ModelSource::Named(self.model.clone()),
-        })
+        };
+        let Some(layer) = &self.cam_layer else {
+            return Ok(source);
+        };
+        match source {
+            ModelSource::Described(mut d) => {
+                d.cam_layer = Some(layer.clone());
+                Ok(ModelSource::Described(d))
+            }
+            ModelSource::Named(name) => ModelSource::with_cam_layer(&name, layer),
+        }
     }
 
     /// Opens the device and loads the model; says why a GPU is not used when `auto` finds

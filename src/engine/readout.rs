@@ -251,6 +251,7 @@ mod tests {
             domain: crate::engine::models::Domain::Other,
             assumed: Vec::new(),
             cam_layers: Vec::new(),
+            guided_note: None,
         }
     }
 

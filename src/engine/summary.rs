@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::faithfulness::{Curves, Unveiling};
 use crate::engine::outcome::{Classification, StopReason, Timings};
-use crate::engine::params::UnveilParams;
+use crate::engine::params::{Method, UnveilParams};
 use crate::engine::predict::Prediction;
 use crate::engine::readout::{Readout, readout};
 use crate::engine::run::{ImageRecord, RunRecord};
@@ -46,6 +46,17 @@ pub struct ModelSummary {
     pub description: String,
     /// Height and width.
     pub input_size: [usize; 2],
+    /// What unveil assumed because the model file does not say (an ONNX graph's input size,
+    /// normalisation, labels, resampling).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assumed: Vec<String>,
+    /// The layer Grad-CAM read (runs with Grad-CAM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_cam_layer: Option<String>,
+    /// What guided backpropagation meant for this model (runs with guided backpropagation on
+    /// a model with non-ReLU nonlinearities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,6 +96,13 @@ impl Summary {
                 name: p.model.name.clone(),
                 description: p.model.description.clone(),
                 input_size: [p.model.input_size.0, p.model.input_size.1],
+                assumed: p.model.assumed.clone(),
+                grad_cam_layer: (p.params.saliency.method == Method::GradCam)
+                    .then(|| p.model.cam_layers.first().cloned())
+                    .flatten(),
+                guided: (p.params.saliency.method == Method::Guided)
+                    .then(|| p.model.guided_note.clone())
+                    .flatten(),
             },
             params: p.params.clone(),
             target: outcome.target,

@@ -20,6 +20,11 @@ pub enum Action {
     PickModel,
     /// A registered model name or a description path.
     SetModel(String),
+    /// Grad-CAM reads this layer of the (ONNX) model: reloads it.
+    SetCamLayer(String),
+    /// Write what the model was loaded with (what was assumed) as a description next to its
+    /// file, then load that description (to be edited).
+    SpellOutModel,
     /// Install a model that must be fetched (then switch to it).
     FetchModel(String),
     CancelFetch,

@@ -42,6 +42,8 @@ pub struct App {
     jobs: Jobs,
     /// A sanity check asked for at start, waiting for the model and the image.
     check_at_start: bool,
+    /// Grad-CAM's layer chosen for the current (ONNX) model; `None`: its automatic choice.
+    cam_layer: Option<String>,
     /// The side panel shown or hidden by the user; `None`: shown when the window is wide
     /// enough (at 2x text on 1024 x 768 it would leave the results a sliver).
     side_panel: Option<bool>,
@@ -65,6 +67,7 @@ impl App {
             path_prompt: PathPromptView::default(),
             jobs: Jobs::new(options.dialogs),
             check_at_start: options.sanity_check,
+            cam_layer: None,
             side_panel: None,
         };
         if app.presenter.on {
@@ -100,10 +103,44 @@ impl App {
 
     /// (Re)loads the model of the settings on their device; the results and the check go.
     fn load_model(&mut self) {
-        let source = ModelSource::Named(self.settings.model.clone());
+        let name = &self.settings.model;
+        let source = match &self.cam_layer {
+            Some(layer) => match ModelSource::with_cam_layer(name, layer) {
+                Ok(source) => source,
+                Err(e) => {
+                    self.notices.error(e.to_string());
+                    return;
+                }
+            },
+            None => ModelSource::Named(name.clone()),
+        };
         self.workspace.model.load(source, self.settings.device);
         self.workspace.run.clear();
         self.workspace.check.clear();
+    }
+
+    /// Writes the loaded model file's settings (what unveil assumed) into a description next
+    /// to it and loads that, for the user to edit; an existing description is opened, never
+    /// overwritten.
+    fn spell_out_model(&mut self, ctx: &egui::Context) {
+        let Some(explainer) = self.workspace.model.explainer() else {
+            return;
+        };
+        let weights = std::path::PathBuf::from(&self.settings.model);
+        let json = weights.with_extension("json");
+        if !json.exists() {
+            let d =
+                crate::engine::models::ModelDescription::spelled_out(&weights, explainer.info());
+            if let Err(e) = d.write_new(&json) {
+                self.notices.error(e.to_string());
+                return;
+            }
+        }
+        self.notices.info(format!(
+            "Loading {}: edit it (input_size, mean, std, resize, labels, cam_layer) and open it again to change what the model is fed.",
+            json.display()
+        ));
+        self.apply(Action::SetModel(json.display().to_string()), ctx);
     }
 
     /// Applies a frame's actions in order.
@@ -137,11 +174,19 @@ impl App {
             Action::PickModel => self.jobs.pick_model(),
             Action::SetModel(name) => {
                 self.settings.model = name;
+                self.cam_layer = None;
                 // Class numbers belong to a model.
                 ws.run.reset();
                 self.iterations.reset();
                 self.load_model();
             }
+            Action::SetCamLayer(layer) => {
+                self.cam_layer = Some(layer);
+                ws.run.reset();
+                self.iterations.reset();
+                self.load_model();
+            }
+            Action::SpellOutModel => self.spell_out_model(ctx),
             Action::FetchModel(name) => ws.fetch.start(ctx, &name),
             Action::CancelFetch => {
                 if ws.fetch.cancel() {
@@ -300,10 +345,15 @@ impl eframe::App for App {
         actions.extend(self.jobs.poll());
         self.apply_all(&mut actions, &ctx);
 
-        // Files dropped from disk carry a path; they open like picked ones.
+        // Files dropped from disk carry a path; they open like picked ones: a model file
+        // (ONNX, weights, description) as the model, anything else as the image.
         let dropped = ctx.input(|i| i.raw.dropped_files.clone());
-        if let Some(f) = dropped.first() {
-            actions.push(Action::OpenImage(f.path().to_path_buf()));
+        if let Some(path) = dropped.first().map(|f| f.path().to_path_buf()) {
+            actions.push(if crate::gui::dialogs::is_model_file(&path) {
+                Action::SetModel(path.display().to_string())
+            } else {
+                Action::OpenImage(path)
+            });
         }
         if (ctx.zoom_factor() - self.settings.font_scale).abs() > 1e-3 {
             ctx.set_zoom_factor(self.settings.font_scale);

@@ -6,10 +6,30 @@ use std::path::PathBuf;
 pub trait Dialogs: Send + Sync {
     fn pick_image(&self) -> Option<PathBuf>;
     fn pick_folder(&self) -> Option<PathBuf>;
-    /// A model description (.json: architecture, weights, labels; see the README) or a weights
-    /// file (safetensors or any torch.save file; the architecture is recognised from it).
+    /// An ONNX graph, a model description (.json: architecture, weights, labels; see the
+    /// README) or a weights file (safetensors or any torch.save file; the architecture is
+    /// recognised from it).
     fn pick_model(&self) -> Option<PathBuf>;
     fn save_png(&self, suggested: &str) -> Option<PathBuf>;
+}
+
+/// The file names the model picker offers, and that a drop opens as a model.
+const MODEL_EXTENSIONS: &[&str] = &[
+    "onnx",
+    "json",
+    "safetensors",
+    "pth",
+    "pt",
+    "tar",
+    "ckpt",
+    "bin",
+];
+
+/// True for a file that opens as a model rather than an image (by its extension).
+pub fn is_model_file(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| MODEL_EXTENSIONS.iter().any(|m| m.eq_ignore_ascii_case(e)))
 }
 
 /// The platform's dialogs (rfd: xdg-portal on Linux, native on macOS and Windows).
@@ -35,11 +55,8 @@ impl Dialogs for NativeDialogs {
 
     fn pick_model(&self) -> Option<PathBuf> {
         rfd::FileDialog::new()
-            .set_title("Open model (description or weights)")
-            .add_filter(
-                "Models",
-                &["json", "safetensors", "pth", "pt", "tar", "ckpt", "bin"],
-            )
+            .set_title("Open model (ONNX, weights or description)")
+            .add_filter("Models", MODEL_EXTENSIONS)
             .add_filter("All files", &["*"])
             .pick_file()
     }

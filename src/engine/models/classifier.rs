@@ -48,7 +48,10 @@ impl Model {
     /// Checks that the network's outputs and the labels agree, and that there is at least one
     /// class: a classifier with no outputs has no probability to explain (and candle's softmax
     /// would panic on it), so it is refused here, at load time.
-    pub fn new(net: Box<dyn Network>, info: ModelInfo, device: &Device) -> Result<Self> {
+    pub fn new(net: Box<dyn Network>, mut info: ModelInfo, device: &Device) -> Result<Self> {
+        if info.cam_layers.is_empty() {
+            info.cam_layers = vec![net.feature_layer().to_string()];
+        }
         let outputs = net.num_classes();
         if outputs == 0 {
             return Err(Error::Weights(
@@ -122,12 +125,6 @@ pub trait Classifier: Send + Sync {
 
     /// Which layer Grad-CAM reads, for people.
     fn feature_layer(&self) -> Option<&str> {
-        None
-    }
-
-    /// What guided backpropagation means for this model, when it is not simply "every
-    /// nonlinearity is a ReLU" (a model with GELU or SiLU).
-    fn guided_note(&self) -> Option<String> {
         None
     }
 

@@ -136,6 +136,46 @@ impl ModelDescription {
         }
     }
 
+    /// A description of the model file `weights` that writes down what it was loaded with
+    /// (what unveil assumed, for an ONNX graph), to be edited: its weights and labels by
+    /// file name, as it is saved next to them.
+    pub fn spelled_out(weights: &std::path::Path, info: &super::ModelInfo) -> Self {
+        let file = weights
+            .file_name()
+            .map_or_else(|| weights.into(), PathBuf::from);
+        ModelDescription {
+            name: info.name.clone(),
+            arch: None,
+            weights: file,
+            input_size: Some([info.input_size.0, info.input_size.1]),
+            mean: Some(info.mean),
+            std: Some(info.std),
+            channel_order: if info.bgr {
+                ChannelOrder::Bgr
+            } else {
+                ChannelOrder::Rgb
+            },
+            labels: None,
+            multi_label: info.multi_label,
+            resize: Some(info.resize),
+            cam_layer: info.cam_layers.first().cloned(),
+        }
+    }
+
+    /// Writes the description as JSON to `path`, which must not exist (nothing the user
+    /// made is overwritten).
+    pub fn write_new(&self, path: &std::path::Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Internal(format!("description to JSON: {e}")))?;
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(json.as_bytes()))
+            .map_err(|e| Error::io(path, e))
+    }
+
     /// Reads a JSON description; relative paths in it are relative to its folder.
     pub fn read(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -172,6 +212,12 @@ pub(super) fn load_described(
 ) -> Result<Arc<dyn Classifier>> {
     if super::onnx::is_onnx(&d.weights)? {
         return super::onnx::load(d, device, backend, edit);
+    }
+    if let Some(layer) = &d.cam_layer {
+        return Err(Error::InvalidParam(format!(
+            "cam_layer '{layer}' chooses a layer of an ONNX graph; {} is not one",
+            d.weights.display()
+        )));
     }
     let (w, ck) = read_checkpoint(&d.weights)?;
     let arch = Arch::resolve(d.arch, &w, ck.model_class.as_deref())?;
@@ -236,6 +282,7 @@ pub(super) fn load_described(
         }),
         assumed: Vec::new(),
         cam_layers: Vec::new(),
+        guided_note: None,
     };
     Ok(Arc::new(Model::new(net, info, device)?))
 }

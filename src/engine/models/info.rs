@@ -34,8 +34,11 @@ pub struct ModelInfo {
     /// What unveil assumed because the model file does not say (an ONNX graph's input size,
     /// normalisation, labels, resampling), for people: empty when nothing was assumed.
     pub assumed: Vec<String>,
-    /// The layers Grad-CAM may read, the automatic choice first (empty: the model's own).
+    /// The layers Grad-CAM may read, the one it reads first (empty: the model's own).
     pub cam_layers: Vec<String>,
+    /// What guided backpropagation means for this model when not every nonlinearity is a
+    /// ReLU (a model with GELU or SiLU): guided changes only the ReLU-family ones.
+    pub guided_note: Option<String>,
 }
 
 /// What kind of image a model was trained on.

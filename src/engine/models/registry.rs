@@ -124,6 +124,7 @@ impl Named {
             domain: self.domain,
             assumed: Vec::new(),
             cam_layers: Vec::new(),
+            guided_note: None,
         };
         Model::new(net, info, device)
     }
@@ -183,6 +184,23 @@ impl ModelSource {
             ModelSource::Named(name) => name.clone(),
             ModelSource::Described(d) => d.name.clone(),
         }
+    }
+
+    /// `name` (a registry name, description or model file) with Grad-CAM reading `layer` of
+    /// its graph: only an ONNX model has layers to choose.
+    pub fn with_cam_layer(name: &str, layer: &str) -> Result<Self> {
+        let path = std::path::Path::new(name);
+        let mut d = if name.ends_with(".json") {
+            ModelDescription::read(path)?
+        } else if Named::find(name).is_none() && path.is_file() {
+            ModelDescription::ad_hoc(path.into(), None, None, false)
+        } else {
+            return Err(Error::InvalidParam(format!(
+                "a Grad-CAM layer can be chosen for an ONNX model; '{name}' uses its own"
+            )));
+        };
+        d.cam_layer = Some(layer.to_string());
+        Ok(ModelSource::Described(d))
     }
 
     pub fn load(&self, device: &Device, backend: Backend) -> Result<Arc<dyn Classifier>> {

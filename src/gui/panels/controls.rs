@@ -22,6 +22,7 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
         })
         .response
         .on_hover_text(method_help(p.saliency.method));
+    model_method_notes(ui, ws, p.saliency.method, actions);
     ui.horizontal(|ui| {
         let checking = ws.check.is_running();
         if ui
@@ -114,11 +115,71 @@ pub fn ui(ui: &mut egui::Ui, ws: &Workspace, params: &UnveilParams, actions: &mu
 
     if let Some(explainer) = ws.model.explainer() {
         ui.separator();
-        ui.label(
-            egui::RichText::new(&explainer.info().description)
-                .small()
-                .weak(),
-        );
+        let info = explainer.info();
+        ui.label(egui::RichText::new(&info.description).small().weak());
+        if !info.assumed.is_empty() {
+            ui.horizontal_wrapped(|ui| {
+                ui.label(egui::RichText::new(format!("Assumed: {}", info.assumed.join(", "))).small())
+                    .on_hover_text("The model file does not say how its input was prepared: unveil assumed this. If the model was trained otherwise its maps and probabilities are off.");
+                if ui
+                    .small_button("Change…")
+                    .on_hover_text("Write these settings into a model description (.json) next to the model file and load it: edit input_size, mean, std, resize, labels there and open it again")
+                    .clicked()
+                {
+                    actions.push(Action::SpellOutModel);
+                }
+            });
+        }
+    }
+}
+
+/// What a method means for this model: guided on non-ReLU nonlinearities, and Grad-CAM's
+/// layer (choosable for an ONNX graph).
+fn model_method_notes(
+    ui: &mut egui::Ui,
+    ws: &Workspace,
+    method: Method,
+    actions: &mut Vec<Action>,
+) {
+    let Some(explainer) = ws.model.explainer() else {
+        return;
+    };
+    let info = explainer.info();
+    match method {
+        Method::Guided => {
+            if let Some(note) = &info.guided_note {
+                ui.label(
+                    egui::RichText::new(format!("Note: {note}."))
+                        .small()
+                        .color(ui.visuals().warn_fg_color),
+                );
+            }
+        }
+        Method::GradCam if info.cam_layers.len() > 1 => {
+            let current = info.cam_layers[0].clone();
+            egui::ComboBox::from_label("Layer")
+                .selected_text(short_layer(&current))
+                .show_ui(ui, |ui| {
+                    for (i, layer) in info.cam_layers.iter().enumerate() {
+                        let label = if i == 0 { format!("{} (in use)", short_layer(layer)) } else { short_layer(layer) };
+                        if ui.selectable_label(i == 0, label).on_hover_text(layer).clicked() && i != 0 {
+                            actions.push(Action::SetCamLayer(layer.clone()));
+                        }
+                    }
+                })
+                .response
+                .on_hover_text(format!("Grad-CAM reads {current}. Found automatically: the last feature map before the pooling that feeds the head, or a vision transformer's last attention input."));
+        }
+        _ => {}
+    }
+}
+
+/// A graph value's name, shortened to its last parts for a picker.
+fn short_layer(name: &str) -> String {
+    let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.len() {
+        0..=2 => name.to_string(),
+        n => format!("…/{}", parts[n - 2..].join("/")),
     }
 }
 

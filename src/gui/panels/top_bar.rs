@@ -83,7 +83,7 @@ impl TopBarView {
                 model_picker(ui, ws, &settings.model, actions);
                 if ui
                     .button("Open model…")
-                    .on_hover_text("Load your own model: a weights file (safetensors, or any PyTorch checkpoint: CheXNet, TorchXRayVision, torchvision ResNet/DenseNet; read as data, never executed) or a model description (.json: arch, weights, labels, normalisation; see the README)")
+                    .on_hover_text("Load your own model: an ONNX graph (any image classifier exported from PyTorch, timm or Keras), a weights file (safetensors, or any PyTorch checkpoint: CheXNet, TorchXRayVision, torchvision ResNet/DenseNet; read as data, never executed) or a model description (.json: arch, weights, labels, normalisation; see the README)")
                     .clicked()
                 {
                     actions.push(Action::PickModel);

@@ -116,10 +116,7 @@ pub(crate) fn load(
     } else {
         Domain::Other
     };
-    let mut description = format!("ONNX graph from {}", d.weights.display());
-    if !assumed.is_empty() {
-        description.push_str(&format!(" (assumed: {})", assumed.join(", ")));
-    }
+    let description = format!("ONNX graph from {}", d.weights.display());
     let info = ModelInfo {
         name: d.name.clone(),
         description,
@@ -135,10 +132,8 @@ pub(crate) fn load(
         op_threshs: None,
         domain,
         assumed,
-        cam_layers: candidates
-            .iter()
-            .map(|c| program.names[c.slot].clone())
-            .collect(),
+        cam_layers: cam_layers(&program, &candidates, cam.as_ref()),
+        guided_note: program.guided_note(),
     };
     Ok(Arc::new(OnnxModel {
         program,
@@ -150,6 +145,21 @@ pub(crate) fn load(
         cam_name,
         stage,
     }))
+}
+
+/// Grad-CAM's possible layers, the one it reads first.
+fn cam_layers(
+    p: &super::lower::Program,
+    candidates: &[CamLayer],
+    chosen: Option<&CamLayer>,
+) -> Vec<String> {
+    let mut names: Vec<String> = chosen.iter().map(|c| p.names[c.slot].clone()).collect();
+    for c in candidates {
+        if !names.contains(&p.names[c.slot]) {
+            names.push(p.names[c.slot].clone());
+        }
+    }
+    names
 }
 
 /// The graph input that is not an initializer (older exporters list weights as inputs too).

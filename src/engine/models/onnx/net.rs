@@ -123,8 +123,21 @@ impl Program {
         self.steps.iter().filter_map(|s| s.layer.clone()).collect()
     }
 
+    /// What guided backpropagation means here, when the graph has nonlinearities it does not
+    /// change (see [`ModelInfo::guided_note`]).
+    pub(crate) fn guided_note(&self) -> Option<String> {
+        let others = self.other_activations();
+        (!others.is_empty()).then(|| {
+            let list: Vec<String> = others.iter().map(|(n, c)| format!("{n} x{c}")).collect();
+            format!(
+                "guided backpropagation changes only the ReLU-family activations; this model also uses {}, which back-propagate their true derivative",
+                list.join(", ")
+            )
+        })
+    }
+
     /// Nonlinearities guided backpropagation does not change, with how often each occurs.
-    pub(crate) fn other_activations(&self) -> Vec<(String, usize)> {
+    fn other_activations(&self) -> Vec<(String, usize)> {
         let mut seen: Vec<(String, usize)> = Vec::new();
         for s in &self.steps {
             let name = match &s.kind {
@@ -320,16 +333,5 @@ impl Classifier for OnnxModel {
             self.stage,
             cascade,
         ))
-    }
-
-    fn guided_note(&self) -> Option<String> {
-        let others = self.program.other_activations();
-        (!others.is_empty()).then(|| {
-            let list: Vec<String> = others.iter().map(|(n, c)| format!("{n} x{c}")).collect();
-            format!(
-                "guided backpropagation changes only ReLU-family activations; this model also uses {}, which back-propagate their true derivative",
-                list.join(", ")
-            )
-        })
     }
 }
