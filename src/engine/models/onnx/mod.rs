@@ -18,6 +18,8 @@ mod ops;
 pub mod proto;
 mod shape_ops;
 pub mod tensor;
+#[cfg(test)]
+mod tests;
 mod value;
 mod wire;
 
