@@ -2,6 +2,7 @@
 //! here, at load time, so that a bad attribute is one line naming the node before anything
 //! runs.
 
+use super::conv::ConvSpec;
 use super::ops::{AvgConvs, Binary, Kind, Pads, Reduce, Unary, Window};
 use super::proto::{Attr, DataType, NodeProto};
 use super::shape_ops::Arrange;
@@ -12,14 +13,6 @@ use crate::error::{Error, Result};
 /// Attribute lookup for one node.
 pub(crate) struct Attrs<'a> {
     node: &'a NodeProto,
-}
-
-/// A convolution's geometry, before its weights are folded and built.
-#[derive(Clone, Debug)]
-pub(crate) struct ConvSpec {
-    pub(crate) strides: (usize, usize),
-    pub(crate) pads: Pads,
-    pub(crate) group: usize,
 }
 
 impl<'a> Attrs<'a> {

@@ -9,9 +9,12 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::lower::{Program, Step, build_conv, layer_of};
+use super::conv::ConvSpec;
 use super::ops::{Binary, ConvStep, Kind};
+use super::ops::{ConvImpl, Pads};
+use super::program::{Program, Step};
 use super::value::Val;
+use crate::engine::models::layers::Layer;
 use crate::engine::models::layers::{LayerKind, Weights};
 use crate::error::{Error, Result};
 
@@ -297,4 +300,65 @@ fn bn_affine(stats: &[Tensor], eps: f64) -> Result<(Tensor, Tensor)> {
     let scale = flat(gamma)?.div(&(flat(var)? + eps)?.sqrt()?)?;
     let shift = (flat(beta)? - flat(mean)?.mul(&scale)?)?;
     Ok((scale, shift))
+}
+
+/// A weight-bearing step's tensors, for the sanity check.
+pub(crate) fn layer_of(kind: LayerKind, names: Vec<String>) -> Option<Layer> {
+    (!names.is_empty()).then(|| Layer::new(kind, names))
+}
+
+/// Builds the engine's convolution for a lowered `Conv`.
+pub(crate) fn build_conv(
+    weight: Tensor,
+    bias: Tensor,
+    spec: &ConvSpec,
+    tensors: Vec<String>,
+    device: &Device,
+) -> Result<ConvImpl> {
+    use crate::engine::models::layers::{Conv, PadMode};
+    let (cout, cin_g, kh, kw) = weight.dims4()?;
+    let pad = match spec.pads {
+        Pads::Explicit(p) => PadMode::Explicit(p),
+        Pads::SameUpper => PadMode::TfSame,
+    };
+    let g = spec.group;
+    if kh != kw || spec.strides.0 != spec.strides.1 {
+        let Pads::Explicit(p) = spec.pads else {
+            return Err(Error::Weights(
+                "a non-square convolution with auto_pad SAME is not supported".into(),
+            ));
+        };
+        if g != 1 || spec.strides.0 != spec.strides.1 {
+            return Err(Error::Weights(format!(
+                "a {kh} x {kw} convolution with strides {:?} and {g} groups is not supported",
+                spec.strides
+            )));
+        }
+        return Ok(ConvImpl::Stock {
+            weight: weight.to_device(device)?,
+            bias: bias.to_device(device)?,
+            stride: spec.strides.0,
+            pad: p,
+        });
+    }
+    let s = spec.strides.0;
+    if g == 1 || (g == cout && cin_g == 1) {
+        return Ok(ConvImpl::Layer(Conv::new(
+            tensors, weight, bias, s, g, pad, device,
+        )?));
+    }
+    if cout % g != 0 {
+        return Err(Error::Weights(format!(
+            "{cout} output channels in {g} groups"
+        )));
+    }
+    let per = cout / g;
+    let convs = (0..g)
+        .map(|i| {
+            let w = weight.narrow(0, i * per, per)?;
+            let b = bias.narrow(0, i * per, per)?;
+            Conv::new(tensors.clone(), w, b, s, 1, pad, device)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ConvImpl::Groups(convs))
 }

@@ -149,7 +149,7 @@ pub(crate) fn load(
 
 /// Grad-CAM's possible layers, the one it reads first.
 fn cam_layers(
-    p: &super::lower::Program,
+    p: &super::program::Program,
     candidates: &[CamLayer],
     chosen: Option<&CamLayer>,
 ) -> Vec<String> {
@@ -220,7 +220,7 @@ fn metadata_labels(model: &ModelProto) -> Option<Vec<String>> {
 
 /// Grad-CAM's layer named by the user: a candidate, or any 4-D activation.
 fn choose_cam(
-    p: &super::lower::Program,
+    p: &super::program::Program,
     shapes: &[Option<Vec<usize>>],
     candidates: &[CamLayer],
     name: &str,
@@ -250,8 +250,9 @@ fn choose_cam(
 /// The last stage, from the weight-bearing nodes' names (exporters name nodes by module path,
 /// `/layer4/layer4.2/conv1/Conv`): the shortest path prefix of the last non-head layer that
 /// at least two and at most half of the layers share. The index of its first layer.
-fn last_stage(p: &super::lower::Program) -> Option<usize> {
-    let weighted: Vec<&super::lower::Step> = p.steps.iter().filter(|s| s.layer.is_some()).collect();
+fn last_stage(p: &super::program::Program) -> Option<usize> {
+    let weighted: Vec<&super::program::Step> =
+        p.steps.iter().filter(|s| s.layer.is_some()).collect();
     let last = weighted.iter().rev().find(|s| {
         s.layer
             .as_ref()

@@ -5,44 +5,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 
 use super::attrs::{Attrs, parse_kind};
-use super::ops::{ConvImpl, Ctx, Kind};
+use super::ops::{Ctx, Kind};
+use super::program::{Program, Step};
 use super::proto::{GraphProto, NodeProto};
 use super::value::Val;
-use crate::engine::models::layers::{Layer, LayerKind, Weights};
+use crate::engine::models::layers::Weights;
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::ReluMode;
 use crate::error::{Error, Result};
-
-/// One node, lowered.
-#[derive(Debug)]
-pub(crate) struct Step {
-    pub(crate) name: String,
-    pub(crate) op_type: String,
-    pub(crate) kind: Kind,
-    /// Value slots read (`None`: an omitted optional input).
-    pub(crate) inputs: Vec<Option<usize>>,
-    pub(crate) outputs: Vec<usize>,
-    /// The tensors this step's weights came from (a convolution's with its folded BatchNorm,
-    /// a linear layer's), for the sanity check.
-    pub(crate) layer: Option<Layer>,
-}
-
-/// A graph ready to run: steps in order over numbered value slots.
-#[derive(Debug)]
-pub(crate) struct Program {
-    pub(crate) steps: Vec<Step>,
-    /// Constant slots' values (on the model's device).
-    pub(crate) consts: Vec<Option<Val>>,
-    /// Each slot's ONNX name.
-    pub(crate) names: Vec<String>,
-    pub(crate) input: usize,
-    pub(crate) output: usize,
-    /// For each slot, the last step that reads it (freed after it).
-    pub(crate) last_use: Vec<usize>,
-}
 
 /// Ops the engine runs (the default ONNX domain).
 pub(crate) const SUPPORTED: &[&str] = &[
@@ -406,65 +379,4 @@ fn last_uses(p: &Program) -> Vec<usize> {
     }
     last[p.output] = usize::MAX;
     last
-}
-
-/// A weight-bearing step's tensors, for the sanity check.
-pub(crate) fn layer_of(kind: LayerKind, names: Vec<String>) -> Option<Layer> {
-    (!names.is_empty()).then(|| Layer::new(kind, names))
-}
-
-/// Builds the engine's convolution for a lowered `Conv`.
-pub(crate) fn build_conv(
-    weight: Tensor,
-    bias: Tensor,
-    spec: &super::attrs::ConvSpec,
-    tensors: Vec<String>,
-    device: &Device,
-) -> Result<ConvImpl> {
-    use crate::engine::models::layers::{Conv, PadMode};
-    let (cout, cin_g, kh, kw) = weight.dims4()?;
-    let pad = match spec.pads {
-        super::ops::Pads::Explicit(p) => PadMode::Explicit(p),
-        super::ops::Pads::SameUpper => PadMode::TfSame,
-    };
-    let g = spec.group;
-    if kh != kw || spec.strides.0 != spec.strides.1 {
-        let super::ops::Pads::Explicit(p) = spec.pads else {
-            return Err(Error::Weights(
-                "a non-square convolution with auto_pad SAME is not supported".into(),
-            ));
-        };
-        if g != 1 || spec.strides.0 != spec.strides.1 {
-            return Err(Error::Weights(format!(
-                "a {kh} x {kw} convolution with strides {:?} and {g} groups is not supported",
-                spec.strides
-            )));
-        }
-        return Ok(ConvImpl::Stock {
-            weight: weight.to_device(device)?,
-            bias: bias.to_device(device)?,
-            stride: spec.strides.0,
-            pad: p,
-        });
-    }
-    let s = spec.strides.0;
-    if g == 1 || (g == cout && cin_g == 1) {
-        return Ok(ConvImpl::Layer(Conv::new(
-            tensors, weight, bias, s, g, pad, device,
-        )?));
-    }
-    if cout % g != 0 {
-        return Err(Error::Weights(format!(
-            "{cout} output channels in {g} groups"
-        )));
-    }
-    let per = cout / g;
-    let convs = (0..g)
-        .map(|i| {
-            let w = weight.narrow(0, i * per, per)?;
-            let b = bias.narrow(0, i * per, per)?;
-            Conv::new(tensors.clone(), w, b, s, 1, pad, device)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(ConvImpl::Groups(convs))
 }

@@ -10,11 +10,14 @@
 //! Errors are one [`Error::Weights`] line naming the file and, where there is one, the tensor.
 
 mod attrs;
+mod conv;
 mod fuse;
+mod ints;
 mod load;
 mod lower;
 mod net;
 mod ops;
+mod program;
 pub mod proto;
 mod shape_ops;
 pub mod tensor;

@@ -4,160 +4,16 @@
 
 use std::collections::HashSet;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 
-use super::lower::Program;
-use super::ops::{Ctx, Kind, Unary};
-use super::value::Val;
+use super::ops::{Ctx, Kind};
+use super::program::Program;
 use crate::engine::models::classifier::{CamGrid, CamPass, Classifier};
 use crate::engine::models::info::ModelInfo;
-use crate::engine::models::layers::Layer;
 use crate::engine::models::reinit::{self, Cascade};
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::ReluMode;
 use crate::error::{Error, Result};
-
-impl Program {
-    /// Runs the graph on `x`; the value in slot `tap` (if any) is made a variable, whose
-    /// tensor is returned with the output.
-    pub(crate) fn run(
-        &self,
-        x: &Tensor,
-        ctx: &Ctx,
-        tap: Option<usize>,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let mut vals: Vec<Option<Val>> = vec![None; self.names.len()];
-        let mut tapped = None;
-        let mut put = |slot: usize, v: Val, vals: &mut Vec<Option<Val>>| -> Result<()> {
-            let v = match v {
-                Val::F(t) if tap == Some(slot) => {
-                    let var = Var::from_tensor(&t.detach())?;
-                    tapped = Some(var.as_tensor().clone());
-                    Val::F(var.as_tensor().clone())
-                }
-                v => v,
-            };
-            vals[slot] = Some(v);
-            Ok(())
-        };
-        put(self.input, Val::F(x.clone()), &mut vals)?;
-        for (i, step) in self.steps.iter().enumerate() {
-            let ins: Vec<Option<&Val>> = step
-                .inputs
-                .iter()
-                .map(|s| s.and_then(|s| vals[s].as_ref().or(self.consts[s].as_ref())))
-                .collect();
-            if ins
-                .iter()
-                .zip(&step.inputs)
-                .any(|(v, s)| v.is_none() && s.is_some())
-            {
-                return Err(Error::Internal(format!(
-                    "node '{}' ran before its inputs",
-                    step.name
-                )));
-            }
-            let outs = step
-                .kind
-                .run(&ins, ctx)
-                .map_err(|e| self.step_error(i, e))?;
-            for (&slot, v) in step.outputs.iter().zip(outs) {
-                put(slot, v, &mut vals)?;
-            }
-            for &slot in step.inputs.iter().flatten() {
-                if self.last_use[slot] == i && slot != self.output {
-                    vals[slot] = None;
-                }
-            }
-        }
-        let out = vals[self.output]
-            .take()
-            .ok_or_else(|| Error::Internal("the graph computed no output".into()))?
-            .float(&ctx.device)?;
-        Ok((out, tapped))
-    }
-
-    fn step_error(&self, i: usize, e: Error) -> Error {
-        let s = &self.steps[i];
-        let msg = e.to_string();
-        let msg = msg.trim_start_matches("cannot load model weights: ");
-        Error::InvalidParam(format!("ONNX node {} '{}': {msg}", s.op_type, s.name))
-    }
-
-    /// Every slot's shape for one `[1, 3, h, w]` input (None: a constant or an unused slot).
-    pub(crate) fn shapes(
-        &self,
-        (h, w): (usize, usize),
-        ctx: &Ctx,
-    ) -> Result<Vec<Option<Vec<usize>>>> {
-        let x = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &ctx.device)?;
-        let mut shapes: Vec<Option<Vec<usize>>> = vec![None; self.names.len()];
-        let mut vals: Vec<Option<Val>> = vec![None; self.names.len()];
-        vals[self.input] = Some(Val::F(x));
-        shapes[self.input] = Some(vec![1, 3, h, w]);
-        for (i, step) in self.steps.iter().enumerate() {
-            let ins: Vec<Option<&Val>> = step
-                .inputs
-                .iter()
-                .map(|s| s.and_then(|s| vals[s].as_ref().or(self.consts[s].as_ref())))
-                .collect();
-            let outs = step
-                .kind
-                .run(&ins, ctx)
-                .map_err(|e| self.step_error(i, e))?;
-            for (&slot, v) in step.outputs.iter().zip(outs) {
-                shapes[slot] = Some(v.dims());
-                vals[slot] = Some(v);
-            }
-            for &slot in step.inputs.iter().flatten() {
-                if self.last_use[slot] == i && slot != self.output {
-                    vals[slot] = None;
-                }
-            }
-        }
-        Ok(shapes)
-    }
-
-    /// Layers with weights, in forward order.
-    pub(crate) fn layers(&self) -> Vec<Layer> {
-        self.steps.iter().filter_map(|s| s.layer.clone()).collect()
-    }
-
-    /// What guided backpropagation means here, when the graph has nonlinearities it does not
-    /// change (see [`ModelInfo::guided_note`]).
-    pub(crate) fn guided_note(&self) -> Option<String> {
-        let others = self.other_activations();
-        (!others.is_empty()).then(|| {
-            let list: Vec<String> = others.iter().map(|(n, c)| format!("{n} x{c}")).collect();
-            format!(
-                "guided backpropagation changes only the ReLU-family activations; this model also uses {}, which back-propagate their true derivative",
-                list.join(", ")
-            )
-        })
-    }
-
-    /// Nonlinearities guided backpropagation does not change, with how often each occurs.
-    fn other_activations(&self) -> Vec<(String, usize)> {
-        let mut seen: Vec<(String, usize)> = Vec::new();
-        for s in &self.steps {
-            let name = match &s.kind {
-                Kind::Unary(Unary::Gelu(_)) | Kind::Unary(Unary::Erf) => "GELU",
-                Kind::Unary(Unary::Sigmoid) => "sigmoid (SiLU / squeeze-excite)",
-                Kind::Unary(Unary::HardSwish) => "HardSwish",
-                Kind::Unary(Unary::HardSigmoid(..)) => "HardSigmoid",
-                Kind::Unary(Unary::Tanh) => "tanh",
-                Kind::Unary(Unary::Softplus) => "softplus",
-                Kind::Softmax { .. } => "softmax (attention)",
-                _ => continue,
-            };
-            match seen.iter_mut().find(|(n, _)| n == name) {
-                Some((_, c)) => *c += 1,
-                None => seen.push((name.to_string(), 1)),
-            }
-        }
-        seen
-    }
-}
 
 /// Grad-CAM's layer: a slot and how its value is read as a `[n, c, h, w]` grid.
 #[derive(Clone, Debug)]

@@ -5,155 +5,17 @@
 //! have an input-gradient backward (checked op by op in the tests): nothing here may cut the
 //! gradient. Integer ops (shape arithmetic) run on the host; see [`super::value`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use candle_core::{D, DType, Tensor};
 
-use candle_core::{D, DType, Device, Tensor};
-
-use super::shape_ops;
+pub(crate) use super::conv::{AvgConvs, ConvImpl, ConvStep, Pads, Window};
+use super::conv::{avg_pool, relu_op};
+pub(crate) use super::value::Ctx;
+pub(crate) use super::value::{Binary, input, opt};
 use super::value::{Val, axis, broadcast};
-use crate::engine::models::layers::{Conv, PadMode};
-use crate::engine::ops::Backend;
-use crate::engine::ops::activation::{ReluMode, ReluOp};
-use crate::engine::ops::geometry::Padding;
+use super::{ints, shape_ops};
+use crate::engine::ops::activation::ReluMode;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
-
-/// What one evaluation needs besides the values.
-#[derive(Clone, Debug)]
-pub(crate) struct Ctx {
-    pub(crate) mode: ReluMode,
-    pub(crate) backend: Backend,
-    pub(crate) device: Device,
-}
-
-/// How a convolution or pool pads its input.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Pads {
-    Explicit(Padding),
-    /// `auto_pad = SAME_UPPER`: TensorFlow's "SAME".
-    SameUpper,
-}
-
-/// A pooling window (square, one stride: what the engine's pools take).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Window {
-    pub(crate) k: usize,
-    pub(crate) stride: usize,
-    pub(crate) pads: Pads,
-    pub(crate) ceil: bool,
-}
-
-impl Window {
-    /// The padding for an `h x w` input, with ceil mode's extra rows and columns after.
-    fn padding(&self, h: usize, w: usize) -> Result<Padding> {
-        let mut p = match self.pads {
-            Pads::Explicit(p) => p,
-            Pads::SameUpper => Padding::tf_same(h, w, self.k, self.stride),
-        };
-        if self.ceil {
-            p.bottom += ceil_extra(h, p.top, p.bottom, self.k, self.stride);
-            p.right += ceil_extra(w, p.left, p.right, self.k, self.stride);
-        }
-        if h + p.top + p.bottom < self.k || w + p.left + p.right < self.k {
-            return Err(Error::InvalidParam(format!(
-                "a {0} x {0} pool does not fit a {h} x {w} input",
-                self.k
-            )));
-        }
-        Ok(p)
-    }
-}
-
-/// Ceil mode: extra padding after so that a last, partial window counts, unless it would start
-/// in the padding (PyTorch's and ONNX's rule).
-fn ceil_extra(n: usize, before: usize, after: usize, k: usize, s: usize) -> usize {
-    let span = (n + before + after).saturating_sub(k);
-    let mut out = span.div_ceil(s) + 1;
-    if (out - 1) * s >= n + before {
-        out -= 1;
-    }
-    ((out - 1) * s + k).saturating_sub(n + before + after)
-}
-
-/// A convolution (BatchNorm folded in) with what the graph applied after it.
-#[derive(Debug)]
-pub(crate) struct ConvStep {
-    pub(crate) imp: ConvImpl,
-    /// A ReLU or ReLU6 fused into the convolution.
-    pub(crate) act: Option<bool>,
-    /// The node's second input is added before the activation (a residual).
-    pub(crate) residual: bool,
-}
-
-#[derive(Debug)]
-pub(crate) enum ConvImpl {
-    /// Square kernel, one stride, dense or depthwise: the engine's convolution.
-    Layer(Conv),
-    /// Grouped (neither dense nor depthwise): one dense convolution per group.
-    Groups(Vec<Conv>),
-    /// Non-square kernels (Inception's 1 x 7): candle's convolution on a padded input.
-    Stock {
-        weight: Tensor,
-        bias: Tensor,
-        stride: usize,
-        pad: Padding,
-    },
-}
-
-/// Which ReLU-family activation is fused (`true`: ReLU6).
-fn relu_op(relu6: bool, mode: ReluMode) -> ReluOp {
-    if relu6 {
-        ReluOp::relu6(mode)
-    } else {
-        ReluOp::relu(mode)
-    }
-}
-
-impl ConvStep {
-    fn run(&self, x: &Tensor, skip: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
-        let act = self.act.map(|r6| relu_op(r6, ctx.mode));
-        let y = match &self.imp {
-            ConvImpl::Layer(conv) => {
-                return conv.forward_residual(x, skip, act, ctx.backend);
-            }
-            ConvImpl::Groups(convs) => {
-                let cin = x.dim(1)? / convs.len();
-                let parts = convs
-                    .iter()
-                    .enumerate()
-                    .map(|(g, conv)| conv.forward(&x.narrow(1, g * cin, cin)?, ctx.backend))
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&parts, 1)?
-            }
-            ConvImpl::Stock {
-                weight,
-                bias,
-                stride,
-                pad,
-            } => {
-                let x = x
-                    .pad_with_zeros(2, pad.top, pad.bottom)?
-                    .pad_with_zeros(3, pad.left, pad.right)?;
-                x.conv2d(weight, 0, *stride, 1, 1)?
-                    .broadcast_add(&bias.reshape((1, (), 1, 1))?)?
-            }
-        };
-        let y = match skip {
-            Some(s) => (y + s)?,
-            None => y,
-        };
-        Ok(match act {
-            Some(act) => act.forward_on(&y, ctx.backend)?,
-            None => y,
-        })
-    }
-}
-
-/// An average pool as a depthwise convolution of constant weights (the engine's fast kernel
-/// and its backward), one per channel count seen.
-#[derive(Debug, Default)]
-pub(crate) struct AvgConvs(Mutex<HashMap<usize, Arc<Conv>>>);
 
 /// Elementwise ops of one input.
 #[derive(Clone, Copy, Debug)]
@@ -174,28 +36,12 @@ pub(crate) enum Unary {
     Softplus,
 }
 
-/// Elementwise ops of two broadcast inputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Binary {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-    Equal,
-    Less,
-    Greater,
-    Mod,
-    And,
-    Or,
-}
-
 /// A lowered node's op.
 #[derive(Debug)]
 pub(crate) enum Kind {
     Conv(Box<ConvStep>),
     /// A convolution before its weights are folded and built (see `fuse`).
-    ConvSpec(super::attrs::ConvSpec),
+    ConvSpec(super::conv::ConvSpec),
     /// A BatchNorm before it is folded into a convolution or made an affine step.
     BatchNorm(f64),
     MaxPool(Window),
@@ -341,79 +187,6 @@ impl Kind {
     }
 }
 
-pub(crate) fn input<'a>(inputs: &[Option<&'a Val>], i: usize) -> Result<&'a Val> {
-    inputs
-        .get(i)
-        .copied()
-        .flatten()
-        .ok_or_else(|| Error::Weights(format!("input {i} of a node is missing")))
-}
-
-pub(crate) fn opt<'a>(inputs: &[Option<&'a Val>], i: usize) -> Option<&'a Val> {
-    inputs.get(i).copied().flatten()
-}
-
-fn avg_pool(
-    x: &Tensor,
-    win: Window,
-    include_pad: bool,
-    convs: &AvgConvs,
-    ctx: &Ctx,
-) -> Result<Tensor> {
-    let (_, c, h, w) = x.dims4()?;
-    let pad = win.padding(h, w)?;
-    if win.ceil && pad != win.padding_floor(h, w) {
-        return Err(Error::InvalidParam(
-            "an average pool in ceil mode whose last window is partial is not supported".into(),
-        ));
-    }
-    let conv = {
-        let mut map = convs
-            .0
-            .lock()
-            .map_err(|_| Error::Internal("pool lock".into()))?;
-        match map.get(&c) {
-            Some(conv) => conv.clone(),
-            None => {
-                let k = win.k;
-                let weight = Tensor::full(1.0 / (k * k) as f32, (c, 1, k, k), &Device::Cpu)?;
-                let bias = Tensor::zeros(c, DType::F32, &Device::Cpu)?;
-                let pads = PadMode::Explicit(pad);
-                let conv = Conv::new(vec![], weight, bias, win.stride, c, pads, &ctx.device)?;
-                map.insert(c, Arc::new(conv));
-                map[&c].clone()
-            }
-        }
-    };
-    let y = conv.forward(x, ctx.backend)?;
-    if include_pad || pad == Padding::default() {
-        return Ok(y);
-    }
-    // Average over the pixels inside the image only: rescale by k^2 / count.
-    let (_, _, oh, ow) = y.dims4()?;
-    let count = |o: usize, before: usize, n: usize| {
-        let start = (o * win.stride) as isize - before as isize;
-        let end = (start + win.k as isize).min(n as isize);
-        (end - start.max(0)) as f32
-    };
-    let k2 = (win.k * win.k) as f32;
-    let scale: Vec<f32> = (0..oh)
-        .flat_map(|oy| (0..ow).map(move |ox| (oy, ox)))
-        .map(|(oy, ox)| k2 / (count(oy, pad.top, h) * count(ox, pad.left, w)))
-        .collect();
-    let scale = Tensor::from_vec(scale, (1, 1, oh, ow), x.device())?;
-    Ok(y.broadcast_mul(&scale)?)
-}
-
-impl Window {
-    fn padding_floor(&self, h: usize, w: usize) -> Padding {
-        match self.pads {
-            Pads::Explicit(p) => p,
-            Pads::SameUpper => Padding::tf_same(h, w, self.k, self.stride),
-        }
-    }
-}
-
 /// `max(x, alpha x)`; guided backprop also drops negative incoming gradients.
 fn leaky_relu(x: &Tensor, alpha: f32, mode: ReluMode) -> Result<Tensor> {
     let d = x.detach();
@@ -456,7 +229,7 @@ fn unary(x: &Tensor, u: Unary) -> Result<Tensor> {
 
 fn binary(op: Binary, a: &Val, b: &Val, ctx: &Ctx) -> Result<Val> {
     if let (Val::I(a), Val::I(b)) = (a, b) {
-        return Ok(Val::I(shape_ops::binary_ints(op, a, b)?));
+        return Ok(Val::I(ints::binary_ints(op, a, b)?));
     }
     let comparison = matches!(
         op,
@@ -465,7 +238,7 @@ fn binary(op: Binary, a: &Val, b: &Val, ctx: &Ctx) -> Result<Val> {
     if comparison {
         // Masks and indices: integers, computed on the host (never on an activation).
         let (a, b) = (a.ints("comparison")?, b.ints("comparison")?);
-        return Ok(Val::I(shape_ops::binary_ints(op, &a, &b)?));
+        return Ok(Val::I(ints::binary_ints(op, &a, &b)?));
     }
     let (a, b) = (a.float(&ctx.device)?, b.float(&ctx.device)?);
     Ok(Val::F(match op {
@@ -500,7 +273,7 @@ fn where_(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
     let cond = input(inputs, 0)?.ints("Where condition")?;
     let (a, b) = (input(inputs, 1)?, input(inputs, 2)?);
     if let (Val::I(a), Val::I(b)) = (a, b) {
-        return Ok(Val::I(shape_ops::where_ints(&cond, a, b)?));
+        return Ok(Val::I(ints::where_ints(&cond, a, b)?));
     }
     let (a, b) = (a.float(&ctx.device)?, b.float(&ctx.device)?);
     let dims = broadcast(

@@ -4,7 +4,8 @@
 
 use candle_core::{DType, Tensor};
 
-use super::ops::{Binary, Ctx, input, opt};
+use super::ints::{MAX_INTS, broadcast_ints, checked_count, indices, strides};
+use super::value::{Ctx, input, opt};
 use super::value::{Ints, Val, axis, broadcast};
 use crate::error::{Error, Result};
 
@@ -225,17 +226,6 @@ impl Arrange {
     }
 }
 
-/// The most integers a host op may create (shape arithmetic is tiny; a file asking for more
-/// is refused rather than allowed to exhaust memory).
-const MAX_INTS: usize = 1 << 24;
-
-fn checked_count(dims: &[usize], what: &str) -> Result<usize> {
-    dims.iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= MAX_INTS * 16)
-        .ok_or_else(|| bad(what, format!("a shape of {dims:?} is too large")))
-}
-
 fn first(v: &[i64]) -> Result<i64> {
     v.first()
         .copied()
@@ -323,27 +313,6 @@ fn transpose(x: &Val, perm: &[usize]) -> Result<Val> {
                 .collect();
             Val::I(Ints::new(out_dims, data)?)
         }
-    })
-}
-
-fn strides(dims: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; dims.len()];
-    for i in (0..dims.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * dims[i + 1];
-    }
-    s
-}
-
-/// Every multi-index of `dims`, row-major.
-fn indices(dims: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
-    let n: usize = dims.iter().product();
-    (0..n).map(move |mut flat| {
-        let mut idx = vec![0; dims.len()];
-        for a in (0..dims.len()).rev() {
-            idx[a] = flat % dims[a];
-            flat /= dims[a];
-        }
-        idx
     })
 }
 
@@ -518,73 +487,6 @@ fn narrow_many(x: &Val, a: usize, picks: &[usize]) -> Result<Val> {
             concat(&refs, a as i64, &ctx)
         }
     }
-}
-
-fn broadcast_ints(i: &Ints, dims: &[usize]) -> Result<Ints> {
-    checked_count(dims, "Expand")?;
-    let off = dims.len() - i.dims.len();
-    let src_strides = strides(&i.dims);
-    let data = indices(dims)
-        .map(|idx| {
-            let at: usize = (0..i.dims.len())
-                .map(|k| {
-                    if i.dims[k] == 1 {
-                        0
-                    } else {
-                        idx[k + off] * src_strides[k]
-                    }
-                })
-                .sum();
-            i.data[at]
-        })
-        .collect();
-    Ints::new(dims.to_vec(), data)
-}
-
-/// Elementwise integer arithmetic and comparisons with broadcasting.
-pub(crate) fn binary_ints(op: Binary, a: &Ints, b: &Ints) -> Result<Ints> {
-    let dims = broadcast(&a.dims, &b.dims, "integer op")?;
-    let (a, b) = (broadcast_ints(a, &dims)?, broadcast_ints(b, &dims)?);
-    let f = |x: i64, y: i64| -> Result<i64> {
-        Ok(match op {
-            Binary::Add => x.wrapping_add(y),
-            Binary::Sub => x.wrapping_sub(y),
-            Binary::Mul => x.wrapping_mul(y),
-            Binary::Div | Binary::Mod if y == 0 => {
-                return Err(bad("integer op", "division by zero"));
-            }
-            Binary::Div => x.wrapping_div(y),
-            Binary::Mod => x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 },
-            Binary::Pow => x
-                .checked_pow(u32::try_from(y).unwrap_or(u32::MAX))
-                .unwrap_or(i64::MAX),
-            Binary::Equal => (x == y) as i64,
-            Binary::Less => (x < y) as i64,
-            Binary::Greater => (x > y) as i64,
-            Binary::And => (x != 0 && y != 0) as i64,
-            Binary::Or => (x != 0 || y != 0) as i64,
-        })
-    };
-    let data = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .map(|(&x, &y)| f(x, y))
-        .collect::<Result<_>>()?;
-    Ints::new(dims, data)
-}
-
-pub(crate) fn where_ints(c: &Ints, a: &Ints, b: &Ints) -> Result<Ints> {
-    let dims = broadcast(&broadcast(&c.dims, &a.dims, "Where")?, &b.dims, "Where")?;
-    let (c, a, b) = (
-        broadcast_ints(c, &dims)?,
-        broadcast_ints(a, &dims)?,
-        broadcast_ints(b, &dims)?,
-    );
-    let data = (0..c.data.len())
-        .map(|i| if c.data[i] != 0 { a.data[i] } else { b.data[i] })
-        .collect();
-    Ints::new(dims, data)
 }
 
 /// Constant padding of every dimension (`pads`: all the befores, then all the afters).

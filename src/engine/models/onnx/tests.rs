@@ -4,8 +4,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::attrs::ConvSpec;
-use super::lower::build_conv;
+use super::conv::ConvSpec;
+use super::fuse::build_conv;
 use super::ops::{AvgConvs, Binary, ConvStep, Ctx, Kind, Pads, Reduce, Unary, Window};
 use super::shape_ops::Arrange;
 use super::value::{Ints, Val};

@@ -7,7 +7,18 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::engine::ops::Backend;
+use crate::engine::ops::activation::ReluMode;
+
 use crate::error::{Error, Result};
+
+/// What one evaluation needs besides the values.
+#[derive(Clone, Debug)]
+pub(crate) struct Ctx {
+    pub(crate) mode: ReluMode,
+    pub(crate) backend: Backend,
+    pub(crate) device: Device,
+}
 
 /// A value in the graph.
 #[derive(Clone, Debug)]
@@ -138,4 +149,34 @@ pub(crate) fn broadcast(a: &[usize], b: &[usize], what: &str) -> Result<Vec<usiz
             ))),
         })
         .collect()
+}
+
+/// Elementwise ops of two broadcast inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Equal,
+    Less,
+    Greater,
+    Mod,
+    And,
+    Or,
+}
+
+/// Input `i` of a node, which must be there.
+pub(crate) fn input<'a>(inputs: &[Option<&'a Val>], i: usize) -> Result<&'a Val> {
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| Error::Weights(format!("input {i} of a node is missing")))
+}
+
+/// Optional input `i` of a node.
+pub(crate) fn opt<'a>(inputs: &[Option<&'a Val>], i: usize) -> Option<&'a Val> {
+    inputs.get(i).copied().flatten()
 }
