@@ -15,6 +15,7 @@ mod mask;
 mod methods;
 mod models;
 mod onnx;
+mod onnx_graphs;
 mod ops;
 mod pth;
 mod reference;

@@ -1,0 +1,281 @@
+//! ONNX graphs that are wrong or beyond unveil, built here field by field: each is refused
+//! with one line naming what (every unsupported op type with its nodes, a custom domain, a
+//! cycle, a dangling name), before anything runs; and what users run from the command line:
+//! `--model FILE.onnx`, `--cam-layer`, fixed-batch graphs.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use unveil::engine::models::{self, Classifier};
+use unveil::engine::ops::Backend;
+use unveil::engine::ops::activation::ReluMode;
+
+use crate::common::{max_abs_diff, repo, to_vec};
+
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn int(num: u64, v: u64) -> Vec<u8> {
+    [varint(num << 3), varint(v)].concat()
+}
+
+fn bytes(num: u64, body: &[u8]) -> Vec<u8> {
+    [
+        varint((num << 3) | 2),
+        varint(body.len() as u64),
+        body.to_vec(),
+    ]
+    .concat()
+}
+
+/// A float tensor value `[1, 3, h, w]` (`h`, `w` symbolic).
+fn value(name: &str) -> Vec<u8> {
+    let dim = |d: Option<u64>| match d {
+        Some(v) => bytes(1, &int(1, v)),
+        None => bytes(1, &bytes(2, b"n")),
+    };
+    let shape = [dim(Some(1)), dim(Some(3)), dim(None), dim(None)].concat();
+    let tensor_type = [int(1, 1), bytes(2, &shape)].concat();
+    [bytes(1, name.as_bytes()), bytes(2, &bytes(1, &tensor_type))].concat()
+}
+
+/// `(op_type, name, inputs, outputs, domain)`.
+type Node<'a> = (&'a str, &'a str, &'a [&'a str], &'a [&'a str], &'a str);
+
+fn node((op, name, inputs, outputs, domain): Node) -> Vec<u8> {
+    let mut n = Vec::new();
+    for i in inputs {
+        n.extend(bytes(1, i.as_bytes()));
+    }
+    for o in outputs {
+        n.extend(bytes(2, o.as_bytes()));
+    }
+    n.extend(bytes(3, name.as_bytes()));
+    n.extend(bytes(4, op.as_bytes()));
+    if !domain.is_empty() {
+        n.extend(bytes(7, domain.as_bytes()));
+    }
+    n
+}
+
+/// A model of `nodes` reading `inputs` and giving `output`, written to a temporary file.
+fn graph(file: &str, nodes: &[Node], inputs: &[&str], output: &str) -> PathBuf {
+    let mut g = Vec::new();
+    for n in nodes {
+        g.extend(bytes(1, &node(*n)));
+    }
+    g.extend(bytes(2, b"test"));
+    for i in inputs {
+        g.extend(bytes(11, &value(i)));
+    }
+    g.extend(bytes(12, &value(output)));
+    let opset = [bytes(1, b""), int(2, 17)].concat();
+    let model = [int(1, 8), bytes(7, &g), bytes(8, &opset)].concat();
+    let dir = std::env::temp_dir().join(format!("unveil-onnx-graphs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, model).unwrap();
+    path
+}
+
+fn refusal(path: &PathBuf) -> String {
+    let started = std::time::Instant::now();
+    let e = models::load(path.to_str().unwrap(), &Device::Cpu, Backend::Fast)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(started.elapsed().as_secs_f64() < 1.0, "{e}: slow");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    e
+}
+
+#[test]
+fn unsupported_and_custom_ops_are_named_with_their_nodes_before_anything_runs() {
+    let g = graph(
+        "unsupported.onnx",
+        &[
+            ("Relu", "r", &["x"], &["a"], ""),
+            ("Foo", "f1", &["a"], &["b"], ""),
+            ("Bar", "b1", &["b"], &["c"], ""),
+            ("Foo", "f2", &["c"], &["y"], ""),
+        ],
+        &["x"],
+        "y",
+    );
+    let e = refusal(&g);
+    assert!(
+        e.contains("does not support: Bar (b1); Foo (f1, f2)"),
+        "{e}"
+    );
+    let g = graph(
+        "custom.onnx",
+        &[("FusedConv", "fc", &["x"], &["y"], "com.microsoft")],
+        &["x"],
+        "y",
+    );
+    let e = refusal(&g);
+    assert!(
+        e.contains("custom-domain")
+            && e.contains("FusedConv (domain com.microsoft)")
+            && e.contains("fc"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cycles_dangling_names_and_extra_inputs_are_one_line_each() {
+    let cycle = graph(
+        "cycle.onnx",
+        &[
+            ("Relu", "a", &["x", "q"], &["p"], ""),
+            ("Relu", "b", &["p"], &["q"], ""),
+            ("Relu", "c", &["q"], &["y"], ""),
+        ],
+        &["x"],
+        "y",
+    );
+    assert!(refusal(&cycle).contains("cycle"));
+    let dangling = graph(
+        "dangling.onnx",
+        &[("Add", "add", &["x", "nowhere"], &["y"], "")],
+        &["x"],
+        "y",
+    );
+    let e = refusal(&dangling);
+    assert!(e.contains("'add' reads 'nowhere'"), "{e}");
+    let two = graph(
+        "two-inputs.onnx",
+        &[("Add", "add", &["x", "z"], &["y"], "")],
+        &["x", "z"],
+        "y",
+    );
+    assert!(refusal(&two).contains("2 inputs"));
+    let not_a_classifier = graph(
+        "image-out.onnx",
+        &[("Relu", "r", &["x"], &["y"], "")],
+        &["x"],
+        "y",
+    );
+    assert!(refusal(&not_a_classifier).contains("[n, classes]"));
+}
+
+#[test]
+fn a_graph_with_a_batch_of_one_runs_batches_one_image_at_a_time() {
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo("tests/fixtures/onnx/fixtures.json")).unwrap())
+            .unwrap();
+    // Every fixed-batch export (the dynamo exporter's default, and one TorchScript one).
+    let mut seen = 0;
+    for m in j["models"].as_object().unwrap().values() {
+        for x in m["exports"].as_object().unwrap().values() {
+            if x["dynamic_batch"].as_bool() != Some(false) {
+                continue;
+            }
+            let path = repo(&format!(
+                "tests/fixtures/onnx/{}",
+                x["file"].as_str().unwrap()
+            ));
+            let model = models::load(path.to_str().unwrap(), &Device::Cpu, Backend::Fast).unwrap();
+            let (h, w) = model.info().input_size;
+            let batch = Tensor::randn(0f32, 1.0, (3, 3, h, w), &Device::Cpu).unwrap();
+            let together = to_vec(&model.forward(&batch, ReluMode::Plain).unwrap());
+            let alone: Vec<f32> = (0..3)
+                .flat_map(|i| {
+                    let x = batch.narrow(0, i, 1).unwrap();
+                    to_vec(&model.forward(&x, ReluMode::Plain).unwrap())
+                })
+                .collect();
+            assert!(max_abs_diff(&together, &alone) < 1e-5);
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no fixed-batch export among the fixtures");
+}
+
+fn unveil(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_unveil"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+#[test]
+fn onnx_models_run_from_the_command_line_and_say_what_was_assumed() {
+    let model = repo("tests/fixtures/onnx/resnet50.onnx");
+    let out = std::env::temp_dir().join(format!("unveil-onnx-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = unveil(&[
+        "run",
+        repo("assets/chelsea.png").to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--method",
+        "grad-cam",
+        "--max-iter",
+        "1",
+        "--no-faithfulness",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let assumed: Vec<&str> = s["model"]["assumed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        assumed,
+        [
+            "224 x 224",
+            "ImageNet labels",
+            "ImageNet mean/std",
+            "bilinear"
+        ]
+    );
+    assert_eq!(
+        s["model"]["grad_cam_layer"],
+        "/layer4/layer4.0/relu_2/Relu_output_0"
+    );
+    // A layer that is not one is refused with the candidates.
+    let o = unveil(&[
+        "run",
+        repo("assets/chelsea.png").to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--cam-layer",
+        "no-such-layer",
+        "--out",
+        out.join("x").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("candidates: /layer4"),
+        "{err}"
+    );
+    // A native model has no layer to choose.
+    let o = unveil(&[
+        "run",
+        repo("assets/chelsea.png").to_str().unwrap(),
+        "--cam-layer",
+        "x",
+        "--out",
+        out.join("y").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("uses its own"), "{err}");
+}
