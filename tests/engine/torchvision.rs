@@ -22,7 +22,7 @@ fn fnv1a64(s: &str) -> u64 {
 }
 
 /// The generator of scripts/fixtures/make_torchvision_fixtures.py.
-fn generate(name: &str, shape: &[usize]) -> Vec<f32> {
+pub(crate) fn generate(name: &str, shape: &[usize]) -> Vec<f32> {
     let seed = fnv1a64(name);
     let n: usize = shape.iter().product();
     let value = |u: f64| -> f64 {
