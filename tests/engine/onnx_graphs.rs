@@ -89,11 +89,10 @@ fn graph(file: &str, nodes: &[Node], inputs: &[&str], output: &str) -> PathBuf {
     path
 }
 
-fn refusal(path: &PathBuf) -> String {
+fn refusal(path: &std::path::Path) -> String {
     let started = std::time::Instant::now();
     let e = models::load(path.to_str().unwrap(), &Device::Cpu, Backend::Fast)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(started.elapsed().as_secs_f64() < 1.0, "{e}: slow");
     assert_eq!(e.lines().count(), 1, "{e}");
@@ -278,4 +277,115 @@ fn onnx_models_run_from_the_command_line_and_say_what_was_assumed() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("uses its own"), "{err}");
+}
+
+#[test]
+fn the_sanity_checks_cascade_reaches_back_through_a_graphs_weights() {
+    use unveil::engine::device::DeviceChoice;
+    use unveil::engine::explainer::Explainer;
+    use unveil::engine::models::ModelSource;
+    use unveil::engine::models::reinit::Cascade;
+
+    let path = repo("tests/fixtures/onnx/resnet50.onnx");
+    let source = ModelSource::Named(path.to_str().unwrap().into());
+    let e = Explainer::load(&source, DeviceChoice::Cpu).unwrap();
+    let scope = |c| e.model().reinit_scope(c).unwrap();
+    let (head, stage, quarter) = (
+        scope(Cascade::Head),
+        scope(Cascade::LastStage),
+        scope(Cascade::LastQuarter),
+    );
+    // The head is the Gemm (weight and bias); the last stage is layer4 (from the node
+    // names); the last quarter reaches further back; each includes the one before.
+    assert_eq!(head.len(), 2, "{head:?}");
+    assert!(head.is_subset(&stage) && stage.is_subset(&quarter));
+    assert!(stage.len() > head.len() && quarter.len() >= stage.len());
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 224, 224), &Device::Cpu).unwrap();
+    let logits = |m: &dyn Classifier| to_vec(&m.forward(&x, ReluMode::Plain).unwrap());
+    let trained = logits(e.model().as_ref());
+    for c in Cascade::ALL {
+        let r = e.randomised(c, 0).unwrap();
+        assert!(max_abs_diff(&logits(r.as_ref()), &trained) > 1e-3, "{c:?}");
+    }
+}
+
+#[test]
+fn a_description_names_an_onnx_file_and_sets_what_it_cannot_carry() {
+    let dir = std::env::temp_dir().join(format!("unveil-onnx-desc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        repo("tests/fixtures/onnx/mobilenet_v2.onnx"),
+        dir.join("m.onnx"),
+    )
+    .unwrap();
+    let labels: Vec<String> = (0..10).map(|i| format!("finding {i}")).collect();
+    let json = serde_json::json!({
+        "name": "my-mobilenet",
+        "weights": "m.onnx",
+        "input_size": [128, 160],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "resize": "nearest",
+        "labels": labels,
+    });
+    let path = dir.join("m.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    let m = models::load(path.to_str().unwrap(), &Device::Cpu, Backend::Fast).unwrap();
+    let info = m.info();
+    assert_eq!(info.input_size, (128, 160));
+    assert_eq!((info.mean, info.std), ([0.5; 3], [0.25; 3]));
+    assert_eq!(info.label(3), "finding 3");
+    assert!(info.assumed.is_empty(), "{:?}", info.assumed);
+    // Without a description: the graph is dynamic, so 224 x 224 is assumed, and 10 outputs
+    // have no label list to assume.
+    let bare = models::load(
+        dir.join("m.onnx").to_str().unwrap(),
+        &Device::Cpu,
+        Backend::Fast,
+    )
+    .unwrap();
+    assert_eq!(
+        bare.info().assumed,
+        ["224 x 224", "ImageNet mean/std", "bilinear"]
+    );
+    assert_eq!(bare.info().label(3), "class 3");
+    // What the app's Change… writes is a description that loads to the same model.
+    let spelled = models::ModelDescription::spelled_out(&dir.join("m.onnx"), bare.info());
+    let again = dir.join("again.json");
+    let _ = std::fs::remove_file(&again);
+    spelled.write_new(&again).unwrap();
+    assert!(spelled.write_new(&again).is_err(), "never overwrites");
+    let m2 = models::load(again.to_str().unwrap(), &Device::Cpu, Backend::Fast).unwrap();
+    assert!(m2.info().assumed.is_empty());
+    assert_eq!(m2.info().input_size, (224, 224));
+}
+
+/// What README says of candle's own layers, measured: candle-nn's fused LayerNorm and
+/// softmax have no backward (the gradient silently stops), and candle's max pool has none
+/// when its window and stride differ (ResNet's 3 x 3 / 2). If a candle release adds them,
+/// these fail and README must change.
+#[test]
+fn candles_fused_layers_still_cut_the_gradient() {
+    let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 8), &Device::Cpu).unwrap())
+        .unwrap();
+    let w = Tensor::ones(8, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros(8, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let reaches =
+        |y: candle_core::Result<Tensor>| match y.and_then(|y| y.sqr()?.sum_all()?.backward()) {
+            Ok(g) => g.get(x.as_tensor()).is_some(),
+            Err(_) => false,
+        };
+    assert!(!reaches(candle_nn::ops::layer_norm(
+        x.as_tensor(),
+        &w,
+        &b,
+        1e-5
+    )));
+    assert!(!reaches(candle_nn::ops::softmax_last_dim(x.as_tensor())));
+    let img = candle_core::Var::from_tensor(
+        &Tensor::randn(0f32, 1.0, (1, 1, 8, 8), &Device::Cpu).unwrap(),
+    )
+    .unwrap();
+    let pooled = img.as_tensor().max_pool2d_with_stride(3, 2).unwrap();
+    assert!(pooled.sum_all().unwrap().backward().is_err());
 }

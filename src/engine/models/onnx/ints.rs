@@ -1,7 +1,9 @@
 //! Integer tensors' arithmetic on the host: what graphs compute shapes, indices and masks
 //! with (see [`super::value`]).
 
-use super::value::{Binary, Ints, broadcast};
+use candle_core::{DType, Tensor};
+
+use super::value::{Binary, Ctx, Ints, Val, broadcast, input};
 use crate::error::{Error, Result};
 
 /// The most integers a host op may create (shape arithmetic is tiny; a file asking for more
@@ -105,4 +107,73 @@ pub(crate) fn where_ints(c: &Ints, a: &Ints, b: &Ints) -> Result<Ints> {
         .map(|i| if c.data[i] != 0 { a.data[i] } else { b.data[i] })
         .collect();
     Ints::new(dims, data)
+}
+
+/// ScatterND on constants and shapes (Swin's attention masks), on the host.
+pub(crate) fn scatter_nd(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
+    let data = input(inputs, 0)?;
+    let idx = input(inputs, 1)?.ints("ScatterND indices")?;
+    let updates = input(inputs, 2)?;
+    let dims = data.dims();
+    let k = *idx
+        .dims
+        .last()
+        .ok_or_else(|| bad("ScatterND", "scalar indices"))?;
+    if k > dims.len() {
+        return Err(bad("ScatterND", "indices deeper than the data"));
+    }
+    let inner: usize = dims[k..].iter().product();
+    let st = strides(&dims[..k]);
+    let outer: usize = dims[..k].iter().product();
+    let at = |row: &[i64]| -> Result<usize> {
+        let mut flat = 0;
+        for (j, &i) in row.iter().enumerate() {
+            let n = dims[j] as i64;
+            let i = if i < 0 { i + n } else { i };
+            if !(0..n).contains(&i) {
+                return Err(bad("ScatterND", format!("index {i} out of range")));
+            }
+            flat += i as usize * st[j];
+        }
+        Ok(flat.min(outer) * inner)
+    };
+    let rows: Vec<&[i64]> = if k == 0 {
+        vec![&[]]
+    } else {
+        idx.data.chunks(k).collect()
+    };
+    match (data, updates) {
+        (Val::I(d), u) => {
+            let u = u.ints("ScatterND updates")?;
+            let mut out = d.data.clone();
+            for (r, row) in rows.iter().enumerate() {
+                let o = at(row)?;
+                let src = u
+                    .data
+                    .get(r * inner..(r + 1) * inner)
+                    .ok_or_else(|| bad("ScatterND", "too few updates"))?;
+                out[o..o + inner].copy_from_slice(src);
+            }
+            Ok(Val::I(Ints::new(dims, out)?))
+        }
+        (Val::F(d), u) => {
+            let u = u.float(&ctx.device)?;
+            if d.track_op() || u.track_op() {
+                return Err(bad(
+                    "ScatterND",
+                    "on an activation (only on constants and shapes)",
+                ));
+            }
+            let mut out = d.flatten_all()?.to_vec1::<f32>()?;
+            let u = u.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            for (r, row) in rows.iter().enumerate() {
+                let o = at(row)?;
+                let src = u
+                    .get(r * inner..(r + 1) * inner)
+                    .ok_or_else(|| bad("ScatterND", "too few updates"))?;
+                out[o..o + inner].copy_from_slice(src);
+            }
+            Ok(Val::F(Tensor::from_vec(out, dims, d.device())?))
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! concatenate, pad, ...) and the integer arithmetic graphs do on shapes. On floats they are
 //! candle views and copies, all with a backward; on integers they run on the host.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use super::ints::{MAX_INTS, broadcast_ints, checked_count, indices, strides};
 use super::value::{Ctx, input, opt};
@@ -148,6 +148,7 @@ impl Arrange {
             Arrange::Expand => {
                 let shape: Vec<usize> = to_usize(&ints(1, "Expand shape")?, "Expand")?;
                 let dims = broadcast(&x.dims(), &shape, "Expand")?;
+                checked_count(&dims, "Expand")?;
                 match x {
                     Val::F(t) => Val::F(t.broadcast_as(dims.as_slice())?.contiguous()?),
                     Val::I(i) => Val::I(broadcast_ints(i, &dims)?),
@@ -204,6 +205,7 @@ impl Arrange {
                 let dims = to_usize(&x.ints("ConstantOfShape")?.data, "ConstantOfShape")?;
                 match value {
                     Val::F(v) => {
+                        checked_count(&dims, "ConstantOfShape")?;
                         let v = v
                             .flatten_all()?
                             .to_vec1::<f32>()?
@@ -221,7 +223,7 @@ impl Arrange {
                     }
                 }
             }
-            Arrange::ScatterND => scatter_nd(inputs, ctx)?,
+            Arrange::ScatterND => super::ints::scatter_nd(inputs, ctx)?,
         }])
     }
 }
@@ -325,6 +327,12 @@ fn concat(inputs: &[Option<&Val>], a: i64, ctx: &Ctx) -> Result<Val> {
             .iter()
             .map(|v| v.ints("Concat"))
             .collect::<Result<_>>()?;
+        let same = |p: &Ints| {
+            p.dims.len() == rank && (0..rank).all(|k| k == a || p.dims[k] == parts[0].dims[k])
+        };
+        if !parts.iter().all(same) {
+            return Err(bad("Concat", "inputs of different shapes"));
+        }
         let mut dims = parts[0].dims.clone();
         dims[a] = parts
             .iter()
@@ -498,6 +506,10 @@ fn pad(x: &Tensor, pads: &[i64], value: f32) -> Result<Val> {
             format!("pads {pads:?} for a rank-{rank} tensor (negative pads are not supported)"),
         ));
     }
+    let out: Vec<usize> = (0..rank)
+        .map(|a| x.dims()[a].saturating_add((pads[a] + pads[a + rank]).min(1 << 24) as usize))
+        .collect();
+    checked_count(&out, "Pad")?;
     let mut y = x.clone();
     for a in 0..rank {
         let (l, r) = (pads[a] as usize, pads[a + rank] as usize);
@@ -518,73 +530,4 @@ fn pad(x: &Tensor, pads: &[i64], value: f32) -> Result<Val> {
         };
     }
     Ok(Val::F(y))
-}
-
-/// ScatterND on constants and shapes (Swin's attention masks), on the host.
-fn scatter_nd(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
-    let data = input(inputs, 0)?;
-    let idx = input(inputs, 1)?.ints("ScatterND indices")?;
-    let updates = input(inputs, 2)?;
-    let dims = data.dims();
-    let k = *idx
-        .dims
-        .last()
-        .ok_or_else(|| bad("ScatterND", "scalar indices"))?;
-    if k > dims.len() {
-        return Err(bad("ScatterND", "indices deeper than the data"));
-    }
-    let inner: usize = dims[k..].iter().product();
-    let st = strides(&dims[..k]);
-    let outer: usize = dims[..k].iter().product();
-    let at = |row: &[i64]| -> Result<usize> {
-        let mut flat = 0;
-        for (j, &i) in row.iter().enumerate() {
-            let n = dims[j] as i64;
-            let i = if i < 0 { i + n } else { i };
-            if !(0..n).contains(&i) {
-                return Err(bad("ScatterND", format!("index {i} out of range")));
-            }
-            flat += i as usize * st[j];
-        }
-        Ok(flat.min(outer) * inner)
-    };
-    let rows: Vec<&[i64]> = if k == 0 {
-        vec![&[]]
-    } else {
-        idx.data.chunks(k).collect()
-    };
-    match (data, updates) {
-        (Val::I(d), u) => {
-            let u = u.ints("ScatterND updates")?;
-            let mut out = d.data.clone();
-            for (r, row) in rows.iter().enumerate() {
-                let o = at(row)?;
-                let src = u
-                    .data
-                    .get(r * inner..(r + 1) * inner)
-                    .ok_or_else(|| bad("ScatterND", "too few updates"))?;
-                out[o..o + inner].copy_from_slice(src);
-            }
-            Ok(Val::I(Ints::new(dims, out)?))
-        }
-        (Val::F(d), u) => {
-            let u = u.float(&ctx.device)?;
-            if d.track_op() || u.track_op() {
-                return Err(bad(
-                    "ScatterND",
-                    "on an activation (only on constants and shapes)",
-                ));
-            }
-            let mut out = d.flatten_all()?.to_vec1::<f32>()?;
-            let u = u.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            for (r, row) in rows.iter().enumerate() {
-                let o = at(row)?;
-                let src = u
-                    .get(r * inner..(r + 1) * inner)
-                    .ok_or_else(|| bad("ScatterND", "too few updates"))?;
-                out[o..o + inner].copy_from_slice(src);
-            }
-            Ok(Val::F(Tensor::from_vec(out, dims, d.device())?))
-        }
-    }
 }
