@@ -1168,3 +1168,56 @@ fn the_device_menu_says_why_a_gpu_cannot_be_used() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An ONNX vision transformer opened as the model: the app says what it assumed (with
+/// Change…), what guided backpropagation means on GELU and softmax, and lists Grad-CAM's
+/// layers; picking another layer reloads the model and reruns with it.
+#[test]
+fn an_onnx_transformer_says_what_it_assumed_and_grad_cam_layers_can_be_picked() {
+    use unveil::engine::params::Method;
+    let vit = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx/vit_b_16.onnx");
+    let mut s = settings(1, 8, 1);
+    s.params.saliency.method = Method::GradCam;
+    let mut h = app_with(AppOptions {
+        dialogs: Arc::new(Scripted::default()),
+        settings: Some(s),
+        model: Some(vit.display().to_string()),
+        ..Default::default()
+    });
+    step_until(&mut h, 180, "the first run", idle);
+    // The graph's input is 224 x 224 (not assumed); the rest ONNX does not carry.
+    h.get_by_label_contains("Assumed: ImageNet labels, ImageNet mean/std, bilinear");
+    h.get_by_label("Change…");
+    let layers = h
+        .state()
+        .workspace
+        .model
+        .explainer()
+        .unwrap()
+        .info()
+        .cam_layers
+        .clone();
+    assert!(layers.len() >= 3, "{layers:?}");
+    assert!(layers[0].ends_with("encoder_layer_2/ln_1/LayerNormalization_output_0"));
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Layer")
+        .click();
+    h.step();
+    h.step();
+    h.get_by_label_contains("encoder_layer_1/ln_1").click();
+    h.step();
+    step_until(&mut h, 180, "the run with the other layer", |a| {
+        idle(a)
+            && a.workspace.model.explainer().is_some_and(|e| {
+                e.info().cam_layers[0].ends_with("encoder_layer_1/ln_1/LayerNormalization_output_0")
+            })
+    });
+    // Guided on a GELU model: what it means is said under the method picker.
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Method")
+        .click();
+    h.step();
+    h.step();
+    h.get_by_label("Guided backprop (paper)").click();
+    h.step();
+    h.step();
+    h.get_by_label_contains("guided backpropagation changes only the ReLU-family activations");
+}

@@ -174,12 +174,16 @@ fn model_method_notes(
     }
 }
 
-/// A graph value's name, shortened to its last parts for a picker.
+/// A graph value's name, shortened for a picker to the module path it came from (exporters
+/// name values `/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0`).
 fn short_layer(name: &str) -> String {
-    let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty()).collect();
+    let mut parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.len() > 1 && parts.last().is_some_and(|p| p.contains("_output_")) {
+        parts.pop();
+    }
     match parts.len() {
-        0..=2 => name.to_string(),
-        n => format!("…/{}", parts[n - 2..].join("/")),
+        0..=2 => parts.join("/"),
+        n => parts[n - 2..].join("/"),
     }
 }
 
