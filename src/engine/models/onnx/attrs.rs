@@ -5,6 +5,7 @@
 use super::conv::ConvSpec;
 use super::ops::{AvgConvs, Binary, Kind, Pads, Reduce, Unary, Window};
 use super::proto::{Attr, DataType, NodeProto};
+use super::resize::{Coords, Interp, Resize, Rounding};
 use super::shape_ops::Arrange;
 use super::value::{Ints, Val};
 use crate::engine::ops::geometry::Padding;
@@ -377,6 +378,7 @@ pub(crate) fn parse_kind(
                 None => Val::F(candle_core::Tensor::new(0f32, &candle_core::Device::Cpu)?),
             },
         )),
+        "Resize" => Kind::Resize(resize(a, opset)?),
         "ScatterND" => {
             if a.string("reduction")?.is_some_and(|r| r != "none") {
                 return Err(a.err("ScatterND with a reduction is not supported"));
@@ -384,5 +386,57 @@ pub(crate) fn parse_kind(
             Kind::Arrange(Arrange::ScatterND)
         }
         other => return Err(a.err(format!("{other} is not supported"))),
+    })
+}
+
+/// `Resize`'s attributes: nearest or linear, any coordinate mapping but crop-and-resize.
+fn resize(a: &Attrs, opset: i64) -> Result<Resize> {
+    if a.int("antialias", 0)? != 0 || a.ints("axes")?.is_some() {
+        return Err(a.err("Resize with antialias or axes is not supported"));
+    }
+    let rounding = match a
+        .string("nearest_mode")?
+        .as_deref()
+        .unwrap_or("round_prefer_floor")
+    {
+        "round_prefer_floor" => Rounding::PreferFloor,
+        "round_prefer_ceil" => Rounding::PreferCeil,
+        "floor" => Rounding::Floor,
+        "ceil" => Rounding::Ceil,
+        other => return Err(a.err(format!("nearest_mode {other}"))),
+    };
+    let interp = match a.string("mode")?.as_deref().unwrap_or("nearest") {
+        "nearest" => Interp::Nearest(rounding),
+        "linear" => Interp::Linear,
+        other => {
+            return Err(a.err(format!(
+                "Resize mode {other} is not supported (nearest, linear)"
+            )));
+        }
+    };
+    let default = if opset < 11 {
+        "asymmetric"
+    } else {
+        "half_pixel"
+    };
+    let coords = match a
+        .string("coordinate_transformation_mode")?
+        .as_deref()
+        .unwrap_or(default)
+    {
+        "half_pixel" => Coords::HalfPixel,
+        "pytorch_half_pixel" => Coords::PytorchHalfPixel,
+        "align_corners" => Coords::AlignCorners,
+        "asymmetric" => Coords::Asymmetric,
+        other => {
+            return Err(a.err(format!(
+                "coordinate_transformation_mode {other} is not supported"
+            )));
+        }
+    };
+    Ok(Resize {
+        interp,
+        coords,
+        scales_at: if opset < 11 { 1 } else { 2 },
     })
 }

@@ -80,6 +80,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "Or",
     "Mod",
     "ScatterND",
+    "Resize",
 ];
 
 /// The most nodes and value names a graph may have (a file claiming more is refused).

@@ -19,6 +19,7 @@ mod net;
 mod ops;
 mod program;
 pub mod proto;
+mod resize;
 mod shape_ops;
 pub mod tensor;
 #[cfg(test)]

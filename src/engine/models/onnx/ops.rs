@@ -82,6 +82,7 @@ pub(crate) enum Kind {
     },
     Identity,
     Arrange(shape_ops::Arrange),
+    Resize(super::resize::Resize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +181,7 @@ impl Kind {
             }
             Kind::Identity => Ok(vec![input(inputs, 0)?.clone()]),
             Kind::Arrange(op) => op.run(inputs, ctx),
+            Kind::Resize(r) => Ok(vec![r.run(inputs, ctx)?]),
             Kind::ConvSpec(_) | Kind::BatchNorm(_) => Err(Error::Internal(
                 "an unbuilt convolution or BatchNorm ran".into(),
             )),

@@ -448,3 +448,86 @@ fn data_movement_back_propagates() {
     };
     check("Where", &where_, vec![x(), tensor(&[4], 15)]);
 }
+
+#[test]
+fn resize_interpolates_like_pytorch_and_back_propagates() {
+    use super::resize::{Coords, Interp, Resize, Rounding};
+    let x = tensor(&[1, 2, 5, 4], 21);
+    let floats = |v: &[f32]| Val::F(Tensor::new(v, &Device::Cpu).unwrap());
+    let cases = [
+        (
+            "nearest x2",
+            Interp::Nearest(Rounding::PreferFloor),
+            Coords::Asymmetric,
+            floats(&[1.0, 1.0, 2.0, 2.0]),
+        ),
+        (
+            "linear x1.5",
+            Interp::Linear,
+            Coords::HalfPixel,
+            floats(&[1.0, 1.0, 1.5, 1.5]),
+        ),
+        (
+            "linear align corners",
+            Interp::Linear,
+            Coords::AlignCorners,
+            floats(&[1.0, 1.0, 0.6, 1.75]),
+        ),
+    ];
+    for (name, interp, coords, scales) in cases {
+        let kind = Kind::Resize(Resize {
+            interp,
+            coords,
+            scales_at: 2,
+        });
+        let roi = Val::F(Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap());
+        let op = |xs: &[Tensor]| {
+            let vals = [Val::F(xs[0].clone()), roi.clone(), scales.clone()];
+            let refs: Vec<Option<&Val>> = vals.iter().map(Some).collect();
+            match kind.run(&refs, &ctx(Backend::Fast)).unwrap().remove(0) {
+                Val::F(t) => t,
+                Val::I(_) => panic!("an integer output"),
+            }
+        };
+        check(&format!("Resize {name}"), &op, vec![x.clone()]);
+    }
+    // Half-pixel linear is PyTorch's bilinear with align_corners=False (as the engine's own
+    // upsampling, itself checked against PyTorch), to 8 x 6.
+    let kind = Kind::Resize(Resize {
+        interp: Interp::Linear,
+        coords: Coords::HalfPixel,
+        scales_at: 2,
+    });
+    let sizes = Val::I(Ints::vector(vec![1, 2, 8, 6]));
+    let vals = [
+        Val::F(x.clone()),
+        Val::F(Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap()),
+        Val::F(Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap()),
+        sizes,
+    ];
+    let refs: Vec<Option<&Val>> = vals.iter().map(Some).collect();
+    let Val::F(y) = kind.run(&refs, &ctx(Backend::Fast)).unwrap().remove(0) else {
+        panic!()
+    };
+    let plane = x
+        .narrow(1, 1, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let want = crate::engine::saliency::upsample_bilinear(&plane, (5, 4), (8, 6));
+    let got = y
+        .narrow(1, 1, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-6, "{diff}");
+}
