@@ -224,6 +224,10 @@ fn model(msg: Msg<'_>) -> Wire<ModelProto> {
     let Some(graph) = graph else {
         return Err("it has no graph (is this an ONNX file?)".into());
     };
+    // Required since IR 3; also what tells a file cut short after its graph from a whole one.
+    if opset_import.is_empty() {
+        return Err("it imports no operator set (opset_import is empty)".into());
+    }
     Ok(ModelProto {
         ir_version,
         opset_import,
