@@ -99,3 +99,28 @@ pub fn sniff(head: &[u8]) -> bool {
         first = false;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sniff;
+
+    #[test]
+    fn sniff_wants_ir_version_then_model_fields_up_to_the_graph() {
+        // ir_version 8, producer_name "pytorch", graph of 300 bytes (its body not given).
+        let head = [
+            &[0x08, 0x08, 0x12, 0x07][..],
+            b"pytorch",
+            &[0x3a, 0xac, 0x02],
+        ]
+        .concat();
+        assert!(sniff(&head));
+        // Cut before the graph's tag: not enough to tell.
+        assert!(!sniff(&head[..11]));
+        // A safetensors header whose length's low byte is 0x08: 0x08 0x01 then zero bytes.
+        assert!(!sniff(&[0x08, 0x01, 0, 0, 0, 0, 0, 0, b'{', b'"']));
+        // An implausible ir_version, a field ModelProto does not have, zip and pickle heads.
+        assert!(!sniff(&[0x08, 0xc8, 0x01, 0x3a, 0x00]));
+        assert!(!sniff(&[0x08, 0x08, 0x4a, 0x00, 0x3a, 0x00]));
+        assert!(!sniff(b"PK\x03\x04") && !sniff(&[0x80, 0x02, 0x8a]));
+    }
+}
