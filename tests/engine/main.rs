@@ -14,6 +14,7 @@ mod generic;
 mod mask;
 mod methods;
 mod models;
+mod onnx_malformed;
 mod onnx_reader;
 mod ops;
 mod pth;

@@ -26,6 +26,9 @@ use wire::{Msg, Reader, Value};
 /// A parsed `.onnx` file with its initializers as tensors.
 #[derive(Debug)]
 pub struct OnnxFile {
+    /// The model; its graph's initializers keep their names, dims and types, but their data
+    /// has moved into [`OnnxFile::initializers`] (`TensorData::Empty`). Nested graphs'
+    /// initializers and attribute tensors keep theirs (read them with [`to_tensor_with`]).
     pub model: ModelProto,
     /// The graph's initializers by name (their `TensorProto`s stay in `model`).
     pub initializers: HashMap<String, Tensor>,
@@ -40,7 +43,7 @@ pub fn read_onnx(path: &Path) -> Result<OnnxFile> {
         e => e,
     };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let model = parse_model(&bytes).map_err(in_file)?;
+    let mut model = parse_model(&bytes).map_err(in_file)?;
     drop(bytes);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -48,8 +51,10 @@ pub fn read_onnx(path: &Path) -> Result<OnnxFile> {
     };
     let mut files = ExternalFiles::new(Some(&dir));
     let mut initializers = HashMap::with_capacity(model.graph.initializer.len());
-    for t in &model.graph.initializer {
+    for t in &mut model.graph.initializer {
         let tensor = to_tensor_with(t, &mut files).map_err(in_file)?;
+        // The bytes now live in the tensor; keeping both would double a model's memory.
+        t.data = TensorData::Empty;
         if initializers.insert(t.name.clone(), tensor).is_some() {
             return Err(in_file(Error::Weights(format!(
                 "two initializers are named '{}'",
