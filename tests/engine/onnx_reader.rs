@@ -115,10 +115,14 @@ fn model_json(
     dir: &Path,
     inits: &std::collections::HashMap<String, Tensor>,
 ) -> Value {
+    let opsets: Vec<Value> = m
+        .opset_import
+        .iter()
+        .map(|o| json!([o.domain, o.version]))
+        .collect();
     json!({
         "ir_version": m.ir_version, "producer_name": m.producer_name,
-        "producer_version": m.producer_version,
-        "opset_import": m.opset_import.iter().map(|o| json!([o.domain, o.version])).collect::<Vec<_>>(),
+        "producer_version": m.producer_version, "opset_import": opsets,
         "metadata_props": m.metadata_props.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "graph": graph_json(&m.graph, Some(dir), Some(inits)),
     })
