@@ -8,9 +8,11 @@ cd "$(dirname "$0")"
 budget="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-mkdir -p corpus/image_decode corpus/weights corpus/dicom
+mkdir -p corpus/image_decode corpus/weights corpus/dicom corpus/onnx
 cp ../tests/fixtures/dicom/*.dcm corpus/image_decode/ 2>/dev/null || true
 cp ../tests/fixtures/pth/*.pth ../tests/fixtures/guided_relu6.safetensors corpus/weights/
+cp ../tests/fixtures/onnx-reader/*.onnx corpus/onnx/
+cp ../tests/fixtures/onnx/*.onnx corpus/onnx/ 2>/dev/null || true
 for f in ../tests/fixtures/dicom/*.dcm; do tail -c +133 "$f" > "corpus/dicom/$(basename "$f")"; done
 # Small images keep the fuzzer fast.
 python3 - <<'PY' 2>/dev/null || true
@@ -20,7 +22,7 @@ raw = b"".join(b"\0" + bytes((x * 7 + y) % 256 for x in range(8 * 3)) for y in r
 png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 open("corpus/image_decode/small.png", "wb").write(png)
 PY
-for t in image_decode weights dicom; do
+for t in image_decode weights dicom onnx; do
   echo "== $t ($budget s)"
   cargo fuzz run --release -s none "$t" "corpus/$t" -- -max_total_time="$budget" -rss_limit_mb=4096 -max_len=65536
 done

@@ -16,6 +16,8 @@ mod methods;
 mod models;
 mod onnx;
 mod onnx_graphs;
+mod onnx_malformed;
+mod onnx_reader;
 mod ops;
 mod pth;
 mod reference;

@@ -16,14 +16,14 @@ mod ints;
 mod load;
 mod lower;
 mod net;
+#[cfg(test)]
+mod op_gradients;
 mod ops;
 mod program;
 pub mod proto;
 mod resize;
 mod shape_ops;
 pub mod tensor;
-#[cfg(test)]
-mod tests;
 mod value;
 mod wire;
 
@@ -46,6 +46,9 @@ use wire::{Msg, Reader, Value};
 /// A parsed `.onnx` file with its initializers as tensors.
 #[derive(Debug)]
 pub struct OnnxFile {
+    /// The model; its graph's initializers keep their names, dims and types, but their data
+    /// has moved into [`OnnxFile::initializers`] (`TensorData::Empty`). Nested graphs'
+    /// initializers and attribute tensors keep theirs (read them with [`to_tensor_with`]).
     pub model: ModelProto,
     /// The graph's initializers by name (their `TensorProto`s stay in `model`).
     pub initializers: HashMap<String, Tensor>,
@@ -60,7 +63,7 @@ pub fn read_onnx(path: &Path) -> Result<OnnxFile> {
         e => e,
     };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let model = parse_model(&bytes).map_err(in_file)?;
+    let mut model = parse_model(&bytes).map_err(in_file)?;
     drop(bytes);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -68,8 +71,10 @@ pub fn read_onnx(path: &Path) -> Result<OnnxFile> {
     };
     let mut files = ExternalFiles::new(Some(&dir));
     let mut initializers = HashMap::with_capacity(model.graph.initializer.len());
-    for t in &model.graph.initializer {
+    for t in &mut model.graph.initializer {
         let tensor = to_tensor_with(t, &mut files).map_err(in_file)?;
+        // The bytes now live in the tensor; keeping both would double a model's memory.
+        t.data = TensorData::Empty;
         if initializers.insert(t.name.clone(), tensor).is_some() {
             return Err(in_file(Error::Weights(format!(
                 "two initializers are named '{}'",
@@ -134,4 +139,29 @@ pub(crate) fn is_onnx(path: &Path) -> Result<bool> {
         .and_then(|f| f.take(1 << 12).read_to_end(&mut head))
         .map_err(|e| Error::io(path, e))?;
     Ok(sniff(&head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sniff;
+
+    #[test]
+    fn sniff_wants_ir_version_then_model_fields_up_to_the_graph() {
+        // ir_version 8, producer_name "pytorch", graph of 300 bytes (its body not given).
+        let head = [
+            &[0x08, 0x08, 0x12, 0x07][..],
+            b"pytorch",
+            &[0x3a, 0xac, 0x02],
+        ]
+        .concat();
+        assert!(sniff(&head));
+        // Cut before the graph's tag: not enough to tell.
+        assert!(!sniff(&head[..11]));
+        // A safetensors header whose length's low byte is 0x08: 0x08 0x01 then zero bytes.
+        assert!(!sniff(&[0x08, 0x01, 0, 0, 0, 0, 0, 0, b'{', b'"']));
+        // An implausible ir_version, a field ModelProto does not have, zip and pickle heads.
+        assert!(!sniff(&[0x08, 0xc8, 0x01, 0x3a, 0x00]));
+        assert!(!sniff(&[0x08, 0x08, 0x4a, 0x00, 0x3a, 0x00]));
+        assert!(!sniff(b"PK\x03\x04") && !sniff(&[0x80, 0x02, 0x8a]));
+    }
 }

@@ -1,12 +1,14 @@
-//! The subset of `onnx.proto` unveil needs, read straight from the protobuf wire format: no
-//! generated code, no `protoc`, nothing run at build time.
+//! The subset of `onnx.proto` unveil needs, read straight from the protobuf wire format
+//! ([`super::wire`]): no generated code, no `protoc`, nothing run at build time.
 //!
 //! The bytes are untrusted. Every length is checked against the bytes left in its enclosing
 //! message before anything is sliced, so a file cannot make the reader allocate more than it
 //! holds (a packed list yields at most one element per byte); the only recursion (a graph held
 //! by a node's attribute) is bounded by [`MAX_GRAPH_DEPTH`]; varints longer than ten bytes,
 //! protobuf groups and wire types a known field cannot have are refused. Fields unveil does
-//! not use are skipped whatever their contents. Any fault becomes one [`Error::Weights`] line
+//! not use are skipped whatever their contents; what ONNX allows but unveil cannot honour (sparse
+//! initializers, GRAPHS / SPARSE_TENSOR / TYPE_PROTO attributes, a tensor with values in two
+//! fields) is refused rather than half-read. Any fault becomes one [`Error::Weights`] line
 //! naming the message and the byte offset. Field numbers were checked against onnx 1.23.2's
 //! `onnx.proto`.
 
@@ -224,6 +226,10 @@ fn model(msg: Msg<'_>) -> Wire<ModelProto> {
     let Some(graph) = graph else {
         return Err("it has no graph (is this an ONNX file?)".into());
     };
+    // Required since IR 3; also what tells a file cut short after its graph from a whole one.
+    if opset_import.is_empty() {
+        return Err("it imports no operator set (opset_import is empty)".into());
+    }
     Ok(ModelProto {
         ir_version,
         opset_import,

@@ -376,3 +376,59 @@ pub fn type_name(dt: DataType) -> String {
         .and_then(|c| NAMES.get(c))
         .map_or_else(|| format!("data type {code}"), |n| n.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(dt: DataType, data: TensorData) -> Result<Tensor> {
+        let t = TensorProto {
+            name: "t".into(),
+            dims: vec![3],
+            data_type: dt,
+            data,
+        };
+        to_tensor(&t, None)
+    }
+
+    #[test]
+    fn half_precision_in_int32_data_and_small_integers_convert_exactly() {
+        // 0x3c00 = 1.0, 0xc000 = -2.0, 0x7bff = 65504 (f16); 0x3f80 = 1.0 etc. (bf16).
+        let f16 = typed(
+            DataType::Float16,
+            TensorData::Int32(vec![0x3c00, 0xc000, 0x7bff]),
+        );
+        assert_eq!(f16.unwrap().to_vec1::<f32>().unwrap(), [1.0, -2.0, 65504.0]);
+        let bf16 = typed(
+            DataType::Bfloat16,
+            TensorData::Int32(vec![0x3f80, 0xc000, 0x4049]),
+        );
+        assert_eq!(
+            bf16.unwrap().to_vec1::<f32>().unwrap(),
+            [1.0, -2.0, 3.140625]
+        );
+        let i8s = typed(DataType::Int8, TensorData::Raw(vec![0x80, 0x7f, 0xff]));
+        assert_eq!(i8s.unwrap().to_vec1::<i64>().unwrap(), [-128, 127, -1]);
+        let bools = typed(DataType::Bool, TensorData::Raw(vec![0, 1, 2]));
+        assert_eq!(bools.unwrap().to_vec1::<u8>().unwrap(), [0, 1, 1]);
+        let e = typed(DataType::String, TensorData::Empty)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tensor 't': element type STRING is not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn type_names_and_codes_follow_onnx_numbering() {
+        for code in 0..30 {
+            assert_eq!(DataType::from_code(code).code(), code);
+        }
+        assert_eq!(type_name(DataType::Bfloat16), "BFLOAT16");
+        assert_eq!(type_name(DataType::Other(15)), "COMPLEX128");
+        assert_eq!(type_name(DataType::Other(99)), "data type 99");
+        assert_eq!(out_dtype(DataType::Uint16), DType::I64);
+        assert_eq!(out_dtype(DataType::Uint8), DType::U8);
+    }
+}

@@ -210,3 +210,61 @@ fn array<const N: usize>(s: &[u8]) -> [u8; N] {
     a.copy_from_slice(s);
     a
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_varint(bytes: &[u8]) -> Wire<u64> {
+        Reader::new(Msg { bytes, at: 0 }, "test").varint()
+    }
+
+    #[test]
+    fn varints_up_to_64_bits_and_no_further() {
+        assert_eq!(read_varint(&[0x00]), Ok(0));
+        assert_eq!(read_varint(&[0x96, 0x01]), Ok(150));
+        // -1 as an int64: ten bytes, the last holding the 64th bit.
+        let minus_one = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(read_varint(&minus_one).map(|v| v as i64), Ok(-1));
+        let e = read_varint(&[0xff; 10]).unwrap_err();
+        assert!(
+            e.contains("test at byte 0") && e.contains("longer than 10 bytes"),
+            "{e}"
+        );
+        assert!(
+            read_varint(&[0x80, 0x80])
+                .unwrap_err()
+                .contains("ends inside a varint")
+        );
+    }
+
+    #[test]
+    fn fields_report_their_offset_in_the_file() {
+        // Field 2, length 5, but 2 bytes left; the message starts at byte 100 of its file.
+        let mut r = Reader::new(
+            Msg {
+                bytes: &[0x12, 0x05, 1, 2],
+                at: 100,
+            },
+            "GraphProto",
+        );
+        let e = r.next().map(|_| ()).unwrap_err();
+        assert_eq!(
+            e,
+            "GraphProto at byte 102: a length-delimited field of 5 bytes runs past the end \
+             (2 bytes left)"
+        );
+        let mut r = Reader::new(
+            Msg {
+                bytes: &[0x0d, 0, 0, 0x80, 0x3f],
+                at: 0,
+            },
+            "m",
+        );
+        let (num, v) = r.next().unwrap().unwrap();
+        let mut out = vec![];
+        r.fixeds(v, "f", &mut out, f32::from_le_bytes).unwrap();
+        assert_eq!((num, out), (1, vec![1.0f32]));
+        assert!(matches!(r.next(), Ok(None)));
+    }
+}
