@@ -80,6 +80,17 @@ for _ in 1 2 3; do xdotool mousemove 47 163 click 1; sleep 0.3; done  # kernel +
 sleep "$wait_s"
 capture pinned-comparison-view.png
 
+# ONNX graphs (the test fixtures' seeded ViT-B/16 and ConvNeXt-Tiny topologies): the vanilla
+# run pinned, then Grad-CAM (with its Layer picker) beside it.
+for m in vit_b_16 convnext_tiny; do
+  start_app --view iterations --model "tests/fixtures/onnx/$m.onnx"
+  xdotool mousemove 392 260 click 1 && sleep 1          # Pin this run (vanilla)
+  xdotool mousemove 118 84 click 1 && sleep 1           # Method
+  xdotool mousemove 52 180 click 1                      # Grad-CAM
+  sleep "$wait_s"
+  capture "onnx-$m.png"
+done
+
 # The same three-panel layout at other sizes and text scales (no overlap at 1.5x and 2x).
 for spec in 1024x768:2 1920x1080:1.5 1280x800:1.5; do
   size=${spec%%:*}; scale=${spec##*:}
