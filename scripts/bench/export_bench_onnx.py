@@ -27,8 +27,8 @@ with PyTorch: the max |logit diff| and that divided by the largest |logit| are p
 the script fails (exit 1) when the relative difference exceeds 1e-4 (issue 24's tolerance).
 
 Deterministic: seeded weights and inputs, no downloads. Run from the repo root with the
-pinned ONNX venv (scripts/onnx-requirements.txt; tested with CPython 3.11, torch 2.7.1,
-torchvision 0.22.1, onnx 1.19+, onnxruntime 1.22+, numpy 2.2):
+pinned ONNX venv of scripts/onnx-requirements.txt (tested with CPython 3.11.7, torch 2.7.1,
+torchvision 0.22.1, onnx 1.23.2, onnxruntime 1.32.0, numpy 2.2.6), e.g. PY=/work/venv-onnx/bin/python:
 
     PY scripts/bench/export_bench_onnx.py [--out target/bench-onnx] [--model NAME ...]
 
