@@ -22,7 +22,8 @@ use unveil::engine::mask::smooth;
 use unveil::engine::models::layers::Weights;
 use unveil::engine::models::{self, Classifier, DEFAULT_MODEL, ModelDescription, PNEUMONIA_MODEL};
 use unveil::engine::ops::Backend;
-use unveil::engine::params::{SaliencyParams, StopParams, UnveilParams};
+use unveil::engine::ops::activation::ReluMode;
+use unveil::engine::params::{Method, SaliencyParams, StopParams, UnveilParams};
 use unveil::engine::predict::{classify, top_k};
 use unveil::engine::saliency::input_gradient;
 
@@ -159,6 +160,10 @@ fn xception(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
 }
 
 fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
+    ms_per_sample_with(model, x, samples, Method::default())
+}
+
+fn ms_per_sample_with(model: &dyn Classifier, x: &Tensor, samples: usize, method: Method) -> f64 {
     let never = AtomicBool::new(false);
     let target = top_k(model, &classify(model, x).unwrap(), 1)[0].class;
     let chunk = std::env::args()
@@ -166,6 +171,7 @@ fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
         .nth(1)
         .map(|c| c.parse().unwrap());
     let p = SaliencyParams {
+        method,
         samples,
         chunk,
         ..Default::default()
@@ -195,7 +201,8 @@ fn main() {
     unveil::engine::memory::tune_allocator();
     let json_out = std::env::args().skip_while(|a| a != "--json").nth(1);
     // `--only a,b` runs only the named sections: e2e, efficientnet-lite0, resnet50,
-    // resnet50-random-bn, xception, smoothgrad25, stock, mask.
+    // resnet50-random-bn, xception, onnx-resnet50, onnx-lite0, onnx-vit_b_16,
+    // onnx-convnext_tiny, smoothgrad25, stock, mask.
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let wanted = |section: &str| {
         only.as_ref()
@@ -284,6 +291,82 @@ fn main() {
             let ms_stock = ms_per_sample(stock.as_ref(), &x, 2);
             println!("| {name} | stock candle | {ms_stock:.0} |");
             entry["stock_candle_ms_per_sample"] = json!(ms_stock);
+        }
+        models_json.insert(name.to_string(), entry);
+    }
+
+    // ONNX graphs (written by scripts/bench/export_bench_onnx.py into target/bench-onnx/),
+    // loaded as a user loads them. ResNet-50 and Lite0 run beside their native twins (the same
+    // weights, input tensor, method and chunks) for a same-run ratio, guided; ViT-B/16 and
+    // ConvNeXt-Tiny have no ReLU, so vanilla, against PyTorch's rows of bench_pytorch.py.
+    let onnx_dir = repo("target/bench-onnx");
+    type Native<'a> = Option<Box<dyn Fn() -> Arc<dyn Classifier> + 'a>>;
+    let onnx_sections: [(&str, &str, Method, Native); 4] = [
+        (
+            "onnx-resnet50",
+            "resnet50.onnx",
+            Method::Guided,
+            Some(Box::new(|| resnet50(backend, ResNetInit::Torchvision, dev))),
+        ),
+        (
+            "onnx-lite0",
+            "efficientnet-lite0.onnx",
+            Method::Guided,
+            Some(Box::new(|| {
+                models::load(DEFAULT_MODEL, dev, backend).unwrap()
+            })),
+        ),
+        ("onnx-vit_b_16", "vit_b_16.onnx", Method::Vanilla, None),
+        (
+            "onnx-convnext_tiny",
+            "convnext_tiny.onnx",
+            Method::Vanilla,
+            None,
+        ),
+    ];
+    for (name, file, method, native) in onnx_sections {
+        if !wanted(name) {
+            continue;
+        }
+        let path = onnx_dir.join(file);
+        if !path.is_file() {
+            println!(
+                "| {name} | skipped: no {} (run scripts/bench/export_bench_onnx.py) | |",
+                path.display()
+            );
+            continue;
+        }
+        let t = Instant::now();
+        let model = models::load(path.to_str().unwrap(), dev, backend).unwrap();
+        let load_s = t.elapsed().as_secs_f64();
+        let native = native.map(|load| load());
+        // The native model's preprocessing where there is one: both see the same tensor.
+        let info = native.as_ref().map_or(model.info(), |n| n.info());
+        let x = image::to_model_input(&img, info, dev).unwrap();
+        let ms = ms_per_sample_with(model.as_ref(), &x, 32, method);
+        println!("| {name} | unveil, ONNX graph, {method:?} | {ms:.2} |");
+        let mut entry = json!({
+            "ms_per_sample": ms, "samples_per_s": 1e3 / ms,
+            "method": format!("{method:?}"), "load_s": load_s,
+        });
+        if let Some(native) = native {
+            let logits = |m: &dyn Classifier| m.forward(&x.unsqueeze(0).unwrap(), ReluMode::Plain);
+            let (a, b) = (
+                logits(model.as_ref()).unwrap(),
+                logits(native.as_ref()).unwrap(),
+            );
+            let max = |t: Tensor| t.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>();
+            let diff = max((&a - &b).unwrap().abs().unwrap()).unwrap();
+            let scale = max(b.abs().unwrap()).unwrap();
+            let ms_native = ms_per_sample_with(native.as_ref(), &x, 32, method);
+            println!("| {name} | unveil, native, {method:?} | {ms_native:.2} |");
+            println!(
+                "|   | ONNX / native {:.2}x; logits max abs diff {diff:.2e} (largest {scale:.2e}) | |",
+                ms / ms_native
+            );
+            entry["native_ms_per_sample"] = json!(ms_native);
+            entry["onnx_over_native"] = json!(ms / ms_native);
+            entry["max_abs_logit_diff"] = json!(diff);
         }
         models_json.insert(name.to_string(), entry);
     }

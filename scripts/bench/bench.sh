@@ -4,6 +4,8 @@
 #
 #   [ROUNDS=3] bash scripts/bench/bench.sh [ARGS for bench_pytorch.py, e.g. --samples 16]
 #
+#   0. (optional) PY scripts/bench/export_bench_onnx.py: the ONNX rows (onnx-resnet50, onnx-lite0,
+#      onnx-vit_b_16, onnx-convnext_tiny) run only when target/bench-onnx/ holds the graphs
 #   1. cargo bench --bench saliency -- --json target/bench-unveil.json
 #   2. .venv-scripts/bin/python scripts/bench/bench_pytorch.py --threads N --json target/bench-pytorch.json
 #   3. with ROUNDS > 1: steps 1 (saliency sections only) and 2 again, alternating, ROUNDS times
@@ -55,7 +57,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     u_json="$UNVEIL_JSON" t_json="$TORCH_JSON" only=()
     if [ "$round" -gt 1 ]; then
         u_json="$OUT_DIR/bench-unveil-r$round.json" t_json="$OUT_DIR/bench-pytorch-r$round.json"
-        only=(--only efficientnet-lite0,resnet50,resnet50-random-bn)
+        only=(--only efficientnet-lite0,resnet50,resnet50-random-bn,onnx-resnet50,onnx-lite0,onnx-vit_b_16,onnx-convnext_tiny)
         rm -f "$u_json" "$t_json"
     fi
     echo "== round $round/$ROUNDS, unveil: cargo bench --bench saliency -- ${only[*]} --json $u_json"
@@ -92,8 +94,12 @@ def fmt(v):
 
 
 # unveil's time depends on the weights (it skips dead channels), PyTorch's does not: the
-# ResNet-50 variants with other untrained weights are compared with PyTorch's resnet50.
-REFERENCE = {"resnet50-random-bn": "resnet50"}
+# ResNet-50 variants with other untrained weights are compared with PyTorch's resnet50. The
+# ONNX rows (graphs from scripts/bench/export_bench_onnx.py; skipped without them) against the
+# same PyTorch model.
+REFERENCE = {"resnet50-random-bn": "resnet50", "onnx-resnet50": "resnet50",
+             "onnx-lite0": "efficientnet-lite0", "onnx-vit_b_16": "vit_b_16",
+             "onnx-convnext_tiny": "convnext_tiny"}
 
 print(f"machine: {cpu}, nproc {nproc}; PyTorch {t.get('torch')} with {t.get('threads')} thread(s)"
       f" (requested {threads}); {len(rounds)} round(s), unveil and PyTorch alternating")

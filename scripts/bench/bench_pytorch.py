@@ -2,7 +2,7 @@
 """PyTorch reference for unveil's saliency benchmark (`cargo bench --bench saliency`).
 
 Measures what one SmoothGrad sample costs in PyTorch, on the CPU (default) or on a CUDA
-GPU (`--device cuda`): forward + guided backward to the input of a noisy copy of an image,
+GPU (`--device cuda`): forward + guided (vanilla where the model has no ReLU) backward to the input of a noisy copy of an image,
 processed in chunks of 4 like unveil (`SaliencyParams { chunk: 4, noise: 0.15, .. }`):
 
     x = noisy chunk [b,3,S,S], requires_grad=True
@@ -32,6 +32,12 @@ Models (float32, eval mode, every parameter requires_grad=False):
                       one) are all GuidedReLU. The trained weights are not needed: PyTorch's
                       dense kernels cost the same whatever the weight values (no sparsity
                       shortcuts), so seeded weights give the same time.
+  vit_b_16,           S = 224. torchvision.models.vit_b_16 / convnext_tiny(weights=None),
+  convnext_tiny       weights from torch.manual_seed(0), ViT's zero-initialised head re-drawn
+                      (export_bench_onnx.seeded_torchvision: the graphs of
+                      scripts/bench/export_bench_onnx.py that unveil's onnx-vit_b_16 and
+                      onnx-convnext_tiny rows run). GELU only, no ReLU: the backward is the
+                      plain (vanilla) gradient, as unveil's rows use.
 
 Input: a fixed image drawn from torch.Generator().manual_seed(0) on the CPU (the same pixels
 on every device), uniform in [-1, 1] (the value range of unveil's EfficientNet and Xception
@@ -64,7 +70,7 @@ memory allocated per model (torch.cuda.max_memory_allocated).
 Run (from the repo root, after scripts/setup_venv.sh):
     .venv-scripts/bin/python scripts/bench/bench_pytorch.py [--json OUT] [--threads 2]
         [--samples 32] [--chunk 4] [--channels-last] [--device cpu|cuda] [--cudnn-benchmark]
-        [--no-torchvision] [--model efficientnet-lite0|resnet50|xception ...]
+        [--no-torchvision] [--model efficientnet-lite0|resnet50|xception|vit_b_16|convnext_tiny ...]
 Exit status 2 (with a one-line message) for bad arguments or --device cuda without a GPU.
 Tested with CPython 3.11.7, torch 2.7.1 (CPU), torchvision 0.22.1.
 """
@@ -88,7 +94,7 @@ sys.path.insert(0, str(REPO / "scripts" / "fixtures"))  # make_fixtures, torch_m
 SIZE = 224
 NOISE = 0.15  # unveil SaliencyParams::default().noise (fraction of the input's max - min)
 SEED = 0
-MODELS = ("efficientnet-lite0", "resnet50", "xception")
+MODELS = ("efficientnet-lite0", "resnet50", "xception", "vit_b_16", "convnext_tiny")
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -184,6 +190,20 @@ def build_resnet50(no_torchvision: bool = False) -> tuple[nn.Module, callable, s
     return guide_relus(model, 17), guided_module_calls, impl
 
 
+def build_torchvision_gelu(name: str) -> tuple[nn.Module, callable, str]:
+    """torchvision `name` (GELU throughout, no ReLU: vanilla gradients), torch.manual_seed(0)
+    random init, as scripts/bench/export_bench_onnx.py exports it for unveil's ONNX rows."""
+    try:
+        import torchvision as tv
+    except ImportError:
+        fail(f"{name} needs torchvision")
+    sys.path.insert(0, str(REPO / "scripts" / "bench"))
+    from export_bench_onnx import seeded_torchvision
+
+    model = seeded_torchvision(name)
+    return guide_relus(model, 0), guided_module_calls, f"torchvision {tv.__version__}, seeded init"
+
+
 def build_xception(no_torchvision: bool = False) -> tuple[nn.Module, callable, str]:
     import torch_models
 
@@ -195,7 +215,9 @@ def build_xception(no_torchvision: bool = False) -> tuple[nn.Module, callable, s
 # name -> (builder, guided activations per forward, input size)
 BUILDERS = {"efficientnet-lite0": (build_efficientnet_lite0, 33, SIZE),
             "resnet50": (build_resnet50, 49, SIZE),
-            "xception": (build_xception, 36, 150)}
+            "xception": (build_xception, 36, 150),
+            "vit_b_16": (lambda _nt=False: build_torchvision_gelu("vit_b_16"), 0, SIZE),
+            "convnext_tiny": (lambda _nt=False: build_torchvision_gelu("convnext_tiny"), 0, SIZE)}
 
 
 # ------------------------------------------------------------------------ bench

@@ -140,7 +140,11 @@ impl Kind {
             } => {
                 let a = if *trans_a { f(0)?.t()? } else { f(0)? };
                 let b = if *trans_b { f(1)?.t()? } else { f(1)? };
-                let mut y = a.contiguous()?.matmul(&b.contiguous()?)?;
+                let mut y = if b.track_op() {
+                    a.contiguous()?.matmul(&b.contiguous()?)?
+                } else {
+                    by_weight(&a.contiguous()?, &b.contiguous()?)?
+                };
                 if *alpha != 1.0 {
                     y = (y * *alpha as f64)?;
                 }
@@ -293,6 +297,9 @@ fn where_(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
 
 /// ONNX MatMul (numpy semantics): batch dimensions broadcast, 1-D operands promoted.
 fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.rank() >= 2 && b.rank() == 2 && !b.track_op() {
+        return by_weight(&a.contiguous()?, b);
+    }
     let (a1, b1) = (a.rank() == 1, b.rank() == 1);
     let a = if a1 { a.unsqueeze(0)? } else { a.clone() };
     let b = if b1 { b.unsqueeze(1)? } else { b.clone() };
@@ -304,6 +311,19 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     };
     let y = if a1 { y.squeeze(D::Minus2)? } else { y };
     Ok(if b1 { y.squeeze(D::Minus1)? } else { y })
+}
+
+/// `a [.., m, k] @ w [k, n]` for a constant `w` (a linear layer's weight), whose backward
+/// computes the input's gradient only: candle's matmul backward also multiplies out the
+/// weight's gradient, which nothing reads, a third of a linear layer's forward + backward.
+fn by_weight(a: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = a.detach().broadcast_matmul(w)?;
+    let wt = w.t()?;
+    Ok(crate::engine::ops::generic::attach(
+        a,
+        y,
+        move |_, _, g| g.contiguous()?.broadcast_matmul(&wt),
+    )?)
 }
 
 /// Normalises over the dimensions from `axis` on, then scales and shifts. Written in tensor
