@@ -201,6 +201,7 @@ pub(crate) fn lower(
         output,
         last_use: Vec::new(),
     };
+    super::patterns::fold(&mut p, &consts);
     super::fuse::fuse(&mut p, &mut consts, weights, device)?;
     // Constants to the device (floats); integers stay on the host.
     let mut table = vec![None; p.names.len()];

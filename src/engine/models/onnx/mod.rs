@@ -19,6 +19,7 @@ mod net;
 #[cfg(test)]
 mod op_gradients;
 mod ops;
+mod patterns;
 mod program;
 pub mod proto;
 mod resize;

@@ -1,0 +1,156 @@
+//! Exporters' spellings of one op in several, folded back into one before fusion: a zero `Pad`
+//! before a convolution (TensorFlow's "SAME" padding, as tf2onnx and ported models write it)
+//! becomes the convolution's own padding, and the five nodes of an exact GELU
+//! (`x * 0.5 * (1 + erf(x / sqrt 2))`, as the TorchScript exporter writes `nn.GELU`) become
+//! one GELU. Same values, a fraction of the passes over memory, forward and backward.
+
+use std::collections::HashMap;
+
+use super::ops::{Binary, Kind, Pads, Unary};
+use super::program::Program;
+use super::shape_ops::Arrange;
+use super::value::Val;
+
+/// Folds what it recognises; steps it absorbs are removed.
+pub(crate) fn fold(p: &mut Program, consts: &HashMap<usize, Val>) {
+    let mut removed = vec![false; p.steps.len()];
+    fold_pads(p, consts, &mut removed);
+    fold_gelus(p, consts, &mut removed);
+    let mut i = 0;
+    p.steps.retain(|_| {
+        i += 1;
+        !removed[i - 1]
+    });
+}
+
+/// For each slot, the steps reading it (and `usize::MAX` for the graph's output).
+fn readers(p: &Program) -> HashMap<usize, Vec<usize>> {
+    let mut r: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        for &slot in s.inputs.iter().flatten() {
+            r.entry(slot).or_default().push(i);
+        }
+    }
+    r.entry(p.output).or_default().push(usize::MAX);
+    r
+}
+
+fn only_reader(r: &HashMap<usize, Vec<usize>>, slot: usize) -> Option<usize> {
+    match r.get(&slot).map(Vec::as_slice) {
+        Some([one]) if *one != usize::MAX => Some(*one),
+        _ => None,
+    }
+}
+
+/// A constant's values, if it is one.
+fn constant(consts: &HashMap<usize, Val>, slot: Option<usize>) -> Option<Vec<f64>> {
+    match consts.get(&slot?)? {
+        Val::F(t) => Some(
+            t.flatten_all()
+                .ok()?
+                .to_vec1::<f32>()
+                .ok()?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+        ),
+        Val::I(i) => Some(i.data.iter().map(|&v| v as f64).collect()),
+    }
+}
+
+fn scalar_is(consts: &HashMap<usize, Val>, slot: Option<usize>, want: f64) -> bool {
+    constant(consts, slot)
+        .is_some_and(|v| v.len() == 1 && (v[0] - want).abs() < 1e-5 * want.abs().max(1.0))
+}
+
+fn fold_pads(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]) {
+    let r = readers(p);
+    for (i, gone) in removed.iter_mut().enumerate() {
+        let Kind::Arrange(Arrange::Pad(attr, value)) = &p.steps[i].kind else {
+            continue;
+        };
+        let s = &p.steps[i];
+        let pads = match attr {
+            Some(a) => Some(a.iter().map(|&v| v as f64).collect()),
+            None => constant(consts, s.inputs.get(1).copied().flatten()),
+        };
+        let value_zero = match s.inputs.get(2).copied().flatten() {
+            Some(v) => scalar_is(consts, Some(v), 0.0),
+            None => *value == 0.0,
+        };
+        // Only the height and width of a 4-D tensor, never negative.
+        let Some(pads) = pads.filter(|p| {
+            p.len() == 8 && [0, 1, 4, 5].iter().all(|&k| p[k] == 0.0) && p.iter().all(|&v| v >= 0.0)
+        }) else {
+            continue;
+        };
+        let Some(j) = only_reader(&r, s.outputs[0]) else {
+            continue;
+        };
+        let (input, out) = (s.inputs[0], s.outputs[0]);
+        let conv = &mut p.steps[j];
+        let Kind::ConvSpec(spec) = &mut conv.kind else {
+            continue;
+        };
+        let Pads::Explicit(cp) = &mut spec.pads else {
+            continue;
+        };
+        if !value_zero || conv.inputs.first().copied().flatten() != Some(out) {
+            continue;
+        }
+        cp.top += pads[2] as usize;
+        cp.left += pads[3] as usize;
+        cp.bottom += pads[6] as usize;
+        cp.right += pads[7] as usize;
+        conv.inputs[0] = input;
+        *gone = true;
+    }
+}
+
+fn fold_gelus(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]) {
+    let r = readers(p);
+    let next = |slot: usize, removed: &[bool]| only_reader(&r, slot).filter(|&j| !removed[j]);
+    for i in 0..p.steps.len() {
+        let s = &p.steps[i];
+        if removed[i] || !matches!(s.kind, Kind::Binary(Binary::Div)) {
+            continue;
+        }
+        let (Some(x), divisor) = (s.inputs[0], s.inputs.get(1).copied().flatten()) else {
+            continue;
+        };
+        if !scalar_is(consts, divisor, std::f64::consts::SQRT_2) {
+            continue;
+        }
+        // Div -> Erf -> Add 1 -> Mul x -> Mul 0.5, each read only by the next.
+        let Some(erf) = next(s.outputs[0], removed)
+            .filter(|&j| matches!(p.steps[j].kind, Kind::Unary(Unary::Erf)))
+        else {
+            continue;
+        };
+        let Some(add) = next(p.steps[erf].outputs[0], removed).filter(|&j| {
+            matches!(p.steps[j].kind, Kind::Binary(Binary::Add))
+                && p.steps[j].inputs.iter().any(|&v| scalar_is(consts, v, 1.0))
+        }) else {
+            continue;
+        };
+        let Some(mul) = next(p.steps[add].outputs[0], removed).filter(|&j| {
+            matches!(p.steps[j].kind, Kind::Binary(Binary::Mul))
+                && p.steps[j].inputs.contains(&Some(x))
+        }) else {
+            continue;
+        };
+        let Some(half) = next(p.steps[mul].outputs[0], removed).filter(|&j| {
+            matches!(p.steps[j].kind, Kind::Binary(Binary::Mul))
+                && p.steps[j].inputs.iter().any(|&v| scalar_is(consts, v, 0.5))
+        }) else {
+            continue;
+        };
+        for k in [i, erf, add, mul] {
+            removed[k] = true;
+        }
+        let g = &mut p.steps[half];
+        g.kind = Kind::Unary(Unary::Gelu(false));
+        g.op_type = "Gelu".into();
+        g.inputs = vec![Some(x)];
+    }
+}
