@@ -11,7 +11,9 @@
 //!   same area taken from iteration 0's map alone and smoothed the same way (scattered top
 //!   pixels would wreck an image for reasons that have nothing to do with evidence).
 //!
-//! Forward passes only, batched.
+//! Forward passes only, batched, through [`Probe`]: no point the run already knows is
+//! computed again. The loop traces an iteration's curves once it has stopped, so they never
+//! hold back the next iteration's display.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,8 +30,21 @@ use crate::error::{Error, Result};
 /// Steps of the deletion and insertion curves (33 points, from nothing to everything).
 pub const STEPS: usize = 32;
 
-/// Inputs per forward pass while tracing a curve.
-const BATCH: usize = 11;
+/// Inputs per forward pass on the CPU. Measured on 2 cores (EfficientNet-Lite0, 224 x 224,
+/// forward only): the time per image falls from a batch of 1 to about 4-8 and rises past 11
+/// (each layer's output for the whole batch leaves the cache); 7 divides the 63 images a
+/// curve pair needs into full batches.
+const CPU_BATCH: usize = 7;
+
+/// Inputs per forward pass on `device`: on a GPU as many as a gradient pass would take (a
+/// forward-only pass keeps no activations, so they fit), at least the CPU's.
+fn batch_on(device: &Device, hw: (usize, usize)) -> usize {
+    if device.is_cpu() {
+        CPU_BATCH
+    } else {
+        crate::engine::device::batch_size(device, hw).max(CPU_BATCH)
+    }
+}
 
 /// One iteration's deletion and insertion curves, p(target) at each of the 33 points.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,17 +53,6 @@ pub struct Curves {
     pub insertion_auc: f64,
     pub deletion_curve: Vec<f32>,
     pub insertion_curve: Vec<f32>,
-}
-
-/// p(target) with a region visible only, and with it hidden, and the region's area.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RegionTest {
-    /// Fraction of the image.
-    pub area: f32,
-    /// Only the region visible, everything else filled.
-    pub only_p: f32,
-    /// The region filled.
-    pub hidden_p: f32,
 }
 
 /// The unveiled union against a region of the same area from iteration 0's map alone.
@@ -75,35 +79,213 @@ pub fn auc(values: &[f32]) -> f64 {
         / n
 }
 
-/// Pixel indices by descending saliency, ties by index.
-fn order(s: &SaliencyMap) -> Vec<usize> {
+/// Pixel indices by descending saliency, ties by index: the order of the curves.
+pub fn order(s: &SaliencyMap) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..s.data.len()).collect();
     idx.sort_by(|&a, &b| s.data[b].total_cmp(&s.data[a]).then(a.cmp(&b)));
     idx
 }
 
-/// p(target) of each image of `images` (each `[c, h, w]` flattened), `BATCH` per pass.
-fn probabilities(
-    model: &dyn Classifier,
-    images: &[Vec<f32>],
-    dims: (usize, usize, usize),
+/// Forward passes for one run's faithfulness measures, on one model and one fill.
+///
+/// Each point the run already knows is taken, not recomputed: p(target) of an iteration's
+/// own input (the first point of its deletion curve and the last of its insertion curve, which
+/// the loop classified), of the fill image (the last deletion point of every iteration: every
+/// pixel replaced, the same image each time), and of the input with the union hidden (the loop's
+/// final classification). The rest goes through the model in batches of [`batch_on`] images,
+/// built just before their pass and dropped after it; the inputs are plain tensors, so candle
+/// records no graph and the layers free each activation after its last use.
+pub struct Probe<'a> {
+    model: &'a dyn Classifier,
+    fill: &'a [f32],
     target: usize,
-    cancel: &AtomicBool,
-) -> Result<Vec<f32>> {
-    let (c, h, w) = dims;
-    let mut out = Vec::with_capacity(images.len());
-    for group in images.chunks(BATCH) {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Cancelled);
+    cancel: &'a AtomicBool,
+    /// p(target) of the fill image, once known.
+    p_fill: Option<f32>,
+}
+
+/// An image to classify: `base` with `from` at the first `count` pixels of `order`, or with
+/// `from` at the pixels of a region.
+enum Recipe<'r> {
+    Prefix {
+        base: &'r [f32],
+        from: &'r [f32],
+        order: &'r [usize],
+        count: usize,
+    },
+    Region {
+        region: &'r Mask,
+        /// The region shows `x` (the rest the fill), or the region is filled.
+        only: bool,
+    },
+}
+
+impl<'a> Probe<'a> {
+    /// `fill`: the run's fill, `[c, h, w]` flattened.
+    pub fn new(
+        model: &'a dyn Classifier,
+        fill: &'a [f32],
+        target: usize,
+        cancel: &'a AtomicBool,
+    ) -> Self {
+        Probe {
+            model,
+            fill,
+            target,
+            cancel,
+            p_fill: None,
         }
-        let batch = Tensor::from_vec(group.concat(), (group.len(), c, h, w), model.device())?;
-        out.extend(
-            classify_batch(model, &batch)?
-                .into_iter()
-                .map(|p| p[target]),
-        );
     }
-    Ok(out)
+
+    /// The deletion and insertion curves of `input` (`[c, h, w]`) for pixels in `order` (most
+    /// important first), with `blurred` (a blur of `input`) as the insertion's start and
+    /// `p_input` the model's p(target) for `input` when the caller has it.
+    pub fn curves(
+        &mut self,
+        input: &Tensor,
+        order: &[usize],
+        blurred: &[f32],
+        p_input: Option<f32>,
+    ) -> Result<Curves> {
+        let dims = input.dims3()?;
+        let x: Vec<f32> = input.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        let plane = dims.1 * dims.2;
+        if order.len() != plane || self.fill.len() != x.len() || blurred.len() != x.len() {
+            return Err(Error::Internal("faithfulness: sizes differ".into()));
+        }
+        // Point k takes `from` at the first k * n / 32 pixels in order, `base` elsewhere.
+        let count = |k: usize| k * plane / STEPS;
+        let mut deletion: Vec<Option<f32>> = vec![None; STEPS + 1];
+        let mut insertion: Vec<Option<f32>> = vec![None; STEPS + 1];
+        deletion[0] = p_input;
+        deletion[STEPS] = self.p_fill;
+        insertion[STEPS] = p_input;
+        let mut wanted = Vec::new();
+        let mut recipes = Vec::new();
+        for (curve, values, base, from) in [
+            (0, &deletion, &x[..], self.fill),
+            (1, &insertion, blurred, &x[..]),
+        ] {
+            for (k, v) in values.iter().enumerate() {
+                if v.is_none() {
+                    wanted.push((curve, k));
+                    recipes.push(Recipe::Prefix {
+                        base,
+                        from,
+                        order,
+                        count: count(k),
+                    });
+                }
+            }
+        }
+        let p = self.probabilities(&x, dims, &recipes)?;
+        for ((curve, k), p) in wanted.into_iter().zip(p) {
+            if curve == 0 {
+                deletion[k] = Some(p);
+            } else {
+                insertion[k] = Some(p);
+            }
+        }
+        self.p_fill = deletion[STEPS];
+        let done = |v: Vec<Option<f32>>| -> Result<Vec<f32>> {
+            v.into_iter()
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| Error::Internal("faithfulness: a point was not measured".into()))
+        };
+        let (deletion, insertion) = (done(deletion)?, done(insertion)?);
+        Ok(Curves {
+            deletion_auc: auc(&deletion),
+            insertion_auc: auc(&insertion),
+            deletion_curve: deletion,
+            insertion_curve: insertion,
+        })
+    }
+
+    /// Both region tests for a finished run on its original input `x` (`[c, h, w]`): the union
+    /// of its masks against the region of iteration 0's map with the closest area (smoothed
+    /// with `params`). `p_union_hidden`: p(target) of `x` with the union filled, when known.
+    pub fn unveiling(
+        &mut self,
+        x: &Tensor,
+        first: &SaliencyMap,
+        union: &Mask,
+        params: &MaskParams,
+        p_union_hidden: Option<f32>,
+    ) -> Result<Unveiling> {
+        let dims = x.dims3()?;
+        let xv: Vec<f32> = x.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        if self.fill.len() != xv.len() || union.data.len() != dims.1 * dims.2 {
+            return Err(Error::Internal("faithfulness: sizes differ".into()));
+        }
+        let single = same_area_region(first, params, union.count());
+        let region = |region, only| Recipe::Region { region, only };
+        let mut recipes = vec![
+            region(union, true),
+            region(&single, true),
+            region(&single, false),
+        ];
+        if p_union_hidden.is_none() {
+            recipes.push(region(union, false));
+        }
+        let p = self.probabilities(&xv, dims, &recipes)?;
+        Ok(Unveiling {
+            unveiled_area: union.coverage(),
+            unveiled_only_p: p[0],
+            unveiled_hidden_p: p_union_hidden.unwrap_or_else(|| p[3]),
+            single_map_area: single.coverage(),
+            single_map_only_p: p[1],
+            single_map_hidden_p: p[2],
+        })
+    }
+
+    /// p(target) of the image of each recipe (`x`: the original input), in batches.
+    fn probabilities(
+        &self,
+        x: &[f32],
+        dims: (usize, usize, usize),
+        recipes: &[Recipe],
+    ) -> Result<Vec<f32>> {
+        let (c, h, w) = dims;
+        let (size, plane) = (x.len(), h * w);
+        let device = self.model.device();
+        let mut out = Vec::with_capacity(recipes.len());
+        for group in recipes.chunks(batch_on(device, (h, w))) {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let mut data = vec![0.0f32; group.len() * size];
+            for (img, recipe) in data.chunks_exact_mut(size).zip(group) {
+                match *recipe {
+                    Recipe::Prefix {
+                        base,
+                        from,
+                        order,
+                        count,
+                    } => {
+                        img.copy_from_slice(base);
+                        for &p in &order[..count] {
+                            for ch in 0..c {
+                                img[ch * plane + p] = from[ch * plane + p];
+                            }
+                        }
+                    }
+                    Recipe::Region { region, only } => {
+                        for (i, v) in img.iter_mut().enumerate() {
+                            let keep = region.data[i % plane] == only;
+                            *v = if keep { x[i] } else { self.fill[i] };
+                        }
+                    }
+                }
+            }
+            let batch = Tensor::from_vec(data, (group.len(), c, h, w), device)?;
+            out.extend(
+                classify_batch(self.model, &batch)?
+                    .into_iter()
+                    .map(|p| p[self.target]),
+            );
+        }
+        Ok(out)
+    }
 }
 
 /// Pixels in the order a run unveiled them: iteration 0's region first, then each later
@@ -140,15 +322,7 @@ pub fn curves(
     target: usize,
     cancel: &AtomicBool,
 ) -> Result<Curves> {
-    curves_in_order(
-        model,
-        input,
-        &order(saliency),
-        fill,
-        blurred,
-        target,
-        cancel,
-    )
+    Probe::new(model, fill, target, cancel).curves(input, &order(saliency), blurred, None)
 }
 
 /// [`curves`] for pixels in a given order (most important first).
@@ -161,35 +335,7 @@ pub fn curves_in_order(
     target: usize,
     cancel: &AtomicBool,
 ) -> Result<Curves> {
-    let dims = input.dims3()?;
-    let x: Vec<f32> = input.flatten_all()?.to_vec1()?;
-    let plane = dims.1 * dims.2;
-    if order.len() != plane || fill.len() != x.len() || blurred.len() != x.len() {
-        return Err(Error::Internal("faithfulness: sizes differ".into()));
-    }
-    // Image k takes `from` at the first k * n / 32 pixels in saliency order, `base` elsewhere.
-    let trace = |base: &[f32], from: &[f32]| -> Result<Vec<f32>> {
-        let images: Vec<Vec<f32>> = (0..=STEPS)
-            .map(|k| {
-                let mut img = base.to_vec();
-                for &p in &order[..k * plane / STEPS] {
-                    for ch in 0..dims.0 {
-                        img[ch * plane + p] = from[ch * plane + p];
-                    }
-                }
-                img
-            })
-            .collect();
-        probabilities(model, &images, dims, target, cancel)
-    };
-    let deletion = trace(&x, fill)?;
-    let insertion = trace(blurred, &x)?;
-    Ok(Curves {
-        deletion_auc: auc(&deletion),
-        insertion_auc: auc(&insertion),
-        deletion_curve: deletion,
-        insertion_curve: insertion,
-    })
+    Probe::new(model, fill, target, cancel).curves(input, order, blurred, None)
 }
 
 /// The region of iteration 0's map whose area is closest to `area` pixels, smoothed with
@@ -222,41 +368,8 @@ pub fn same_area_region(first: &SaliencyMap, params: &MaskParams, area: usize) -
     best
 }
 
-/// p(target) with only `region` visible (the rest `fill`) and with `region` filled, for the
-/// original input `x` (`[c, h, w]` flattened).
-pub fn region_test(
-    model: &dyn Classifier,
-    x: &[f32],
-    fill: &[f32],
-    region: &Mask,
-    dims: (usize, usize, usize),
-    target: usize,
-    cancel: &AtomicBool,
-) -> Result<RegionTest> {
-    let plane = dims.1 * dims.2;
-    let pick = |keep_original: &dyn Fn(usize) -> bool| -> Vec<f32> {
-        (0..x.len())
-            .map(|i| {
-                if keep_original(i % plane) {
-                    x[i]
-                } else {
-                    fill[i]
-                }
-            })
-            .collect()
-    };
-    let only = pick(&|p| region.data[p]);
-    let hidden = pick(&|p| !region.data[p]);
-    let p = probabilities(model, &[only, hidden], dims, target, cancel)?;
-    Ok(RegionTest {
-        area: region.coverage(),
-        only_p: p[0],
-        hidden_p: p[1],
-    })
-}
-
 /// Both region tests for a finished run: the union of its masks against iteration 0's map
-/// alone.
+/// alone (see [`Probe::unveiling`]).
 #[allow(clippy::too_many_arguments)]
 pub fn unveiling(
     model: &dyn Classifier,
@@ -268,19 +381,7 @@ pub fn unveiling(
     target: usize,
     cancel: &AtomicBool,
 ) -> Result<Unveiling> {
-    let dims = x.dims3()?;
-    let xv: Vec<f32> = x.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-    let single = same_area_region(first, params, union.count());
-    let unveiled = region_test(model, &xv, fill, union, dims, target, cancel)?;
-    let single_map = region_test(model, &xv, fill, &single, dims, target, cancel)?;
-    Ok(Unveiling {
-        unveiled_area: unveiled.area,
-        unveiled_only_p: unveiled.only_p,
-        unveiled_hidden_p: unveiled.hidden_p,
-        single_map_area: single_map.area,
-        single_map_only_p: single_map.only_p,
-        single_map_hidden_p: single_map.hidden_p,
-    })
+    Probe::new(model, fill, target, cancel).unveiling(x, first, union, params, None)
 }
 
 #[cfg(test)]

@@ -124,7 +124,7 @@ pub(crate) fn iterate(
         let grows = masks.mask.adds_to(&cumulative);
         cumulative = masks.cumulative.clone();
         let mask_ms = ms(t);
-        let mut step = Step {
+        let step = Step {
             index,
             input: input.to_device(&Device::Cpu)?,
             top5: top_k(model, &probs, 5),
@@ -142,27 +142,10 @@ pub(crate) fn iterate(
                 classify_ms,
                 gradient_ms,
                 mask_ms,
+                curves_ms: 0.0,
             },
         };
         on_event(Event::Step(&step));
-        if params.faithfulness {
-            // After the step is reported: the app shows it while the curves are traced.
-            let blurred = Filler::new(model.info(), &step.input, FillMode::Blur)?;
-            let curves = faithfulness::curves(
-                model,
-                &step.input,
-                &step.saliency,
-                filler.fill_values(),
-                blurred.fill_values(),
-                target,
-                cancel,
-            )?;
-            on_event(Event::Curves {
-                index,
-                curves: &curves,
-            });
-            step.faithfulness = Some(curves);
-        }
         steps.push(step);
 
         if !grows {
@@ -174,7 +157,10 @@ pub(crate) fn iterate(
             } else {
                 StopReason::NoNewRegion
             };
-            return finish(model, x, &filler, params, target, steps, stop, None, cancel);
+            let end = Ending { stop, after: None };
+            return finish(
+                model, x, &filler, params, target, steps, end, on_event, cancel,
+            );
         }
         input = masks.masked.to_device(&device)?;
         let t = Instant::now();
@@ -194,14 +180,26 @@ pub(crate) fn iterate(
             None
         };
         if let Some(stop) = stop {
+            let end = Ending { stop, after };
             return finish(
-                model, x, &filler, params, target, steps, stop, after, cancel,
+                model, x, &filler, params, target, steps, end, on_event, cancel,
             );
         }
     }
 }
 
-/// The outcome of a run that stopped, with its unveiling measured against a single map.
+/// Why a run stopped and the model's view after its last mask (absent when nothing new was
+/// masked).
+struct Ending {
+    stop: StopReason,
+    after: Option<Classification>,
+}
+
+/// The outcome of a run that stopped: when it measures faithfulness, each iteration's curves
+/// (reported one by one) and its unveiling against a single map.
+///
+/// The curves are traced after the loop, not after each step: every iteration is on screen as
+/// soon as it is computed, and the curves, which cost about as much as the explanation, follow.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     model: &dyn Classifier,
@@ -209,31 +207,51 @@ fn finish(
     filler: &Filler,
     params: &UnveilParams,
     target: usize,
-    steps: Vec<Step>,
-    stop: StopReason,
-    after: Option<Classification>,
+    mut steps: Vec<Step>,
+    end: Ending,
+    on_event: &mut dyn FnMut(Event),
     cancel: &AtomicBool,
 ) -> Result<Outcome> {
-    let union = &steps.last().expect("iteration 0 always runs").cumulative;
-    let unveiling = (params.faithfulness && union.count() > 0)
-        .then(|| {
-            faithfulness::unveiling(
-                model,
+    let mut unveiling = None;
+    if params.faithfulness {
+        let mut probe = faithfulness::Probe::new(model, filler.fill_values(), target, cancel);
+        for step in &mut steps {
+            let t = Instant::now();
+            let blurred = Filler::new(model.info(), &step.input, FillMode::Blur)?;
+            let order = faithfulness::order(&step.saliency);
+            // The loop classified the step's input: its p is the curves' known end points.
+            let curves = probe.curves(
+                &step.input,
+                &order,
+                blurred.fill_values(),
+                Some(step.p_target),
+            )?;
+            step.timings.curves_ms = ms(t);
+            on_event(Event::Curves {
+                index: step.index,
+                curves: &curves,
+            });
+            step.faithfulness = Some(curves);
+        }
+        let last = steps.last().expect("iteration 0 always runs");
+        if last.cumulative.count() > 0 {
+            // The union hidden is the loop's last masked input: classified after the last step,
+            // or, when that step added nothing, that step's own input.
+            let p_hidden = end.after.as_ref().map_or(last.p_target, |a| a.p_target);
+            unveiling = Some(probe.unveiling(
                 x,
-                filler.fill_values(),
                 &steps[0].saliency,
-                union,
+                &last.cumulative,
                 &params.mask,
-                target,
-                cancel,
-            )
-        })
-        .transpose()?;
+                Some(p_hidden),
+            )?);
+        }
+    }
     Ok(Outcome {
         target,
         steps,
-        stop,
-        after,
+        stop: end.stop,
+        after: end.after,
         unveiling,
     })
 }

@@ -15,6 +15,9 @@ pub struct Timings {
     pub classify_ms: f64,
     pub gradient_ms: f64,
     pub mask_ms: f64,
+    /// The iteration's deletion and insertion curves (0 when faithfulness is not measured).
+    #[serde(default)]
+    pub curves_ms: f64,
 }
 
 /// One iteration's results. Images are at the model's input size; tensors are on the CPU.
@@ -110,7 +113,8 @@ pub struct Progress {
 pub enum Event<'a> {
     Progress(Progress),
     Step(&'a Step),
-    /// Iteration `index`'s faithfulness curves, measured after its step was reported.
+    /// Iteration `index`'s faithfulness curves, measured once the loop has stopped (every
+    /// step is reported first).
     Curves {
         index: usize,
         curves: &'a Curves,
