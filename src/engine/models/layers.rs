@@ -266,8 +266,27 @@ impl Conv {
         act: Option<ReluOp>,
         backend: Backend,
     ) -> Result<Tensor> {
+        self.forward_padded(x, skip, act, backend, Padding::default())
+    }
+
+    /// [`Conv::forward_residual`] with `extra` zero padding on top of the layer's own (an
+    /// ONNX graph's `Pad` computed at run time, folded into the convolution after it).
+    pub fn forward_padded(
+        &self,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        act: Option<ReluOp>,
+        backend: Backend,
+        extra: Padding,
+    ) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        let pad = self.padding(h, w);
+        let own = self.padding(h, w);
+        let pad = Padding {
+            top: own.top + extra.top,
+            bottom: own.bottom + extra.bottom,
+            left: own.left + extra.left,
+            right: own.right + extra.right,
+        };
         if backend.fast_cpu(x.device()) {
             let (wt, b, s) = (&self.weight, &self.bias, self.stride);
             match &self.depthwise {

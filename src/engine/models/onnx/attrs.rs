@@ -153,6 +153,7 @@ impl<'a> Attrs<'a> {
             strides: self.pair("strides", 1)?,
             pads: self.pads()?,
             group: group as usize,
+            runtime_pads: None,
         })
     }
 

@@ -26,6 +26,9 @@ pub(crate) struct ConvSpec {
     pub(crate) strides: (usize, usize),
     pub(crate) pads: Pads,
     pub(crate) group: usize,
+    /// The slot of a `Pad` node's pads computed at run time (from the input's shape, as
+    /// exports of TensorFlow's "SAME" padding do), folded into this convolution.
+    pub(crate) runtime_pads: Option<usize>,
 }
 
 /// A pooling window (square, one stride: what the engine's pools take).
@@ -77,6 +80,8 @@ pub(crate) struct ConvStep {
     pub(crate) act: Option<bool>,
     /// The node's second input is added before the activation (a residual).
     pub(crate) residual: bool,
+    /// Which input holds padding computed at run time (see [`ConvSpec::runtime_pads`]).
+    pub(crate) runtime_pads: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -104,12 +109,28 @@ pub(crate) fn relu_op(relu6: bool, mode: ReluMode) -> ReluOp {
 }
 
 impl ConvStep {
-    pub(crate) fn run(&self, x: &Tensor, skip: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
+    pub(crate) fn run(
+        &self,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        extra: Padding,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         let act = self.act.map(|r6| relu_op(r6, ctx.mode));
+        if let ConvImpl::Layer(conv) = &self.imp {
+            return conv.forward_padded(x, skip, act, ctx.backend, extra);
+        }
+        let padded;
+        let x = if extra == Padding::default() {
+            x
+        } else {
+            padded = x
+                .pad_with_zeros(2, extra.top, extra.bottom)?
+                .pad_with_zeros(3, extra.left, extra.right)?;
+            &padded
+        };
         let y = match &self.imp {
-            ConvImpl::Layer(conv) => {
-                return conv.forward_residual(x, skip, act, ctx.backend);
-            }
+            ConvImpl::Layer(_) => unreachable!("returned above"),
             ConvImpl::Groups(convs) => {
                 let cin = x.dim(1)? / convs.len();
                 let parts = convs

@@ -115,6 +115,7 @@ pub(crate) fn fuse(
                     imp,
                     act: None,
                     residual: false,
+                    runtime_pads: None,
                 };
                 let mut inputs = vec![input];
                 // ReLU, or residual addition (then maybe ReLU).
@@ -152,6 +153,10 @@ pub(crate) fn fuse(
                         }
                         _ => {}
                     }
+                }
+                if let Some(pads) = spec.runtime_pads {
+                    inputs.push(Some(pads));
+                    conv.runtime_pads = Some(inputs.len() - 1);
                 }
                 let step = &p.steps[i];
                 let fused = Step {

@@ -151,6 +151,7 @@ fn convolutions_and_pools_back_propagate_on_both_paths() {
         let w = tensor(&wdims, 1);
         let b = tensor(&[wdims[0]], 2);
         let spec = ConvSpec {
+            runtime_pads: None,
             strides,
             pads,
             group,
@@ -161,6 +162,7 @@ fn convolutions_and_pools_back_propagate_on_both_paths() {
                 imp,
                 act: None,
                 residual: false,
+                runtime_pads: None,
             }));
             let x = tensor(&[2, if group == 3 { 3 } else { cin }, 7, 6], 3);
             check(

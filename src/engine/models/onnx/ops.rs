@@ -14,6 +14,7 @@ pub(crate) use super::value::{Binary, input, opt};
 use super::value::{Val, axis, broadcast};
 use super::{ints, shape_ops};
 use crate::engine::ops::activation::ReluMode;
+use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
 
@@ -100,7 +101,11 @@ impl Kind {
         match self {
             Kind::Conv(step) => {
                 let skip = if step.residual { Some(f(1)?) } else { None };
-                one(step.run(&f(0)?, skip.as_ref(), ctx)?)
+                let extra = match step.runtime_pads {
+                    Some(k) => runtime_padding(&input(inputs, k)?.ints("Pad pads")?.data)?,
+                    None => Padding::default(),
+                };
+                one(step.run(&f(0)?, skip.as_ref(), extra, ctx)?)
             }
             Kind::MaxPool(win) => {
                 let x = f(0)?;
@@ -401,4 +406,22 @@ fn reduce(
         }
     }
     Ok(y)
+}
+
+/// A 4-D `Pad`'s pads (all befores, then all afters) as an image's padding: only height and
+/// width, never negative.
+fn runtime_padding(p: &[i64]) -> Result<Padding> {
+    match p {
+        [0, 0, t, l, 0, 0, b, r] if [t, l, b, r].iter().all(|&&v| (0..1 << 16).contains(&v)) => {
+            Ok(Padding {
+                top: *t as usize,
+                left: *l as usize,
+                bottom: *b as usize,
+                right: *r as usize,
+            })
+        }
+        _ => Err(Error::InvalidParam(format!(
+            "Pad {p:?} before a convolution: only non-negative height and width padding is supported"
+        ))),
+    }
 }

@@ -70,14 +70,33 @@ fn fold_pads(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]
             continue;
         };
         let s = &p.steps[i];
+        let pads_slot = s.inputs.get(1).copied().flatten();
         let pads = match attr {
             Some(a) => Some(a.iter().map(|&v| v as f64).collect()),
-            None => constant(consts, s.inputs.get(1).copied().flatten()),
+            None => constant(consts, pads_slot),
         };
         let value_zero = match s.inputs.get(2).copied().flatten() {
             Some(v) => scalar_is(consts, Some(v), 0.0),
             None => *value == 0.0,
         };
+        // Pads computed at run time (from the input's shape): checked when they arrive.
+        if pads.is_none()
+            && let Some(slot) = pads_slot
+            && value_zero
+            && let Some(j) = only_reader(&r, s.outputs[0])
+        {
+            let (input, out) = (s.inputs[0], s.outputs[0]);
+            let conv = &mut p.steps[j];
+            if let Kind::ConvSpec(spec) = &mut conv.kind
+                && spec.runtime_pads.is_none()
+                && conv.inputs.first().copied().flatten() == Some(out)
+            {
+                spec.runtime_pads = Some(slot);
+                conv.inputs[0] = input;
+                *gone = true;
+            }
+            continue;
+        }
         // Only the height and width of a 4-D tensor, never negative.
         let Some(pads) = pads.filter(|p| {
             p.len() == 8 && [0, 1, 4, 5].iter().all(|&k| p[k] == 0.0) && p.iter().all(|&v| v >= 0.0)
