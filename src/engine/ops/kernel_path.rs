@@ -138,8 +138,8 @@ pub fn current() -> KernelPath {
 /// an error where the CPU cannot run `path`. `f` runs in a rayon pool kept for that path
 /// (as many threads as the global pool), whose threads are marked with it.
 pub fn with_path<R: Send>(path: KernelPath, f: impl FnOnce() -> R + Send) -> Result<R> {
-    static POOLS: [OnceLock<std::result::Result<rayon::ThreadPool, String>>; 2] =
-        [OnceLock::new(), OnceLock::new()];
+    type Pool = OnceLock<std::result::Result<rayon::ThreadPool, String>>;
+    static POOLS: [Pool; KernelPath::ALL.len()] = [const { Pool::new() }; KernelPath::ALL.len()];
     let path = path.checked()?;
     let slot = KernelPath::ALL.iter().position(|&p| p == path).unwrap_or(0);
     let pool = POOLS[slot]
