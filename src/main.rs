@@ -11,10 +11,11 @@ use cli::Cli;
 fn main() -> ExitCode {
     unveil::engine::memory::tune_allocator();
     let args = Cli::parse();
-    let result = match &args.command {
+    // A bad UNVEIL_KERNELS is refused here, as one line, before any kernel could meet it.
+    let result = unveil::engine::ops::kernel_path::from_env().and_then(|_| match &args.command {
         Some(command) => cli::dispatch(command),
         None => launch_app(&args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

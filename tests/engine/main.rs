@@ -11,6 +11,7 @@ mod export;
 mod faithfulness;
 mod fetch;
 mod generic;
+mod kernel_paths;
 mod mask;
 mod methods;
 mod models;

@@ -7,7 +7,8 @@
 //!
 //! The fast kernels are CPU code. GPUs (and the CPU, when asked) run [`generic`]: the same
 //! input-gradient-only layers written with stock candle tensor ops that have CUDA and Metal
-//! kernels (see [`Backend`]).
+//! kernels (see [`Backend`]). On the CPU, the kernels take their AVX2 code or the portable
+//! one as [`kernel_path`] says (`UNVEIL_KERNELS`).
 
 pub mod activation;
 pub(crate) mod batch_gemm;
@@ -17,6 +18,7 @@ pub mod conv_act;
 pub mod depthwise;
 pub mod generic;
 pub mod geometry;
+pub mod kernel_path;
 pub(crate) mod packed_gemm;
 pub mod pool;
 pub(crate) mod simd;

@@ -3,10 +3,12 @@
 
 use std::mem::MaybeUninit;
 
+/// True when the kernels called on this thread take their AVX2 + FMA code: every kernel asks
+/// here, so [`super::kernel_path`] (`UNVEIL_KERNELS`, tests) decides for all of them.
 #[cfg(target_arch = "x86_64")]
+#[inline]
 pub(crate) fn has_avx2_fma() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    super::kernel_path::current() == super::kernel_path::KernelPath::Avx2
 }
 
 /// `dst[i] += a * src[i]` over the shorter of the two.

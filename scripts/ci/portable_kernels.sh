@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# CI, after `cargo test --release`: runs the op tests and the model equality tests again with
+# every CPU kernel forced onto its portable path (UNVEIL_KERNELS=portable), the code an ARM or
+# any non-AVX2 CPU runs and that an x86 machine never takes on its own. The default run covers
+# the AVX2 path; tests/engine/kernel_paths.rs compares the two paths in one process.
+#
+#   bash scripts/ci/portable_kernels.sh
+#
+# Reuses `cargo test --release`'s build (same profile and features: nothing is compiled) and
+# CARGO_TARGET_DIR. About 15-25 s on 2 cores. The subset reaches every kernel:
+#   lib  engine::ops::                 the packed GEMM against a naive product, the path switch
+#   ops::                              every op (depthwise, fused conv + act/residual, Winograd
+#                                      and 1 x 1 GEMMs, layer chain, pools, ReLU backward)
+#                                      against stock candle, finite differences, PyTorch
+#   models::logits/gradients           EfficientNet-Lite0 vs PyTorch (depthwise, ReLU6)
+#   torchvision resnet18, resnet50     ResNets vs torchvision (Winograd, chain, bottlenecks)
+#   torchvision densenet121            DenseNet vs torchvision (1 x 1 over concatenations)
+#   xception logits/gradients          separable convolutions vs Keras / PyTorch (needs the
+#                                      fetched chest X-ray model, as the main suite does)
+#   xray chexnet                       a CheXNet checkpoint vs PyTorch
+#   kernel_paths::the_process_path     proves the variable took effect in this run
+# Left out (same kernels, deeper or slower): resnet34/101, the stock-candle and device-generic
+# comparisons (their other side is candle's, path-free and slow), everything not numeric.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+export UNVEIL_KERNELS=portable
+export CARGO_TERM_COLOR=never
+cargo test --release --lib -- engine::ops::
+cargo test --release --test engine -- \
+  ops:: \
+  models::logits_match_pytorch \
+  models::guided_and_vanilla_gradients_match_pytorch \
+  torchvision::resnet18_matches_torchvision \
+  torchvision::resnet50_matches_torchvision \
+  torchvision::densenet121_guides_the_functional_relu_that_hooks_miss \
+  xception::logits_match_the_original_keras_model \
+  xception::guided_and_vanilla_gradients_match_the_pytorch_port \
+  xray::a_chexnet_checkpoint_in_the_legacy_format_matches_pytorch \
+  kernel_paths::the_process_path_follows_unveil_kernels
