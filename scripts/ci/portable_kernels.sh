@@ -18,6 +18,8 @@
 #   xception logits/gradients          separable convolutions vs Keras / PyTorch (needs the
 #                                      fetched chest X-ray model, as the main suite does)
 #   xray chexnet                       a CheXNet checkpoint vs PyTorch
+#   onnx every exported graph          13 ONNX architectures vs PyTorch (grouped, non-square
+#                                      and depthwise convolutions, pools, the ONNX fusions)
 #   kernel_paths::the_process_path     proves the variable took effect in this run
 # Left out (same kernels, deeper or slower): resnet34/101, the stock-candle and device-generic
 # comparisons (their other side is candle's, path-free and slow), everything not numeric.
@@ -37,4 +39,5 @@ cargo test --release --test engine -- \
   xception::logits_match_the_original_keras_model \
   xception::guided_and_vanilla_gradients_match_the_pytorch_port \
   xray::a_chexnet_checkpoint_in_the_legacy_format_matches_pytorch \
+  onnx::every_exported_graph_matches_pytorch \
   kernel_paths::the_process_path_follows_unveil_kernels
