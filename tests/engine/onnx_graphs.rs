@@ -13,31 +13,7 @@ use unveil::engine::ops::activation::ReluMode;
 
 use crate::common::{max_abs_diff, repo, to_vec};
 
-fn varint(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn int(num: u64, v: u64) -> Vec<u8> {
-    [varint(num << 3), varint(v)].concat()
-}
-
-fn bytes(num: u64, body: &[u8]) -> Vec<u8> {
-    [
-        varint((num << 3) | 2),
-        varint(body.len() as u64),
-        body.to_vec(),
-    ]
-    .concat()
-}
+use crate::onnx_malformed::{int_field as int, len_field as bytes, model_with};
 
 /// A float tensor value `[1, 3, h, w]` (`h`, `w` symbolic).
 fn value(name: &str) -> Vec<u8> {
@@ -80,8 +56,7 @@ fn graph(file: &str, nodes: &[Node], inputs: &[&str], output: &str) -> PathBuf {
         g.extend(bytes(11, &value(i)));
     }
     g.extend(bytes(12, &value(output)));
-    let opset = [bytes(1, b""), int(2, 17)].concat();
-    let model = [int(1, 8), bytes(7, &g), bytes(8, &opset)].concat();
+    let model = model_with(&g);
     let dir = std::env::temp_dir().join(format!("unveil-onnx-graphs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(file);
@@ -160,6 +135,23 @@ fn cycles_dangling_names_and_extra_inputs_are_one_line_each() {
         "y",
     );
     assert!(refusal(&two).contains("2 inputs"));
+    let no_output = graph(
+        "no-output.onnx",
+        &[
+            ("Relu", "r", &["x"], &[], ""),
+            ("Relu", "s", &["x"], &["y"], ""),
+        ],
+        &["x"],
+        "y",
+    );
+    assert!(refusal(&no_output).contains("without an output"));
+    let empty_concat = graph(
+        "empty-concat.onnx",
+        &[("Concat", "c", &[], &["y"], "")],
+        &["x"],
+        "y",
+    );
+    assert!(refusal(&empty_concat).contains("Concat"));
     let not_a_classifier = graph(
         "image-out.onnx",
         &[("Relu", "r", &["x"], &["y"], "")],

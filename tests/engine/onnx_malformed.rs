@@ -10,8 +10,8 @@ use unveil::engine::models::onnx::{
 
 use crate::onnx_reader::dir;
 
-// A minimal protobuf writer for the malformed files.
-fn varint(mut v: u64) -> Vec<u8> {
+// A minimal protobuf writer for the malformed files (and tests/engine/onnx_graphs.rs).
+pub(crate) fn varint(mut v: u64) -> Vec<u8> {
     let mut out = vec![];
     loop {
         let b = (v & 0x7f) as u8;
@@ -24,11 +24,11 @@ fn varint(mut v: u64) -> Vec<u8> {
     }
 }
 
-fn int_field(num: u64, v: u64) -> Vec<u8> {
+pub(crate) fn int_field(num: u64, v: u64) -> Vec<u8> {
     [varint(num << 3), varint(v)].concat()
 }
 
-fn len_field(num: u64, body: &[u8]) -> Vec<u8> {
+pub(crate) fn len_field(num: u64, body: &[u8]) -> Vec<u8> {
     [
         varint(num << 3 | 2),
         varint(body.len() as u64),
@@ -37,7 +37,7 @@ fn len_field(num: u64, body: &[u8]) -> Vec<u8> {
     .concat()
 }
 
-fn model_with(graph: &[u8]) -> Vec<u8> {
+pub(crate) fn model_with(graph: &[u8]) -> Vec<u8> {
     let opset = [len_field(1, b""), int_field(2, 17)].concat();
     [int_field(1, 8), len_field(7, graph), len_field(8, &opset)].concat()
 }

@@ -152,6 +152,12 @@ pub(crate) fn lower(
             .iter()
             .map(|n| (!n.is_empty()).then(|| b.slot(n)))
             .collect();
+        if node.output.first().is_none_or(|o| o.is_empty()) {
+            return Err(node_error(
+                node,
+                Error::Weights("a node without an output".into()),
+            ));
+        }
         let outs: Vec<usize> = node.output.iter().map(|n| b.slot(n)).collect();
         let attrs = Attrs::new(node);
         if node.op_type == "Constant" {

@@ -85,7 +85,7 @@ fn fold_pads(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]
             && value_zero
             && let Some(j) = only_reader(&r, s.outputs[0])
         {
-            let (input, out) = (s.inputs[0], s.outputs[0]);
+            let (input, out) = (s.inputs.first().copied().flatten(), s.outputs[0]);
             let conv = &mut p.steps[j];
             if let Kind::ConvSpec(spec) = &mut conv.kind
                 && spec.runtime_pads.is_none()
@@ -106,7 +106,7 @@ fn fold_pads(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]
         let Some(j) = only_reader(&r, s.outputs[0]) else {
             continue;
         };
-        let (input, out) = (s.inputs[0], s.outputs[0]);
+        let (input, out) = (s.inputs.first().copied().flatten(), s.outputs[0]);
         let conv = &mut p.steps[j];
         let Kind::ConvSpec(spec) = &mut conv.kind else {
             continue;
@@ -134,7 +134,10 @@ fn fold_gelus(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool
         if removed[i] || !matches!(s.kind, Kind::Binary(Binary::Div)) {
             continue;
         }
-        let (Some(x), divisor) = (s.inputs[0], s.inputs.get(1).copied().flatten()) else {
+        let (Some(x), divisor) = (
+            s.inputs.first().copied().flatten(),
+            s.inputs.get(1).copied().flatten(),
+        ) else {
             continue;
         };
         if !scalar_is(consts, divisor, std::f64::consts::SQRT_2) {

@@ -45,21 +45,32 @@ impl Program {
         ctx: &Ctx,
         tap: Option<usize>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let mut vals: Vec<Option<Val>> = vec![None; self.names.len()];
         let mut tapped = None;
-        let mut put = |slot: usize, v: Val, vals: &mut Vec<Option<Val>>| -> Result<()> {
-            let v = match v {
-                Val::F(t) if tap == Some(slot) => {
-                    let var = Var::from_tensor(&t.detach())?;
-                    tapped = Some(var.as_tensor().clone());
-                    Val::F(var.as_tensor().clone())
-                }
-                v => v,
-            };
-            vals[slot] = Some(v);
+        let out = self.walk(x, ctx, |slot, v| {
+            if let Val::F(t) = v
+                && tap == Some(slot)
+            {
+                let var = Var::from_tensor(&t.detach())?;
+                tapped = Some(var.as_tensor().clone());
+                *v = Val::F(var.as_tensor().clone());
+            }
             Ok(())
-        };
-        put(self.input, Val::F(x.clone()), &mut vals)?;
+        })?;
+        Ok((out.float(&ctx.device)?, tapped))
+    }
+
+    /// Runs every step in order, handing each value to `seen` as it is made (which may
+    /// replace it), freeing each after its last reader; the output.
+    fn walk(
+        &self,
+        x: &Tensor,
+        ctx: &Ctx,
+        mut seen: impl FnMut(usize, &mut Val) -> Result<()>,
+    ) -> Result<Val> {
+        let mut vals: Vec<Option<Val>> = vec![None; self.names.len()];
+        let mut input = Val::F(x.clone());
+        seen(self.input, &mut input)?;
+        vals[self.input] = Some(input);
         for (i, step) in self.steps.iter().enumerate() {
             let ins: Vec<Option<&Val>> = step
                 .inputs
@@ -80,8 +91,9 @@ impl Program {
                 .kind
                 .run(&ins, ctx)
                 .map_err(|e| self.step_error(i, e))?;
-            for (&slot, v) in step.outputs.iter().zip(outs) {
-                put(slot, v, &mut vals)?;
+            for (&slot, mut v) in step.outputs.iter().zip(outs) {
+                seen(slot, &mut v)?;
+                vals[slot] = Some(v);
             }
             for &slot in step.inputs.iter().flatten() {
                 if self.last_use[slot] == i && slot != self.output {
@@ -89,11 +101,9 @@ impl Program {
                 }
             }
         }
-        let out = vals[self.output]
+        vals[self.output]
             .take()
-            .ok_or_else(|| Error::Internal("the graph computed no output".into()))?
-            .float(&ctx.device)?;
-        Ok((out, tapped))
+            .ok_or_else(|| Error::Internal("the graph computed no output".into()))
     }
 
     fn step_error(&self, i: usize, e: Error) -> Error {
@@ -111,29 +121,10 @@ impl Program {
     ) -> Result<Vec<Option<Vec<usize>>>> {
         let x = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &ctx.device)?;
         let mut shapes: Vec<Option<Vec<usize>>> = vec![None; self.names.len()];
-        let mut vals: Vec<Option<Val>> = vec![None; self.names.len()];
-        vals[self.input] = Some(Val::F(x));
-        shapes[self.input] = Some(vec![1, 3, h, w]);
-        for (i, step) in self.steps.iter().enumerate() {
-            let ins: Vec<Option<&Val>> = step
-                .inputs
-                .iter()
-                .map(|s| s.and_then(|s| vals[s].as_ref().or(self.consts[s].as_ref())))
-                .collect();
-            let outs = step
-                .kind
-                .run(&ins, ctx)
-                .map_err(|e| self.step_error(i, e))?;
-            for (&slot, v) in step.outputs.iter().zip(outs) {
-                shapes[slot] = Some(v.dims());
-                vals[slot] = Some(v);
-            }
-            for &slot in step.inputs.iter().flatten() {
-                if self.last_use[slot] == i && slot != self.output {
-                    vals[slot] = None;
-                }
-            }
-        }
+        self.walk(&x, ctx, |slot, v| {
+            shapes[slot] = Some(v.dims());
+            Ok(())
+        })?;
         Ok(shapes)
     }
 

@@ -47,6 +47,9 @@ impl Resize {
     pub(crate) fn run(&self, inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
         let x = input(inputs, 0)?.float(&ctx.device)?;
         let (n, c, h, w) = x.dims4()?;
+        if h == 0 || w == 0 {
+            return Err(bad("an empty input"));
+        }
         let floats = |v: &Val| -> Result<Vec<f32>> {
             match v {
                 Val::F(t) => Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?),

@@ -320,6 +320,9 @@ fn transpose(x: &Val, perm: &[usize]) -> Result<Val> {
 
 fn concat(inputs: &[Option<&Val>], a: i64, ctx: &Ctx) -> Result<Val> {
     let vals: Vec<&Val> = inputs.iter().flatten().copied().collect();
+    if vals.is_empty() {
+        return Err(bad("Concat", "no inputs"));
+    }
     let rank = vals.first().map_or(0, |v| v.dims().len());
     let a = axis(a, rank, "Concat")?;
     if vals.iter().all(|v| matches!(v, Val::I(_))) {
