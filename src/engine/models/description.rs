@@ -191,28 +191,18 @@ impl ModelDescription {
     }
 }
 
-/// Loads a described model.
-pub fn load_custom(
-    d: &ModelDescription,
-    device: &Device,
-    backend: Backend,
-) -> Result<Arc<dyn Classifier>> {
-    load_described(d, device, backend, &|_| Ok(()))
-}
-
-/// Loads a described model, its weights changed by `edit` first. What the description leaves
+/// Loads a described model (a checkpoint of one of [`super::arch`]'s architectures; ONNX
+/// graphs go to [`super::onnx`], see `registry::load_described`), its weights changed by
+/// `edit` first. What the description leaves
 /// out comes from the checkpoint (a whole model's labels and operating points), from the
 /// architecture's defaults, then from the head's width (ImageNet's labels for 1000 outputs; a
 /// single output is a sigmoid).
-pub(super) fn load_described(
+pub(super) fn load_checkpoint(
     d: &ModelDescription,
     device: &Device,
     backend: Backend,
     edit: WeightEdit,
 ) -> Result<Arc<dyn Classifier>> {
-    if super::onnx::is_onnx(&d.weights)? {
-        return super::onnx::load(d, device, backend, edit);
-    }
     if let Some(layer) = &d.cam_layer {
         return Err(Error::InvalidParam(format!(
             "cam_layer '{layer}' chooses a layer of an ONNX graph; {} is not one",

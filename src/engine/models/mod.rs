@@ -25,9 +25,9 @@ pub mod reinit;
 pub use arch::{Arch, Architecture, Defaults, Detection, arch_help, arch_names};
 pub use checkpoint::read_weights;
 pub use classifier::{Classifier, Model, Network};
-pub use description::{ChannelOrder, LabelsSpec, ModelDescription, load_custom};
+pub use description::{ChannelOrder, LabelsSpec, ModelDescription};
 pub use info::{Crop, Domain, ModelInfo, Resize};
 pub use registry::{
     DEFAULT_MODEL, ModelEntry, ModelSource, PNEUMONIA_MODEL, entries, from_weights, is_installed,
-    load, models_dir, names, weights_path,
+    load, load_custom, models_dir, names, weights_path,
 };

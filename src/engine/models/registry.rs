@@ -11,7 +11,7 @@ use candle_core::Device;
 
 use super::arch::{Architecture, EFFICIENTNET_LITE0, XCEPTION};
 use super::classifier::{Classifier, Model};
-use super::description::{ModelDescription, load_described};
+use super::description::{ModelDescription, load_checkpoint};
 use super::info::{Domain, IMAGENET_LABELS, ModelInfo, Resize};
 use super::layers::{WeightEdit, Weights};
 use crate::engine::ops::Backend;
@@ -268,6 +268,28 @@ fn load_edited(
     } else {
         Err(unknown(name))
     }
+}
+
+/// Loads a described model: an ONNX graph, or a checkpoint of a known architecture.
+pub fn load_custom(
+    d: &ModelDescription,
+    device: &Device,
+    backend: Backend,
+) -> Result<Arc<dyn Classifier>> {
+    load_described(d, device, backend, &|_| Ok(()))
+}
+
+/// [`load_custom`] with the weights changed by `edit` first.
+fn load_described(
+    d: &ModelDescription,
+    device: &Device,
+    backend: Backend,
+    edit: WeightEdit,
+) -> Result<Arc<dyn Classifier>> {
+    if super::onnx::is_onnx(&d.weights)? {
+        return super::onnx::load(d, device, backend, edit);
+    }
+    load_checkpoint(d, device, backend, edit)
 }
 
 /// The bundled model's weights, compiled into the binary: works offline.
