@@ -11,7 +11,6 @@
 use std::path::PathBuf;
 
 use crate::engine::device;
-use crate::engine::models::ModelSource;
 use crate::engine::params::{Change, UnveilParams};
 use crate::gui::action::{Action, Export};
 use crate::gui::jobs::{ExportRequest, Jobs};
@@ -103,44 +102,16 @@ impl App {
 
     /// (Re)loads the model of the settings on their device; the results and the check go.
     fn load_model(&mut self) {
-        let name = &self.settings.model;
-        let source = match &self.cam_layer {
-            Some(layer) => match ModelSource::with_cam_layer(name, layer) {
-                Ok(source) => source,
-                Err(e) => {
-                    self.notices.error(e.to_string());
-                    return;
-                }
-            },
-            None => ModelSource::Named(name.clone()),
-        };
-        self.workspace.model.load(source, self.settings.device);
+        let (name, layer) = (&self.settings.model, self.cam_layer.as_deref());
+        if let Err(e) = self
+            .workspace
+            .model
+            .load_named(name, layer, self.settings.device)
+        {
+            return self.notices.error(e.to_string());
+        }
         self.workspace.run.clear();
         self.workspace.check.clear();
-    }
-
-    /// Writes the loaded model file's settings (what unveil assumed) into a description next
-    /// to it and loads that, for the user to edit; an existing description is opened, never
-    /// overwritten.
-    fn spell_out_model(&mut self, ctx: &egui::Context) {
-        let Some(explainer) = self.workspace.model.explainer() else {
-            return;
-        };
-        let weights = std::path::PathBuf::from(&self.settings.model);
-        let json = weights.with_extension("json");
-        if !json.exists() {
-            let d =
-                crate::engine::models::ModelDescription::spelled_out(&weights, explainer.info());
-            if let Err(e) = d.write_new(&json) {
-                self.notices.error(e.to_string());
-                return;
-            }
-        }
-        self.notices.info(format!(
-            "Loading {}: edit it (input_size, mean, std, resize, labels, cam_layer) and open it again to change what the model is fed.",
-            json.display()
-        ));
-        self.apply(Action::SetModel(json.display().to_string()), ctx);
     }
 
     /// Applies a frame's actions in order.
@@ -172,21 +143,25 @@ impl App {
             Action::PickImage => self.jobs.pick_image(),
             Action::OpenImage(path) => ws.image.open_path(path),
             Action::PickModel => self.jobs.pick_model(),
-            Action::SetModel(name) => {
-                self.settings.model = name;
-                self.cam_layer = None;
+            Action::SetModel(_) | Action::SetCamLayer(_) => {
+                match action {
+                    Action::SetModel(name) => (self.settings.model, self.cam_layer) = (name, None),
+                    Action::SetCamLayer(layer) => self.cam_layer = Some(layer),
+                    _ => {}
+                }
                 // Class numbers belong to a model.
                 ws.run.reset();
                 self.iterations.reset();
                 self.load_model();
             }
-            Action::SetCamLayer(layer) => {
-                self.cam_layer = Some(layer);
-                ws.run.reset();
-                self.iterations.reset();
-                self.load_model();
-            }
-            Action::SpellOutModel => self.spell_out_model(ctx),
+            // What the model file did not say, written down to be edited, then loaded.
+            Action::SpellOutModel => match ws.model.spell_out(&self.settings.model) {
+                Ok((json, note)) => {
+                    self.notices.info(note);
+                    self.apply(Action::SetModel(json), ctx);
+                }
+                Err(e) => self.notices.error(e.to_string()),
+            },
             Action::FetchModel(name) => ws.fetch.start(ctx, &name),
             Action::CancelFetch => {
                 if ws.fetch.cancel() {
@@ -345,16 +320,9 @@ impl eframe::App for App {
         actions.extend(self.jobs.poll());
         self.apply_all(&mut actions, &ctx);
 
-        // Files dropped from disk carry a path; they open like picked ones: a model file
-        // (ONNX, weights, description) as the model, anything else as the image.
+        // Dropped files open like picked ones (a model file as the model, see dialogs::open).
         let dropped = ctx.input(|i| i.raw.dropped_files.clone());
-        if let Some(path) = dropped.first().map(|f| f.path().to_path_buf()) {
-            actions.push(if crate::gui::dialogs::is_model_file(&path) {
-                Action::SetModel(path.display().to_string())
-            } else {
-                Action::OpenImage(path)
-            });
-        }
+        actions.extend(dropped.first().map(|f| crate::gui::dialogs::open(f.path())));
         if (ctx.zoom_factor() - self.settings.font_scale).abs() > 1e-3 {
             ctx.set_zoom_factor(self.settings.font_scale);
         }

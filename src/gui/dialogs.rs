@@ -32,6 +32,16 @@ pub fn is_model_file(path: &std::path::Path) -> bool {
         .is_some_and(|e| MODEL_EXTENSIONS.iter().any(|m| m.eq_ignore_ascii_case(e)))
 }
 
+/// What opening `path` means: a model file opens as the model, anything else as the image.
+pub fn open(path: &std::path::Path) -> crate::gui::action::Action {
+    use crate::gui::action::Action;
+    if is_model_file(path) {
+        Action::SetModel(path.display().to_string())
+    } else {
+        Action::OpenImage(path.to_path_buf())
+    }
+}
+
 /// The platform's dialogs (rfd: xdg-portal on Linux, native on macOS and Windows).
 pub struct NativeDialogs;
 

@@ -8,7 +8,7 @@ use poll_promise::Promise;
 
 use crate::engine::device::DeviceChoice;
 use crate::engine::explainer::Explainer;
-use crate::engine::models::ModelSource;
+use crate::engine::models::{ModelDescription, ModelSource};
 use crate::error::Result;
 use crate::gui::workspace::event::Event;
 
@@ -33,6 +33,42 @@ impl ModelSlot {
             name,
             Promise::spawn_thread("load-model", move || Explainer::load(&source, device)),
         ));
+    }
+
+    /// Loads `name` (a registry name, description or model file), Grad-CAM reading `layer` of
+    /// its graph when one is chosen.
+    pub fn load_named(
+        &mut self,
+        name: &str,
+        layer: Option<&str>,
+        device: DeviceChoice,
+    ) -> Result<()> {
+        let source = match layer {
+            Some(layer) => ModelSource::with_cam_layer(name, layer)?,
+            None => ModelSource::Named(name.to_string()),
+        };
+        self.load(source, device);
+        Ok(())
+    }
+
+    /// The loaded model file `file`'s settings (what unveil assumed, for an ONNX graph) as a
+    /// description next to it, to be edited; one already there is kept, never overwritten.
+    /// Its path, and what to tell the user.
+    pub fn spell_out(&self, file: &str) -> Result<(String, String)> {
+        let explainer = self
+            .explainer
+            .as_ref()
+            .ok_or_else(|| crate::error::Error::InvalidParam("no model is loaded".into()))?;
+        let weights = std::path::PathBuf::from(file);
+        let json = weights.with_extension("json");
+        if !json.exists() {
+            ModelDescription::spelled_out(&weights, explainer.info()).write_new(&json)?;
+        }
+        let json = json.display().to_string();
+        let note = format!(
+            "Loading {json}: edit it (input_size, mean, std, resize, labels, cam_layer) and open it again to change what the model is fed."
+        );
+        Ok((json, note))
     }
 
     /// The loaded model once loading ends; that its GPU failed, once per model.
