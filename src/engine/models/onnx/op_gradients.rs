@@ -493,8 +493,7 @@ fn resize_interpolates_like_pytorch_and_back_propagates() {
         };
         check(&format!("Resize {name}"), &op, vec![x.clone()]);
     }
-    // Half-pixel linear is PyTorch's bilinear with align_corners=False (as the engine's own
-    // upsampling, itself checked against PyTorch), to 8 x 6.
+    // Half-pixel linear is PyTorch's bilinear with align_corners=False, to 8 x 6.
     let kind = Kind::Resize(Resize {
         interp: Interp::Linear,
         coords: Coords::HalfPixel,
@@ -518,7 +517,7 @@ fn resize_interpolates_like_pytorch_and_back_propagates() {
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
-    let want = crate::engine::saliency::upsample_bilinear(&plane, (5, 4), (8, 6));
+    let want = bilinear(&plane, (5, 4), (8, 6));
     let got = y
         .narrow(1, 1, 1)
         .unwrap()
@@ -532,4 +531,26 @@ fn resize_interpolates_like_pytorch_and_back_propagates() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(diff < 1e-6, "{diff}");
+}
+
+/// PyTorch's `interpolate(mode="bilinear", align_corners=False)` of one plane, written out:
+/// output pixel `o` samples the input at `(o + 0.5) * in / out - 0.5`, clamped to the edge.
+fn bilinear(src: &[f32], (sh, sw): (usize, usize), (dh, dw): (usize, usize)) -> Vec<f32> {
+    let tap = |o: usize, n: usize, out: usize| {
+        let x = ((o as f32 + 0.5) * n as f32 / out as f32 - 0.5).max(0.0);
+        let i0 = (x as usize).min(n - 1);
+        (i0, (i0 + 1).min(n - 1), x - i0 as f32)
+    };
+    let mut out = Vec::with_capacity(dh * dw);
+    for oy in 0..dh {
+        let (y0, y1, ty) = tap(oy, sh, dh);
+        for ox in 0..dw {
+            let (x0, x1, tx) = tap(ox, sw, dw);
+            let at = |y: usize, x: usize| src[y * sw + x];
+            let top = (1.0 - tx) * at(y0, x0) + tx * at(y0, x1);
+            let bottom = (1.0 - tx) * at(y1, x0) + tx * at(y1, x1);
+            out.push((1.0 - ty) * top + ty * bottom);
+        }
+    }
+    out
 }
