@@ -15,27 +15,16 @@ use super::ops::{ConvImpl, Pads};
 use super::program::{Program, Step};
 use super::value::Val;
 use crate::engine::models::layers::Layer;
-use crate::engine::models::layers::{LayerKind, Weights};
+use crate::engine::models::layers::LayerKind;
 use crate::error::{Error, Result};
 
 pub(crate) fn fuse(
     p: &mut Program,
     consts: &mut HashMap<usize, Val>,
-    _weights: &Weights,
     device: &Device,
 ) -> Result<()> {
-    let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (i, s) in p.steps.iter().enumerate() {
-        for &slot in s.inputs.iter().flatten() {
-            readers.entry(slot).or_default().push(i);
-        }
-    }
-    readers.entry(p.output).or_default().push(usize::MAX);
-    // The one step reading `slot`, if exactly one does.
-    let only_reader = |slot: usize| match readers.get(&slot).map(Vec::as_slice) {
-        Some([r]) if *r != usize::MAX => Some(*r),
-        _ => None,
-    };
+    let readers = p.readers();
+    let only_reader = |slot: usize| readers.only(slot);
     let float = |slot: Option<usize>, consts: &HashMap<usize, Val>| -> Option<Tensor> {
         match consts.get(&slot?) {
             Some(Val::F(t)) => Some(t.clone()),

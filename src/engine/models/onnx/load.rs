@@ -109,7 +109,6 @@ pub(crate) fn load(
         Some(name) => Some(choose_cam(&program, &shapes, &candidates, name)?),
         None => candidates.first().cloned(),
     };
-    let cam_name = cam.as_ref().map(|c| program.names[c.slot].clone());
     let stage = last_stage(&program);
     let domain = if classes == 1000 {
         Domain::Photo
@@ -142,7 +141,6 @@ pub(crate) fn load(
         backend,
         batch_one,
         cam,
-        cam_name,
         stage,
     }))
 }

@@ -208,7 +208,7 @@ pub(crate) fn lower(
         last_use: Vec::new(),
     };
     super::patterns::fold(&mut p, &consts);
-    super::fuse::fuse(&mut p, &mut consts, weights, device)?;
+    super::fuse::fuse(&mut p, &mut consts, device)?;
     // Constants to the device (floats); integers stay on the host.
     let mut table = vec![None; p.names.len()];
     for (s, v) in consts {

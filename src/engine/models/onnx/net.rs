@@ -109,7 +109,6 @@ pub struct OnnxModel {
     /// The graph takes one image at a time (its batch dimension is fixed to 1).
     pub(crate) batch_one: bool,
     pub(crate) cam: Option<CamLayer>,
-    pub(crate) cam_name: Option<String>,
     /// The index of the last stage's first layer (see `load::last_stage`).
     pub(crate) stage: Option<usize>,
 }
@@ -180,7 +179,9 @@ impl Classifier for OnnxModel {
     }
 
     fn feature_layer(&self) -> Option<&str> {
-        self.cam_name.as_deref()
+        self.cam
+            .as_ref()
+            .and(self.info.cam_layers.first().map(String::as_str))
     }
 
     fn reinit_scope(&self, cascade: Cascade) -> Option<HashSet<String>> {

@@ -23,25 +23,6 @@ pub(crate) fn fold(p: &mut Program, consts: &HashMap<usize, Val>) {
     });
 }
 
-/// For each slot, the steps reading it (and `usize::MAX` for the graph's output).
-fn readers(p: &Program) -> HashMap<usize, Vec<usize>> {
-    let mut r: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (i, s) in p.steps.iter().enumerate() {
-        for &slot in s.inputs.iter().flatten() {
-            r.entry(slot).or_default().push(i);
-        }
-    }
-    r.entry(p.output).or_default().push(usize::MAX);
-    r
-}
-
-fn only_reader(r: &HashMap<usize, Vec<usize>>, slot: usize) -> Option<usize> {
-    match r.get(&slot).map(Vec::as_slice) {
-        Some([one]) if *one != usize::MAX => Some(*one),
-        _ => None,
-    }
-}
-
 /// A constant's values, if it is one.
 fn constant(consts: &HashMap<usize, Val>, slot: Option<usize>) -> Option<Vec<f64>> {
     match consts.get(&slot?)? {
@@ -64,7 +45,7 @@ fn scalar_is(consts: &HashMap<usize, Val>, slot: Option<usize>, want: f64) -> bo
 }
 
 fn fold_pads(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]) {
-    let r = readers(p);
+    let r = p.readers();
     for (i, gone) in removed.iter_mut().enumerate() {
         let Kind::Arrange(Arrange::Pad(attr, value)) = &p.steps[i].kind else {
             continue;
@@ -83,7 +64,7 @@ fn fold_pads(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]
         if pads.is_none()
             && let Some(slot) = pads_slot
             && value_zero
-            && let Some(j) = only_reader(&r, s.outputs[0])
+            && let Some(j) = r.only(s.outputs[0])
         {
             let (input, out) = (s.inputs.first().copied().flatten(), s.outputs[0]);
             let conv = &mut p.steps[j];
@@ -103,7 +84,7 @@ fn fold_pads(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]
         }) else {
             continue;
         };
-        let Some(j) = only_reader(&r, s.outputs[0]) else {
+        let Some(j) = r.only(s.outputs[0]) else {
             continue;
         };
         let (input, out) = (s.inputs.first().copied().flatten(), s.outputs[0]);
@@ -127,8 +108,8 @@ fn fold_pads(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]
 }
 
 fn fold_gelus(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool]) {
-    let r = readers(p);
-    let next = |slot: usize, removed: &[bool]| only_reader(&r, slot).filter(|&j| !removed[j]);
+    let r = p.readers();
+    let next = |slot: usize, removed: &[bool]| r.only(slot).filter(|&j| !removed[j]);
     for i in 0..p.steps.len() {
         let s = &p.steps[i];
         if removed[i] || !matches!(s.kind, Kind::Binary(Binary::Div)) {

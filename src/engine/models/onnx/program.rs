@@ -1,6 +1,8 @@
 //! A lowered graph: steps in order over numbered value slots, and running it (whole, with
 //! Grad-CAM's layer made a variable, or once to learn every value's shape).
 
+use std::collections::HashMap;
+
 use candle_core::{Tensor, Var};
 
 use super::ops::{Ctx, Kind, Unary};
@@ -166,5 +168,32 @@ impl Program {
             }
         }
         seen
+    }
+}
+
+/// For each slot, the steps reading it (`usize::MAX` stands for the graph's output), as the
+/// folding passes see the program before they change it.
+pub(crate) struct Readers(HashMap<usize, Vec<usize>>);
+
+impl Readers {
+    /// The one step reading `slot`, if exactly one does (and the output is not it).
+    pub(crate) fn only(&self, slot: usize) -> Option<usize> {
+        match self.0.get(&slot).map(Vec::as_slice) {
+            Some([one]) if *one != usize::MAX => Some(*one),
+            _ => None,
+        }
+    }
+}
+
+impl Program {
+    pub(crate) fn readers(&self) -> Readers {
+        let mut r: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            for &slot in s.inputs.iter().flatten() {
+                r.entry(slot).or_default().push(i);
+            }
+        }
+        r.entry(self.output).or_default().push(usize::MAX);
+        Readers(r)
     }
 }
