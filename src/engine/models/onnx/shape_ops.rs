@@ -390,30 +390,13 @@ fn split_val(x: &Val, a: i64, split: Option<Vec<i64>>, outputs: usize) -> Result
 
 /// `len` elements from `start` along `a`, every `step`-th (step may be negative).
 fn narrow(x: &Val, a: usize, start: usize, len: usize, step: i64) -> Result<Val> {
-    let dims = x.dims();
-    let picks: Vec<usize> = (0..len)
-        .map(|i| (start as i64 + i as i64 * step) as usize)
-        .collect();
     match x {
         Val::F(t) if step == 1 => Ok(Val::F(t.narrow(a, start, len)?)),
-        Val::F(t) => {
-            let idx: Vec<u32> = picks.iter().map(|&p| p as u32).collect();
-            let idx = Tensor::from_vec(idx, len, t.device())?;
-            Ok(Val::F(t.contiguous()?.index_select(&idx, a)?))
-        }
-        Val::I(i) => {
-            let mut out = dims.clone();
-            out[a] = len;
-            let outer: usize = dims[..a].iter().product();
-            let inner: usize = dims[a + 1..].iter().product();
-            let mut data = Vec::with_capacity(outer * len * inner);
-            for o in 0..outer {
-                for &p in &picks {
-                    let at = (o * dims[a] + p) * inner;
-                    data.extend_from_slice(&i.data[at..at + inner]);
-                }
-            }
-            Ok(Val::I(Ints::new(out, data)?))
+        _ => {
+            let picks: Vec<usize> = (0..len)
+                .map(|i| (start as i64 + i as i64 * step) as usize)
+                .collect();
+            narrow_many(x, a, &picks)
         }
     }
 }
@@ -472,6 +455,7 @@ fn gather(x: &Val, idx: &Ints, a: i64) -> Result<Val> {
     reshape(&picked, out)
 }
 
+/// The elements at `picks` along axis `a`, in that order.
 fn narrow_many(x: &Val, a: usize, picks: &[usize]) -> Result<Val> {
     match x {
         Val::F(t) => {
@@ -479,23 +463,20 @@ fn narrow_many(x: &Val, a: usize, picks: &[usize]) -> Result<Val> {
             let idx = Tensor::from_vec(idx, picks.len(), t.device())?;
             Ok(Val::F(t.contiguous()?.index_select(&idx, a)?))
         }
-        Val::I(_) if picks.is_empty() => {
-            let mut d = x.dims();
-            d[a] = 0;
-            Ok(Val::I(Ints::new(d, vec![])?))
-        }
-        Val::I(_) => {
-            let parts: Vec<Val> = picks
-                .iter()
-                .map(|&p| narrow(x, a, p, 1, 1))
-                .collect::<Result<_>>()?;
-            let refs: Vec<Option<&Val>> = parts.iter().map(Some).collect();
-            let ctx = Ctx {
-                mode: Default::default(),
-                backend: Default::default(),
-                device: candle_core::Device::Cpu,
-            };
-            concat(&refs, a as i64, &ctx)
+        Val::I(i) => {
+            let dims = &i.dims;
+            let mut out = dims.clone();
+            out[a] = picks.len();
+            let outer: usize = dims[..a].iter().product();
+            let inner: usize = dims[a + 1..].iter().product();
+            let mut data = Vec::with_capacity(outer * picks.len() * inner);
+            for o in 0..outer {
+                for &p in picks {
+                    let at = (o * dims[a] + p) * inner;
+                    data.extend_from_slice(&i.data[at..at + inner]);
+                }
+            }
+            Ok(Val::I(Ints::new(out, data)?))
         }
     }
 }
