@@ -1,7 +1,7 @@
-//! The CPU kernels' code paths (portable, AVX2 + FMA) compute the same models: on every
-//! architecture family, logits and input gradients on both paths in one process agree up to
-//! float rounding, and differ by some rounding (else the switch would not reach the
-//! kernels). `UNVEIL_KERNELS` is followed, and a bad value is one clear line from the binary.
+//! The CPU kernels' code paths (portable, AVX2 + FMA, AVX-512) compute the same models: on
+//! every architecture family, logits and input gradients on every path this CPU has agree
+//! with the portable path's in one process up to float rounding, and differ from it by some
+//! rounding (else the switch would not reach the kernels). `UNVEIL_KERNELS` is followed, and a bad value is one clear line from the binary.
 //!
 //! `scripts/ci/portable_kernels.sh` runs these and the PyTorch equality tests again with
 //! `UNVEIL_KERNELS=portable`.
@@ -45,34 +45,41 @@ fn outputs(path: KernelPath, m: &dyn Classifier, x: &Tensor) -> (Vec<f32>, Vec<V
 
 fn same_on_every_path(name: &str, m: &dyn Classifier, x: &Tensor) {
     let (lp, gp) = outputs(KernelPath::Portable, m, x);
-    if !KernelPath::Avx2.is_available() {
-        let e = kernel_path::with_path(KernelPath::Avx2, || ()).unwrap_err();
-        assert!(e.to_string().contains("cannot run here"), "{e}");
-        return;
-    }
-    let (la, ga) = outputs(KernelPath::Avx2, m, x);
-    let scale = la.iter().fold(1f32, |s, v| s.max(v.abs()));
-    let d = max_abs_diff(&lp, &la) / scale;
-    let mut rounding = d > 0.0;
-    for (mode, (gp, ga)) in ["guided", "vanilla"].iter().zip(gp.iter().zip(&ga)) {
-        let c = cosine(gp, ga);
-        let peak = ga.iter().fold(0f32, |s, v| s.max(v.abs()));
-        let rel = max_abs_diff(gp, ga) / peak;
-        eprintln!("{name} {mode}: logits {d:.1e}, gradient cosine {c:.9}, max diff {rel:.1e}");
-        assert!(peak > 0.0, "{name} {mode}: a zero gradient proves nothing");
+    for path in [KernelPath::Avx2, KernelPath::Avx512] {
+        if !path.is_available() {
+            let e = kernel_path::with_path(path, || ()).unwrap_err();
+            assert!(e.to_string().contains("cannot run here"), "{e}");
+            continue;
+        }
+        let (la, ga) = outputs(path, m, x);
+        let scale = la.iter().fold(1f32, |s, v| s.max(v.abs()));
+        let d = max_abs_diff(&lp, &la) / scale;
+        let mut rounding = d > 0.0;
+        for (mode, (gp, ga)) in ["guided", "vanilla"].iter().zip(gp.iter().zip(&ga)) {
+            let c = cosine(gp, ga);
+            let peak = ga.iter().fold(0f32, |s, v| s.max(v.abs()));
+            let rel = max_abs_diff(gp, ga) / peak;
+            eprintln!(
+                "{name} {path} {mode}: logits {d:.1e}, gradient cosine {c:.9}, max diff {rel:.1e}"
+            );
+            assert!(peak > 0.0, "{name} {mode}: a zero gradient proves nothing");
+            assert!(
+                c > 0.99999,
+                "{name} {path} {mode}: gradient cosine {c} against the portable path"
+            );
+            rounding |= rel > 0.0;
+        }
         assert!(
-            c > 0.99999,
-            "{name} {mode}: gradient cosine {c} between the paths"
+            d < 1e-5,
+            "{name} {path}: logits differ by {d} of the largest"
         );
-        rounding |= rel > 0.0;
+        // On x86-64 the portable path multiplies and adds separately, the others fuse them:
+        // identical bits everywhere would mean both runs took the same path.
+        assert!(
+            rounding,
+            "{name} {path}: bit-identical to the portable path: the switch did not take"
+        );
     }
-    assert!(d < 1e-5, "{name}: logits differ by {d} of the largest");
-    // On x86-64 the portable path multiplies and adds separately, AVX2 fuses them: identical
-    // bits everywhere would mean both runs took the same path.
-    assert!(
-        rounding,
-        "{name}: bit-identical on both paths: the switch did not take"
-    );
 }
 
 /// Depthwise and 1 x 1 convolutions, ReLU6, stride-2 3 x 3 convolutions (224 x 224).
@@ -125,7 +132,8 @@ fn the_binary_refuses_an_unknown_kernel_path_in_one_line() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(
         err.trim_end(),
-        "unveil: UNVEIL_KERNELS=\"avx9\" is not a kernel path: use auto, portable or avx2"
+        "unveil: UNVEIL_KERNELS=\"avx9\" is not a kernel path: use auto, portable, avx2 or \
+         avx512"
     );
     assert!(
         o.stdout.is_empty(),
@@ -140,10 +148,15 @@ fn the_binary_refuses_an_unknown_kernel_path_in_one_line() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    let o = unveil_with_kernels("avx2");
-    assert_eq!(o.status.success(), KernelPath::Avx2.is_available());
-    if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("the avx2 kernels cannot run here"), "{err}");
+    for path in [KernelPath::Avx2, KernelPath::Avx512] {
+        let o = unveil_with_kernels(path.name());
+        assert_eq!(o.status.success(), path.is_available());
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains(&format!("the {path} kernels cannot run here")),
+                "{err}"
+            );
+        }
     }
 }

@@ -158,11 +158,28 @@ impl<X: Rows + ?Sized> Block<'_, X> {
         finish: &impl Fn(usize, usize, usize, &mut [f32]),
     ) {
         #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx512() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { self.run_avx512(a, scratch, finish) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if super::simd::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { self.run_avx2(a, scratch, finish) };
         }
-        self.run_any::<{ !cfg!(target_arch = "x86_64") }>(a, scratch, finish)
+        self.run_any::<{ !cfg!(target_arch = "x86_64") }, false>(a, scratch, finish)
+    }
+
+    /// [`Self::run_avx2`] with the 12-row AVX-512 micro-kernel.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn run_avx512(
+        &self,
+        a: &PackedLhs,
+        scratch: &mut Scratch,
+        finish: &impl Fn(usize, usize, usize, &mut [f32]),
+    ) {
+        self.run_any::<true, true>(a, scratch, finish)
     }
 
     /// Compiled with AVX2 so that the tile stores and the finishing pass (closures defined
@@ -175,11 +192,11 @@ impl<X: Rows + ?Sized> Block<'_, X> {
         scratch: &mut Scratch,
         finish: &impl Fn(usize, usize, usize, &mut [f32]),
     ) {
-        self.run_any::<true>(a, scratch, finish)
+        self.run_any::<true, false>(a, scratch, finish)
     }
 
     #[inline(always)]
-    fn run_any<const FMA: bool>(
+    fn run_any<const FMA: bool, const WIDE: bool>(
         &self,
         a: &PackedLhs,
         (packed, idx, counts): &mut Scratch,
@@ -246,7 +263,7 @@ impl<X: Rows + ?Sized> Block<'_, X> {
                     j += run;
                 }
             };
-            packed_gemm::tiles::<FMA>(a, panels, panel, sink, done);
+            packed_gemm::tiles::<FMA, WIDE>(a, panels, panel, sink, done);
         }
     }
 }

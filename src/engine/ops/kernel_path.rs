@@ -1,13 +1,15 @@
 //! Which code path the CPU kernels take: the portable one (plain Rust, what an ARM or any
-//! other CPU runs) or the one compiled for AVX2 + FMA.
+//! other CPU runs), the one compiled for AVX2 + FMA, or that one with AVX-512 GEMM
+//! micro-kernels (every other kernel takes its AVX2 code there).
 //!
-//! By default the kernels use AVX2 + FMA where the CPU has them (checked once at run time).
+//! By default the kernels use the widest path the CPU has (checked once at run time).
 //! `UNVEIL_KERNELS` overrides that for the whole process, so that the portable path, which
 //! an x86 machine never takes on its own, can be tested and measured there:
 //!
 //! - `auto` (or unset, or empty): the fastest path this CPU has;
 //! - `portable`: the portable path on every CPU;
-//! - `avx2`: AVX2 + FMA, and an error where the CPU lacks them (never a silent fallback).
+//! - `avx2`: AVX2 + FMA, and an error where the CPU lacks them (never a silent fallback);
+//! - `avx512`: AVX-512F on top of AVX2 + FMA, the same way.
 //!
 //! The variable is read once, on first use. An unknown value or an unavailable path is an
 //! error: the binary reports it (one line, exit 1) before doing anything, through
@@ -35,17 +37,20 @@ pub enum KernelPath {
     Portable,
     /// Compiled for AVX2 + FMA (x86-64 only).
     Avx2,
+    /// AVX2 + FMA, with the GEMM micro-kernels compiled for AVX-512F (x86-64 only).
+    Avx512,
 }
 
 impl KernelPath {
     /// Every path, fastest last.
-    pub const ALL: [KernelPath; 2] = [KernelPath::Portable, KernelPath::Avx2];
+    pub const ALL: [KernelPath; 3] = [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512];
 
     /// The value of [`ENV_VAR`] that selects this path.
     pub fn name(self) -> &'static str {
         match self {
             KernelPath::Portable => "portable",
             KernelPath::Avx2 => "avx2",
+            KernelPath::Avx512 => "avx512",
         }
     }
 
@@ -54,12 +59,15 @@ impl KernelPath {
         match self {
             KernelPath::Portable => true,
             KernelPath::Avx2 => cpu_has_avx2_fma(),
+            KernelPath::Avx512 => cpu_has_avx2_fma() && cpu_has_avx512(),
         }
     }
 
     /// The fastest path this CPU can run.
     pub fn best() -> KernelPath {
-        if cpu_has_avx2_fma() {
+        if KernelPath::Avx512.is_available() {
+            KernelPath::Avx512
+        } else if cpu_has_avx2_fma() {
             KernelPath::Avx2
         } else {
             KernelPath::Portable
@@ -71,10 +79,12 @@ impl KernelPath {
         if self.is_available() {
             return Ok(self);
         }
-        let why = if cfg!(target_arch = "x86_64") {
-            "this CPU lacks AVX2 or FMA"
-        } else {
+        let why = if !cfg!(target_arch = "x86_64") {
             "it exists on x86-64 only"
+        } else if self == KernelPath::Avx512 {
+            "this CPU lacks AVX-512F, AVX2 or FMA"
+        } else {
+            "this CPU lacks AVX2 or FMA"
         };
         Err(Error::Device(format!(
             "the {} kernels cannot run here: {why} (use {ENV_VAR}=auto or portable)",
@@ -96,8 +106,9 @@ pub fn parse(value: &str) -> Result<KernelPath> {
         "" | "auto" => Ok(KernelPath::best()),
         "portable" => KernelPath::Portable.checked(),
         "avx2" => KernelPath::Avx2.checked(),
+        "avx512" => KernelPath::Avx512.checked(),
         _ => Err(Error::Device(format!(
-            "{ENV_VAR}={value:?} is not a kernel path: use auto, portable or avx2"
+            "{ENV_VAR}={value:?} is not a kernel path: use auto, portable, avx2 or avx512"
         ))),
     }
 }
@@ -111,7 +122,7 @@ pub fn from_env() -> Result<KernelPath> {
             Ok(v) => parse(&v).map_err(|e| e.to_string()),
             Err(std::env::VarError::NotPresent) => Ok(KernelPath::best()),
             Err(std::env::VarError::NotUnicode(v)) => Err(format!(
-                "{ENV_VAR}={v:?} is not a kernel path: use auto, portable or avx2"
+                "{ENV_VAR}={v:?} is not a kernel path: use auto, portable, avx2 or avx512"
             )),
         })
         .clone()
@@ -156,6 +167,17 @@ pub fn with_path<R: Send>(path: KernelPath, f: impl FnOnce() -> R + Send) -> Res
     Ok(pool.install(f))
 }
 
+/// True when the CPU has AVX-512F (detected once).
+fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// True when the CPU has AVX2 and FMA (detected once).
 fn cpu_has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -178,11 +200,11 @@ mod tests {
         for auto in ["", "auto", "AUTO"] {
             assert_eq!(parse(auto).unwrap(), KernelPath::best());
         }
-        let e = parse("avx512").unwrap_err().to_string();
+        let e = parse("avx1024").unwrap_err().to_string();
         assert_eq!(
             e,
-            "UNVEIL_KERNELS=\"avx512\" is not a kernel path: use auto, \
-             portable or avx2"
+            "UNVEIL_KERNELS=\"avx1024\" is not a kernel path: use auto, \
+             portable, avx2 or avx512"
         );
         match parse("avx2") {
             Ok(p) => assert!(cpu_has_avx2_fma() && p == KernelPath::Avx2),

@@ -19,6 +19,7 @@ pub mod depthwise;
 pub mod generic;
 pub mod geometry;
 pub mod kernel_path;
+pub(crate) mod linear;
 pub(crate) mod packed_gemm;
 pub mod pool;
 pub(crate) mod simd;

@@ -49,6 +49,24 @@ impl PackedLhs {
         a
     }
 
+    /// The `[m, k]` matrix of `m` contiguous rows of `src`, packed on this thread (callers
+    /// already split the work).
+    pub(crate) fn from_block(src: &[f32], m: usize, k: usize) -> Self {
+        assert!(src.len() >= m * k);
+        let mut a = Self::zeroed(m, k);
+        if k > 0 {
+            for (p, panel) in a.data.chunks_exact_mut(MR * k).enumerate() {
+                let rows = &src[p * MR * k..(p * MR + MR.min(m - p * MR)) * k];
+                for (i, row) in rows.chunks_exact(k).enumerate() {
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * MR + i] = v;
+                    }
+                }
+            }
+        }
+        a
+    }
+
     /// The panels, each `[k][MR]`: rows `p * MR..` of the matrix (rows past `m` must stay 0).
     pub(crate) fn panels_mut(&mut self) -> std::slice::ChunksExactMut<'_, f32> {
         self.data.chunks_exact_mut(MR * self.k.max(1))
@@ -99,24 +117,45 @@ pub(crate) fn gemm(
         return;
     }
     #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx512() {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { gemm_avx512(a, ks, b, n, c, ldc) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { gemm_avx2(a, ks, b, n, c, ldc) };
     }
     // Fused multiply-add only where the CPU surely has it: on an x86-64 without FMA,
     // `mul_add` is a libm call per element.
-    gemm_any::<{ !cfg!(target_arch = "x86_64") }>(a, ks, b, n, c, ldc)
+    gemm_any::<{ !cfg!(target_arch = "x86_64") }, false>(a, ks, b, n, c, ldc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gemm_avx2(a: &PackedLhs, ks: Option<&[usize]>, b: &[f32], n: usize, c: &mut [f32], ldc: usize) {
-    gemm_any::<true>(a, ks, b, n, c, ldc)
+    gemm_any::<true, false>(a, ks, b, n, c, ldc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn gemm_avx512(
+    a: &PackedLhs,
+    ks: Option<&[usize]>,
+    b: &[f32],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    gemm_any::<true, true>(a, ks, b, n, c, ldc)
 }
 
 /// The blocked loops; the micro-kernel and its stores inline into the caller's features.
+/// `WIDE`: two row panels per step (12 x 16, one 16-wide register per row: AVX-512's 32
+/// registers hold the 12 accumulators with room to spare, and each loaded right row feeds
+/// 12 multiply-adds instead of 6).
 #[inline(always)]
-fn gemm_any<const FMA: bool>(
+fn gemm_any<const FMA: bool, const WIDE: bool>(
     a: &PackedLhs,
     ks: Option<&[usize]>,
     b: &[f32],
@@ -135,15 +174,36 @@ fn gemm_any<const FMA: bool>(
             for j0 in (0..n).step_by(NR) {
                 let cols = NR.min(n - j0);
                 let bp = &b[(j0 / NR) * k * NR + k0 * NR..][..kc * NR];
-                for ir in (ic..(ic + MC).min(m)).step_by(MR) {
-                    let panel = &a.data[(ir / MR) * a.k * MR..][..a.k * MR];
+                let end = (ic + MC).min(m);
+                let mut ir = ic;
+                while ir < end {
+                    let panel = |ir: usize| &a.data[(ir / MR) * a.k * MR..][..a.k * MR];
+                    if WIDE && ir + MR < end {
+                        let (p0, p1) = (panel(ir), panel(ir + MR));
+                        let (t0, t1) = match ks {
+                            None => {
+                                let r = k0 * MR..(k0 + kc) * MR;
+                                product2::<FMA>(&p0[r.clone()], &p1[r], bp)
+                            }
+                            // SAFETY: `gemm` checked `ks` against `a.k`.
+                            Some(ks) => unsafe { product_of2::<FMA>(p0, p1, &ks[k0..k0 + kc], bp) },
+                        };
+                        let at = &mut c[ir * ldc + j0..];
+                        store(&t0, at, ldc, (MR, cols), kb > 0);
+                        let at = &mut c[(ir + MR) * ldc + j0..];
+                        store(&t1, at, ldc, (MR.min(m - ir - MR), cols), kb > 0);
+                        ir += 2 * MR;
+                        continue;
+                    }
+                    let p = panel(ir);
                     let acc = match ks {
-                        None => product::<FMA>(&panel[k0 * MR..][..kc * MR], bp),
+                        None => product::<FMA>(&p[k0 * MR..][..kc * MR], bp),
                         // SAFETY: `gemm` checked `ks` against `a.k`.
-                        Some(ks) => unsafe { product_of::<FMA>(panel, &ks[k0..k0 + kc], bp) },
+                        Some(ks) => unsafe { product_of::<FMA>(p, &ks[k0..k0 + kc], bp) },
                     };
                     let at = &mut c[ir * ldc + j0..];
                     store(&acc, at, ldc, (MR.min(m - ir), cols), kb > 0);
+                    ir += MR;
                 }
             }
         }
@@ -159,7 +219,7 @@ fn gemm_any<const FMA: bool>(
 /// Inlined into the caller, whose target features it then uses, with the closures: `FMA`
 /// (fused multiply-adds) only where the caller's features include them.
 #[inline(always)]
-pub(crate) fn tiles<'p, const FMA: bool>(
+pub(crate) fn tiles<'p, const FMA: bool, const WIDE: bool>(
     a: &PackedLhs,
     panels: usize,
     panel: impl Fn(usize) -> (&'p [usize], &'p [f32]),
@@ -171,11 +231,22 @@ pub(crate) fn tiles<'p, const FMA: bool>(
         for jp in 0..panels {
             let (ks, bp) = panel(jp);
             assert!(ks.len() * NR == bp.len() && ks.iter().all(|&kk| kk < a.k));
-            for ir in (ic..(ic + MC).min(m)).step_by(MR) {
-                let a_panel = &a.data[(ir / MR) * a.k * MR..][..a.k * MR];
+            let end = (ic + MC).min(m);
+            let panel = |ir: usize| &a.data[(ir / MR) * a.k * MR..][..a.k * MR];
+            let mut ir = ic;
+            while ir < end {
+                if WIDE && ir + MR < end {
+                    // SAFETY: `ks` was checked against `a.k` above.
+                    let (t0, t1) = unsafe { product_of2::<FMA>(panel(ir), panel(ir + MR), ks, bp) };
+                    sink(ir, jp, &t0);
+                    sink(ir + MR, jp, &t1);
+                    ir += 2 * MR;
+                    continue;
+                }
                 // SAFETY: `ks` was checked against `a.k` above.
-                let acc = unsafe { product_of::<FMA>(a_panel, ks, bp) };
+                let acc = unsafe { product_of::<FMA>(panel(ir), ks, bp) };
                 sink(ir, jp, &acc);
+                ir += MR;
             }
         }
         done(ic..(ic + MC).min(m));
@@ -253,6 +324,48 @@ unsafe fn product_of<const FMA: bool>(a: &[f32], ks: &[usize], b: &[f32]) -> Til
     acc
 }
 
+/// Two left panels times one right panel over the depth of `b`: twelve rows of accumulators.
+#[inline(always)]
+fn product2<const FMA: bool>(a0: &[f32], a1: &[f32], b: &[f32]) -> (Tile, Tile) {
+    let (mut t0, mut t1) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+    for ((a0, a1), b) in a0
+        .chunks_exact(MR)
+        .zip(a1.chunks_exact(MR))
+        .zip(b.chunks_exact(NR))
+    {
+        step::<FMA>(&mut t0, a0, b);
+        step::<FMA>(&mut t1, a1, b);
+    }
+    (t0, t1)
+}
+
+/// [`product2`] over `a`'s columns `ks`.
+///
+/// # Safety
+/// As [`product_of`], for both panels.
+#[inline(always)]
+unsafe fn product_of2<const FMA: bool>(
+    a0: &[f32],
+    a1: &[f32],
+    ks: &[usize],
+    b: &[f32],
+) -> (Tile, Tile) {
+    let (mut t0, mut t1) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+    for (&kk, b) in ks.iter().zip(b.chunks_exact(NR)) {
+        debug_assert!(kk < a0.len() / MR && kk < a1.len() / MR);
+        // SAFETY: in bounds by the caller's promise.
+        let (a0, a1) = unsafe {
+            (
+                a0.get_unchecked(kk * MR..(kk + 1) * MR),
+                a1.get_unchecked(kk * MR..(kk + 1) * MR),
+            )
+        };
+        step::<FMA>(&mut t0, a0, b);
+        step::<FMA>(&mut t1, a1, b);
+    }
+    (t0, t1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +417,25 @@ mod tests {
                 let ldc = n + 3;
                 let mut c = vec![f32::NAN; m * ldc];
                 gemm(&a, ks, &b, n, &mut c, ldc);
+                for path in super::super::kernel_path::KernelPath::ALL {
+                    let mut other = vec![f32::NAN; m * ldc];
+                    let on = super::super::kernel_path::with_path(path, || {
+                        gemm(&a, ks, &b, n, &mut other, ldc)
+                    });
+                    if on.is_ok() {
+                        let d = c
+                            .iter()
+                            .zip(&other)
+                            .map(|(x, y)| x - y)
+                            .fold(0f32, |s, v| if v.is_nan() { s } else { s.max(v.abs()) });
+                        assert!(d < 1e-4, "{path}: {m}x{k}x{n} differs by {d}");
+                        assert_eq!(
+                            c.iter().map(|v| v.is_nan()).collect::<Vec<_>>(),
+                            other.iter().map(|v| v.is_nan()).collect::<Vec<_>>(),
+                            "{path}: wrote other elements"
+                        );
+                    }
+                }
                 for i in 0..m {
                     for j in 0..n {
                         let want: f64 = (0..depth)

@@ -3,12 +3,21 @@
 
 use std::mem::MaybeUninit;
 
-/// True when the kernels called on this thread take their AVX2 + FMA code: every kernel asks
-/// here, so [`super::kernel_path`] (`UNVEIL_KERNELS`, tests) decides for all of them.
+/// True when the kernels called on this thread take their AVX2 + FMA code (on the AVX-512
+/// path too): every kernel asks here, so [`super::kernel_path`] (`UNVEIL_KERNELS`, tests)
+/// decides for all of them.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
-    super::kernel_path::current() == super::kernel_path::KernelPath::Avx2
+    use super::kernel_path::{KernelPath, current};
+    matches!(current(), KernelPath::Avx2 | KernelPath::Avx512)
+}
+
+/// True when the GEMM micro-kernels called on this thread take their AVX-512 code.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    super::kernel_path::current() == super::kernel_path::KernelPath::Avx512
 }
 
 /// `dst[i] += a * src[i]` over the shorter of the two.

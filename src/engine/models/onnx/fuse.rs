@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 
 use super::conv::ConvSpec;
+use super::linear::LinearStep;
 use super::ops::{Binary, ConvStep, Kind};
 use super::ops::{ConvImpl, Pads};
 use super::program::{Program, Step};
@@ -193,6 +194,44 @@ pub(crate) fn fuse(
                 let (alpha, beta, trans_a, trans_b) = (*alpha, *beta, *trans_a, *trans_b);
                 let step = &p.steps[i];
                 let b_slot = step.inputs.get(1).copied().flatten();
+                let c_slot = step.inputs.get(2).copied().flatten();
+                let names: Vec<String> = [b_slot, c_slot]
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| consts.contains_key(s))
+                    .map(|s| p.names[s].clone())
+                    .collect();
+                let layer = layer_of(LayerKind::Linear, names);
+                // Constant weights and bias: one linear step, alpha and beta folded in.
+                if let (Some(b), false) = (float(b_slot, consts), trans_a)
+                    && b.rank() == 2
+                {
+                    let w = if trans_b { b.t()?.contiguous()? } else { b };
+                    let n = w.dim(1)?;
+                    let bias = match c_slot {
+                        None => Some(None),
+                        Some(_) => float(c_slot, consts)
+                            .filter(|c| c.dims() == [n] || c.dims() == [1, n])
+                            .map(|c| c.flatten_all()?.affine(beta as f64, 0.0).map(Some))
+                            .transpose()?,
+                    };
+                    if let Some(bias) = bias {
+                        let w = if alpha != 1.0 {
+                            w.affine(alpha as f64, 0.0)?
+                        } else {
+                            w
+                        };
+                        moved[i] = Some(Step {
+                            name: step.name.clone(),
+                            op_type: step.op_type.clone(),
+                            kind: Kind::Linear(Box::new(LinearStep::new(w, bias, device)?)),
+                            inputs: vec![step.inputs[0]],
+                            outputs: step.outputs.clone(),
+                            layer,
+                        });
+                        continue;
+                    }
+                }
                 let mut inputs = step.inputs.clone();
                 let mut tb = trans_b;
                 if let (Some(b), true) = (float(b_slot, consts), trans_b) {
@@ -203,12 +242,7 @@ pub(crate) fn fuse(
                     inputs[1] = Some(slot);
                     tb = false;
                 }
-                let names: Vec<String> = [b_slot, step.inputs.get(2).copied().flatten()]
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| consts.contains_key(s))
-                    .map(|s| p.names[s].clone())
-                    .collect();
+                let step = &p.steps[i];
                 moved[i] = Some(Step {
                     name: step.name.clone(),
                     op_type: step.op_type.clone(),
@@ -220,8 +254,48 @@ pub(crate) fn fuse(
                     },
                     inputs,
                     outputs: step.outputs.clone(),
+                    layer,
+                });
+            }
+            Kind::MatMul
+                if float(p.steps[i].inputs.get(1).copied().flatten(), consts)
+                    .is_some_and(|w| w.rank() == 2)
+                    && !p.steps[i].inputs[0].is_some_and(|s| consts.contains_key(&s)) =>
+            {
+                let step = &p.steps[i];
+                let w_slot = step.inputs[1];
+                let w = float(w_slot, consts).expect("checked by the guard");
+                let n = w.dim(1)?;
+                let mut names: Vec<String> = name(w_slot, p).into_iter().collect();
+                let (mut out, mut at, mut bias) = (step.outputs[0], i, None);
+                // The bias: a constant of `n` values a lone Add puts on the output.
+                if let Some(j) = only_reader(out).filter(|&j| {
+                    !removed[j] && matches!(p.steps[j].kind, Kind::Binary(Binary::Add))
+                }) {
+                    let add = &p.steps[j];
+                    let ins: Vec<usize> = add.inputs.iter().flatten().copied().collect();
+                    if let [x, y] = ins[..] {
+                        let other = if x == out { y } else { x };
+                        if let Some(b) = float(Some(other), consts).filter(|b| b.dims() == [n]) {
+                            bias = Some(b);
+                            names.push(p.names[other].clone());
+                            out = add.outputs[0];
+                            removed[j] = true;
+                            at = j;
+                        }
+                    }
+                }
+                moved[at] = Some(Step {
+                    name: step.name.clone(),
+                    op_type: step.op_type.clone(),
+                    kind: Kind::Linear(Box::new(LinearStep::new(w, bias, device)?)),
+                    inputs: vec![step.inputs[0]],
+                    outputs: vec![out],
                     layer: layer_of(LayerKind::Linear, names),
                 });
+                if at != i {
+                    removed[i] = true;
+                }
             }
             Kind::MatMul | Kind::LayerNorm { .. } => {
                 let step = &p.steps[i];

@@ -13,6 +13,7 @@ mod attrs;
 mod conv;
 mod fuse;
 mod ints;
+mod linear;
 mod load;
 mod lower;
 mod net;

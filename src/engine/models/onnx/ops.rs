@@ -9,6 +9,7 @@ use candle_core::{D, DType, Tensor};
 
 pub(crate) use super::conv::{AvgConvs, ConvImpl, ConvStep, Pads, Window};
 use super::conv::{avg_pool, relu_op};
+use super::linear::{LinearStep, by_weight};
 pub(crate) use super::value::Ctx;
 pub(crate) use super::value::{Binary, input, opt};
 use super::value::{Val, axis, broadcast};
@@ -65,6 +66,8 @@ pub(crate) enum Kind {
         trans_b: bool,
     },
     MatMul,
+    /// A `Gemm` or `MatMul` by constant weights, with its bias (see `fuse`).
+    Linear(Box<LinearStep>),
     /// Per-channel `x * scale + shift` (a BatchNorm no convolution absorbed).
     Affine(Tensor, Tensor),
     LayerNorm {
@@ -161,6 +164,7 @@ impl Kind {
                 one(y)
             }
             Kind::MatMul => one(matmul(&f(0)?, &f(1)?)?),
+            Kind::Linear(step) => one(step.run(&f(0)?, ctx)?),
             Kind::Affine(scale, shift) => {
                 let x = f(0)?;
                 let mut shape = vec![1; x.rank()];
@@ -316,19 +320,6 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     };
     let y = if a1 { y.squeeze(D::Minus2)? } else { y };
     Ok(if b1 { y.squeeze(D::Minus1)? } else { y })
-}
-
-/// `a [.., m, k] @ w [k, n]` for a constant `w` (a linear layer's weight), whose backward
-/// computes the input's gradient only: candle's matmul backward also multiplies out the
-/// weight's gradient, which nothing reads, a third of a linear layer's forward + backward.
-fn by_weight(a: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = a.detach().broadcast_matmul(w)?;
-    let wt = w.t()?;
-    Ok(crate::engine::ops::generic::attach(
-        a,
-        y,
-        move |_, _, g| g.contiguous()?.broadcast_matmul(&wt),
-    )?)
 }
 
 /// Normalises over the dimensions from `axis` on, then scales and shifts. Written in tensor
