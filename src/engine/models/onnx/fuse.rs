@@ -14,6 +14,7 @@ use super::linear::LinearStep;
 use super::ops::{Binary, ConvStep, Kind};
 use super::ops::{ConvImpl, Pads};
 use super::program::{Program, Step};
+use super::shape_ops::Arrange;
 use super::value::Val;
 use crate::engine::models::layers::Layer;
 use crate::engine::models::layers::LayerKind;
@@ -35,6 +36,8 @@ pub(crate) fn fuse(
     let name = |slot: Option<usize>, p: &Program| slot.map(|s| p.names[s].clone());
 
     let mut removed = vec![false; p.steps.len()];
+    // Steps whose output slot becomes another's (the step that read it was folded away).
+    let mut retarget: Vec<(usize, usize)> = Vec::new();
     let mut moved: Vec<Option<Step>> = (0..p.steps.len()).map(|_| None).collect();
     for i in 0..p.steps.len() {
         if removed[i] {
@@ -285,6 +288,25 @@ pub(crate) fn fuse(
                         }
                     }
                 }
+                // A per-channel scale after a transpose (ConvNeXt's layer scale): folded
+                // into the columns, a pass over memory less each way.
+                let (mut w, mut bias) = (w, bias);
+                if let Some((t, m, c)) = layer_scale(p, &readers, &removed, out, consts, n) {
+                    w = w.broadcast_mul(&c.reshape((1, n))?)?;
+                    bias = bias.map(|b| b.mul(&c)).transpose()?;
+                    names.extend(name(
+                        p.steps[m]
+                            .inputs
+                            .iter()
+                            .flatten()
+                            .copied()
+                            .find(|s| consts.contains_key(s)),
+                        p,
+                    ));
+                    retarget.push((t, p.steps[m].outputs[0]));
+                    removed[m] = true;
+                }
+                let step = &p.steps[i];
                 moved[at] = Some(Step {
                     name: step.name.clone(),
                     op_type: step.op_type.clone(),
@@ -331,6 +353,9 @@ pub(crate) fn fuse(
             _ => {}
         }
     }
+    for (t, slot) in retarget {
+        p.steps[t].outputs[0] = slot;
+    }
     let steps = std::mem::take(&mut p.steps);
     p.steps = steps
         .into_iter()
@@ -351,6 +376,46 @@ pub(crate) fn fuse(
         ));
     }
     Ok(())
+}
+
+/// `(transpose, mul, scale)` when the only reader of `out` (a linear step's output, `n`
+/// values per row) is a `Transpose` whose only reader is a `Mul` by a constant that scales
+/// exactly the transposed last axis: the scale is then the linear layer's, per column.
+fn layer_scale(
+    p: &Program,
+    readers: &super::program::Readers,
+    removed: &[bool],
+    out: usize,
+    consts: &HashMap<usize, Val>,
+    n: usize,
+) -> Option<(usize, usize, Tensor)> {
+    let t = readers.only(out).filter(|&t| !removed[t])?;
+    let Kind::Arrange(Arrange::Transpose(Some(perm))) = &p.steps[t].kind else {
+        return None;
+    };
+    let transposed = p.steps[t].outputs[0];
+    let m = readers.only(transposed).filter(|&m| !removed[m])?;
+    let mul = &p.steps[m];
+    if !matches!(mul.kind, Kind::Binary(Binary::Mul)) {
+        return None;
+    }
+    let ins: Vec<usize> = mul.inputs.iter().flatten().copied().collect();
+    let other = match ins[..] {
+        [a, b] if a == transposed && b != transposed => b,
+        [a, b] if b == transposed && a != transposed => a,
+        _ => return None,
+    };
+    let Some(Val::F(c)) = consts.get(&other) else {
+        return None;
+    };
+    let (r, dims) = (perm.len(), c.dims());
+    let off = r.checked_sub(dims.len())?;
+    let mut wide = dims.iter().enumerate().filter(|&(_, &d)| d != 1);
+    let (axis, &len) = wide.next()?;
+    if wide.next().is_some() || len != n || perm.get(axis + off) != Some(&(r - 1)) {
+        return None;
+    }
+    Some((t, m, c.flatten_all().ok()?.to_dtype(DType::F32).ok()?))
 }
 
 /// A BatchNorm's `(scale, shift)` from `[gamma, beta, mean, var]`.

@@ -63,3 +63,45 @@ pub(crate) fn by_weight(a: &Tensor, w: &Tensor) -> Result<Tensor> {
         move |_, _, g| g.contiguous()?.broadcast_matmul(&wt),
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::super::ops::{Binary, Kind};
+    use crate::engine::models::layers::Weights;
+
+    /// `(linear steps, binary Mul steps)` of a fixture graph once lowered.
+    fn lowered(file: &str) -> (usize, usize) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx");
+        let f = super::super::read_onnx(&path.join(file)).unwrap();
+        let opset = f
+            .model
+            .opset_import
+            .iter()
+            .map(|o| o.version)
+            .max()
+            .unwrap();
+        let w = Weights::new(f.initializers.clone());
+        let p = super::super::lower::lower(&f.model.graph, opset, &w, &Device::Cpu).unwrap();
+        let count = |pred: &dyn Fn(&Kind) -> bool| p.steps.iter().filter(|s| pred(&s.kind)).count();
+        (
+            count(&|k| matches!(k, Kind::Linear(_))),
+            count(&|k| matches!(k, Kind::Binary(Binary::Mul))),
+        )
+    }
+
+    /// Every linear layer of ConvNeXt becomes one step with its bias and layer scale (the
+    /// torchvision export has two MatMuls + bias Adds per block and the head's Gemm, each
+    /// block's layer scale a Mul after a Transpose; the exact GELU's Muls fold into a GELU);
+    /// ViT's projections and MLPs likewise, its attention products (two operands that are
+    /// both activations) stay MatMuls.
+    #[test]
+    fn linear_layers_absorb_their_bias_and_layer_scale() {
+        let (linear, muls) = lowered("convnext_tiny.onnx");
+        assert!(linear >= 3 && linear % 2 == 1, "{linear} linear steps");
+        assert_eq!(muls, 0, "a layer scale or GELU Mul was left");
+        let (linear, _) = lowered("vit_b_16.onnx");
+        assert!(linear >= 5, "{linear} linear steps");
+    }
+}
