@@ -171,10 +171,32 @@ fn gemm_any<const FMA: bool, const WIDE: bool>(
         let k0 = kb * kc_len;
         let kc = kc_len.min(k - k0);
         for ic in (0..m).step_by(MC) {
-            for j0 in (0..n).step_by(NR) {
+            let end = (ic + MC).min(m);
+            let mut j0 = 0;
+            while j0 < n {
                 let cols = NR.min(n - j0);
                 let bp = &b[(j0 / NR) * k * NR + k0 * NR..][..kc * NR];
-                let end = (ic + MC).min(m);
+                if WIDE && ks.is_none() && j0 + NR < n {
+                    // Two right panels per left panel: each broadcast left value feeds two
+                    // multiply-adds, so the kernel loads 8 values per 12 of them.
+                    let bp1 = &b[(j0 / NR + 1) * k * NR + k0 * NR..][..kc * NR];
+                    let cols1 = NR.min(n - j0 - NR);
+                    for ir in (ic..end).step_by(MR) {
+                        let p = &a.data[(ir / MR) * a.k * MR..][k0 * MR..(k0 + kc) * MR];
+                        let (t0, t1) = product_cols2::<FMA>(p, bp, bp1);
+                        let rows = MR.min(m - ir);
+                        store(&t0, &mut c[ir * ldc + j0..], ldc, (rows, NR), kb > 0);
+                        store(
+                            &t1,
+                            &mut c[ir * ldc + j0 + NR..],
+                            ldc,
+                            (rows, cols1),
+                            kb > 0,
+                        );
+                    }
+                    j0 += 2 * NR;
+                    continue;
+                }
                 let mut ir = ic;
                 while ir < end {
                     let panel = |ir: usize| &a.data[(ir / MR) * a.k * MR..][..a.k * MR];
@@ -205,6 +227,7 @@ fn gemm_any<const FMA: bool, const WIDE: bool>(
                     store(&acc, at, ldc, (MR.min(m - ir), cols), kb > 0);
                     ir += MR;
                 }
+                j0 += NR;
             }
         }
     }
@@ -335,6 +358,21 @@ fn product2<const FMA: bool>(a0: &[f32], a1: &[f32], b: &[f32]) -> (Tile, Tile) 
     {
         step::<FMA>(&mut t0, a0, b);
         step::<FMA>(&mut t1, a1, b);
+    }
+    (t0, t1)
+}
+
+/// One left panel times two right panels over the depth of `b0` (= `b1`'s).
+#[inline(always)]
+fn product_cols2<const FMA: bool>(a: &[f32], b0: &[f32], b1: &[f32]) -> (Tile, Tile) {
+    let (mut t0, mut t1) = ([[0f32; NR]; MR], [[0f32; NR]; MR]);
+    for ((a, b0), b1) in a
+        .chunks_exact(MR)
+        .zip(b0.chunks_exact(NR))
+        .zip(b1.chunks_exact(NR))
+    {
+        step::<FMA>(&mut t0, a, b0);
+        step::<FMA>(&mut t1, a, b1);
     }
     (t0, t1)
 }
