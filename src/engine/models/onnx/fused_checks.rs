@@ -3,7 +3,7 @@
 //! kernel paths, including rows of large magnitude; and the exporters' five-node GELU landing
 //! on the fused kernel. (Their gradients against finite differences: [`super::op_gradients`].)
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 
 use super::ops::{Ctx, Kind, Unary};
 use super::value::Val;
@@ -158,7 +158,7 @@ fn the_fused_ops_never_make_nan_from_extreme_finite_inputs() {
             legacy: false,
         },
     ] {
-        let (y, g) = forward_backward(&kind, Backend::Fast, &[x.clone()]);
+        let (y, g) = forward_backward(&kind, Backend::Fast, std::slice::from_ref(&x));
         assert!(
             y.iter().chain(&g).all(|v| !v.is_nan()),
             "{kind:?}: {y:?} {g:?}"
@@ -198,10 +198,9 @@ fn the_exporters_five_node_gelu_runs_on_the_fused_kernel() {
     // differently somewhere in a million values).
     let x = input(&[1000, 1000], 9);
     let kind = Kind::Unary(Unary::Gelu(false));
-    let (y, _) = forward_backward(&kind, Backend::Fast, &[x.clone()]);
+    let (y, _) = forward_backward(&kind, Backend::Fast, std::slice::from_ref(&x));
     let fused = crate::engine::ops::fused::gelu(&x, false).unwrap();
     assert_eq!(y, fused.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-    let (generic, _) =
-        forward_backward(&kind, Backend::Generic, &[x.to_dtype(DType::F32).unwrap()]);
+    let (generic, _) = forward_backward(&kind, Backend::Generic, &[x]);
     assert_ne!(y, generic);
 }
