@@ -72,9 +72,11 @@ fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
 pub(crate) fn exp<const F: bool>(x: f32) -> f32 {
     // Past these, e^x is 0 or infinite in f32 (and n stays well inside i32).
     let x = x.clamp(-104.0, 89.0);
-    // Round to nearest by the 1.5 * 2^23 trick (`round` is not vectorised).
+    // Round to nearest by the 1.5 * 2^23 trick (`round` is not vectorised): `t`'s low
+    // mantissa bits then hold n as an integer too (`as i32` would saturate lane by lane).
     const MAGIC: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
     let r = fma::<F>(n, -0.693359375, x);
     let r = fma::<F>(n, 2.12194440e-4, r);
     let mut p = 1.9875691500e-4;
@@ -88,7 +90,7 @@ pub(crate) fn exp<const F: bool>(x: f32) -> f32 {
         p = fma::<F>(p, r, c);
     }
     let p = fma::<F>(p * r, r, r) + 1.0;
-    let n = n as i32;
+    let n = t.to_bits() as i32 - MAGIC.to_bits() as i32;
     let half = n >> 1;
     let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
     p * pow2(half) * pow2(n - half)
