@@ -16,6 +16,7 @@ pub mod chain;
 pub mod conv;
 pub mod conv_act;
 pub mod depthwise;
+pub(crate) mod fused;
 pub mod generic;
 pub mod geometry;
 pub mod kernel_path;

@@ -12,6 +12,8 @@
 mod attrs;
 mod conv;
 mod fuse;
+#[cfg(test)]
+mod fused_checks;
 mod ints;
 mod linear;
 mod load;

@@ -4,6 +4,8 @@
 //! fast CPU kernels, device-generic path and guided backward) or from candle tensor ops that
 //! have an input-gradient backward (checked op by op in the tests): nothing here may cut the
 //! gradient. Integer ops (shape arithmetic) run on the host; see [`super::value`].
+//! LayerNormalization, Softmax and GELU take the fused CPU kernels of
+//! [`crate::engine::ops::fused`] on the fast CPU path, these tensor-op formulas elsewhere.
 
 use candle_core::{D, DType, Tensor};
 
@@ -17,6 +19,7 @@ use super::{ints, shape_ops};
 use crate::engine::ops::activation::ReluMode;
 use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
+use crate::engine::ops::{Backend, fused};
 use crate::error::{Error, Result};
 
 /// Elementwise ops of one input.
@@ -132,7 +135,7 @@ impl Kind {
             Kind::Relu(r6) => one(relu_op(*r6, ctx.mode).forward_on(&f(0)?, ctx.backend)?),
             Kind::Clip(lo, hi) => one(f(0)?.clamp(*lo, *hi)?),
             Kind::LeakyRelu(alpha) => one(leaky_relu(&f(0)?, *alpha, ctx.mode)?),
-            Kind::Unary(u) => one(unary(&f(0)?, *u)?),
+            Kind::Unary(u) => one(unary(&f(0)?, *u, ctx.backend)?),
             Kind::Binary(b) => Ok(vec![binary(*b, input(inputs, 0)?, input(inputs, 1)?, ctx)?]),
             Kind::Not => {
                 let mut i = input(inputs, 0)?.ints("Not")?;
@@ -175,9 +178,15 @@ impl Kind {
             }
             Kind::LayerNorm { axis: a, eps } => {
                 let bias = opt(inputs, 2).map(|b| b.float(&ctx.device)).transpose()?;
-                one(layer_norm(&f(0)?, &f(1)?, bias.as_ref(), *a, *eps)?)
+                one(layer_norm(
+                    &f(0)?,
+                    &f(1)?,
+                    bias.as_ref(),
+                    (*a, *eps),
+                    ctx.backend,
+                )?)
             }
-            Kind::Softmax { axis: a, legacy } => one(softmax(&f(0)?, *a, *legacy)?),
+            Kind::Softmax { axis: a, legacy } => one(softmax(&f(0)?, *a, *legacy, ctx.backend)?),
             Kind::Reduce {
                 op,
                 axes,
@@ -223,8 +232,14 @@ fn leaky_relu(x: &Tensor, alpha: f32, mode: ReluMode) -> Result<Tensor> {
     )?)
 }
 
-fn unary(x: &Tensor, u: Unary) -> Result<Tensor> {
+/// True when `x` takes the fused CPU kernels on `backend`.
+fn fused_here(x: &Tensor, backend: Backend) -> bool {
+    backend.fast_cpu(x.device()) && fused::fits(x)
+}
+
+fn unary(x: &Tensor, u: Unary, backend: Backend) -> Result<Tensor> {
     Ok(match u {
+        Unary::Gelu(tanh) if fused_here(x, backend) => fused::gelu(x, tanh)?,
         Unary::Sigmoid => candle_nn::ops::sigmoid(x)?,
         Unary::Tanh => x.tanh()?,
         Unary::Erf => x.erf()?,
@@ -322,18 +337,31 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(if b1 { y.squeeze(D::Minus1)? } else { y })
 }
 
-/// Normalises over the dimensions from `axis` on, then scales and shifts. Written in tensor
-/// ops (candle-nn's fused `layer_norm` has no backward).
+/// Normalises over the dimensions from `axis` on, then scales and shifts. The fused kernel
+/// where scale and bias are constants of the normalised shape (no broadcast), else tensor ops
+/// (candle-nn's fused `layer_norm` has no backward).
 fn layer_norm(
     x: &Tensor,
     scale: &Tensor,
     bias: Option<&Tensor>,
-    a: i64,
-    eps: f64,
+    (a, eps): (i64, f64),
+    backend: Backend,
 ) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let a = axis(a, dims.len(), "LayerNormalization")?;
     let rows: usize = dims[..a].iter().product();
+    // Shapes equal up to leading 1s: the kernel reads one value per normalised element.
+    let unit = |d: &[usize]| {
+        d.iter()
+            .skip_while(|&&n| n == 1)
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    let whole = |t: &Tensor| !t.track_op() && unit(t.dims()) == unit(&dims[a..]);
+    if fused_here(x, backend) && whole(scale) && bias.is_none_or(whole) {
+        let y = fused::layer_norm(&x.reshape((rows, ()))?, scale, bias, eps as f32)?;
+        return Ok(y.reshape(dims)?);
+    }
     let x2 = x.reshape((rows, ()))?;
     let mean = x2.mean_keepdim(1)?;
     let xc = x2.broadcast_sub(&mean)?;
@@ -346,16 +374,20 @@ fn layer_norm(
     })
 }
 
-/// Softmax in tensor ops (candle-nn's `softmax_last_dim` has no backward). `legacy` (opset
-/// < 13): over all dimensions from `axis` on, as one.
-fn softmax(x: &Tensor, a: i64, legacy: bool) -> Result<Tensor> {
+/// Softmax: the fused kernel over the last axis, else tensor ops (candle-nn's
+/// `softmax_last_dim` has no backward). `legacy` (opset < 13): over all dimensions from
+/// `axis` on, as one.
+fn softmax(x: &Tensor, a: i64, legacy: bool, backend: Backend) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let a = axis(a, dims.len(), "Softmax")?;
     if legacy && a + 1 != dims.len() {
         let rows: usize = dims[..a].iter().product();
-        return softmax(&x.reshape((rows, ()))?, -1, false)?
+        return softmax(&x.reshape((rows, ()))?, -1, false, backend)?
             .reshape(dims)
             .map_err(Into::into);
+    }
+    if a + 1 == dims.len() && fused_here(x, backend) {
+        return Ok(fused::softmax_last(x)?);
     }
     let max = x.detach().max_keepdim(a)?;
     let e = x.broadcast_sub(&max)?.exp()?;
