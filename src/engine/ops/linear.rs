@@ -81,17 +81,22 @@ fn pack_rhs(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<
 /// `a` (`rows x k`, row-major) times the packed `b` (`k x n`), plus `bias` on every row.
 fn product(a: &[f32], k: usize, b: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let rows = a.len().checked_div(k).unwrap_or(0);
-    let mut y = vec![0f32; rows * n];
     if rows == 0 || n == 0 {
-        return y;
+        return vec![0f32; rows * n];
     }
     // Blocks of whole micro-kernel rows, at least four per thread where the rows allow (one
     // image's 197 tokens still keep both cores busy), at most 96 (the GEMM's own row block).
     let per = rows.div_ceil(4 * rayon::current_num_threads());
     let block = per.next_multiple_of(2 * MR).clamp(2 * MR, 96);
-    y.par_chunks_mut(block * n)
+    let mut y = Vec::with_capacity(rows * n);
+    y.spare_capacity_mut()[..rows * n]
+        .par_chunks_mut(block * n)
         .zip(a.par_chunks(block * k))
         .for_each(|(y, a)| {
+            // Zeroed here, by the task that then writes it while it is in cache: one
+            // allocation-wide zero fill on the calling thread cost as much as the products
+            // of a small layer.
+            let y = super::zeroed(y);
             let m = a.len() / k;
             let lhs = PackedLhs::from_block(a, m, k);
             packed_gemm::gemm(&lhs, None, b, n, y, n);
@@ -101,6 +106,8 @@ fn product(a: &[f32], k: usize, b: &[f32], n: usize, bias: Option<&[f32]>) -> Ve
                 }
             }
         });
+    // SAFETY: every chunk of the first `rows * n` values was zeroed, then written, above.
+    unsafe { y.set_len(rows * n) };
     y
 }
 

@@ -56,11 +56,20 @@ impl PackedLhs {
         let mut a = Self::zeroed(m, k);
         if k > 0 {
             for (p, panel) in a.data.chunks_exact_mut(MR * k).enumerate() {
-                let rows = &src[p * MR * k..(p * MR + MR.min(m - p * MR)) * k];
-                for (i, row) in rows.chunks_exact(k).enumerate() {
-                    for (kk, &v) in row.iter().enumerate() {
-                        panel[kk * MR + i] = v;
+                let rows = MR.min(m - p * MR);
+                if rows < MR {
+                    for (i, row) in src[p * MR * k..][..rows * k].chunks_exact(k).enumerate() {
+                        for (kk, &v) in row.iter().enumerate() {
+                            panel[kk * MR + i] = v;
+                        }
                     }
+                    continue;
+                }
+                // Six rows read side by side, each panel column written whole.
+                let r: [&[f32]; MR] = std::array::from_fn(|i| &src[(p * MR + i) * k..][..k]);
+                for (kk, col) in panel.chunks_exact_mut(MR).enumerate() {
+                    let col: &mut [f32; MR] = col.try_into().unwrap();
+                    *col = std::array::from_fn(|i| r[i][kk]);
                 }
             }
         }
