@@ -190,18 +190,30 @@ fn gemm_any<const FMA: bool, const WIDE: bool>(
                     // multiply-adds, so the kernel loads 8 values per 12 of them.
                     let bp1 = &b[(j0 / NR + 1) * k * NR + k0 * NR..][..kc * NR];
                     let cols1 = NR.min(n - j0 - NR);
-                    for ir in (ic..end).step_by(MR) {
-                        let p = &a.data[(ir / MR) * a.k * MR..][k0 * MR..(k0 + kc) * MR];
-                        let (t0, t1) = product_cols2::<FMA>(p, bp, bp1);
+                    let panel =
+                        |ir: usize| &a.data[(ir / MR) * a.k * MR..][k0 * MR..(k0 + kc) * MR];
+                    let mut ir = ic;
+                    while ir < end {
+                        let at = ir * ldc + j0;
+                        if ir + MR < end {
+                            // Two left panels too: 24 accumulators, 14 loads per 24
+                            // multiply-adds.
+                            let [t00, t01, t10, t11] =
+                                product_2x2::<FMA>(panel(ir), panel(ir + MR), bp, bp1);
+                            let rows = MR.min(m - ir - MR);
+                            store(&t00, &mut c[at..], ldc, (MR, NR), kb > 0);
+                            store(&t01, &mut c[at + NR..], ldc, (MR, cols1), kb > 0);
+                            let at = at + MR * ldc;
+                            store(&t10, &mut c[at..], ldc, (rows, NR), kb > 0);
+                            store(&t11, &mut c[at + NR..], ldc, (rows, cols1), kb > 0);
+                            ir += 2 * MR;
+                            continue;
+                        }
+                        let (t0, t1) = product_cols2::<FMA>(panel(ir), bp, bp1);
                         let rows = MR.min(m - ir);
-                        store(&t0, &mut c[ir * ldc + j0..], ldc, (rows, NR), kb > 0);
-                        store(
-                            &t1,
-                            &mut c[ir * ldc + j0 + NR..],
-                            ldc,
-                            (rows, cols1),
-                            kb > 0,
-                        );
+                        store(&t0, &mut c[at..], ldc, (rows, NR), kb > 0);
+                        store(&t1, &mut c[at + NR..], ldc, (rows, cols1), kb > 0);
+                        ir += MR;
                     }
                     j0 += 2 * NR;
                     continue;
@@ -384,6 +396,25 @@ fn product_cols2<const FMA: bool>(a: &[f32], b0: &[f32], b1: &[f32]) -> (Tile, T
         step::<FMA>(&mut t1, a, b1);
     }
     (t0, t1)
+}
+
+/// Two left panels times two right panels over the depth of `b0` (= `b1`'s).
+#[inline(always)]
+fn product_2x2<const FMA: bool>(a0: &[f32], a1: &[f32], b0: &[f32], b1: &[f32]) -> [Tile; 4] {
+    let mut t = [[[0f32; NR]; MR]; 4];
+    for (((a0, a1), b0), b1) in a0
+        .chunks_exact(MR)
+        .zip(a1.chunks_exact(MR))
+        .zip(b0.chunks_exact(NR))
+        .zip(b1.chunks_exact(NR))
+    {
+        let [t00, t01, t10, t11] = &mut t;
+        step::<FMA>(t00, a0, b0);
+        step::<FMA>(t01, a0, b1);
+        step::<FMA>(t10, a1, b0);
+        step::<FMA>(t11, a1, b1);
+    }
+    t
 }
 
 /// [`product2`] over `a`'s columns `ks`.
