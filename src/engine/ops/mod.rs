@@ -23,6 +23,7 @@ pub mod kernel_path;
 pub(crate) mod linear;
 pub(crate) mod packed_gemm;
 pub mod pool;
+pub(crate) mod products;
 pub(crate) mod simd;
 pub(crate) mod winograd;
 

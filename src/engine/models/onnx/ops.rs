@@ -166,7 +166,7 @@ impl Kind {
                 }
                 one(y)
             }
-            Kind::MatMul => one(matmul(&f(0)?, &f(1)?)?),
+            Kind::MatMul => one(matmul(&f(0)?, &f(1)?, ctx.backend)?),
             Kind::Linear(step) => one(step.run(&f(0)?, ctx)?),
             Kind::Affine(scale, shift) => {
                 let x = f(0)?;
@@ -320,9 +320,30 @@ fn where_(inputs: &[Option<&Val>], ctx: &Ctx) -> Result<Val> {
 }
 
 /// ONNX MatMul (numpy semantics): batch dimensions broadcast, 1-D operands promoted.
-fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+fn matmul(a: &Tensor, b: &Tensor, backend: Backend) -> Result<Tensor> {
     if a.rank() >= 2 && b.rank() == 2 && !b.track_op() {
         return by_weight(&a.contiguous()?, b);
+    }
+    // Two activations with the same batch dimensions (attention): the packed GEMM.
+    let r = a.rank();
+    if r >= 3
+        && b.rank() == r
+        && a.dims()[..r - 2] == b.dims()[..r - 2]
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && backend.fast_cpu(a.device())
+    {
+        let (m, k, n) = (a.dim(r - 2)?, a.dim(r - 1)?, b.dim(r - 1)?);
+        if b.dim(r - 2)? == k {
+            let batch: usize = a.dims()[..r - 2].iter().product();
+            let y = crate::engine::ops::products::batched_product(
+                &a.reshape((batch, m, k))?,
+                &b.reshape((batch, k, n))?,
+            )?;
+            let mut dims = a.dims().to_vec();
+            dims[r - 1] = n;
+            return Ok(y.reshape(dims)?);
+        }
     }
     let (a1, b1) = (a.rank() == 1, b.rank() == 1);
     let a = if a1 { a.unsqueeze(0)? } else { a.clone() };
