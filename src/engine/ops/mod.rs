@@ -25,6 +25,7 @@ pub(crate) mod packed_gemm;
 pub mod pool;
 pub(crate) mod products;
 pub(crate) mod simd;
+pub(crate) mod transpose;
 pub(crate) mod winograd;
 
 use std::mem::MaybeUninit;

@@ -63,7 +63,10 @@ impl Arrange {
             Arrange::Transpose(perm) => {
                 let rank = x.dims().len();
                 let perm = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
-                transpose(x, &perm)?
+                match blocked_transpose(x, &perm, ctx)? {
+                    Some(y) => y,
+                    None => transpose(x, &perm)?,
+                }
             }
             Arrange::Flatten(a) => {
                 let dims = x.dims();
@@ -284,6 +287,43 @@ fn reshape(x: &Val, dims: Vec<usize>) -> Result<Val> {
         Val::F(t) => Val::F(t.reshape(dims)?),
         Val::I(i) => Val::I(Ints::new(dims, i.data.clone())?),
     })
+}
+
+/// A permutation that keeps the leading axes and rotates the trailing ones (NCHW <-> NHWC) is
+/// a batched 2-D transpose: on the fast CPU path, the blocked kernel (candle would copy the
+/// permuted view element by element where it is read).
+fn blocked_transpose(x: &Val, perm: &[usize], ctx: &Ctx) -> Result<Option<Val>> {
+    let Val::F(t) = x else { return Ok(None) };
+    let dims = t.dims();
+    let rank = dims.len();
+    if perm.len() != rank
+        || t.dtype() != candle_core::DType::F32
+        || !ctx.backend.fast_cpu(t.device())
+    {
+        return Ok(None);
+    }
+    // Leading axes kept: perm[..a] = 0..a; the rest a rotation: (s..rank) then (a..s).
+    let a = perm
+        .iter()
+        .enumerate()
+        .take_while(|&(i, &p)| i == p)
+        .count();
+    if a + 1 >= rank {
+        return Ok(None);
+    }
+    let s = perm[a];
+    let rotated = (s..rank).chain(a..s);
+    if s <= a || !perm[a..].iter().copied().eq(rotated) {
+        return Ok(None);
+    }
+    let (batch, rows, cols): (usize, usize, usize) = (
+        dims[..a].iter().product(),
+        dims[a..s].iter().product(),
+        dims[s..].iter().product(),
+    );
+    let out: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+    let y = crate::engine::ops::transpose::transpose_2d(t, (batch, rows, cols))?;
+    Ok(Some(Val::F(y.reshape(out)?)))
 }
 
 fn transpose(x: &Val, perm: &[usize]) -> Result<Val> {
