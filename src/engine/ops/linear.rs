@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::packed_gemm::{self, MR, NR, PackedLhs};
+use super::packed_gemm::{self, MR, PackedLhs};
 
 /// The packed weights of one linear layer: `[k] -> [n]`.
 pub(crate) struct PackedLinear {
@@ -39,8 +39,8 @@ impl PackedLinear {
         PackedLinear {
             k,
             n,
-            fwd: pack_rhs(k, n, |kk, j| w[kk * n + j]),
-            bwd: pack_rhs(n, k, |j, kk| w[kk * n + j]),
+            fwd: packed_gemm::pack_rhs(k, n, |kk, j| w[kk * n + j]),
+            bwd: packed_gemm::pack_rhs(n, k, |j, kk| w[kk * n + j]),
             bias,
         }
     }
@@ -59,23 +59,6 @@ impl PackedLinear {
     fn backward(&self, g: &[f32]) -> Vec<f32> {
         product(g, self.n, &self.bwd, self.k, None)
     }
-}
-
-/// A `[k, n]` matrix as [`packed_gemm::rhs_index`] lays it out.
-fn pack_rhs(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
-    let mut b = vec![0f32; packed_gemm::rhs_len(k, n)];
-    if k > 0 {
-        b.par_chunks_exact_mut(k * NR)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
-                    for (jj, v) in row.iter_mut().enumerate().take(n - p * NR) {
-                        *v = at(kk, p * NR + jj);
-                    }
-                }
-            });
-    }
-    b
 }
 
 /// `a` (`rows x k`, row-major) times the packed `b` (`k x n`), plus `bias` on every row.

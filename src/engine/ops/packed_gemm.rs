@@ -102,6 +102,25 @@ pub(crate) fn rhs_index(k: usize, kk: usize, j: usize) -> usize {
     (j / NR) * k * NR + kk * NR + j % NR
 }
 
+/// The packed right operand of the `[k, n]` matrix whose element `(kk, j)` is `at(kk, j)`,
+/// panels filled in parallel.
+pub(crate) fn pack_rhs(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut b = vec![0f32; rhs_len(k, n)];
+    if k > 0 {
+        b.par_chunks_exact_mut(k * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                    for (jj, v) in row.iter_mut().enumerate().take(n - p * NR) {
+                        *v = at(kk, p * NR + jj);
+                    }
+                }
+            });
+    }
+    b
+}
+
 /// `c[i * ldc + j] = sum over kk of a(i, ks[kk]) * b(kk, j)` for `i < a.m`, `j < n`: the
 /// product over the columns `ks` of `a` only (all of them when `None`), with `b` packed as
 /// [`rhs_index`] says for a depth of `ks.len()`. Skipping columns this way reads the packed
@@ -460,16 +479,6 @@ mod tests {
             }
         }
         a
-    }
-
-    fn pack_rhs(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-        let mut b = vec![0f32; rhs_len(k, n)];
-        for kk in 0..k {
-            for j in 0..n {
-                b[rhs_index(k, kk, j)] = at(kk, j);
-            }
-        }
-        b
     }
 
     /// Odd sizes (edges in every dimension) and depths over one `KC` pass, every column and

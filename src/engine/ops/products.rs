@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::packed_gemm::{self, NR, PackedLhs};
+use super::packed_gemm::{self, PackedLhs};
 
 /// `a [batch, m, k] @ b [batch, k, n]`; both contiguous f32 on the CPU.
 pub(crate) fn batched_product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -38,14 +38,7 @@ fn product(
     }
     c.par_chunks_mut(m * n).enumerate().for_each(|(e, c)| {
         let lhs = a(e);
-        let mut rhs = vec![0f32; packed_gemm::rhs_len(k, n)];
-        for (p, panel) in rhs.chunks_exact_mut(k.max(1) * NR).enumerate() {
-            for (kk, row) in panel.chunks_exact_mut(NR).enumerate().take(k) {
-                for (jj, v) in row.iter_mut().enumerate().take(n - p * NR) {
-                    *v = b_at(e, kk, p * NR + jj);
-                }
-            }
-        }
+        let rhs = packed_gemm::pack_rhs(k, n, |kk, j| b_at(e, kk, j));
         packed_gemm::gemm(&lhs, None, &rhs, n, c, n);
     });
     c

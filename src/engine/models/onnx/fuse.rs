@@ -291,18 +291,10 @@ pub(crate) fn fuse(
                 // A per-channel scale after a transpose (ConvNeXt's layer scale): folded
                 // into the columns, a pass over memory less each way.
                 let (mut w, mut bias) = (w, bias);
-                if let Some((t, m, c)) = layer_scale(p, &readers, &removed, out, consts, n) {
+                if let Some((t, m, slot, c)) = layer_scale(p, &readers, &removed, out, consts, n) {
                     w = w.broadcast_mul(&c.reshape((1, n))?)?;
                     bias = bias.map(|b| b.mul(&c)).transpose()?;
-                    names.extend(name(
-                        p.steps[m]
-                            .inputs
-                            .iter()
-                            .flatten()
-                            .copied()
-                            .find(|s| consts.contains_key(s)),
-                        p,
-                    ));
+                    names.push(p.names[slot].clone());
                     retarget.push((t, p.steps[m].outputs[0]));
                     removed[m] = true;
                 }
@@ -378,7 +370,7 @@ pub(crate) fn fuse(
     Ok(())
 }
 
-/// `(transpose, mul, scale)` when the only reader of `out` (a linear step's output, `n`
+/// `(transpose, mul, the scale's slot, scale)` when the only reader of `out` (a linear step's output, `n`
 /// values per row) is a `Transpose` whose only reader is a `Mul` by a constant that scales
 /// exactly the transposed last axis: the scale is then the linear layer's, per column.
 fn layer_scale(
@@ -388,7 +380,7 @@ fn layer_scale(
     out: usize,
     consts: &HashMap<usize, Val>,
     n: usize,
-) -> Option<(usize, usize, Tensor)> {
+) -> Option<(usize, usize, usize, Tensor)> {
     let t = readers.only(out).filter(|&t| !removed[t])?;
     let Kind::Arrange(Arrange::Transpose(Some(perm))) = &p.steps[t].kind else {
         return None;
@@ -415,7 +407,12 @@ fn layer_scale(
     if wide.next().is_some() || len != n || perm.get(axis + off) != Some(&(r - 1)) {
         return None;
     }
-    Some((t, m, c.flatten_all().ok()?.to_dtype(DType::F32).ok()?))
+    Some((
+        t,
+        m,
+        other,
+        c.flatten_all().ok()?.to_dtype(DType::F32).ok()?,
+    ))
 }
 
 /// A BatchNorm's `(scale, shift)` from `[gamma, beta, mean, var]`.
