@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::SharedOut;
 use super::activation::ReluOp;
 use super::packed_gemm::{self, NR, PackedLhs};
 
@@ -70,20 +71,6 @@ impl Rows for Gated<'_> {
 const NC: usize = 192;
 /// Depth per pass.
 const KC: usize = 256;
-
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: only used for writes to disjoint indices from parallel tasks (see `product`).
-unsafe impl Send for SharedOut {}
-// SAFETY: as for `Send`: tasks sharing it write disjoint indices and never read each other's.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// A method, so that closures capture the whole (`Sync`) struct, not its pointer field.
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
 
 /// `y [batch, m, n] = a [m, k] * x [batch, k, n]`. Every value of `y` is written, then
 /// `finish(sample, row, pixel, values)` runs on each run of a row's finished values while

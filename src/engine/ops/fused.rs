@@ -456,5 +456,37 @@ fn gelu_backward_all<const F: bool>(
     }
 }
 
+dispatch!(gelu_in_place => gelu_in_place_all(
+    x: &mut [f32], d: &mut [MaybeUninit<f32>], tanh: bool
+));
+
+/// `x <- GELU(x)` in place, writing its derivative at the input into `d` (every element up to
+/// the shorter of the two): a linear layer's epilogue, while its output is still in cache.
+/// The backward then multiplies by `d`, with no pass of its own (see `ops::linear`).
+pub(crate) fn gelu_keeping_derivative(x: &mut [f32], d: &mut [MaybeUninit<f32>], tanh: bool) {
+    gelu_in_place(x, d, tanh)
+}
+
+#[inline(always)]
+fn gelu_in_place_all<const F: bool>(x: &mut [f32], d: &mut [MaybeUninit<f32>], tanh: bool) {
+    const PDF: f32 = 0.398_942_3;
+    if tanh {
+        for (x, d) in x.iter_mut().zip(d) {
+            let v = *x;
+            let (t, du) = tanh_form::<F>(v);
+            d.write(0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
+            *x = 0.5 * v * (1.0 + t);
+        }
+    } else {
+        for (x, d) in x.iter_mut().zip(d) {
+            let v = *x;
+            let cdf = 0.5 * (1.0 + erf::<F>(v * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = PDF * exp::<F>(-0.5 * v * v);
+            d.write(fma::<F>(v, pdf, cdf));
+            *x = v * cdf;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -121,3 +121,43 @@ pub(crate) unsafe fn vec_written_by(
     unsafe { v.set_len(len) };
     v
 }
+
+/// A pointer that parallel tasks write through (output planes, packed panels, the columns of
+/// a transposed output), each task to indices no other task touches.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: only used for writes to disjoint indices from parallel tasks (each user says why).
+unsafe impl Send for SharedOut {}
+// SAFETY: as for `Send`: tasks sharing it write disjoint indices and never read each other's.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// A method, so that closures capture the whole (`Sync`) struct, not its pointer field.
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+
+    /// # Safety
+    /// The `len` values from `start` are in bounds and no other task uses them.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn plane<'a>(
+        self,
+        (start, len): (usize, usize),
+    ) -> &'a mut [MaybeUninit<f32>] {
+        // SAFETY: in bounds and unshared, as the caller vouches; `MaybeUninit<f32>` has the
+        // layout of `f32`.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start).cast(), len) }
+    }
+
+    /// # Safety
+    /// `i..i + vals.len()` is in bounds and no other task writes it.
+    #[inline(always)]
+    pub(crate) unsafe fn write(self, i: usize, vals: &[f32]) {
+        // A loop, not `copy_nonoverlapping`: runs are at most 16 values, too short for a
+        // `memcpy` call to pay.
+        for (o, &v) in vals.iter().enumerate() {
+            // SAFETY: `o < vals.len()`: inside the range the caller vouches for.
+            unsafe { self.0.add(i + o).write(v) }
+        }
+    }
+}

@@ -52,24 +52,66 @@ impl PackedLhs {
     /// The `[m, k]` matrix of `m` contiguous rows of `src`, packed on this thread (callers
     /// already split the work).
     pub(crate) fn from_block(src: &[f32], m: usize, k: usize) -> Self {
+        Self::from_block_by::<false>(src, &[], m, k)
+    }
+
+    /// As [`Self::from_block`], each value times the one at the same place in `scale` (a
+    /// gradient through an elementwise function whose derivative the forward pass kept).
+    pub(crate) fn from_block_scaled(src: &[f32], scale: &[f32], m: usize, k: usize) -> Self {
+        assert!(scale.len() >= m * k);
+        Self::from_block_by::<true>(src, scale, m, k)
+    }
+
+    #[inline(always)]
+    fn from_block_by<const SCALED: bool>(src: &[f32], scale: &[f32], m: usize, k: usize) -> Self {
         assert!(src.len() >= m * k);
+        let value = |i: usize| if SCALED { src[i] * scale[i] } else { src[i] };
         let mut a = Self::zeroed(m, k);
         if k > 0 {
             for (p, panel) in a.data.chunks_exact_mut(MR * k).enumerate() {
                 let rows = MR.min(m - p * MR);
                 if rows < MR {
-                    for (i, row) in src[p * MR * k..][..rows * k].chunks_exact(k).enumerate() {
-                        for (kk, &v) in row.iter().enumerate() {
-                            panel[kk * MR + i] = v;
+                    for i in 0..rows {
+                        for kk in 0..k {
+                            panel[kk * MR + i] = value((p * MR + i) * k + kk);
                         }
                     }
                     continue;
                 }
                 // Six rows read side by side, each panel column written whole.
                 let r: [&[f32]; MR] = std::array::from_fn(|i| &src[(p * MR + i) * k..][..k]);
+                let s: [&[f32]; MR] = std::array::from_fn(|i| {
+                    if SCALED {
+                        &scale[(p * MR + i) * k..][..k]
+                    } else {
+                        &[]
+                    }
+                });
                 for (kk, col) in panel.chunks_exact_mut(MR).enumerate() {
                     let col: &mut [f32; MR] = col.try_into().unwrap();
-                    *col = std::array::from_fn(|i| r[i][kk]);
+                    *col = std::array::from_fn(|i| {
+                        if SCALED {
+                            r[i][kk] * s[i][kk]
+                        } else {
+                            r[i][kk]
+                        }
+                    });
+                }
+            }
+        }
+        a
+    }
+
+    /// The `[m, k]` matrix whose element `(i, kk)` is `src[kk * stride + i]`: `m` pixels of
+    /// `k` channel planes (an NCHW tensor read as rows of channels), packed on this thread.
+    pub(crate) fn from_planes(src: &[f32], m: usize, k: usize, stride: usize) -> Self {
+        assert!(m <= stride && (m == 0 || k == 0 || src.len() >= (k - 1) * stride + m));
+        let mut a = Self::zeroed(m, k);
+        if k > 0 {
+            for (p, panel) in a.data.chunks_exact_mut(MR * k).enumerate() {
+                let rows = MR.min(m - p * MR);
+                for (kk, col) in panel.chunks_exact_mut(MR).enumerate() {
+                    col[..rows].copy_from_slice(&src[kk * stride + p * MR..][..rows]);
                 }
             }
         }

@@ -13,6 +13,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::SharedOut;
 use super::packed_gemm::{self, MR, NR, PackedLhs};
 
 /// Values per transformed tile (6 x 6).
@@ -127,38 +128,6 @@ impl WinogradWeights {
     /// Input channels.
     pub(crate) fn k(&self) -> usize {
         self.u[0].k()
-    }
-}
-
-/// A pointer that parallel tasks write through (the packed transformed inputs, the output
-/// planes), each task to indices no other task touches.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: only used for writes to disjoint indices from parallel tasks (see `conv3x3`).
-unsafe impl Send for SharedOut {}
-// SAFETY: as for `Send`: tasks sharing it write disjoint indices and never read each other's.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// The `len` values from `start` are in bounds and no other task uses them.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn plane<'a>(self, (start, len): (usize, usize)) -> &'a mut [MaybeUninit<f32>] {
-        // SAFETY: in bounds and unshared, as the caller vouches; `MaybeUninit<f32>` has the
-        // layout of `f32`.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start).cast(), len) }
-    }
-
-    /// # Safety
-    /// `i..i + vals.len()` is in bounds and no other task writes it.
-    #[inline(always)]
-    unsafe fn write(self, i: usize, vals: &[f32]) {
-        // A loop, not `copy_nonoverlapping`: runs are at most 16 values, too short for a
-        // `memcpy` call to pay.
-        for (o, &v) in vals.iter().enumerate() {
-            // SAFETY: `o < vals.len()`: inside the range the caller vouches for.
-            unsafe { self.0.add(i + o).write(v) }
-        }
     }
 }
 

@@ -5,18 +5,26 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use super::ops::{Binary, Kind, Unary};
+use super::program::Program;
+use super::shape_ops::Arrange;
 use super::value::Ctx;
 use crate::engine::ops::linear::PackedLinear;
 use crate::error::Result;
 
-/// `y = x w + bias` for a constant `w` `[k, n]`.
+/// `y = x w + bias` for a constant `w` `[k, n]`, then what it absorbed (see [`absorb`]).
 #[derive(Debug)]
 pub(crate) struct LinearStep {
     weight: Tensor,
     bias: Option<Tensor>,
     packed: Option<Arc<PackedLinear>>,
+    /// A GELU on the output (`Some(tanh)`).
+    pub(crate) gelu: Option<bool>,
+    /// The output transposed from channels-last `[b, h, w, n]` to planes `[b, n, h, w]` and
+    /// added to the step's second input (a ConvNeXt block's end).
+    pub(crate) to_planes: bool,
 }
 
 impl LinearStep {
@@ -34,21 +42,123 @@ impl LinearStep {
             weight: weight.to_device(device)?,
             bias: bias.map(|b| b.to_device(device)).transpose()?,
             packed,
+            gelu: None,
+            to_planes: false,
         })
     }
 
-    pub(crate) fn run(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        if let Some(packed) = &self.packed
-            && ctx.backend.fast_cpu(x.device())
-        {
-            return Ok(packed.apply(&x.contiguous()?)?);
+    /// The step on `x` (and, when it adds one, the residual).
+    pub(crate) fn run(&self, x: &Tensor, residual: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
+        let fast = self
+            .packed
+            .as_ref()
+            .filter(|_| ctx.backend.fast_cpu(x.device()));
+        let x = x.contiguous()?;
+        if let Some(packed) = fast {
+            match (self.gelu, residual) {
+                (None, None) => return Ok(packed.apply(&x)?),
+                (Some(tanh), None) => return Ok(packed.apply_gelu(&x, tanh)?),
+                (None, Some(r)) if fits_planes(&x, r, packed.n()) => {
+                    return Ok(packed.apply_to_planes(&x, &r.contiguous()?)?);
+                }
+                _ => {}
+            }
         }
-        let y = by_weight(&x.contiguous()?, &self.weight)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        // The ops the graph had, one by one (another device, or shapes the fused op does
+        // not take).
+        let mut y = match fast {
+            Some(packed) => packed.apply(&x)?,
+            None => {
+                let y = by_weight(&x, &self.weight)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
+        };
+        if let Some(tanh) = self.gelu {
+            y = super::ops::unary(&y, super::ops::Unary::Gelu(tanh), ctx.backend)?;
+        }
+        if let Some(r) = residual {
+            y = y.permute((0, 3, 1, 2))?.broadcast_add(r)?;
+        }
+        Ok(y)
     }
+}
+
+/// True when `x [b, h, w, k]` and `residual [b, n, h, w]` fit the fused op into planes.
+fn fits_planes(x: &Tensor, residual: &Tensor, n: usize) -> bool {
+    match x.dims() {
+        &[b, h, w, _] => residual.dims() == [b, n, h, w] && residual.dtype() == DType::F32,
+        _ => false,
+    }
+}
+
+/// Folds into each linear step what only it reads, when the engine's fused linear ops cover
+/// it: a GELU on its output, or (ConvNeXt) the transpose of its channels-last output back to
+/// planes and the residual addition after it. A fused step runs where the last step it
+/// absorbed ran, so its residual is ready.
+pub(crate) fn absorb(p: &mut Program) {
+    let readers = p.readers();
+    let mut removed = vec![false; p.steps.len()];
+    let mut moves: Vec<(usize, usize)> = Vec::new();
+    for i in 0..p.steps.len() {
+        let Kind::Linear(_) = &p.steps[i].kind else {
+            continue;
+        };
+        let out = p.steps[i].outputs[0];
+        let Some(j) = readers.only(out).filter(|&j| !removed[j]) else {
+            continue;
+        };
+        if let Kind::Unary(Unary::Gelu(tanh)) = p.steps[j].kind {
+            let gelu_out = p.steps[j].outputs[0];
+            if let Kind::Linear(step) = &mut p.steps[i].kind {
+                step.gelu = Some(tanh);
+            }
+            p.steps[i].outputs = vec![gelu_out];
+            removed[j] = true;
+            continue;
+        }
+        let Kind::Arrange(Arrange::Transpose(Some(perm))) = &p.steps[j].kind else {
+            continue;
+        };
+        let transposed = p.steps[j].outputs[0];
+        let Some(a) = readers.only(transposed).filter(|&a| !removed[a]) else {
+            continue;
+        };
+        let add = &p.steps[a];
+        let ins: Vec<usize> = add.inputs.iter().flatten().copied().collect();
+        let residual = match ins[..] {
+            [x, r] | [r, x] if x == transposed && r != transposed => r,
+            _ => continue,
+        };
+        if perm[..] != [0, 3, 1, 2]
+            || !matches!(add.kind, Kind::Binary(Binary::Add))
+            || p.consts[residual].is_some()
+        {
+            continue;
+        }
+        let add_out = add.outputs[0];
+        let step = &mut p.steps[i];
+        if let Kind::Linear(l) = &mut step.kind {
+            l.to_planes = true;
+        }
+        step.inputs.push(Some(residual));
+        step.outputs = vec![add_out];
+        removed[j] = true;
+        removed[a] = true;
+        moves.push((i, a));
+    }
+    // Each fused step takes the place of the addition it ends with.
+    for (i, a) in moves {
+        p.steps.swap(i, a);
+        removed.swap(i, a);
+    }
+    let mut k = 0;
+    p.steps.retain(|_| {
+        k += 1;
+        !removed[k - 1]
+    });
 }
 
 /// `a [.., m, k] @ w [k, n]` for a constant `w` with candle's matmul, whose backward computes
@@ -68,11 +178,12 @@ pub(crate) fn by_weight(a: &Tensor, w: &Tensor) -> Result<Tensor> {
 mod tests {
     use candle_core::Device;
 
-    use super::super::ops::{Binary, Kind};
+    use super::super::ops::{Binary, Kind, Unary};
     use crate::engine::models::layers::Weights;
 
-    /// `(linear steps, binary Mul steps)` of a fixture graph once lowered.
-    fn lowered(file: &str) -> (usize, usize) {
+    /// `(linear steps, binary Mul steps, GELU steps, linear steps with a GELU, linear
+    /// steps into planes)` of a fixture graph once lowered.
+    fn lowered(file: &str) -> [usize; 5] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx");
         let f = super::super::read_onnx(&path.join(file)).unwrap();
         let opset = f
@@ -85,23 +196,32 @@ mod tests {
         let w = Weights::new(f.initializers.clone());
         let p = super::super::lower::lower(&f.model.graph, opset, &w, &Device::Cpu).unwrap();
         let count = |pred: &dyn Fn(&Kind) -> bool| p.steps.iter().filter(|s| pred(&s.kind)).count();
-        (
+        [
             count(&|k| matches!(k, Kind::Linear(_))),
             count(&|k| matches!(k, Kind::Binary(Binary::Mul))),
-        )
+            count(&|k| matches!(k, Kind::Unary(Unary::Gelu(_)))),
+            count(&|k| matches!(k, Kind::Linear(l) if l.gelu.is_some())),
+            count(&|k| matches!(k, Kind::Linear(l) if l.to_planes)),
+        ]
     }
 
     /// Every linear layer of ConvNeXt becomes one step with its bias and layer scale (the
     /// torchvision export has two MatMuls + bias Adds per block and the head's Gemm, each
-    /// block's layer scale a Mul after a Transpose; the exact GELU's Muls fold into a GELU);
-    /// ViT's projections and MLPs likewise, its attention products (two operands that are
-    /// both activations) stay MatMuls.
+    /// block's layer scale a Mul after a Transpose; the exact GELU's Muls fold into a GELU),
+    /// the first of each block with its GELU, the second with the transpose back to planes
+    /// and the residual addition. ViT's projections and MLPs likewise (its MLPs' GELUs
+    /// absorbed, nothing into planes); its attention products (two operands that are both
+    /// activations) stay MatMuls.
     #[test]
-    fn linear_layers_absorb_their_bias_and_layer_scale() {
-        let (linear, muls) = lowered("convnext_tiny.onnx");
-        assert!(linear >= 3 && linear % 2 == 1, "{linear} linear steps");
+    fn linear_layers_absorb_their_bias_layer_scale_gelu_and_residual() {
+        let [linear, muls, gelus, with_gelu, planes] = lowered("convnext_tiny.onnx");
+        let blocks = (linear - 1) / 2;
+        assert!(blocks >= 1 && linear % 2 == 1, "{linear} linear steps");
         assert_eq!(muls, 0, "a layer scale or GELU Mul was left");
-        let (linear, _) = lowered("vit_b_16.onnx");
+        assert_eq!((gelus, with_gelu, planes), (0, blocks, blocks));
+        let [linear, _, gelus, with_gelu, planes] = lowered("vit_b_16.onnx");
         assert!(linear >= 5, "{linear} linear steps");
+        assert!(with_gelu >= 1, "no GELU absorbed");
+        assert_eq!((gelus, planes), (0, 0));
     }
 }

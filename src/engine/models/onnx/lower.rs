@@ -218,6 +218,7 @@ pub(crate) fn lower(
         });
     }
     p.consts = table;
+    super::linear::absorb(&mut p);
     p.last_use = last_uses(&p);
     Ok(p)
 }

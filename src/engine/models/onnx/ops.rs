@@ -167,7 +167,10 @@ impl Kind {
                 one(y)
             }
             Kind::MatMul => one(matmul(&f(0)?, &f(1)?, ctx.backend)?),
-            Kind::Linear(step) => one(step.run(&f(0)?, ctx)?),
+            Kind::Linear(step) => {
+                let residual = if step.to_planes { Some(f(1)?) } else { None };
+                one(step.run(&f(0)?, residual.as_ref(), ctx)?)
+            }
             Kind::Affine(scale, shift) => {
                 let x = f(0)?;
                 let mut shape = vec![1; x.rank()];
@@ -237,7 +240,7 @@ fn fused_here(x: &Tensor, backend: Backend) -> bool {
     backend.fast_cpu(x.device()) && fused::fits(x)
 }
 
-fn unary(x: &Tensor, u: Unary, backend: Backend) -> Result<Tensor> {
+pub(crate) fn unary(x: &Tensor, u: Unary, backend: Backend) -> Result<Tensor> {
     Ok(match u {
         Unary::Gelu(tanh) if fused_here(x, backend) => fused::gelu(x, tanh)?,
         Unary::Sigmoid => candle_nn::ops::sigmoid(x)?,

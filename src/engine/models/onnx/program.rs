@@ -154,6 +154,7 @@ impl Program {
         for s in &self.steps {
             let name = match &s.kind {
                 Kind::Unary(Unary::Gelu(_)) | Kind::Unary(Unary::Erf) => "GELU",
+                Kind::Linear(l) if l.gelu.is_some() => "GELU",
                 Kind::Unary(Unary::Sigmoid) => "sigmoid (SiLU / squeeze-excite)",
                 Kind::Unary(Unary::HardSwish) => "HardSwish",
                 Kind::Unary(Unary::HardSigmoid(..)) => "HardSigmoid",
