@@ -488,5 +488,7 @@ fn gelu_in_place_all<const F: bool>(x: &mut [f32], d: &mut [MaybeUninit<f32>], t
     }
 }
 
+pub(crate) mod planes;
+
 #[cfg(test)]
 mod tests;

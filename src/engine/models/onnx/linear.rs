@@ -182,8 +182,8 @@ mod tests {
     use crate::engine::models::layers::Weights;
 
     /// `(linear steps, binary Mul steps, GELU steps, linear steps with a GELU, linear
-    /// steps into planes)` of a fixture graph once lowered.
-    fn lowered(file: &str) -> [usize; 5] {
+    /// steps into planes, norms reading planes)` of a fixture graph once lowered.
+    fn lowered(file: &str) -> [usize; 6] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx");
         let f = super::super::read_onnx(&path.join(file)).unwrap();
         let opset = f
@@ -202,6 +202,7 @@ mod tests {
             count(&|k| matches!(k, Kind::Unary(Unary::Gelu(_)))),
             count(&|k| matches!(k, Kind::Linear(l) if l.gelu.is_some())),
             count(&|k| matches!(k, Kind::Linear(l) if l.to_planes)),
+            count(&|k| matches!(k, Kind::LayerNormFromPlanes { .. })),
         ]
     }
 
@@ -209,19 +210,24 @@ mod tests {
     /// torchvision export has two MatMuls + bias Adds per block and the head's Gemm, each
     /// block's layer scale a Mul after a Transpose; the exact GELU's Muls fold into a GELU),
     /// the first of each block with its GELU, the second with the transpose back to planes
-    /// and the residual addition. ViT's projections and MLPs likewise (its MLPs' GELUs
+    /// and the residual addition; each block's norm reads the depthwise convolution's planes
+    /// (the transpose before it folded in). ViT's projections and MLPs likewise (its MLPs' GELUs
     /// absorbed, nothing into planes); its attention products (two operands that are both
     /// activations) stay MatMuls.
     #[test]
     fn linear_layers_absorb_their_bias_layer_scale_gelu_and_residual() {
-        let [linear, muls, gelus, with_gelu, planes] = lowered("convnext_tiny.onnx");
+        let [linear, muls, gelus, with_gelu, planes, norms] = lowered("convnext_tiny.onnx");
         let blocks = (linear - 1) / 2;
         assert!(blocks >= 1 && linear % 2 == 1, "{linear} linear steps");
         assert_eq!(muls, 0, "a layer scale or GELU Mul was left");
         assert_eq!((gelus, with_gelu, planes), (0, blocks, blocks));
-        let [linear, _, gelus, with_gelu, planes] = lowered("vit_b_16.onnx");
+        assert!(
+            norms >= blocks,
+            "{norms} norms read planes, {blocks} blocks"
+        );
+        let [linear, _, gelus, with_gelu, planes, norms] = lowered("vit_b_16.onnx");
         assert!(linear >= 5, "{linear} linear steps");
         assert!(with_gelu >= 1, "no GELU absorbed");
-        assert_eq!((gelus, planes), (0, 0));
+        assert_eq!((gelus, planes, norms), (0, 0, 0));
     }
 }

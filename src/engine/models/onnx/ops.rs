@@ -77,6 +77,10 @@ pub(crate) enum Kind {
         axis: i64,
         eps: f64,
     },
+    /// A transpose of planes `[b, c, h, w]` to channels-last rows, then LayerNorm over `c`.
+    LayerNormFromPlanes {
+        eps: f64,
+    },
     Softmax {
         axis: i64,
         legacy: bool,
@@ -186,6 +190,16 @@ impl Kind {
                     &f(1)?,
                     bias.as_ref(),
                     (*a, *eps),
+                    ctx.backend,
+                )?)
+            }
+            Kind::LayerNormFromPlanes { eps } => {
+                let bias = opt(inputs, 2).map(|b| b.float(&ctx.device)).transpose()?;
+                one(layer_norm_from_planes(
+                    &f(0)?,
+                    &f(1)?,
+                    bias.as_ref(),
+                    *eps,
                     ctx.backend,
                 )?)
             }
@@ -364,6 +378,34 @@ fn matmul(a: &Tensor, b: &Tensor, backend: Backend) -> Result<Tensor> {
 /// Normalises over the dimensions from `axis` on, then scales and shifts. The fused kernel
 /// where scale and bias are constants of the normalised shape (no broadcast), else tensor ops
 /// (candle-nn's fused `layer_norm` has no backward).
+/// [`Kind::LayerNormFromPlanes`]: one op on the fast CPU path when the scale and bias are
+/// one constant per channel, else the transpose and the LayerNorm as the graph had them.
+fn layer_norm_from_planes(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    eps: f64,
+    backend: Backend,
+) -> Result<Tensor> {
+    let c = x.dims().get(1).copied().unwrap_or(0);
+    let per_channel = |t: &Tensor| !t.track_op() && t.elem_count() == c;
+    if fused_here(x, backend) && x.rank() == 4 && per_channel(scale) && bias.is_none_or(per_channel)
+    {
+        let values = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let bias = match bias {
+            Some(b) => values(b)?,
+            None => vec![0.0; c],
+        };
+        return Ok(fused::planes::layer_norm_from_planes(
+            x,
+            values(scale)?,
+            bias,
+            eps as f32,
+        )?);
+    }
+    layer_norm(&x.permute((0, 2, 3, 1))?, scale, bias, (-1, eps), backend)
+}
+
 fn layer_norm(
     x: &Tensor,
     scale: &Tensor,

@@ -157,3 +157,40 @@ fn fold_gelus(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool
         g.inputs = vec![Some(x)];
     }
 }
+
+/// After fusion: a `Transpose` of planes to channels-last (`[0, 2, 3, 1]`) whose only reader
+/// is a LayerNormalization over the last axis becomes one step reading the planes
+/// ([`Kind::LayerNormFromPlanes`]), as ConvNeXt writes each block's and each downsampling's
+/// norm. The norm keeps its place and its weights' names.
+pub(crate) fn fold_planes_norms(p: &mut Program) {
+    let readers = p.readers();
+    let mut removed = vec![false; p.steps.len()];
+    for t in 0..p.steps.len() {
+        let Kind::Arrange(Arrange::Transpose(Some(perm))) = &p.steps[t].kind else {
+            continue;
+        };
+        let Some(n) = readers.only(p.steps[t].outputs[0]) else {
+            continue;
+        };
+        let Kind::LayerNorm { axis, eps } = p.steps[n].kind else {
+            continue;
+        };
+        let norm = &p.steps[n];
+        if perm[..] != [0, 2, 3, 1]
+            || !(axis == -1 || axis == 3)
+            || norm.inputs.first() != Some(&Some(p.steps[t].outputs[0]))
+        {
+            continue;
+        }
+        let planes = p.steps[t].inputs[0];
+        let norm = &mut p.steps[n];
+        norm.kind = Kind::LayerNormFromPlanes { eps };
+        norm.inputs[0] = planes;
+        removed[t] = true;
+    }
+    let mut i = 0;
+    p.steps.retain(|_| {
+        i += 1;
+        !removed[i - 1]
+    });
+}
