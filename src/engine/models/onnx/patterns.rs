@@ -165,7 +165,7 @@ fn fold_gelus(p: &mut Program, consts: &HashMap<usize, Val>, removed: &mut [bool
 pub(crate) fn fold_planes_norms(p: &mut Program) {
     let readers = p.readers();
     let mut removed = vec![false; p.steps.len()];
-    for t in 0..p.steps.len() {
+    for (t, gone) in removed.iter_mut().enumerate() {
         let Kind::Arrange(Arrange::Transpose(Some(perm))) = &p.steps[t].kind else {
             continue;
         };
@@ -186,7 +186,7 @@ pub(crate) fn fold_planes_norms(p: &mut Program) {
         let norm = &mut p.steps[n];
         norm.kind = Kind::LayerNormFromPlanes { eps };
         norm.inputs[0] = planes;
-        removed[t] = true;
+        *gone = true;
     }
     let mut i = 0;
     p.steps.retain(|_| {
