@@ -5,6 +5,15 @@
 //! op does the whole layer in one pass over the data, forward and backward, with the (possibly
 //! asymmetric, TensorFlow-"same") zero padding folded in. Its backward returns only the input
 //! gradient: the weights are constants.
+//!
+//! Each plane is copied once into a zero-padded, stride-phase-split buffer in which every
+//! output is a sum of `k x k` taps at fixed offsets from its position (see
+//! [`DepthwiseConv2d::layout`]); [`kernel`] sums blocks of positions in registers over all the
+//! taps. The backward is the same sum the other way round (a gather over the zero-padded
+//! output gradient, not a scatter), so it too stores each value once. What must hold: every
+//! value of the output (forward) and of the input gradient (backward) is written exactly
+//! once, padding reads as zero, and the taps are summed in row-major order on every kernel
+//! path (only the rounding of fused multiply-adds differs between paths).
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -14,6 +23,8 @@ use rayon::prelude::*;
 
 use super::activation::ReluOp;
 use super::geometry::Padding;
+
+mod kernel;
 
 /// Depthwise convolution with bias. `weight` is `[channels, k, k]` row-major.
 #[derive(Clone, Debug)]
@@ -100,9 +111,10 @@ impl DepthwiseConv2d {
     /// The padded input of one plane, split into `stride x stride` phases (phase `(ry, rx)`
     /// holds padded pixels `(qy * s + ry, qx * s + rx)` at `(qy, qx)`). In that layout kernel
     /// tap `(ky, kx)` reads, for every output pixel at once, one contiguous run of its phase
-    /// starting at `(ky / s, kx / s)`: each tap is a single long multiply-add over the plane,
-    /// which vectorises even for 7 x 7 planes, whatever the stride. Output rows are computed
-    /// `pws` wide; the columns past `ow` are discarded (forward) or zero (backward).
+    /// starting at `(ky / s, kx / s)`: each output is a sum of taps at fixed offsets from its
+    /// position, over one contiguous span, which vectorises even for 7 x 7 planes, whatever
+    /// the stride. Output rows are computed `cols` wide; the columns past `ow` are discarded
+    /// (forward) or zero (backward).
     fn layout(&self, geo: &Geometry) -> PhaseLayout {
         let (k, s) = (self.k, self.stride);
         let rows = geo.oh + (k - 1) / s + 1;
@@ -110,10 +122,36 @@ impl DepthwiseConv2d {
         PhaseLayout { s, rows, cols }
     }
 
-    /// Where tap `(ky, kx)` starts reading in the phase buffer.
-    fn tap_offset(&self, ky: usize, kx: usize, l: &PhaseLayout) -> usize {
-        let s = self.stride;
-        ((ky % s) * s + kx % s) * l.phase_len() + (ky / s) * l.cols + kx / s
+    /// Where each tap `(ky, kx)` reads, row-major, in the phase buffer (forward) and in the
+    /// padded output gradient (backward).
+    fn taps(&self, geo: &Geometry) -> Taps {
+        let (s, l) = (self.stride, self.layout(geo));
+        let offs: Vec<usize> = (0..self.k * self.k)
+            .map(|t| {
+                let (ky, kx) = (t / self.k, t % self.k);
+                ((ky % s) * s + kx % s) * l.phase_len() + (ky / s) * l.cols + kx / s
+            })
+            .collect();
+        let reach = offs.iter().copied().max().unwrap_or(0);
+        // Row-major within each phase, so the sums keep the forward's tap order.
+        let phase = |t: usize| (t / self.k % s) * s + t % self.k % s;
+        let mut order: Vec<usize> = (0..self.k * self.k).collect();
+        order.sort_by_key(|&t| phase(t));
+        let by_phase = (0..s * s)
+            .map(|ph| {
+                let start = order.partition_point(|&t| phase(t) < ph);
+                start..order.partition_point(|&t| phase(t) <= ph)
+            })
+            .collect();
+        // Tap `t` reads `g[q - offs[t]]` at `gpad[reach - offs[t] + q]`.
+        let back = order.iter().map(|&t| reach - offs[t]).collect();
+        Taps {
+            offs,
+            order,
+            by_phase,
+            back,
+            reach,
+        }
     }
 
     /// One plane's output, `act` applied, written whole into `out` (which may start
@@ -123,67 +161,125 @@ impl DepthwiseConv2d {
         (ch, act): (usize, Option<ReluOp>),
         x: &[f32],
         out: &mut [MaybeUninit<f32>],
-        geo: &Geometry,
+        (geo, taps): (&Geometry, &Taps),
         scratch: &mut Vec<f32>,
     ) {
-        let k = self.k;
-        let wt = &self.weight[ch * k * k..(ch + 1) * k * k];
+        let wt = &self.weight[ch * self.k * self.k..][..self.k * self.k];
         let l = self.layout(geo);
-        let span = geo.oh * l.cols;
-        if scratch.len() < l.len() + span {
-            scratch.resize(l.len() + span, 0.0);
-        }
-        let (phases, acc) = scratch[..l.len() + span].split_at_mut(l.len());
-        // The padding must read as zeros; `scatter` writes the rest.
-        phases.fill(0.0);
+        scratch.resize(l.len() + kernel::MAX_LANES, 0.0);
+        let (phases, tail) = scratch.split_at_mut(l.len());
         l.scatter(geo, x, phases);
-        acc.fill(self.bias[ch]);
-        for ky in 0..k {
-            for kx in 0..k {
-                let (wv, src) = (
-                    wt[ky * k + kx],
-                    &phases[self.tap_offset(ky, kx, &l)..][..span],
-                );
-                super::simd::axpy(acc, src, wv);
-            }
-        }
-        let act = |v: f32| act.map_or(v, |a| a.apply(v));
-        for (o, a) in out.chunks_exact_mut(geo.ow).zip(acc.chunks_exact(l.cols)) {
-            o.iter_mut().zip(a).for_each(|(o, &a)| {
-                o.write(act(a));
-            });
+        // Read only by the last block, whose values there are dropped: any finite values do.
+        tail.fill(0.0);
+        let (bias, span, cols) = (self.bias[ch], geo.oh * l.cols, (l.cols, geo.ow));
+        let src = &scratch[..];
+        match act {
+            Some(a) => kernel::tap_sums(src, &taps.offs, wt, bias, span, |p, v| {
+                emit_rows(out, cols, p, v, |v| a.apply(v))
+            }),
+            None => kernel::tap_sums(src, &taps.offs, wt, bias, span, |p, v| {
+                emit_rows(out, cols, p, v, |v| v)
+            }),
         }
     }
 
-    /// The input gradient of one plane: the adjoint of `forward_plane`.
+    /// The input gradient of one plane: the adjoint of `forward_plane`, as a gather so that
+    /// it too keeps its sums in registers: phase value `q` gets `w[t] * g[q - offs[t]]` from
+    /// each tap `t` reading its phase, `g` being the output gradient laid out `cols` wide
+    /// and zero-padded by the largest offset on both sides (`gpad`, in `scratch`). `gated`:
+    /// the output gradient is `act`'s backward of (`y`, `gy`) rather than `gy`.
     fn backward_plane(
         &self,
-        ch: usize,
+        (ch, gated): (usize, Option<(ReluOp, &[f32])>),
         gy: &[f32],
-        gx: &mut [f32],
-        geo: &Geometry,
+        gx: &mut [MaybeUninit<f32>],
+        (geo, taps): (&Geometry, &Taps),
         scratch: &mut Vec<f32>,
     ) {
-        let k = self.k;
-        let wt = &self.weight[ch * k * k..(ch + 1) * k * k];
+        let kk = self.k * self.k;
+        let wt = &self.weight[ch * kk..][..kk];
         let l = self.layout(geo);
-        let span = geo.oh * l.cols;
-        scratch.clear();
-        scratch.resize(l.len() + span, 0.0);
-        let (phases, g) = scratch.split_at_mut(l.len());
-        for (d, r) in g.chunks_exact_mut(l.cols).zip(gy.chunks_exact(geo.ow)) {
-            d[..geo.ow].copy_from_slice(r);
+        let reach = taps.reach;
+        let (ow, cols) = (geo.ow, l.cols);
+        let gpad_len = reach + l.len() + kernel::MAX_LANES;
+        scratch.resize(kk + l.len() + gpad_len, 0.0);
+        let (wsorted, rest) = scratch.split_at_mut(kk);
+        let (phases, gpad) = rest.split_at_mut(l.len());
+        for (d, &t) in wsorted.iter_mut().zip(&taps.order) {
+            *d = wt[t];
         }
-        for ky in 0..k {
-            for kx in 0..k {
-                let (wv, dst) = (
-                    wt[ky * k + kx],
-                    &mut phases[self.tap_offset(ky, kx, &l)..][..span],
-                );
-                super::simd::axpy(dst, g, wv);
+        let (head, rest) = gpad.split_at_mut(reach);
+        head.fill(0.0);
+        let (rows, tail) = rest.split_at_mut(geo.oh * cols);
+        for (r, (d, gy)) in rows
+            .chunks_exact_mut(cols)
+            .zip(gy.chunks_exact(ow))
+            .enumerate()
+        {
+            let (d, zeros) = d.split_at_mut(ow);
+            match gated {
+                Some((act, y)) => d
+                    .iter_mut()
+                    .zip(gy.iter().zip(&y[r * ow..]))
+                    .for_each(|(d, (&g, &y))| *d = act.grad_at(y, g)),
+                None => d.copy_from_slice(gy),
             }
+            zeros.fill(0.0);
+        }
+        tail.fill(0.0);
+        let pl = l.phase_len();
+        for (ph, ts) in taps.by_phase.iter().enumerate() {
+            // Only the phase rows holding input pixels are gathered, only from the taps that
+            // read this phase (the others' terms are all zero).
+            let (top, s) = (geo.pad.top, l.s);
+            let (ry, rx) = (ph / s, ph % s);
+            let lo = top.saturating_sub(ry).div_ceil(s).min(l.rows);
+            let hi = (top + geo.h).saturating_sub(ry).div_ceil(s).min(l.rows);
+            let q0 = (ry * s + rx) * pl + lo * cols;
+            let dst = &mut phases[q0..q0 + (hi.max(lo) - lo) * cols];
+            let (back, w) = (&taps.back[ts.clone()], &wsorted[ts.clone()]);
+            kernel::tap_sums(&gpad[q0..], back, w, 0.0, dst.len(), |p, sums| {
+                dst[p..p + sums.len()].copy_from_slice(sums)
+            });
         }
         l.gather(geo, phases, gx);
+    }
+}
+
+/// The tap offsets of one geometry (see [`DepthwiseConv2d::taps`]).
+struct Taps {
+    offs: Vec<usize>,
+    /// The taps sorted by the phase they read (backward).
+    order: Vec<usize>,
+    /// Each phase's taps: a range of `order`.
+    by_phase: Vec<std::ops::Range<usize>>,
+    /// Where each tap of `order` reads in the padded gradient (backward).
+    back: Vec<usize>,
+    /// The largest offset: the zero padding on each side of the backward's gradient.
+    reach: usize,
+}
+
+/// Writes a block of sums at positions `p..` of the `cols`-wide span into the `ow`-wide
+/// output rows they cover, through `f` (the activation); columns past `ow` are dropped.
+#[inline(always)]
+fn emit_rows(
+    out: &mut [MaybeUninit<f32>],
+    (cols, ow): (usize, usize),
+    p: usize,
+    sums: &[f32],
+    f: impl Fn(f32) -> f32,
+) {
+    let (mut r, mut c, mut i) = (p / cols, p % cols, 0);
+    while i < sums.len() {
+        let run = (cols - c).min(sums.len() - i);
+        if c < ow {
+            let n = (ow - c).min(run);
+            let o = &mut out[r * ow + c..][..n];
+            o.iter_mut().zip(&sums[i..i + n]).for_each(|(o, &v)| {
+                o.write(f(v));
+            });
+        }
+        (r, c, i) = (r + 1, 0, i + run);
     }
 }
 
@@ -219,43 +315,83 @@ impl PhaseLayout {
         })
     }
 
-    /// Copies an input plane into the zeroed phase buffer.
+    /// Writes the whole phase buffer from an input plane: its pixels, zeros everywhere else
+    /// (each value once: no zero-fill first).
     fn scatter(&self, geo: &Geometry, x: &[f32], phases: &mut [f32]) {
-        for (iy, row) in x.chunks_exact(geo.w).enumerate() {
-            let Some(base) = self.row_base(geo, iy) else {
-                break;
-            };
-            for (rx, ix0, q0) in self.column_phases(geo) {
-                let dst = &mut phases[base + rx * self.phase_len() + q0..];
-                if self.s == 1 {
-                    dst[..geo.w].copy_from_slice(row);
-                } else {
-                    dst.iter_mut()
-                        .zip(row[ix0..].iter().step_by(self.s))
-                        .for_each(|(d, &v)| *d = v);
+        let (s, top) = (self.s, geo.pad.top);
+        for (ph, phase) in phases.chunks_exact_mut(self.phase_len()).enumerate() {
+            let (ry, rx) = (ph / s, ph % s);
+            // The phase columns holding input columns: `q0 .. q0 + n`, from column `ix0`.
+            let q0 = geo.pad.left.saturating_sub(rx).div_ceil(s);
+            let ix0 = q0 * s + rx - geo.pad.left;
+            let n = geo.w.saturating_sub(ix0).div_ceil(s);
+            for (qy, row) in phase.chunks_exact_mut(self.cols).enumerate() {
+                let iy = (qy * s + ry).checked_sub(top).filter(|&iy| iy < geo.h);
+                let Some(iy) = iy.filter(|_| n > 0) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                let (before, rest) = row.split_at_mut(q0);
+                let (data, after) = rest.split_at_mut(n);
+                before.fill(0.0);
+                let src = &x[iy * geo.w + ix0..(iy + 1) * geo.w];
+                match s {
+                    1 => data.copy_from_slice(src),
+                    // As pairs, which vectorise (a `step_by(2)` does not).
+                    2 => {
+                        let (pairs, odd) = src.as_chunks::<2>();
+                        let (d, last) = data.split_at_mut(pairs.len());
+                        d.iter_mut().zip(pairs).for_each(|(d, p)| *d = p[0]);
+                        last.iter_mut().zip(odd).for_each(|(d, &v)| *d = v);
+                    }
+                    _ => data
+                        .iter_mut()
+                        .zip(src.iter().step_by(s))
+                        .for_each(|(d, &v)| *d = v),
                 }
+                after.fill(0.0);
             }
         }
     }
 
-    /// The inverse of `scatter`: reads an input-shaped plane back (rows no window reads: 0).
-    fn gather(&self, geo: &Geometry, phases: &[f32], x: &mut [f32]) {
+    /// Reads an input-shaped plane back from the phases, writing every value of `x` (rows no
+    /// window reads: 0); the adjoint of `scatter`.
+    fn gather(&self, geo: &Geometry, phases: &[f32], x: &mut [MaybeUninit<f32>]) {
         for (iy, row) in x.chunks_exact_mut(geo.w).enumerate() {
             let Some(base) = self.row_base(geo, iy) else {
-                row.fill(0.0);
+                row.fill(MaybeUninit::new(0.0));
                 continue;
             };
-            for (rx, ix0, q0) in self.column_phases(geo) {
-                let src = &phases[base + rx * self.phase_len() + q0..];
-                if self.s == 1 {
-                    row.copy_from_slice(&src[..geo.w]);
+            let src =
+                |(rx, _, q0): (usize, usize, usize)| &phases[base + rx * self.phase_len() + q0..];
+            if self.s == 2 && geo.w >= 2 {
+                // Both column phases at once, as pairs, which vectorise.
+                let mut phases = self.column_phases(geo);
+                let (a, b) = (phases.next().unwrap(), phases.next().unwrap());
+                let (even, odd) = if a.1 == 0 {
+                    (src(a), src(b))
                 } else {
-                    row[ix0..]
-                        .iter_mut()
-                        .step_by(self.s)
-                        .zip(src)
-                        .for_each(|(d, &v)| *d = v);
+                    (src(b), src(a))
+                };
+                let (pairs, last) = row.as_chunks_mut::<2>();
+                for (p, (&e, &o)) in pairs.iter_mut().zip(even.iter().zip(odd)) {
+                    p[0].write(e);
+                    p[1].write(o);
                 }
+                if let Some(d) = last.first_mut() {
+                    d.write(even[pairs.len()]);
+                }
+                continue;
+            }
+            for (rx, ix0, q0) in self.column_phases(geo) {
+                let src = src((rx, ix0, q0));
+                row[ix0..]
+                    .iter_mut()
+                    .step_by(self.s)
+                    .zip(src)
+                    .for_each(|(d, &v)| {
+                        d.write(v);
+                    });
             }
         }
     }
@@ -270,13 +406,14 @@ impl Applied {
     pub(crate) fn forward_vec(&self, x: &[f32]) -> Vec<f32> {
         let (c, g) = (self.conv.channels, &self.geo);
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
+        let taps = self.conv.taps(g);
         let fill = |out: &mut [MaybeUninit<f32>]| {
             out.par_chunks_mut(out_plane)
                 .enumerate()
                 .for_each_init(Vec::new, |scratch, (i, o)| {
                     let xp = &x[i * in_plane..(i + 1) * in_plane];
                     self.conv
-                        .forward_plane((i % c, self.act), xp, o, g, scratch);
+                        .forward_plane((i % c, self.act), xp, o, (g, &taps), scratch);
                 })
         };
         // SAFETY: `forward_plane` writes its plane whole.
@@ -287,23 +424,19 @@ impl Applied {
     pub(crate) fn backward_vec(&self, y: &[f32], gy: &[f32]) -> Vec<f32> {
         let (c, g) = (self.conv.channels, &self.geo);
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
-        let mut gx = vec![0f32; self.batch * c * in_plane];
-        gx.par_chunks_mut(in_plane).enumerate().for_each_init(
-            || (vec![MaybeUninit::uninit(); out_plane], Vec::new()),
-            |(gated, scratch), (i, gxp)| {
-                let span = i * out_plane..(i + 1) * out_plane;
-                let gyp = match self.act {
-                    Some(act) => {
-                        act.grad_from_outputs(gated, &y[span.clone()], &gy[span]);
-                        // SAFETY: `grad_from_outputs` writes all of `gated` (`out_plane` long).
-                        &*unsafe { super::assume_init(gated) }
-                    }
-                    None => &gy[span],
-                };
-                self.conv.backward_plane(i % c, gyp, gxp, g, scratch);
-            },
-        );
-        gx
+        let taps = self.conv.taps(g);
+        let fill = |gx: &mut [MaybeUninit<f32>]| {
+            gx.par_chunks_mut(in_plane)
+                .enumerate()
+                .for_each_init(Vec::new, |scratch, (i, gxp)| {
+                    let span = i * out_plane..(i + 1) * out_plane;
+                    let gated = self.act.map(|a| (a, &y[span.clone()]));
+                    self.conv
+                        .backward_plane((i % c, gated), &gy[span], gxp, (g, &taps), scratch);
+                })
+        };
+        // SAFETY: `backward_plane` writes its plane whole (`gather` writes every value).
+        unsafe { super::vec_written_by(self.batch * c * in_plane, fill) }
     }
 }
 
@@ -327,3 +460,6 @@ impl CustomOp1 for Applied {
         Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
     }
 }
+
+#[cfg(test)]
+mod tests;

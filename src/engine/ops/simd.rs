@@ -20,24 +20,6 @@ pub(crate) fn has_avx512() -> bool {
     super::kernel_path::current() == super::kernel_path::KernelPath::Avx512
 }
 
-/// `dst[i] += a * src[i]` over the shorter of the two.
-pub(crate) fn axpy(dst: &mut [f32], src: &[f32], a: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { axpy_avx2(dst, src, a) };
-    }
-    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += a * s);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn axpy_avx2(dst: &mut [f32], src: &[f32], a: f32) {
-    dst.iter_mut()
-        .zip(src)
-        .for_each(|(d, &s)| *d = s.mul_add(a, *d));
-}
-
 /// The backward of a ReLU (`cap` = infinity) or ReLU6 (`cap` = 6) from its output `y`:
 /// `dst = g` where `0 < y < cap`, else 0; with `guided`, negative `g` become 0 too. Writes
 /// every element of `dst` (which may start uninitialised) up to the shorter input.
