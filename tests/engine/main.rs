@@ -19,6 +19,7 @@ mod onnx;
 mod onnx_graphs;
 mod onnx_malformed;
 mod onnx_reader;
+mod onnx_tf2onnx;
 mod ops;
 mod pth;
 mod reference;

@@ -8,6 +8,7 @@ use candle_core::Device;
 use super::lower::lower;
 use super::net::{CamLayer, OnnxModel, cam_candidates};
 use super::ops::Ctx;
+use super::program::Head;
 use super::proto::{Dim, ModelProto};
 use crate::engine::models::classifier::{CamGrid, Classifier};
 use crate::engine::models::description::{LabelsSpec, ModelDescription};
@@ -115,7 +116,16 @@ pub(crate) fn load(
     } else {
         Domain::Other
     };
-    let description = format!("ONNX graph from {}", d.weights.display());
+    let mut description = format!("ONNX graph from {}", d.weights.display());
+    match program.head {
+        Some(Head::Softmax) => description.push_str(
+            "; its final Softmax is left out (unveil explains the logits before it and scores them with a softmax)",
+        ),
+        Some(Head::Sigmoid) => description.push_str(
+            "; its final Sigmoid is left out (unveil explains the logits before it and scores each with a sigmoid)",
+        ),
+        None => {}
+    }
     let info = ModelInfo {
         name: d.name.clone(),
         description,
@@ -125,7 +135,7 @@ pub(crate) fn load(
         dataset_mean: mean,
         labels,
         resize,
-        multi_label: d.multi_label || classes == 1,
+        multi_label: d.multi_label || classes == 1 || program.head == Some(Head::Sigmoid),
         bgr: d.channel_order == crate::engine::models::ChannelOrder::Bgr,
         crop: Crop::None,
         op_threshs: None,

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device};
 
 use super::attrs::{Attrs, parse_kind};
-use super::ops::{Ctx, Kind};
-use super::program::{Program, Step};
+use super::ops::{Ctx, Kind, Unary};
+use super::program::{Head, Program, Step};
 use super::proto::{GraphProto, NodeProto};
 use super::value::Val;
 use crate::engine::models::layers::Weights;
@@ -199,6 +199,7 @@ pub(crate) fn lower(
                 "the graph's output '{output_name}' is computed by no node"
             ))
         })?;
+    let (output, head) = leave_out_head(&mut steps, output);
     let mut p = Program {
         steps,
         consts: Vec::new(),
@@ -206,6 +207,7 @@ pub(crate) fn lower(
         input,
         output,
         last_use: Vec::new(),
+        head,
     };
     super::patterns::fold(&mut p, &consts);
     super::fuse::fuse(&mut p, &mut consts, device)?;
@@ -222,6 +224,32 @@ pub(crate) fn lower(
     super::patterns::fold_planes_norms(&mut p);
     p.last_use = last_uses(&p);
     Ok(p)
+}
+
+/// A classifier's final Softmax over its classes (Keras' `Dense(n, activation="softmax")`, as
+/// tf2onnx writes it) or Sigmoid, left out: [`Classifier::forward`] gives logits, which unveil
+/// scores itself (a softmax, or one sigmoid per output). Kept, it would be applied twice, and
+/// the maps would explain a saturating probability instead of the logit, as tf-keras-vis'
+/// `ReplaceToLinear` and the native models avoid. The new output slot and what was left out.
+///
+/// [`Classifier::forward`]: crate::engine::models::Classifier::forward
+fn leave_out_head(steps: &mut Vec<Step>, output: usize) -> (usize, Option<Head>) {
+    let Some(i) = steps.iter().position(|s| s.outputs.contains(&output)) else {
+        return (output, None);
+    };
+    let head = match steps[i].kind {
+        // Over the class axis of `[n, classes]` (load checks that shape), not the batch.
+        Kind::Softmax { axis: 1 | -1, .. } => Head::Softmax,
+        Kind::Unary(Unary::Sigmoid) => Head::Sigmoid,
+        _ => return (output, None),
+    };
+    match steps[i].inputs.first() {
+        Some(&Some(logits)) if steps[i].outputs.len() == 1 => {
+            steps.remove(i);
+            (logits, Some(head))
+        }
+        _ => (output, None),
+    }
 }
 
 fn node_error(node: &NodeProto, e: Error) -> Error {

@@ -36,6 +36,16 @@ pub(crate) struct Program {
     pub(crate) output: usize,
     /// For each slot, the last step that reads it (freed after it).
     pub(crate) last_use: Vec<usize>,
+    /// The graph's final Softmax / Sigmoid, left out (see `lower::leave_out_head`).
+    pub(crate) head: Option<Head>,
+}
+
+/// A classifier's final activation over its classes, which the graph had and unveil applies
+/// itself when it scores the logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Head {
+    Softmax,
+    Sigmoid,
 }
 
 impl Program {
