@@ -97,6 +97,40 @@ fn xception_keys() -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
+/// Names and shapes of torchvision's DenseNet-121 with CheXNet's 14 outputs.
+fn densenet121_keys() -> Vec<(String, Vec<usize>)> {
+    let mut keys = Vec::new();
+    let bn = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
+        for t in ["weight", "bias", "running_mean", "running_var"] {
+            keys.push((format!("{p}.{t}"), vec![c]));
+        }
+    };
+    keys.push(("features.conv0.weight".into(), vec![64, 3, 7, 7]));
+    bn(&mut keys, "features.norm0", 64);
+    let mut c = 64;
+    for (b, n) in [6, 12, 24, 16].into_iter().enumerate() {
+        for l in 0..n {
+            let p = format!("features.denseblock{}.denselayer{}", b + 1, l + 1);
+            let cin = c + l * 32;
+            bn(&mut keys, &format!("{p}.norm1"), cin);
+            keys.push((format!("{p}.conv1.weight"), vec![128, cin, 1, 1]));
+            bn(&mut keys, &format!("{p}.norm2"), 128);
+            keys.push((format!("{p}.conv2.weight"), vec![32, 128, 3, 3]));
+        }
+        c += n * 32;
+        if b < 3 {
+            let p = format!("features.transition{}", b + 1);
+            bn(&mut keys, &format!("{p}.norm"), c);
+            keys.push((format!("{p}.conv.weight"), vec![c / 2, c, 1, 1]));
+            c /= 2;
+        }
+    }
+    bn(&mut keys, "features.norm5", c);
+    keys.push(("classifier.weight".into(), vec![14, c]));
+    keys.push(("classifier.bias".into(), vec![14]));
+    keys
+}
+
 /// Seeded weights for `keys` (timing does not depend on trained values, except through dead
 /// channels: see [`ResNetInit`]).
 fn seeded(keys: Vec<(String, Vec<usize>)>, init: ResNetInit) -> HashMap<String, Tensor> {
@@ -137,13 +171,25 @@ fn seeded(keys: Vec<(String, Vec<usize>)>, init: ResNetInit) -> HashMap<String, 
 
 /// ResNet-50 with arbitrary (seeded) weights.
 fn resnet50(backend: Backend, init: ResNetInit, device: &Device) -> Arc<dyn Classifier> {
+    seeded_arch("resnet50", resnet50_keys(), init, backend, device)
+}
+
+/// An architecture of the registry with seeded weights for `keys`, loaded as a user's
+/// checkpoint is.
+fn seeded_arch(
+    arch: &str,
+    keys: Vec<(String, Vec<usize>)>,
+    init: ResNetInit,
+    backend: Backend,
+    device: &Device,
+) -> Arc<dyn Classifier> {
     let path = std::env::temp_dir().join(format!(
-        "unveil-bench-resnet50-{}.safetensors",
+        "unveil-bench-{arch}-{}.safetensors",
         std::process::id()
     ));
-    candle_core::safetensors::save(&seeded(resnet50_keys(), init), &path).unwrap();
+    candle_core::safetensors::save(&seeded(keys, init), &path).unwrap();
     let m = models::load_custom(
-        &ModelDescription::ad_hoc(path.clone(), Some("resnet50".parse().unwrap()), None, false),
+        &ModelDescription::ad_hoc(path.clone(), Some(arch.parse().unwrap()), None, false),
         device,
         backend,
     )
@@ -157,6 +203,18 @@ fn resnet50(backend: Backend, init: ResNetInit, device: &Device) -> Arc<dyn Clas
 fn xception(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
     let w = Weights::new(seeded(xception_keys(), ResNetInit::Torchvision));
     models::from_weights(PNEUMONIA_MODEL, &w, device, backend).unwrap()
+}
+
+/// CheXNet's shape (DenseNet-121, 14 outputs) with seeded weights, as
+/// `scripts/bench/bench_pytorch.py`'s densenet121 row.
+fn densenet121(backend: Backend, device: &Device) -> Arc<dyn Classifier> {
+    seeded_arch(
+        "densenet121",
+        densenet121_keys(),
+        ResNetInit::Torchvision,
+        backend,
+        device,
+    )
 }
 
 fn ms_per_sample(model: &dyn Classifier, x: &Tensor, samples: usize) -> f64 {
@@ -201,7 +259,7 @@ fn main() {
     unveil::engine::memory::tune_allocator();
     let json_out = std::env::args().skip_while(|a| a != "--json").nth(1);
     // `--only a,b` runs only the named sections: e2e, efficientnet-lite0, resnet50,
-    // resnet50-random-bn, xception, onnx-resnet50, onnx-lite0, onnx-vit_b_16,
+    // resnet50-random-bn, xception, densenet121, onnx-resnet50, onnx-lite0, onnx-vit_b_16,
     // onnx-convnext_tiny, smoothgrad25, stock, mask.
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let wanted = |section: &str| {
@@ -259,7 +317,7 @@ fn main() {
     let mut models_json = serde_json::Map::new();
     type Load<'a> = Box<dyn Fn(Backend) -> Arc<dyn Classifier> + 'a>;
     let dev = &device;
-    let sections: [(&str, Load, bool); 4] = [
+    let sections: [(&str, Load, bool); 5] = [
         (
             "efficientnet-lite0",
             Box::new(|b| models::load(DEFAULT_MODEL, dev, b).unwrap()),
@@ -276,6 +334,7 @@ fn main() {
             false,
         ),
         ("xception", Box::new(|b| xception(b, dev)), false),
+        ("densenet121", Box::new(|b| densenet121(b, dev)), false),
     ];
     for (name, load, with_stock) in sections {
         if !wanted(name) {

@@ -32,6 +32,10 @@ Models (float32, eval mode, every parameter requires_grad=False):
                       one) are all GuidedReLU. The trained weights are not needed: PyTorch's
                       dense kernels cost the same whatever the weight values (no sparsity
                       shortcuts), so seeded weights give the same time.
+  densenet121         S = 224. CheXNet's shape: torchvision.models.densenet121(weights=None,
+                      num_classes=14), torch.manual_seed(0) init; its 120 nn.ReLU modules are
+                      GuidedReLU (the functional F.relu after norm5 stays plain). unveil's
+                      densenet121 row seeds the same tensor shapes (benches/saliency.rs).
   vit_b_16,           S = 224. torchvision.models.vit_b_16 / convnext_tiny(weights=None),
   convnext_tiny       weights from torch.manual_seed(0), ViT's zero-initialised head re-drawn
                       (export_bench_onnx.seeded_torchvision: the graphs of
@@ -70,7 +74,7 @@ memory allocated per model (torch.cuda.max_memory_allocated).
 Run (from the repo root, after scripts/setup_venv.sh):
     .venv-scripts/bin/python scripts/bench/bench_pytorch.py [--json OUT] [--threads 2]
         [--samples 32] [--chunk 4] [--channels-last] [--device cpu|cuda] [--cudnn-benchmark]
-        [--no-torchvision] [--model efficientnet-lite0|resnet50|xception|vit_b_16|convnext_tiny ...]
+        [--no-torchvision] [--model efficientnet-lite0|resnet50|xception|densenet121|vit_b_16|convnext_tiny ...]
 Exit status 2 (with a one-line message) for bad arguments or --device cuda without a GPU.
 Tested with CPython 3.11.7, torch 2.7.1 (CPU), torchvision 0.22.1.
 """
@@ -94,7 +98,7 @@ sys.path.insert(0, str(REPO / "scripts" / "fixtures"))  # make_fixtures, torch_m
 SIZE = 224
 NOISE = 0.15  # unveil SaliencyParams::default().noise (fraction of the input's max - min)
 SEED = 0
-MODELS = ("efficientnet-lite0", "resnet50", "xception", "vit_b_16", "convnext_tiny")
+MODELS = ("efficientnet-lite0", "resnet50", "xception", "densenet121", "vit_b_16", "convnext_tiny")
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -190,6 +194,20 @@ def build_resnet50(no_torchvision: bool = False) -> tuple[nn.Module, callable, s
     return guide_relus(model, 17), guided_module_calls, impl
 
 
+def build_densenet121(no_torchvision: bool = False) -> tuple[nn.Module, callable, str]:
+    """CheXNet's shape: torchvision's DenseNet-121 with 14 outputs, torch.manual_seed(SEED)
+    init (benches/saliency.rs seeds the same shapes)."""
+    try:
+        import torchvision as tv
+    except ImportError:
+        fail("densenet121 needs torchvision")
+    torch.manual_seed(SEED)
+    model = tv.models.densenet121(weights=None, num_classes=14)
+    # relu0 + two per dense layer (58) + one per transition (3); the functional F.relu after
+    # norm5 stays plain (negligible time)
+    return guide_relus(model, 120), guided_module_calls, f"torchvision {tv.__version__}, 14 outputs"
+
+
 def build_torchvision_gelu(name: str) -> tuple[nn.Module, callable, str]:
     """torchvision `name` (GELU throughout, no ReLU: vanilla gradients), torch.manual_seed(0)
     random init, as scripts/bench/export_bench_onnx.py exports it for unveil's ONNX rows."""
@@ -216,6 +234,7 @@ def build_xception(no_torchvision: bool = False) -> tuple[nn.Module, callable, s
 BUILDERS = {"efficientnet-lite0": (build_efficientnet_lite0, 33, SIZE),
             "resnet50": (build_resnet50, 49, SIZE),
             "xception": (build_xception, 36, 150),
+            "densenet121": (build_densenet121, 120, SIZE),
             "vit_b_16": (lambda _nt=False: build_torchvision_gelu("vit_b_16"), 0, SIZE),
             "convnext_tiny": (lambda _nt=False: build_torchvision_gelu("convnext_tiny"), 0, SIZE)}
 

@@ -11,6 +11,7 @@
 //! one as [`kernel_path`] says (`UNVEIL_KERNELS`).
 
 pub mod activation;
+pub(crate) mod affine_act;
 pub(crate) mod batch_gemm;
 pub mod chain;
 pub mod conv;

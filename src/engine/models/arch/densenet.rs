@@ -10,8 +10,9 @@
 //!
 //! torchvision applies one ReLU functionally (`F.relu` after `features.norm5` in `forward`),
 //! which hook-based guided-backprop tools miss; here it is our op like every other ReLU.
-//! BatchNorm precedes each convolution in a dense layer, so it cannot be folded: it runs as a
-//! per-channel affine map (eval mode, eps 1e-5).
+//! The BatchNorms after a convolution (`norm0`, each dense layer's `norm2`) are folded into it
+//! and their ReLUs fused; the others precede a convolution, so they run as a per-channel affine
+//! map with the ReLU after it (eval mode, eps 1e-5; one fused op on the fast CPU path).
 //!
 //! Recognised by its first dense layer's convolution (under either name). The network is
 //! shared with TorchXRayVision's DenseNet (`xrv_densenet.rs`), which refines this one.
@@ -22,10 +23,11 @@ use super::{Architecture, Defaults, Detection};
 use crate::engine::models::classifier::Network;
 use crate::engine::models::info::CHESTXRAY14_LABELS;
 use crate::engine::models::layers::{
-    Conv, Layer, LayerKind, Linear, PadMode, Weights, bn_tensors,
+    Conv, Layer, LayerKind, Linear, PadMode, Weights, bn_tensors, fold_bn,
 };
 use crate::engine::ops::Backend;
 use crate::engine::ops::activation::{ReluMode, ReluOp};
+use crate::engine::ops::affine_act::AffineAct;
 use crate::engine::ops::geometry::Padding;
 use crate::engine::ops::pool::MaxPool2d;
 use crate::error::{Error, Result};
@@ -132,12 +134,15 @@ impl Config {
     }
 }
 
-/// Eval-mode BatchNorm as `x * scale + shift`.
+/// Eval-mode BatchNorm as `x * scale + shift`, always followed by a ReLU: one fused op on the
+/// fast CPU path, tensor ops elsewhere.
 #[derive(Debug)]
 struct Norm {
     layer: Layer,
     scale: Tensor,
     shift: Tensor,
+    /// The CPU op, one per ReLU mode.
+    fused: [AffineAct; 2],
 }
 
 impl Norm {
@@ -147,15 +152,24 @@ impl Norm {
         let (gamma, beta, mean, var) = (get(0)?, get(1)?, get(2)?, get(3)?);
         let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
         let shift = beta.sub(&mean.mul(&scale)?)?;
+        let (s, b) = (scale.to_vec1::<f32>()?, shift.to_vec1::<f32>()?);
+        let fused = [ReluMode::Plain, ReluMode::Guided]
+            .map(|m| AffineAct::new(s.clone(), b.clone(), ReluOp::relu(m)));
         Ok(Norm {
+            fused,
             layer: Layer::new(LayerKind::Norm, names),
             scale: scale.reshape((1, c, 1, 1))?.to_device(device)?,
             shift: shift.reshape((1, c, 1, 1))?.to_device(device)?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?)
+    /// `relu(x * scale + shift)`.
+    fn forward_relu(&self, x: &Tensor, mode: ReluMode, backend: Backend) -> Result<Tensor> {
+        if backend.fast_cpu(x.device()) {
+            return Ok(self.fused[(mode == ReluMode::Guided) as usize].forward(x)?);
+        }
+        let y = x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?;
+        Ok(ReluOp::relu(mode).forward_on(&y, backend)?)
     }
 }
 
@@ -184,8 +198,8 @@ fn conv(
 #[derive(Debug)]
 struct DenseLayer {
     norm1: Norm,
+    /// With `norm2` folded in; the ReLU after it fused.
     conv1: Conv,
-    norm2: Norm,
     conv2: Conv,
 }
 
@@ -197,8 +211,8 @@ struct Transition {
 
 #[derive(Debug)]
 pub(super) struct DenseNet {
+    /// With `norm0` folded in; the ReLU after it fused.
     conv0: Conv,
-    norm0: Norm,
     blocks: Vec<Vec<DenseLayer>>,
     transitions: Vec<Transition>,
     norm5: Norm,
@@ -224,18 +238,10 @@ impl DenseNet {
             } else {
                 weight
             };
-            let zeros = Tensor::zeros(init, candle_core::DType::F32, &Device::Cpu)?;
-            Conv::new(
-                vec![name.into()],
-                weight,
-                zeros,
-                2,
-                1,
-                PadMode::Fixed(3),
-                device,
-            )?
+            let (weight, bias) = fold_bn(w, weight, "features.norm0", BN_EPS)?;
+            let tensors = [vec![name.into()], bn_tensors("features.norm0")].concat();
+            Conv::new(tensors, weight, bias, 2, 1, PadMode::Fixed(3), device)?
         };
-        let norm0 = Norm::load(w, "features.norm0", init, device)?;
         let (mut layer_blocks, mut transitions) = (Vec::new(), Vec::new());
         let mut c = init;
         for (bi, &n) in blocks.iter().enumerate() {
@@ -245,8 +251,17 @@ impl DenseNet {
                 let cin = c + li * growth;
                 layers.push(DenseLayer {
                     norm1: Norm::load(w, &format!("{p}.norm1"), cin, device)?,
-                    conv1: conv(w, &format!("{p}.conv1"), (cin, bottleneck, 1), 1, 0, device)?,
-                    norm2: Norm::load(w, &format!("{p}.norm2"), bottleneck, device)?,
+                    conv1: Conv::with_bn(
+                        w,
+                        &format!("{p}.conv1"),
+                        &format!("{p}.norm2"),
+                        BN_EPS,
+                        (cin, bottleneck, 1),
+                        1,
+                        1,
+                        PadMode::Fixed(0),
+                        device,
+                    )?,
                     conv2: conv(
                         w,
                         &format!("{p}.conv2"),
@@ -272,7 +287,6 @@ impl DenseNet {
         let classifier = Linear::head(w, classifier_name(w), c, device)?;
         Ok(DenseNet {
             conv0,
-            norm0,
             blocks: layer_blocks,
             transitions,
             norm5,
@@ -285,8 +299,8 @@ impl DenseNet {
 impl Network for DenseNet {
     fn features(&self, x: &Tensor, mode: ReluMode) -> Result<Tensor> {
         let b = self.backend;
-        let relu = |x: &Tensor| ReluOp::relu(mode).forward_on(x, b);
-        let h = relu(&self.norm0.forward(&self.conv0.forward(x, b)?)?)?;
+        let relu = Some(ReluOp::relu(mode));
+        let h = self.conv0.forward_residual(x, None, relu, b)?;
         let mut h = MaxPool2d {
             k: 3,
             stride: 2,
@@ -297,20 +311,21 @@ impl Network for DenseNet {
             let mut features = vec![h.clone()];
             for l in layers {
                 let cat = Tensor::cat(&features, 1)?;
-                let y = l.conv1.forward(&relu(&l.norm1.forward(&cat)?)?, b)?;
-                let y = l.conv2.forward(&relu(&l.norm2.forward(&y)?)?, b)?;
+                let y = l.norm1.forward_relu(&cat, mode, b)?;
+                let y = l.conv1.forward_residual(&y, None, relu, b)?;
+                let y = l.conv2.forward(&y, b)?;
                 features.push(y);
             }
             h = Tensor::cat(&features, 1)?;
             if let Some(t) = self.transitions.get(bi) {
                 h = t
                     .conv
-                    .forward(&relu(&t.norm.forward(&h)?)?, b)?
+                    .forward(&t.norm.forward_relu(&h, mode, b)?, b)?
                     .avg_pool2d(2)?;
             }
         }
         // torchvision: `F.relu(features)` in forward, the ReLU hooks never see.
-        Ok(relu(&self.norm5.forward(&h)?)?)
+        self.norm5.forward_relu(&h, mode, b)
     }
 
     fn head(&self, features: &Tensor, _mode: ReluMode) -> Result<Tensor> {
@@ -332,15 +347,10 @@ impl Network for DenseNet {
 
     /// Pre-activation order: each convolution's BatchNorm before it.
     fn layers(&self) -> Vec<Layer> {
-        let mut out = vec![self.conv0.layer(), self.norm0.layer.clone()];
+        let mut out = vec![self.conv0.layer()];
         for (bi, layers) in self.blocks.iter().enumerate() {
             for l in layers {
-                out.extend([
-                    l.norm1.layer.clone(),
-                    l.conv1.layer(),
-                    l.norm2.layer.clone(),
-                    l.conv2.layer(),
-                ]);
+                out.extend([l.norm1.layer.clone(), l.conv1.layer(), l.conv2.layer()]);
             }
             if let Some(t) = self.transitions.get(bi) {
                 out.extend([t.norm.layer.clone(), t.conv.layer()]);
