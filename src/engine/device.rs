@@ -281,20 +281,29 @@ pub fn free_memory(device: &Device) -> Option<u64> {
     None
 }
 
-/// Inputs per forward/backward pass when the user set none: 4 on the CPU (its kernels are
-/// fastest in small batches), else as many as fit in half the device's free memory, at about
-/// 384 MiB per 224 x 224 input (ResNet-50 and DenseNet-121 need less), and 8 where the free
-/// memory is unknown.
+/// Inputs per forward/backward pass when the user set none: as many as fit in half the
+/// device's free memory, at about 384 MiB per 224 x 224 input (ResNet-50 and DenseNet-121 need
+/// less), and 8 where the free memory is unknown; on the CPU at most 4 (its kernels are
+/// fastest in small batches), fewer where the memory available is short (4 if unknown).
 pub fn batch_size(device: &Device, (h, w): (usize, usize)) -> usize {
     if device.is_cpu() {
-        return 4;
+        return batch_for(available_ram(), (h, w)).min(4);
     }
-    gpu_batch(free_memory(device), (h, w))
+    batch_for(free_memory(device), (h, w))
 }
 
-fn gpu_batch(free: Option<u64>, (h, w): (usize, usize)) -> usize {
+fn batch_for(free: Option<u64>, (h, w): (usize, usize)) -> usize {
     let per_input = ((384u64 << 20) * (h * w) as u64 / (224 * 224)).max(1);
     free.map_or(8, |free| (free / 2 / per_input).max(1) as usize)
+}
+
+/// The memory the system can give without swapping (Linux' `MemAvailable`); `None` where
+/// unknown.
+fn available_ram() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
 }
 
 /// A short name for people: "cpu", "cuda:0", "metal:0".
@@ -457,13 +466,20 @@ mod tests {
 
     #[test]
     fn batches_follow_the_free_memory() {
-        assert_eq!(batch_size(&Device::Cpu, (224, 224)), 4);
         let gib = 1u64 << 30;
+        // This machine has gigabytes available: the CPU's 4. Were 1 GiB available, one
+        // 224 x 224 input at a time.
+        if cfg!(target_os = "linux") {
+            assert!(available_ram().is_some_and(|b| b > 3 * gib));
+            assert_eq!(batch_size(&Device::Cpu, (224, 224)), 4);
+        }
+        assert_eq!(batch_for(Some(gib), (224, 224)).min(4), 1);
+        assert_eq!(batch_for(Some(3 * gib), (224, 224)).min(4), 4);
         // An H200 with 139 GiB free takes a whole 25-sample SmoothGrad at once; a laptop GPU
         // with 6 GiB free takes 8; a 1024 x 1024 input on it, one; unknown memory, 8.
-        assert_eq!(gpu_batch(Some(139 * gib), (224, 224)), 185);
-        assert_eq!(gpu_batch(Some(6 * gib), (224, 224)), 8);
-        assert_eq!(gpu_batch(Some(6 * gib), (1024, 1024)), 1);
-        assert_eq!(gpu_batch(None, (224, 224)), 8);
+        assert_eq!(batch_for(Some(139 * gib), (224, 224)), 185);
+        assert_eq!(batch_for(Some(6 * gib), (224, 224)), 8);
+        assert_eq!(batch_for(Some(6 * gib), (1024, 1024)), 1);
+        assert_eq!(batch_for(None, (224, 224)), 8);
     }
 }
