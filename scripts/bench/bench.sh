@@ -57,7 +57,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     u_json="$UNVEIL_JSON" t_json="$TORCH_JSON" only=()
     if [ "$round" -gt 1 ]; then
         u_json="$OUT_DIR/bench-unveil-r$round.json" t_json="$OUT_DIR/bench-pytorch-r$round.json"
-        only=(--only efficientnet-lite0,resnet50,resnet50-random-bn,onnx-resnet50,onnx-lite0,onnx-vit_b_16,onnx-convnext_tiny)
+        only=(--only efficientnet-lite0,resnet50,resnet50-random-bn,xception,densenet121,onnx-resnet50,onnx-lite0,onnx-vit_b_16,onnx-convnext_tiny)
         rm -f "$u_json" "$t_json"
     fi
     echo "== round $round/$ROUNDS, unveil: cargo bench --bench saliency -- ${only[*]} --json $u_json"
