@@ -754,7 +754,9 @@ impl GradStore {
             }
             Entry::Vacant(e) => {
                 if grad.dims() == tensor.dims() && grad.dtype() == tensor.dtype() {
-                    e.insert(grad);
+                    // Contiguous, as upstream's zeros + add made every stored gradient: the
+                    // backwards of index_select and gather need a contiguous one.
+                    e.insert(grad.contiguous()?);
                 } else {
                     e.insert(tensor.zeros_like()?.add(&grad)?);
                 }
