@@ -331,3 +331,76 @@ fn external_data_is_read_only_from_inside_the_model_folder() {
     }
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Lowering and running fuzzed: small real graphs (tf2onnx's Keras models, 18-54 KB, so that
+/// most mutations land in the graph's structure rather than its weights, and the Swin fixture's
+/// 2312 nodes of shape arithmetic and window attention) with bytes
+/// overwritten, inserted and removed must load and run or be refused with an error, never
+/// panic.
+#[test]
+fn mutated_real_graphs_load_and_run_or_are_refused_never_panic() {
+    let mut state = 0x0bad_cafe_f00d_1357_u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let tmp = std::env::temp_dir().join(format!("unveil-onnx-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (mut loaded, mut ran, mut runs) = (0, 0, 0);
+    let graphs = [
+        ("onnx-tf2onnx/efficientnet_like.onnx", 2000),
+        ("onnx-tf2onnx/mobilenet_v2_like.onnx", 2000),
+        ("onnx-tf2onnx/xception_like.onnx", 2000),
+        // Shape subgraphs, window attention and its masks.
+        ("onnx/swin_t.onnx", 300),
+    ];
+    for (file, mutants) in graphs {
+        let bytes = std::fs::read(crate::common::repo(&format!("tests/fixtures/{file}"))).unwrap();
+        let file = file.rsplit('/').next().unwrap();
+        for i in 0..mutants {
+            let mut b = bytes.clone();
+            for _ in 0..1 + next(2) {
+                let at = next(b.len());
+                match next(3) {
+                    0 => b[at] = next(256) as u8,
+                    1 => b.insert(at, next(256) as u8),
+                    _ => drop(b.remove(at)),
+                }
+            }
+            let path = tmp.join(format!("{i}-{file}"));
+            std::fs::write(&path, &b).unwrap();
+            runs += 1;
+            let outcome = std::panic::catch_unwind(|| {
+                let device = candle_core::Device::Cpu;
+                let backend = unveil::engine::ops::Backend::Fast;
+                let Ok(m) = unveil::engine::models::load(path.to_str().unwrap(), &device, backend)
+                else {
+                    return (false, false);
+                };
+                let (h, w) = m.info().input_size;
+                let x = candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &device)
+                    .unwrap();
+                // Forward and backward to the input, as a saliency map runs it.
+                let x = candle_core::Var::from_tensor(&x).unwrap();
+                let ok = m
+                    .forward(&x, unveil::engine::ops::activation::ReluMode::Guided)
+                    .and_then(|y| Ok(y.sum_all()?.backward()?))
+                    .is_ok();
+                (true, ok)
+            });
+            let _ = std::fs::remove_file(&path);
+            let (l, r) = outcome.unwrap_or_else(|_| panic!("mutant {i} of {file} panicked"));
+            loaded += l as usize;
+            ran += r as usize;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    eprintln!("{runs} mutants: {loaded} loaded, {ran} ran");
+    // Enough mutants reach lowering and running for the test to mean something.
+    assert!(
+        loaded > runs / 20 && ran > runs / 40,
+        "{loaded} loaded, {ran} ran of {runs}"
+    );
+}

@@ -126,7 +126,11 @@ impl Applied {
         if wcin != cin {
             candle_core::bail!("conv expects {wcin} input channels, got {cin}")
         }
-        let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
+        if k == 0 || stride == 0 {
+            candle_core::bail!("conv: a {k}x{k} kernel with stride {stride}")
+        }
+        let ph = super::padded("conv", h, (pad.top, pad.bottom))?;
+        let pw = super::padded("conv", w, (pad.left, pad.right))?;
         if ph < k || pw < k {
             candle_core::bail!("conv: input {h}x{w} is smaller than the {k}x{k} kernel")
         }
@@ -141,6 +145,9 @@ impl Applied {
             ow: (pw - k) / stride + 1,
             pad,
         };
+        // The output, and the patch matrices of the batch.
+        super::checked_size("conv", &[n, cout, geo.oh, geo.ow])?;
+        super::checked_size("conv", &[n, cin * k * k, geo.oh, geo.ow])?;
         if *cache.owner.get_or_init(|| weight.id()) != weight.id() {
             candle_core::bail!("conv: a ConvCache is shared by two layers' weights")
         }
