@@ -127,10 +127,18 @@ mod tests {
         ] {
             let (n, c, h, w) = dims;
             let dev = Device::Cpu;
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, h, w), &dev)?)?;
-            let scale = Tensor::randn(0f32, 1.0, c, &dev)?;
-            let shift = Tensor::randn(0f32, 1.0, c, &dev)?;
-            let g = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev)?;
+            // Deterministic values of both signs (a random draw of three values can leave
+            // every output at zero, which would check nothing).
+            let wave = |len: usize, phase: f32| -> Vec<f32> {
+                (0..len)
+                    .map(|i| (i as f32 * 1.37 + phase).sin() * 2.0)
+                    .collect()
+            };
+            let x = Tensor::from_vec(wave(n * c * h * w, 0.3), (n, c, h, w), &dev)?;
+            let x = Var::from_tensor(&x)?;
+            let scale = Tensor::from_vec(wave(c, 1.1), c, &dev)?;
+            let shift = Tensor::from_vec(wave(c, 2.9), c, &dev)?;
+            let g = Tensor::from_vec(wave(n * c * h * w, 0.7), (n, c, h, w), &dev)?;
             let op = AffineAct::new(scale.to_vec1()?, shift.to_vec1()?, ReluOp::relu(mode));
             let y = op.forward(&x)?;
             let gx = (y.clone() * &g)?.sum_all()?.backward()?;
