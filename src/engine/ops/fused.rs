@@ -379,6 +379,16 @@ fn softmax_backward_rows<const F: bool>(
 
 // ---- GELU ----
 
+/// GELU on `backend`'s path for `x`: [`gelu`] where it fits the fast CPU path, candle's
+/// formulas (which have a backward) elsewhere.
+pub(crate) fn gelu_on(x: &Tensor, tanh: bool, backend: super::Backend) -> Result<Tensor> {
+    match (backend.fast_cpu(x.device()) && fits(x), tanh) {
+        (true, _) => gelu(x, tanh),
+        (false, true) => x.gelu(),
+        (false, false) => x.gelu_erf(),
+    }
+}
+
 /// `x Phi(x)` (`tanh`: PyTorch's tanh approximation of it) on a CPU f32 `x`, differentiable.
 pub(crate) fn gelu(x: &Tensor, tanh: bool) -> Result<Tensor> {
     let y = with_cpu_f32(x, |xs| {

@@ -7,9 +7,6 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::ops::{Binary, Kind, Unary};
-use super::program::Program;
-use super::shape_ops::Arrange;
 use super::value::Ctx;
 use crate::engine::ops::linear::PackedLinear;
 use crate::error::Result;
@@ -77,7 +74,7 @@ impl LinearStep {
             }
         };
         if let Some(tanh) = self.gelu {
-            y = super::ops::unary(&y, super::ops::Unary::Gelu(tanh), ctx.backend)?;
+            y = crate::engine::ops::fused::gelu_on(&y, tanh, ctx.backend)?;
         }
         if let Some(r) = residual {
             y = y.permute((0, 3, 1, 2))?.broadcast_add(r)?;
@@ -92,73 +89,6 @@ fn fits_planes(x: &Tensor, residual: &Tensor, n: usize) -> bool {
         &[b, h, w, _] => residual.dims() == [b, n, h, w] && residual.dtype() == DType::F32,
         _ => false,
     }
-}
-
-/// Folds into each linear step what only it reads, when the engine's fused linear ops cover
-/// it: a GELU on its output, or (ConvNeXt) the transpose of its channels-last output back to
-/// planes and the residual addition after it. A fused step runs where the last step it
-/// absorbed ran, so its residual is ready.
-pub(crate) fn absorb(p: &mut Program) {
-    let readers = p.readers();
-    let mut removed = vec![false; p.steps.len()];
-    let mut moves: Vec<(usize, usize)> = Vec::new();
-    for i in 0..p.steps.len() {
-        let Kind::Linear(_) = &p.steps[i].kind else {
-            continue;
-        };
-        let out = p.steps[i].outputs[0];
-        let Some(j) = readers.only(out).filter(|&j| !removed[j]) else {
-            continue;
-        };
-        if let Kind::Unary(Unary::Gelu(tanh)) = p.steps[j].kind {
-            let gelu_out = p.steps[j].outputs[0];
-            if let Kind::Linear(step) = &mut p.steps[i].kind {
-                step.gelu = Some(tanh);
-            }
-            p.steps[i].outputs = vec![gelu_out];
-            removed[j] = true;
-            continue;
-        }
-        let Kind::Arrange(Arrange::Transpose(Some(perm))) = &p.steps[j].kind else {
-            continue;
-        };
-        let transposed = p.steps[j].outputs[0];
-        let Some(a) = readers.only(transposed).filter(|&a| !removed[a]) else {
-            continue;
-        };
-        let add = &p.steps[a];
-        let ins: Vec<usize> = add.inputs.iter().flatten().copied().collect();
-        let residual = match ins[..] {
-            [x, r] | [r, x] if x == transposed && r != transposed => r,
-            _ => continue,
-        };
-        if perm[..] != [0, 3, 1, 2]
-            || !matches!(add.kind, Kind::Binary(Binary::Add))
-            || p.consts[residual].is_some()
-        {
-            continue;
-        }
-        let add_out = add.outputs[0];
-        let step = &mut p.steps[i];
-        if let Kind::Linear(l) = &mut step.kind {
-            l.to_planes = true;
-        }
-        step.inputs.push(Some(residual));
-        step.outputs = vec![add_out];
-        removed[j] = true;
-        removed[a] = true;
-        moves.push((i, a));
-    }
-    // Each fused step takes the place of the addition it ends with.
-    for (i, a) in moves {
-        p.steps.swap(i, a);
-        removed.swap(i, a);
-    }
-    let mut k = 0;
-    p.steps.retain(|_| {
-        k += 1;
-        !removed[k - 1]
-    });
 }
 
 /// `a [.., m, k] @ w [k, n]` for a constant `w` with candle's matmul, whose backward computes

@@ -220,7 +220,7 @@ pub(crate) fn lower(
         });
     }
     p.consts = table;
-    super::linear::absorb(&mut p);
+    super::patterns::absorb_into_linear(&mut p);
     super::patterns::fold_planes_norms(&mut p);
     p.last_use = last_uses(&p);
     Ok(p)

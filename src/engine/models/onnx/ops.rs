@@ -256,7 +256,7 @@ fn fused_here(x: &Tensor, backend: Backend) -> bool {
 
 pub(crate) fn unary(x: &Tensor, u: Unary, backend: Backend) -> Result<Tensor> {
     Ok(match u {
-        Unary::Gelu(tanh) if fused_here(x, backend) => fused::gelu(x, tanh)?,
+        Unary::Gelu(tanh) => fused::gelu_on(x, tanh, backend)?,
         Unary::Sigmoid => candle_nn::ops::sigmoid(x)?,
         Unary::Tanh => x.tanh()?,
         Unary::Erf => x.erf()?,
@@ -266,8 +266,6 @@ pub(crate) fn unary(x: &Tensor, u: Unary, backend: Backend) -> Result<Tensor> {
         Unary::Neg => x.neg()?,
         Unary::Reciprocal => x.recip()?,
         Unary::Abs => x.abs()?,
-        Unary::Gelu(true) => x.gelu()?,
-        Unary::Gelu(false) => x.gelu_erf()?,
         Unary::HardSigmoid(a, b) => x.affine(a as f64, b as f64)?.clamp(0f32, 1f32)?,
         Unary::HardSwish => (x * x.affine(1.0 / 6.0, 0.5)?.clamp(0f32, 1f32)?)?,
         Unary::Softplus => (x.exp()? + 1.0)?.log()?,

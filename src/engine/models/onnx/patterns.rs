@@ -2,7 +2,10 @@
 //! before a convolution (TensorFlow's "SAME" padding, as tf2onnx and ported models write it)
 //! becomes the convolution's own padding, and the five nodes of an exact GELU
 //! (`x * 0.5 * (1 + erf(x / sqrt 2))`, as the TorchScript exporter writes `nn.GELU`) become
-//! one GELU. Same values, a fraction of the passes over memory, forward and backward.
+//! one GELU. Same values, a fraction of the passes over memory, forward and backward. After
+//! fusion, two more passes over the fused steps: a transpose to channels-last + LayerNorm reads
+//! the planes (`fold_planes_norms`), and linear steps take in the GELU after them and
+//! ConvNeXt's transpose back to planes + residual addition (`absorb_into_linear`).
 
 use std::collections::HashMap;
 
@@ -192,5 +195,72 @@ pub(crate) fn fold_planes_norms(p: &mut Program) {
     p.steps.retain(|_| {
         i += 1;
         !removed[i - 1]
+    });
+}
+
+/// Folds into each linear step what only it reads, when the engine's fused linear ops cover
+/// it: a GELU on its output, or (ConvNeXt) the transpose of its channels-last output back to
+/// planes and the residual addition after it. A fused step runs where the last step it
+/// absorbed ran, so its residual is ready.
+pub(crate) fn absorb_into_linear(p: &mut Program) {
+    let readers = p.readers();
+    let mut removed = vec![false; p.steps.len()];
+    let mut moves: Vec<(usize, usize)> = Vec::new();
+    for i in 0..p.steps.len() {
+        let Kind::Linear(_) = &p.steps[i].kind else {
+            continue;
+        };
+        let out = p.steps[i].outputs[0];
+        let Some(j) = readers.only(out).filter(|&j| !removed[j]) else {
+            continue;
+        };
+        if let Kind::Unary(Unary::Gelu(tanh)) = p.steps[j].kind {
+            let gelu_out = p.steps[j].outputs[0];
+            if let Kind::Linear(step) = &mut p.steps[i].kind {
+                step.gelu = Some(tanh);
+            }
+            p.steps[i].outputs = vec![gelu_out];
+            removed[j] = true;
+            continue;
+        }
+        let Kind::Arrange(Arrange::Transpose(Some(perm))) = &p.steps[j].kind else {
+            continue;
+        };
+        let transposed = p.steps[j].outputs[0];
+        let Some(a) = readers.only(transposed).filter(|&a| !removed[a]) else {
+            continue;
+        };
+        let add = &p.steps[a];
+        let ins: Vec<usize> = add.inputs.iter().flatten().copied().collect();
+        let residual = match ins[..] {
+            [x, r] | [r, x] if x == transposed && r != transposed => r,
+            _ => continue,
+        };
+        if perm[..] != [0, 3, 1, 2]
+            || !matches!(add.kind, Kind::Binary(Binary::Add))
+            || p.consts[residual].is_some()
+        {
+            continue;
+        }
+        let add_out = add.outputs[0];
+        let step = &mut p.steps[i];
+        if let Kind::Linear(l) = &mut step.kind {
+            l.to_planes = true;
+        }
+        step.inputs.push(Some(residual));
+        step.outputs = vec![add_out];
+        removed[j] = true;
+        removed[a] = true;
+        moves.push((i, a));
+    }
+    // Each fused step takes the place of the addition it ends with.
+    for (i, a) in moves {
+        p.steps.swap(i, a);
+        removed.swap(i, a);
+    }
+    let mut k = 0;
+    p.steps.retain(|_| {
+        k += 1;
+        !removed[k - 1]
     });
 }
