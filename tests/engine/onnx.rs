@@ -29,13 +29,24 @@ fn expected() -> HashMap<String, Tensor> {
 }
 
 pub(crate) fn load(file: &str, backend: Backend) -> Arc<dyn Classifier> {
-    let path = repo(&format!("tests/fixtures/onnx/{file}"));
+    load_in("tests/fixtures/onnx", file, backend)
+}
+
+/// A graph of fixture folder `dir`, loaded the way a user's file is.
+pub(crate) fn load_in(dir: &str, file: &str, backend: Backend) -> Arc<dyn Classifier> {
+    let path = repo(&format!("{dir}/{file}"));
     models::load(path.to_str().unwrap(), &candle_core::Device::Cpu, backend)
         .unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
-/// Checks one export on one input against the PyTorch references; returns what it measured.
-fn check(model: &dyn Classifier, key: &str, guided: bool, e: &HashMap<String, Tensor>) -> String {
+/// Checks one export on one input against the reference framework's numbers under `key`
+/// (logits, vanilla and, with `guided`, guided input gradients); returns what it measured.
+pub(crate) fn check(
+    model: &dyn Classifier,
+    key: &str,
+    guided: bool,
+    e: &HashMap<String, Tensor>,
+) -> String {
     let x = &e[&format!("{key}/input")];
     let target = e[&format!("{key}/target")].to_vec1::<i64>().unwrap()[0] as usize;
     let want = to_vec(&e[&format!("{key}/logits")]);

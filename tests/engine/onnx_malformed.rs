@@ -339,13 +339,7 @@ fn external_data_is_read_only_from_inside_the_model_folder() {
 /// panic.
 #[test]
 fn mutated_real_graphs_load_and_run_or_are_refused_never_panic() {
-    let mut state = 0x0bad_cafe_f00d_1357_u64;
-    let mut next = |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut mutants = crate::onnx_reader::Mutants::new(0x0bad_cafe_f00d_1357);
     let tmp = std::env::temp_dir().join(format!("unveil-onnx-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let (mut loaded, mut ran, mut runs) = (0, 0, 0);
@@ -356,19 +350,11 @@ fn mutated_real_graphs_load_and_run_or_are_refused_never_panic() {
         // Shape subgraphs, window attention and its masks.
         ("onnx/swin_t.onnx", 300),
     ];
-    for (file, mutants) in graphs {
+    for (file, count) in graphs {
         let bytes = std::fs::read(crate::common::repo(&format!("tests/fixtures/{file}"))).unwrap();
         let file = file.rsplit('/').next().unwrap();
-        for i in 0..mutants {
-            let mut b = bytes.clone();
-            for _ in 0..1 + next(2) {
-                let at = next(b.len());
-                match next(3) {
-                    0 => b[at] = next(256) as u8,
-                    1 => b.insert(at, next(256) as u8),
-                    _ => drop(b.remove(at)),
-                }
-            }
+        for i in 0..count {
+            let b = mutants.of(&bytes, 2);
             let path = tmp.join(format!("{i}-{file}"));
             std::fs::write(&path, &b).unwrap();
             runs += 1;

@@ -253,31 +253,47 @@ fn real_graphs_parse_as_onnx_load_sees_them() {
     );
 }
 
+/// Seeded byte mutations of a file (xorshift): 1 to `max_edits` bytes overwritten, inserted or
+/// removed at pseudo-random places.
+pub(crate) struct Mutants(u64);
+
+impl Mutants {
+    pub(crate) fn new(seed: u64) -> Self {
+        Mutants(seed)
+    }
+
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    pub(crate) fn of(&mut self, bytes: &[u8], max_edits: usize) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        for _ in 0..1 + self.next(max_edits) {
+            let at = self.next(b.len());
+            match self.next(3) {
+                0 => b[at] = self.next(256) as u8,
+                1 => b.insert(at, self.next(256) as u8),
+                _ => drop(b.remove(at)),
+            }
+        }
+        b
+    }
+}
+
 /// A fuzzing pass that runs with the tests: the fixtures with bytes overwritten, inserted and
 /// removed at pseudo-random places must parse or be refused, never panic, and so must every
 /// tensor a mutated file still holds.
 #[test]
 fn mutated_fixtures_never_panic() {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut mutants = Mutants::new(0x2545_f491_4f6c_dd1d);
     let (mut parsed, mut runs) = (0, 0);
     for file in ["attributes.onnx", "tensors.onnx", "external.onnx"] {
         let bytes = std::fs::read(dir().join(file)).unwrap();
         for _ in 0..3000 {
-            let mut b = bytes.clone();
-            for _ in 0..1 + next(4) {
-                let at = next(b.len());
-                match next(3) {
-                    0 => b[at] = next(256) as u8,
-                    1 => b.insert(at, next(256) as u8),
-                    _ => drop(b.remove(at)),
-                }
-            }
+            let b = mutants.of(&bytes, 4);
             runs += 1;
             if let Ok(m) = parse_model(&b) {
                 parsed += 1;
