@@ -126,14 +126,7 @@ impl Applied {
         if wcin != cin {
             candle_core::bail!("conv expects {wcin} input channels, got {cin}")
         }
-        if k == 0 || stride == 0 {
-            candle_core::bail!("conv: a {k}x{k} kernel with stride {stride}")
-        }
-        let ph = super::padded("conv", h, (pad.top, pad.bottom))?;
-        let pw = super::padded("conv", w, (pad.left, pad.right))?;
-        if ph < k || pw < k {
-            candle_core::bail!("conv: input {h}x{w} is smaller than the {k}x{k} kernel")
-        }
+        let [(_, oh), (_, ow)] = pad.windows("conv", (h, w), k, stride)?;
         let geo = ConvGeometry {
             cin,
             cout,
@@ -141,8 +134,8 @@ impl Applied {
             stride,
             h,
             w,
-            oh: (ph - k) / stride + 1,
-            ow: (pw - k) / stride + 1,
+            oh,
+            ow,
             pad,
         };
         // The output, and the patch matrices of the batch.

@@ -90,25 +90,8 @@ impl DepthwiseConv2d {
             candle_core::bail!("depthwise conv expects {} channels, got {c}", self.channels)
         }
         let op = "depthwise conv";
-        if self.k == 0 || self.stride == 0 {
-            candle_core::bail!(
-                "{op}: a {0}x{0} kernel with stride {1}",
-                self.k,
-                self.stride
-            )
-        }
-        let ph = super::padded(op, h, (pad.top, pad.bottom))?;
-        let pw = super::padded(op, w, (pad.left, pad.right))?;
-        if ph < self.k || pw < self.k {
-            candle_core::bail!("depthwise conv: input {h}x{w} is smaller than the kernel")
-        }
-        let geo = Geometry {
-            h,
-            w,
-            oh: (ph - self.k) / self.stride + 1,
-            ow: (pw - self.k) / self.stride + 1,
-            pad,
-        };
+        let [(ph, oh), (pw, ow)] = pad.windows(op, (h, w), self.k, self.stride)?;
+        let geo = Geometry { h, w, oh, ow, pad };
         // The output, and the padded phase planes each task keeps.
         super::checked_size(op, &[n, c, geo.oh, geo.ow])?;
         super::checked_size(op, &[ph + self.stride, pw + self.stride])?;

@@ -19,6 +19,36 @@ pub struct Padding {
 }
 
 impl Padding {
+    /// For an `h x w` input padded by `self`: the padded size and the number of `k x k`
+    /// windows at `stride`, `[(padded h, windows down), (padded w, windows across)]`, or an
+    /// error naming `op` (a zero kernel or stride, a padding that overflows, an input smaller
+    /// than the kernel).
+    pub(crate) fn windows(
+        &self,
+        op: &str,
+        (h, w): (usize, usize),
+        k: usize,
+        stride: usize,
+    ) -> candle_core::Result<[(usize, usize); 2]> {
+        if k == 0 || stride == 0 {
+            candle_core::bail!("{op}: a {k}x{k} kernel with stride {stride}")
+        }
+        let padded = |x: usize, (a, b): (usize, usize)| {
+            x.checked_add(a)
+                .and_then(|v| v.checked_add(b))
+                .filter(|&v| v <= super::MAX_VALUES)
+                .ok_or_else(|| {
+                    candle_core::Error::Msg(format!("{op}: padding {a} + {b} is too large"))
+                })
+        };
+        let ph = padded(h, (self.top, self.bottom))?;
+        let pw = padded(w, (self.left, self.right))?;
+        if ph < k || pw < k {
+            candle_core::bail!("{op}: input {h}x{w} is smaller than the {k}x{k} kernel")
+        }
+        Ok([(ph, (ph - k) / stride + 1), (pw, (pw - k) / stride + 1)])
+    }
+
     pub fn symmetric(p: usize) -> Self {
         Padding {
             top: p,

@@ -72,14 +72,6 @@ pub(crate) fn checked_size(op: &str, dims: &[usize]) -> Result<usize> {
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: an output of {dims:?} is too large")))
 }
 
-/// `x + pads` for a dimension and its two paddings, or an error naming `op` on overflow.
-pub(crate) fn padded(op: &str, x: usize, (a, b): (usize, usize)) -> Result<usize> {
-    x.checked_add(a)
-        .and_then(|v| v.checked_add(b))
-        .filter(|&v| v <= MAX_VALUES)
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: padding {a} + {b} is too large")))
-}
-
 /// Runs `f` on the contiguous f32 data of a CPU tensor (copying only if it is strided).
 pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = if t.is_contiguous() {
