@@ -4,10 +4,12 @@
 # any non-AVX2 CPU runs and that an x86 machine never takes on its own. The default run covers
 # the AVX2 path; tests/engine/kernel_paths.rs compares the two paths in one process.
 #
-#   bash scripts/ci/portable_kernels.sh
+#   bash scripts/ci/portable_kernels.sh [CARGO TEST OPTIONS]
 #
-# Reuses `cargo test --release`'s build (same profile and features: nothing is compiled) and
-# CARGO_TARGET_DIR. About 15-25 s on 2 cores. The subset reaches every kernel:
+# Options go to both `cargo test` calls: scripts/ci/aarch64.sh passes `--target
+# aarch64-unknown-linux-gnu` to run the same subset on ARM under qemu-user. Without options it
+# reuses `cargo test --release`'s build (same profile and features: nothing is compiled) and
+# CARGO_TARGET_DIR; about 15-25 s on 2 cores. The subset reaches every kernel:
 #   lib  engine::ops::                 the packed GEMM against a naive product, the path switch
 #   ops::                              every op (depthwise, fused conv + act/residual, Winograd
 #                                      and 1 x 1 GEMMs, layer chain, pools, ReLU backward)
@@ -28,8 +30,8 @@ cd "$(dirname "$0")/../.."
 
 export UNVEIL_KERNELS=portable
 export CARGO_TERM_COLOR=never
-cargo test --release --lib -- engine::ops::
-cargo test --release --test engine -- \
+cargo test --release "$@" --lib -- engine::ops::
+cargo test --release "$@" --test engine -- \
   ops:: \
   models::logits_match_pytorch \
   models::guided_and_vanilla_gradients_match_pytorch \

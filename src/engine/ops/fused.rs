@@ -39,7 +39,8 @@ pub(crate) fn fits(x: &Tensor) -> bool {
 }
 
 /// Defines `$name(args)`, which runs `$body::<true>` compiled for AVX-512 or AVX2 + FMA where
-/// the kernel path says so, else the portable `$body::<false>`. The AVX-512 build is the same
+/// the kernel path says so, else the portable body, with fused multiply-adds only off x86-64
+/// (every aarch64 CPU has them; see `packed_gemm::gemm`). The AVX-512 build is the same
 /// source (same operations in the same order, so the same values), in registers twice as
 /// wide: `erf`'s f64 polynomial runs 8 lanes at a time instead of 4.
 macro_rules! dispatch {
@@ -63,7 +64,7 @@ macro_rules! dispatch {
                 // SAFETY: the CPU supports the features `avx2` is compiled for.
                 return unsafe { avx2($($arg),*) };
             }
-            $body::<false>($($arg),*)
+            $body::<{ !cfg!(target_arch = "x86_64") }>($($arg),*)
         }
     };
 }
