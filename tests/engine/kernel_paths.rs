@@ -3,7 +3,7 @@
 //! with the portable path's in one process up to float rounding, and differ from it by some
 //! rounding (else the switch would not reach the kernels). `UNVEIL_KERNELS` is followed, and a bad value is one clear line from the binary.
 //!
-//! `scripts/ci/portable_kernels.sh` runs these and the PyTorch equality tests again with
+//! `scripts/ci/kernel_paths.sh` runs these and the PyTorch equality tests again with
 //! `UNVEIL_KERNELS=portable`.
 
 use std::process::Command;

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# CI, after `cargo test --release`: runs the op tests and the model equality tests again with
-# every CPU kernel forced onto its portable path (UNVEIL_KERNELS=portable), the code an ARM or
-# any non-AVX2 CPU runs and that an x86 machine never takes on its own. The default run covers
-# the AVX2 path; tests/engine/kernel_paths.rs compares the two paths in one process.
+# CI, after `cargo test --release`: runs the op tests and the model equality tests again on one
+# kernel path, `UNVEIL_KERNELS` if set, else `portable` (the code an ARM or any non-AVX2 CPU
+# runs and that an x86 machine never takes on its own). `.ci/run` calls it for the portable
+# path and, on an AVX-512 CPU (whose default run covers the AVX-512 path), for `avx2`, so that
+# every path this CPU has passes the equality tests; tests/engine/kernel_paths.rs compares the
+# paths with each other in one process.
 #
-#   bash scripts/ci/portable_kernels.sh [CARGO TEST OPTIONS]
+#   [UNVEIL_KERNELS=avx2] bash scripts/ci/kernel_paths.sh [CARGO TEST OPTIONS]
 #
 # Options go to both `cargo test` calls: scripts/ci/aarch64.sh passes `--target
 # aarch64-unknown-linux-gnu` to run the same subset on ARM under qemu-user. Without options it
@@ -20,7 +22,7 @@
 #   xception logits/gradients          separable convolutions vs Keras / PyTorch (needs the
 #                                      fetched chest X-ray model, as the main suite does)
 #   xray chexnet                       a CheXNet checkpoint vs PyTorch
-#   onnx every exported graph          13 ONNX architectures vs PyTorch (grouped, non-square
+#   onnx every exported graph          14 ONNX architectures vs PyTorch (grouped, non-square
 #                                      and depthwise convolutions, pools, the ONNX fusions)
 #   kernel_paths::the_process_path     proves the variable took effect in this run
 # Left out (same kernels, deeper or slower): resnet34/101, the stock-candle and device-generic
@@ -28,7 +30,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-export UNVEIL_KERNELS=portable
+export UNVEIL_KERNELS="${UNVEIL_KERNELS:-portable}"
+echo "kernel path: $UNVEIL_KERNELS"
 export CARGO_TERM_COLOR=never
 cargo test --release "$@" --lib -- engine::ops::
 cargo test --release "$@" --test engine -- \
