@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI, after the x86 suites: the kernels as an ARM CPU runs them. Cross-compiles the lib's tests
 # and the engine suite for aarch64-unknown-linux-gnu (Linux on ARM; Apple silicon runs the same
-# portable Rust) and runs kernel_paths.sh's subset (every op, the model equality tests
+# portable Rust) and runs kernel_paths.sh's core subset (every op, the model equality tests
 # against PyTorch, Keras and the ONNX exports) under qemu-user. Then checks that the portable
 # GEMM and depthwise kernels compiled to NEON fused multiply-adds: aarch64 has no run-time
 # kernel switch, so auto-vectorisation is what makes that path usable, and a change that
@@ -31,7 +31,7 @@ fi
 
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $sysroot"
-bash scripts/ci/kernel_paths.sh --target "$target"
+KERNEL_PATHS_CORE=1 bash scripts/ci/kernel_paths.sh --target "$target"
 
 # NEON: count 4-lane fused multiply-adds (`fmla vN.4s`) in the portable kernels of the ARM
 # engine suite. Each kernel has dozens when vectorised, none when scalar.

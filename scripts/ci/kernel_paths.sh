@@ -11,7 +11,7 @@
 # Options go to both `cargo test` calls: scripts/ci/aarch64.sh passes `--target
 # aarch64-unknown-linux-gnu` to run the same subset on ARM under qemu-user. Without options it
 # reuses `cargo test --release`'s build (same profile and features: nothing is compiled) and
-# CARGO_TARGET_DIR; about 15-25 s on 2 cores. The subset reaches every kernel:
+# CARGO_TARGET_DIR; about 1 min per path on 2 cores. The core subset reaches every kernel:
 #   lib  engine::ops::                 the packed GEMM against a naive product, the path switch
 #   ops::                              every op (depthwise, fused conv + act/residual, Winograd
 #                                      and 1 x 1 GEMMs, layer chain, pools, ReLU backward)
@@ -25,16 +25,34 @@
 #   onnx every exported graph          14 ONNX architectures vs PyTorch (grouped, non-square
 #                                      and depthwise convolutions, pools, the ONNX fusions)
 #   kernel_paths::the_process_path     proves the variable took effect in this run
-# Left out (same kernels, deeper or slower): resnet34/101, the stock-candle and device-generic
-# comparisons (their other side is candle's, path-free and slow), everything not numeric.
+# and, unless KERNEL_PATHS_CORE=1 (aarch64.sh sets it: under qemu these take over 15 minutes),
+# about 60 s more on x86:
+#   methods::, onnx methods            IG, Grad-CAM, SmoothGrad vs Captum and PyTorch
+#   onnx_tf2onnx exports, Grad-CAM     the tf2onnx graphs vs TensorFlow
+#   torchvision resnet34, resnet101    the deeper ResNets
+#   xray torchxrayvision               TorchXRayVision's DenseNet vs xrv
+#   reference faithfulness             curves and randomisation vs the Python recomputation
+# Left out: the stock-candle and device-generic comparisons (their other side is candle's,
+# path-free and slow), everything not numeric.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 export UNVEIL_KERNELS="${UNVEIL_KERNELS:-portable}"
 echo "kernel path: $UNVEIL_KERNELS"
 export CARGO_TERM_COLOR=never
+more=(
+  methods::
+  onnx::methods_on_graphs_match_captum_and_pytorch
+  onnx_tf2onnx::every_tf2onnx_export_matches_tensorflow
+  onnx_tf2onnx::grad_cam_on_tf2onnx_graphs_matches_tensorflow
+  torchvision::resnet34_matches_torchvision
+  torchvision::resnet101_matches_torchvision
+  xray::a_torchxrayvision_model_is_recognised_with_its_labels_and_preprocessing
+  reference::faithfulness_and_randomisation_match_the_python_recomputation
+)
+[ "${KERNEL_PATHS_CORE:-0}" = 1 ] && more=()
 cargo test --release "$@" --lib -- engine::ops::
-cargo test --release "$@" --test engine -- \
+cargo test --release "$@" --test engine -- "${more[@]}" \
   ops:: \
   models::logits_match_pytorch \
   models::guided_and_vanilla_gradients_match_pytorch \
