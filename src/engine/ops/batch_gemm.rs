@@ -154,7 +154,7 @@ impl<X: Rows + ?Sized> Block<'_, X> {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { self.run_avx2(a, scratch, finish) };
         }
-        self.run_any::<{ !cfg!(target_arch = "x86_64") }, false>(a, scratch, finish)
+        self.run_any::<{ super::simd::PORTABLE_FMA }, false>(a, scratch, finish)
     }
 
     /// [`Self::run_avx2`] with the 12-row AVX-512 micro-kernel.

@@ -39,10 +39,9 @@ pub(crate) fn fits(x: &Tensor) -> bool {
 }
 
 /// Defines `$name(args)`, which runs `$body::<true>` compiled for AVX-512 or AVX2 + FMA where
-/// the kernel path says so, else the portable body, with fused multiply-adds only off x86-64
-/// (every aarch64 CPU has them; see `packed_gemm::gemm`). The AVX-512 build is the same
-/// source (same operations in the same order, so the same values), in registers twice as
-/// wide.
+/// the kernel path says so, else the portable body (fused multiply-adds per
+/// `simd::PORTABLE_FMA`). The AVX-512 build is the same source (same operations in the same
+/// order, so the same values), in registers twice as wide.
 macro_rules! dispatch {
     ($name:ident => $body:ident ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         fn $name($($arg: $ty),*) $(-> $ret)? {
@@ -64,7 +63,7 @@ macro_rules! dispatch {
                 // SAFETY: the CPU supports the features `avx2` is compiled for.
                 return unsafe { avx2($($arg),*) };
             }
-            $body::<{ !cfg!(target_arch = "x86_64") }>($($arg),*)
+            $body::<{ super::simd::PORTABLE_FMA }>($($arg),*)
         }
     };
 }

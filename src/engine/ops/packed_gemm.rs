@@ -196,9 +196,7 @@ pub(crate) fn gemm(
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { gemm_avx2(a, ks, b, n, c, ldc) };
     }
-    // Fused multiply-add only where the CPU surely has it: on an x86-64 without FMA,
-    // `mul_add` is a libm call per element.
-    gemm_any::<{ !cfg!(target_arch = "x86_64") }, false>(a, ks, b, n, c, ldc)
+    gemm_any::<{ super::simd::PORTABLE_FMA }, false>(a, ks, b, n, c, ldc)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -3,6 +3,10 @@
 
 use std::mem::MaybeUninit;
 
+/// Whether the portable kernels fuse their multiply-adds: only where the CPU surely has FMA
+/// (every aarch64 CPU does); on an x86-64 without it, `mul_add` is a libm call per element.
+pub(crate) const PORTABLE_FMA: bool = !cfg!(target_arch = "x86_64");
+
 /// True when the kernels called on this thread take their AVX2 + FMA code (on the AVX-512
 /// path too): every kernel asks here, so [`super::kernel_path`] (`UNVEIL_KERNELS`, tests)
 /// decides for all of them.

@@ -41,8 +41,7 @@ pub(super) fn tap_sums(
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { sums_avx2(src, offs, w, init, n, emit) };
     }
-    // Fused multiply-adds only where the CPU surely has them (see `packed_gemm::gemm`).
-    sums_any::<8, 4, { !cfg!(target_arch = "x86_64") }>(src, offs, w, init, n, emit)
+    sums_any::<8, 4, { super::super::simd::PORTABLE_FMA }>(src, offs, w, init, n, emit)
 }
 
 #[cfg(target_arch = "x86_64")]
