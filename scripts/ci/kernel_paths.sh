@@ -50,7 +50,7 @@ more=(
   xray::a_torchxrayvision_model_is_recognised_with_its_labels_and_preprocessing
   reference::faithfulness_and_randomisation_match_the_python_recomputation
 )
-[ "${KERNEL_PATHS_CORE:-0}" = 1 ] && more=()
+if [ "${KERNEL_PATHS_CORE:-0}" = 1 ]; then more=(); fi
 cargo test --release "$@" --lib -- engine::ops::
 cargo test --release "$@" --test engine -- "${more[@]}" \
   ops:: \
