@@ -169,8 +169,8 @@ impl<X: Rows + ?Sized> Block<'_, X> {
         self.run_any::<true, true>(a, scratch, finish)
     }
 
-    /// Compiled with AVX2 so that the tile stores and the finishing pass (closures defined
-    /// here, and `finish` if inlined) are too.
+    /// Compiled with AVX2 so that the tile stores and the finishing pass ([`BlockSink`]'s
+    /// inlined methods, and `finish` if inlined) are too.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn run_avx2(
@@ -207,50 +207,82 @@ impl<X: Rows + ?Sized> Block<'_, X> {
                     &packed[jp * kc * NR..][..c * NR],
                 )
             };
-            let last = kb + 1 == kblocks;
-            let sink = |ir: usize, jp: usize, tile: &packed_gemm::Tile| {
-                let jt = j0 + jp * NR;
-                let width = NR.min(j0 + ncols - jt);
-                let mut t = 0;
-                while t < width {
-                    let (s, p) = ((jt + t) / n, (jt + t) % n);
-                    let run = (width - t).min(n - p);
-                    for (i, vals) in tile.iter().enumerate().take(m - ir) {
-                        let at = out.at((s * m + ir + i) * n + p);
-                        let vals = &vals[t..t + run];
-                        // SAFETY: in bounds (`p + run <= n`), and the values belong to
-                        // columns `j0..j0 + ncols`, this task's only.
-                        unsafe {
-                            if kb == 0 {
-                                write(at, vals);
-                            } else {
-                                add(at, vals);
-                            }
-                        }
-                    }
-                    t += run;
-                }
+            let mut sink = BlockSink {
+                out,
+                dims: (m, n),
+                cols: self.cols,
+                first: kb == 0,
+                last: kb + 1 == kblocks,
+                finish,
             };
-            // The block's rows are complete and still in cache: finish them.
-            let done = |rows: std::ops::Range<usize>| {
-                if !last {
-                    return;
-                }
-                let mut j = j0;
-                while j < j0 + ncols {
-                    let (s, p) = (j / n, j % n);
-                    let run = (j0 + ncols - j).min(n - p);
-                    for r in rows.clone() {
-                        // SAFETY: written above; this task's columns only.
-                        let vals = unsafe {
-                            std::slice::from_raw_parts_mut(out.at((s * m + r) * n + p), run)
-                        };
-                        finish(s, r, p, vals);
+            packed_gemm::tiles::<FMA, WIDE>(a, panels, panel, &mut sink);
+        }
+    }
+}
+
+/// Where one depth pass of a [`Block`] puts its tiles. Methods, not closures: a closure is
+/// compiled with the crate's baseline features (SSE2 on x86-64) wherever it is not inlined,
+/// and these were not (the tile went out through the stack, 4 lanes per store); an
+/// `#[inline(always)]` method lands in the caller's AVX2 / AVX-512 code.
+struct BlockSink<'a, F> {
+    out: SharedOut,
+    /// Rows of the product, columns per sample.
+    dims: (usize, usize),
+    /// The block's columns, `(first, count)`.
+    cols: (usize, usize),
+    /// The first pass writes its values, the others add theirs.
+    first: bool,
+    /// The last pass finishes the rows.
+    last: bool,
+    finish: &'a F,
+}
+
+impl<F: Fn(usize, usize, usize, &mut [f32])> packed_gemm::TileSink for BlockSink<'_, F> {
+    #[inline(always)]
+    fn tile(&mut self, ir: usize, jp: usize, tile: &packed_gemm::Tile) {
+        let ((m, n), (j0, ncols)) = (self.dims, self.cols);
+        let jt = j0 + jp * NR;
+        let width = NR.min(j0 + ncols - jt);
+        let mut t = 0;
+        while t < width {
+            let (s, p) = ((jt + t) / n, (jt + t) % n);
+            let run = (width - t).min(n - p);
+            for (i, vals) in tile.iter().enumerate().take(m - ir) {
+                let at = self.out.at((s * m + ir + i) * n + p);
+                let vals = &vals[t..t + run];
+                // SAFETY: in bounds (`p + run <= n`), and the values belong to columns
+                // `j0..j0 + ncols`, this task's only.
+                unsafe {
+                    if self.first {
+                        write(at, vals);
+                    } else {
+                        add(at, vals);
                     }
-                    j += run;
                 }
-            };
-            packed_gemm::tiles::<FMA, WIDE>(a, panels, panel, sink, done);
+            }
+            t += run;
+        }
+    }
+
+    /// The block's rows are complete and still in cache: finish them.
+    #[inline(always)]
+    fn rows_done(&mut self, rows: std::ops::Range<usize>) {
+        if !self.last {
+            return;
+        }
+        let ((m, n), (j0, ncols)) = (self.dims, self.cols);
+        let mut j = j0;
+        while j < j0 + ncols {
+            let (s, p) = (j / n, j % n);
+            let run = (j0 + ncols - j).min(n - p);
+            for r in rows.clone() {
+                // SAFETY: written by `tile`; this task's columns only.
+                let vals = unsafe {
+                    std::slice::from_raw_parts_mut(self.out.at((s * m + r) * n + p), run)
+                };
+                (self.finish)(s, r, p, vals);
+            }
+            j += run;
         }
     }
 }

@@ -313,21 +313,28 @@ fn gemm_any<const FMA: bool, const WIDE: bool>(
     }
 }
 
+/// What [`tiles`] does with its results. Implementors mark both methods `#[inline(always)]`
+/// so that they are compiled into the caller's kernel with its target features.
+pub(crate) trait TileSink {
+    /// Takes tile `(row, panel)`: rows `row..row + MR` of panel `panel`'s `NR` columns.
+    fn tile(&mut self, row: usize, panel: usize, tile: &Tile);
+    /// Follows each block of rows, once all of its tiles have been taken.
+    fn rows_done(&mut self, rows: std::ops::Range<usize>);
+}
+
 /// Every `MR x NR` tile of `a * b` over one depth block of `panels` right panels of `NR`
 /// columns: `panel(jp)` gives the columns of `a` that panel `jp` multiplies and its packed
 /// values (`[depth][NR]`, depth = the number of those columns), so each panel may leave out
-/// its own zero rows. `sink(row, panel, tile)` gets each tile; `done(rows)` follows each block
-/// of rows, once all of their tiles have been sunk.
+/// its own zero rows. Each tile goes to `sink`, block of rows by block of rows.
 ///
-/// Inlined into the caller, whose target features it then uses, with the closures: `FMA`
-/// (fused multiply-adds) only where the caller's features include them.
+/// Inlined into the caller, whose target features it then uses: `FMA` (fused multiply-adds)
+/// only where the caller's features include them.
 #[inline(always)]
 pub(crate) fn tiles<'p, const FMA: bool, const WIDE: bool>(
     a: &PackedLhs,
     panels: usize,
     panel: impl Fn(usize) -> (&'p [usize], &'p [f32]),
-    mut sink: impl FnMut(usize, usize, &Tile),
-    mut done: impl FnMut(std::ops::Range<usize>),
+    sink: &mut impl TileSink,
 ) {
     let m = a.m;
     for ic in (0..m).step_by(MC) {
@@ -341,18 +348,18 @@ pub(crate) fn tiles<'p, const FMA: bool, const WIDE: bool>(
                 if WIDE && ir + MR < end {
                     // SAFETY: `ks` was checked against `a.k` above.
                     let (t0, t1) = unsafe { product_of2::<FMA>(panel(ir), panel(ir + MR), ks, bp) };
-                    sink(ir, jp, &t0);
-                    sink(ir + MR, jp, &t1);
+                    sink.tile(ir, jp, &t0);
+                    sink.tile(ir + MR, jp, &t1);
                     ir += 2 * MR;
                     continue;
                 }
                 // SAFETY: `ks` was checked against `a.k` above.
                 let acc = unsafe { product_of::<FMA>(panel(ir), ks, bp) };
-                sink(ir, jp, &acc);
+                sink.tile(ir, jp, &acc);
                 ir += MR;
             }
         }
-        done(ic..(ic + MC).min(m));
+        sink.rows_done(ic..(ic + MC).min(m));
     }
 }
 
