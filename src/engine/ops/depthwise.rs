@@ -169,12 +169,22 @@ impl DepthwiseConv2d {
         let (bias, span, cols) = (self.bias[ch], geo.oh * l.cols, (l.cols, geo.ow));
         let src = &scratch[..];
         match act {
-            Some(a) => kernel::tap_sums(src, &taps.offs, wt, bias, span, |p, v| {
-                emit_rows(out, cols, p, v, |v| a.apply(v))
-            }),
-            None => kernel::tap_sums(src, &taps.offs, wt, bias, span, |p, v| {
-                emit_rows(out, cols, p, v, |v| v)
-            }),
+            Some(a) => {
+                let mut rows = ToRows {
+                    out,
+                    cols,
+                    f: |v| a.apply(v),
+                };
+                kernel::tap_sums(src, &taps.offs, wt, bias, span, &mut rows)
+            }
+            None => {
+                let mut rows = ToRows {
+                    out,
+                    cols,
+                    f: |v| v,
+                };
+                kernel::tap_sums(src, &taps.offs, wt, bias, span, &mut rows)
+            }
         }
     }
 
@@ -233,9 +243,8 @@ impl DepthwiseConv2d {
             let q0 = (ry * s + rx) * pl + lo * cols;
             let dst = &mut phases[q0..q0 + (hi.max(lo) - lo) * cols];
             let (back, w) = (&taps.back[ts.clone()], &wsorted[ts.clone()]);
-            kernel::tap_sums(&gpad[q0..], back, w, 0.0, dst.len(), |p, sums| {
-                dst[p..p + sums.len()].copy_from_slice(sums)
-            });
+            let n = dst.len();
+            kernel::tap_sums(&gpad[q0..], back, w, 0.0, n, &mut ToSlice(dst));
         }
         l.gather(geo, phases, gx);
     }
@@ -252,6 +261,31 @@ struct Taps {
     back: Vec<usize>,
     /// The largest offset: the zero padding on each side of the backward's gradient.
     reach: usize,
+}
+
+/// Sums into the output rows, through `f` (see [`emit_rows`]).
+struct ToRows<'a, F> {
+    out: &'a mut [MaybeUninit<f32>],
+    /// The span's width, the output's.
+    cols: (usize, usize),
+    f: F,
+}
+
+impl<F: Fn(f32) -> f32> kernel::Emit for ToRows<'_, F> {
+    #[inline(always)]
+    fn emit(&mut self, p: usize, sums: &[f32]) {
+        emit_rows(self.out, self.cols, p, sums, &self.f)
+    }
+}
+
+/// Sums copied into consecutive values.
+struct ToSlice<'a>(&'a mut [f32]);
+
+impl kernel::Emit for ToSlice<'_> {
+    #[inline(always)]
+    fn emit(&mut self, p: usize, sums: &[f32]) {
+        self.0[p..p + sums.len()].copy_from_slice(sums)
+    }
 }
 
 /// Writes a block of sums at positions `p..` of the `cols`-wide span into the `ow`-wide

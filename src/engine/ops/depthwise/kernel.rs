@@ -13,7 +13,14 @@
 /// The widest block of lanes any path reads past `n` (see [`tap_sums`]).
 pub(super) const MAX_LANES: usize = 16;
 
-/// Calls `emit(p, sums)` for consecutive runs of positions covering `[0, n)` in order, `sums`
+/// Takes each block of sums from [`tap_sums`]. Implementors mark `emit` `#[inline(always)]`:
+/// it then compiles into the kernel with the kernel's target features, where a closure not
+/// inlined is built for the baseline instruction set (SSE2 on x86-64) and called per block.
+pub(super) trait Emit {
+    fn emit(&mut self, p: usize, sums: &[f32]);
+}
+
+/// Calls `emit.emit(p, sums)` for consecutive runs of positions covering `[0, n)` in order, `sums`
 /// holding the values at `p, p + 1, ...`. `src` must hold `max(offs) + n + MAX_LANES` values
 /// (the last block reads up to a vector past `n`; what it reads there is dropped).
 pub(super) fn tap_sums(
@@ -22,7 +29,7 @@ pub(super) fn tap_sums(
     w: &[f32],
     init: f32,
     n: usize,
-    emit: impl FnMut(usize, &[f32]),
+    emit: &mut impl Emit,
 ) {
     assert_eq!(offs.len(), w.len(), "one weight per tap");
     let reach = offs.iter().max().map_or(0, |&m| m + n + MAX_LANES);
@@ -46,27 +53,13 @@ pub(super) fn tap_sums(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn sums_avx512(
-    src: &[f32],
-    offs: &[usize],
-    w: &[f32],
-    init: f32,
-    n: usize,
-    emit: impl FnMut(usize, &[f32]),
-) {
+fn sums_avx512(src: &[f32], offs: &[usize], w: &[f32], init: f32, n: usize, emit: &mut impl Emit) {
     sums_any::<16, 4, true>(src, offs, w, init, n, emit)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn sums_avx2(
-    src: &[f32],
-    offs: &[usize],
-    w: &[f32],
-    init: f32,
-    n: usize,
-    emit: impl FnMut(usize, &[f32]),
-) {
+fn sums_avx2(src: &[f32], offs: &[usize], w: &[f32], init: f32, n: usize, emit: &mut impl Emit) {
     sums_any::<8, 4, true>(src, offs, w, init, n, emit)
 }
 
@@ -79,16 +72,16 @@ fn sums_any<const W: usize, const R: usize, const FMA: bool>(
     w: &[f32],
     init: f32,
     n: usize,
-    mut emit: impl FnMut(usize, &[f32]),
+    emit: &mut impl Emit,
 ) {
     let mut p = 0;
     while p + W * R <= n {
-        emit(p, block::<W, R, FMA>(src, offs, w, init, p).as_flattened());
+        emit.emit(p, block::<W, R, FMA>(src, offs, w, init, p).as_flattened());
         p += W * R;
     }
     while p < n {
         let sums = block::<W, 1, FMA>(src, offs, w, init, p);
-        emit(p, &sums.as_flattened()[..W.min(n - p)]);
+        emit.emit(p, &sums.as_flattened()[..W.min(n - p)]);
         p += W;
     }
 }
