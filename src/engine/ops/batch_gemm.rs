@@ -97,12 +97,12 @@ pub(crate) fn product<X: Rows + ?Sized>(
         return;
     }
     let out = SharedOut(y.as_mut_ptr().cast::<f32>());
-    let threads = rayon::current_num_threads();
-    let blocks = total.div_ceil(NC).max(threads.min(total.div_ceil(NR)));
-    let nc = total.div_ceil(blocks).next_multiple_of(NR);
+    let panels = total.div_ceil(NR);
+    let blocks = task_count(total, rayon::current_num_threads());
+    let nc = panels.div_ceil(blocks) * NR;
     let kblocks = depth.div_ceil(KC);
     let kc_len = depth.div_ceil(kblocks);
-    (0..total.div_ceil(nc)).into_par_iter().for_each_init(
+    (0..blocks).into_par_iter().for_each_init(
         || -> Scratch {
             (
                 vec![0f32; kc_len * nc],
@@ -111,17 +111,28 @@ pub(crate) fn product<X: Rows + ?Sized>(
             )
         },
         |scratch, blk| {
-            let j0 = blk * nc;
+            // Whole panels, spread evenly: blocks differ by one panel at most.
+            let j0 = blk * panels / blocks * NR;
+            let end = ((blk + 1) * panels / blocks * NR).min(total);
             let block = Block {
                 x,
                 dims: (m, channels, n),
-                cols: (j0, nc.min(total - j0)),
+                cols: (j0, end - j0),
                 depth: (kblocks, kc_len),
                 out,
             };
             block.run(a, scratch, &finish)
         },
     );
+}
+
+/// How many tasks [`product`] splits `total` columns into: blocks of at most `NC` columns, as
+/// many as there are threads at least, and a multiple of their number (five equal tasks on two
+/// threads take as long as six), but never an empty one.
+fn task_count(total: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let panels = total.div_ceil(NR);
+    total.div_ceil(NC).next_multiple_of(threads).min(panels)
 }
 
 /// One task of [`product`]: all rows of columns `cols.0..cols.0 + cols.1`.
@@ -456,6 +467,46 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Tasks: as many as the threads at least and a multiple of them where the panels allow,
+    /// none wider than `NC`; and the split never changes a value.
+    #[test]
+    fn tasks_balance_the_threads_and_leave_values_alone() {
+        // ResNet-50's 14 x 14 layers, 4 samples: 6 tasks on 2 threads, not 5.
+        assert_eq!(task_count(784, 2), 6);
+        assert_eq!(task_count(400, 2), 4);
+        assert_eq!(task_count(20, 4), 2);
+        for total in [1usize, 15, 16, 17, 196, 400, 784, 3136, 12544] {
+            for threads in 1..=5 {
+                let (panels, tasks) = (total.div_ceil(NR), task_count(total, threads));
+                assert!(
+                    tasks >= threads.min(panels) && tasks <= panels,
+                    "{total} {threads}"
+                );
+                assert!(tasks == panels || tasks % threads == 0, "{total} {threads}");
+                assert!(panels.div_ceil(tasks) * NR <= NC, "{total} {threads}");
+            }
+        }
+        let (m, k, n, batch) = (10, 70, 100, 4);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let x: Vec<f32> = (0..batch * k * n)
+            .map(|i| ((i * 5) % 19) as f32 / 9.0 - 1.0)
+            .collect();
+        let with = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+            pool.unwrap().install(|| run(&a, (m, k), &x, (batch, n)))
+        };
+        let one = with(1);
+        for threads in [2, 3, 5] {
+            let same = with(threads)
+                .iter()
+                .zip(&one)
+                .all(|(u, v)| u.to_bits() == v.to_bits());
+            assert!(same, "{threads} threads changed a value");
         }
     }
 
