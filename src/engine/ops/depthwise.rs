@@ -153,6 +153,38 @@ impl DepthwiseConv2d {
     /// uninitialised).
     fn forward_plane(
         &self,
+        ch_act: (usize, Option<ReluOp>),
+        x: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        geo_taps: (&Geometry, &Taps),
+        scratch: &mut Vec<f32>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2_fma() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { self.forward_plane_avx2(ch_act, x, out, geo_taps, scratch) };
+        }
+        self.forward_plane_any(ch_act, x, out, geo_taps, scratch)
+    }
+
+    /// [`Self::forward_plane`] built for AVX2, the phase copies and their loops included
+    /// (built for the baseline, they were a tenth of a Lite0 run on an AVX2-only CPU).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn forward_plane_avx2(
+        &self,
+        ch_act: (usize, Option<ReluOp>),
+        x: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        geo_taps: (&Geometry, &Taps),
+        scratch: &mut Vec<f32>,
+    ) {
+        self.forward_plane_any(ch_act, x, out, geo_taps, scratch)
+    }
+
+    #[inline(always)]
+    fn forward_plane_any(
+        &self,
         (ch, act): (usize, Option<ReluOp>),
         x: &[f32],
         out: &mut [MaybeUninit<f32>],
@@ -194,6 +226,37 @@ impl DepthwiseConv2d {
     /// and zero-padded by the largest offset on both sides (`gpad`, in `scratch`). `gated`:
     /// the output gradient is `act`'s backward of (`y`, `gy`) rather than `gy`.
     fn backward_plane(
+        &self,
+        ch_gated: (usize, Option<(ReluOp, &[f32])>),
+        gy: &[f32],
+        gx: &mut [MaybeUninit<f32>],
+        geo_taps: (&Geometry, &Taps),
+        scratch: &mut Vec<f32>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2_fma() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { self.backward_plane_avx2(ch_gated, gy, gx, geo_taps, scratch) };
+        }
+        self.backward_plane_any(ch_gated, gy, gx, geo_taps, scratch)
+    }
+
+    /// [`Self::backward_plane`] built for AVX2 (the gated gradient, the copies).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn backward_plane_avx2(
+        &self,
+        ch_gated: (usize, Option<(ReluOp, &[f32])>),
+        gy: &[f32],
+        gx: &mut [MaybeUninit<f32>],
+        geo_taps: (&Geometry, &Taps),
+        scratch: &mut Vec<f32>,
+    ) {
+        self.backward_plane_any(ch_gated, gy, gx, geo_taps, scratch)
+    }
+
+    #[inline(always)]
+    fn backward_plane_any(
         &self,
         (ch, gated): (usize, Option<(ReluOp, &[f32])>),
         gy: &[f32],
@@ -345,7 +408,9 @@ impl PhaseLayout {
     }
 
     /// Writes the whole phase buffer from an input plane: its pixels, zeros everywhere else
-    /// (each value once: no zero-fill first).
+    /// (each value once: no zero-fill first). Inlined, as `gather` is, into the per-path
+    /// plane functions, whose instruction set it then uses.
+    #[inline(always)]
     fn scatter(&self, geo: &Geometry, x: &[f32], phases: &mut [f32]) {
         let (s, top) = (self.s, geo.pad.top);
         for (ph, phase) in phases.chunks_exact_mut(self.phase_len()).enumerate() {
@@ -385,6 +450,7 @@ impl PhaseLayout {
 
     /// Reads an input-shaped plane back from the phases, writing every value of `x` (rows no
     /// window reads: 0); the adjoint of `scatter`.
+    #[inline(always)]
     fn gather(&self, geo: &Geometry, phases: &[f32], x: &mut [MaybeUninit<f32>]) {
         for (iy, row) in x.chunks_exact_mut(geo.w).enumerate() {
             let Some(base) = self.row_base(geo, iy) else {
