@@ -167,8 +167,8 @@ impl DepthwiseConv2d {
         self.forward_plane_any(ch_act, x, out, geo_taps, scratch)
     }
 
-    /// [`Self::forward_plane`] built for AVX2, the phase copies and their loops included
-    /// (built for the baseline, they were a tenth of a Lite0 run on an AVX2-only CPU).
+    /// [`Self::forward_plane`] built for AVX2, so that the phase copies and the loops around
+    /// the kernel are too (built for the baseline x86-64, they ran as SSE2).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn forward_plane_avx2(
