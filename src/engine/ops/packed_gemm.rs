@@ -411,11 +411,29 @@ fn step<const FMA: bool>(acc: &mut Tile, a: &[f32], b: &[f32]) {
 #[inline(always)]
 fn product<const FMA: bool>(a: &[f32], b: &[f32]) -> Tile {
     let mut acc = [[0f32; NR]; MR];
+    let depth = (a.len() / MR).min(b.len() / NR);
+    let whole = depth / UNROLL * UNROLL;
+    let (a4, a) = a[..depth * MR].split_at(whole * MR);
+    let (b4, b) = b[..depth * NR].split_at(whole * NR);
+    for (a, b) in a4
+        .chunks_exact(UNROLL * MR)
+        .zip(b4.chunks_exact(UNROLL * NR))
+    {
+        for u in 0..UNROLL {
+            step::<FMA>(&mut acc, &a[u * MR..][..MR], &b[u * NR..][..NR]);
+        }
+    }
     for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
         step::<FMA>(&mut acc, a, b);
     }
     acc
 }
+
+/// Depth steps per pass of [`product`]'s loop: one loop test and one pointer update per four
+/// steps (AVX2 on the EPYC: 60 -> 75-80 GFLOP/s on one core; same sums in the same order).
+/// [`product_of`] unrolled this way was compiled to scalar code, ten times slower: keep its
+/// loop as it is unless the generated code is checked.
+const UNROLL: usize = 4;
 
 /// `a_panel * b_panel` over `a`'s columns `ks`.
 ///
